@@ -1,0 +1,38 @@
+//! x86-64 TLS layout (ELF "variant II"): the TLS block sits just below the thread pointer,
+//! and the thread control block at the thread pointer starts with a pointer to itself.
+
+/// Where things go inside one allocation holding a thread's TLS.
+pub struct BlockLayout {
+    /// Bytes to allocate.
+    pub size: usize,
+    /// Alignment of the allocation.
+    pub align: usize,
+    /// Offset of the TLS initialisation image's destination.
+    pub data_offset: usize,
+    /// Offset the thread pointer points at.
+    pub tp_offset: usize,
+}
+
+/// Size of the thread control block: the self pointer, padded.
+const TCB_SIZE: usize = 16;
+
+/// The layout for a TLS segment of `memsz` bytes aligned to `align`.
+pub fn block_layout(memsz: usize, align: usize) -> BlockLayout {
+    let align = align.max(16);
+    let tls_size = memsz.next_multiple_of(align);
+    BlockLayout {
+        size: tls_size + TCB_SIZE,
+        align,
+        data_offset: 0,
+        tp_offset: tls_size,
+    }
+}
+
+/// Writes the thread control block at `tp`.
+///
+/// # Safety
+/// `tp` must point at [`TCB_SIZE`] writable bytes.
+pub unsafe fn init_tcb(tp: *mut u8) {
+    // SAFETY: the caller guarantees the TCB is writable; it is 16-byte aligned.
+    unsafe { (tp as *mut u64).write(tp as u64) };
+}

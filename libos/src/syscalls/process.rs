@@ -1,0 +1,54 @@
+//! The process: exit, abort, ids, parallelism, errno.
+
+use pop_abi::Hypercall;
+
+use super::{ERRNO, hc};
+use crate::arch::hypercall;
+use crate::boot;
+
+#[unsafe(no_mangle)]
+extern "C" fn sys_exit(status: i32) -> ! {
+    hypercall::exit(status)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn sys_abort() -> ! {
+    hypercall::abort()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn sys_getpid() -> i32 {
+    boot::info().pid as i32
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn sys_available_parallelism() -> usize {
+    boot::info().parallelism.max(1) as usize
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn sys_get_processor_count() -> usize {
+    sys_available_parallelism()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn sys_get_errno() -> i32 {
+    ERRNO.get()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn sys_errno() -> i32 {
+    ERRNO.get()
+}
+
+/// Fills `buf` with random bytes from the host.
+#[unsafe(no_mangle)]
+unsafe extern "C" fn sys_read_entropy(buf: *mut u8, len: usize, _flags: u32) -> isize {
+    hc(Hypercall::Entropy, buf as u64, len as u64, 0, 0, 0) as isize
+}
+
+/// The id of the node this VM runs on (for the `pop` crate).
+#[unsafe(no_mangle)]
+extern "C" fn pop_current_nid() -> u32 {
+    boot::info().node_id
+}

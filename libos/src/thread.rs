@@ -1,0 +1,152 @@
+//! Threads. A thread is a vCPU (DESIGN.md, decision 2): the libos allocates the stack and the
+//! TLS block in application memory and asks the VMM to start a vCPU on them; joins block in
+//! the VMM. The registry remembers each thread's allocations so they can be freed once the
+//! thread has exited: at `join`, or for threads nobody joins (std detaches them by dropping
+//! the handle), at the next spawn.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use pop_abi::Hypercall;
+
+use crate::arch::hypercall;
+use crate::heap;
+use crate::sync::Mutex;
+use crate::tls::{self, TlsBlock};
+
+/// Smallest stack a thread gets.
+const MIN_STACK: usize = 64 * 1024;
+/// Stack alignment.
+const STACK_ALIGN: usize = 16;
+
+/// A started thread's resources.
+struct ThreadRecord {
+    tid: u32,
+    stack: *mut u8,
+    stack_size: usize,
+    _tls: TlsBlock,
+    /// Set by the thread itself just before it asks the VMM to end it.
+    finishing: *const AtomicU32,
+}
+
+// SAFETY: the records only hold addresses of heap memory owned by the registry.
+unsafe impl Send for ThreadRecord {}
+
+/// What the new thread's entry receives (allocated on the heap, freed by the thread).
+struct Start {
+    func: extern "C" fn(usize),
+    arg: usize,
+    finishing: AtomicU32,
+}
+
+static REGISTRY: Mutex<Vec<ThreadRecord>> = Mutex::new(Vec::new());
+
+/// Starts `func(arg)` on a new vCPU with a stack of at least `stack_size` bytes.
+/// Returns the thread id, or a negated errno.
+pub fn spawn(func: extern "C" fn(usize), arg: usize, stack_size: usize) -> Result<u32, i32> {
+    reap_finished();
+    let stack_size = stack_size.max(MIN_STACK).next_multiple_of(STACK_ALIGN);
+    let tls = tls::new_block().ok_or(pop_abi::errno::ENOMEM)?;
+    let stack = heap::alloc(stack_size, STACK_ALIGN, false);
+    if stack.is_null() {
+        return Err(pop_abi::errno::ENOMEM);
+    }
+    let start = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(Start {
+        func,
+        arg,
+        finishing: AtomicU32::new(0),
+    }));
+    // The entry is entered as if called: rsp + 8 must be 16-byte aligned.
+    // SAFETY: inside the stack allocation.
+    let stack_top = unsafe { stack.add(stack_size - 8) } as u64;
+    let mut registry = REGISTRY.lock();
+    let tid = hypercall::call(
+        Hypercall::Spawn,
+        thread_entry as *const () as u64,
+        start as u64,
+        0,
+        stack_top,
+        tls.thread_pointer,
+    );
+    if tid <= 0 {
+        drop(registry);
+        // SAFETY: the thread did not start, so we still own everything.
+        unsafe {
+            drop(alloc::boxed::Box::from_raw(start));
+            heap::free(stack, stack_size, STACK_ALIGN);
+        }
+        return Err(if tid == 0 {
+            pop_abi::errno::EAGAIN
+        } else {
+            (-tid) as i32
+        });
+    }
+    registry.push(ThreadRecord {
+        tid: tid as u32,
+        stack,
+        stack_size,
+        _tls: tls,
+        // SAFETY: `start` stays allocated until `release` frees it.
+        finishing: unsafe { &raw const (*start).finishing },
+    });
+    Ok(tid as u32)
+}
+
+/// Blocks until thread `tid` has exited, then frees its stack and TLS.
+pub fn join(tid: u32) -> i32 {
+    let ret = hypercall::call(Hypercall::Join, u64::from(tid), 0, 0, 0, 0);
+    let mut registry = REGISTRY.lock();
+    if let Some(i) = registry.iter().position(|r| r.tid == tid) {
+        let record = registry.swap_remove(i);
+        drop(registry);
+        release(record);
+    }
+    ret as i32
+}
+
+/// Frees the resources of threads that announced their end (and joins them in the VMM,
+/// which returns at once for a thread that has exited).
+fn reap_finished() {
+    let finished: Vec<ThreadRecord> = {
+        let mut registry = REGISTRY.lock();
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < registry.len() {
+            // SAFETY: the flag lives in the thread's `Start`, which only `release` frees, after
+            // the record has left the registry.
+            let finishing = unsafe { (*registry[i].finishing).load(Ordering::Acquire) } != 0;
+            if finishing {
+                done.push(registry.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        done
+    };
+    for record in finished {
+        hypercall::call(Hypercall::Join, u64::from(record.tid), 0, 0, 0, 0);
+        release(record);
+    }
+}
+
+fn release(record: ThreadRecord) {
+    // SAFETY: the thread has exited (the VMM's join returned), so nothing runs on its stack.
+    unsafe {
+        heap::free(record.stack, record.stack_size, STACK_ALIGN);
+        drop(alloc::boxed::Box::from_raw(
+            record
+                .finishing
+                .cast_mut()
+                .byte_sub(core::mem::offset_of!(Start, finishing)) as *mut Start,
+        ));
+    }
+}
+
+/// Where the VMM starts a new thread's vCPU: `start` is the `Start` built by [`spawn`].
+extern "C" fn thread_entry(start: *mut Start, _unused: usize) -> ! {
+    // SAFETY: `spawn` passes a valid `Start` that stays allocated until the thread is reaped.
+    let start = unsafe { &*start };
+    (start.func)(start.arg);
+    start.finishing.store(1, Ordering::Release);
+    hypercall::thread_exit()
+}
