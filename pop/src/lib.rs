@@ -1,0 +1,12 @@
+//! The app-facing API of popcorn-rs.
+//!
+//! Unmodified `std` applications need nothing from this crate: `cargo pop build` links the
+//! library OS into them. Applications that want to know where they run (and, later, to ask
+//! to be migrated) depend on `pop`. Every function also works in an ordinary native build,
+//! where the program runs alone on node 0, so the same source runs under `popvmm` and
+//! natively on Linux.
+#![no_std]
+
+mod node;
+
+pub use node::current_nid;
