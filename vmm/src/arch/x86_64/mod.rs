@@ -1,0 +1,43 @@
+//! x86-64 (long mode) backend: identity-mapped page tables, a flat GDT with one TSS per vCPU,
+//! and hypercalls as `out dx, eax` to the ports of [`pop_abi::hypercall::X86_PORT_BASE`].
+
+mod cpuid;
+pub mod fault;
+pub mod gdt;
+pub mod paging;
+mod vcpu;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{Kvm, VmFd};
+use pop_abi::layout::KVM_TSS_ADDR;
+
+use crate::memory::GuestMem;
+
+pub use vcpu::Vcpu;
+
+/// ELF `e_machine` of the images this backend runs.
+pub const ELF_MACHINE: u16 = goblin::elf::header::EM_X86_64;
+/// Human name of the architecture.
+pub const NAME: &str = "x86_64";
+/// The [`pop_abi::arch`] value of the images this backend runs.
+pub const ABI_ARCH: u32 = pop_abi::arch::X86_64;
+
+/// VM-wide architecture state shared by all vCPUs.
+#[derive(Debug)]
+pub struct VmArch {
+    /// CPUID entries KVM supports, the base of each vCPU's CPUID.
+    pub supported_cpuid: CpuId,
+}
+
+/// Prepares a fresh VM: KVM's TSS pages, and the CPUID template for vCPUs.
+pub fn setup_vm(kvm: &Kvm, vm: &VmFd) -> Result<VmArch, kvm_ioctls::Error> {
+    vm.set_tss_address(KVM_TSS_ADDR as usize)?;
+    let supported_cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
+    Ok(VmArch { supported_cpuid })
+}
+
+/// Writes the page tables, the GDT and every vCPU's TSS into guest memory.
+pub fn write_tables(mem: &GuestMem, max_vcpus: u32) {
+    paging::PageTables::build(mem.private_size(), mem.shared_end()).write(mem);
+    gdt::write(mem, max_vcpus);
+}

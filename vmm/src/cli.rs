@@ -1,0 +1,79 @@
+//! The command line of `popvmm`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Mount, VmConfig};
+
+/// Runs Rust applications built with `cargo pop build` in lightweight KVM virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "popvmm", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an application image in a new VM
+    ///
+    /// popvmm exits with the application's exit status; with 125 if the VM cannot be
+    /// started (the error is one line on stderr), 134 if the application aborts (panics) and
+    /// 139 if it crashes (a report with a backtrace goes to stderr).
+    Launch(LaunchArgs),
+}
+
+/// Options of `popvmm launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Application memory (heap, stacks, writable data), with an optional K, M or G suffix;
+    /// rounded up to a multiple of 2M, at most 64G.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = config::parse_memory)]
+    pub memory: u64,
+
+    /// Set an environment variable in the guest (repeatable); the guest sees no other.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = config::parse_env)]
+    pub env: Vec<OsString>,
+
+    /// Make a host directory visible to the guest (repeatable), read-only unless `:rw` is
+    /// given; without mounts the guest sees no host files.
+    #[arg(long = "mount", value_name = "HOST_DIR:GUEST_DIR[:rw]", value_parser = config::parse_mount)]
+    pub mounts: Vec<Mount>,
+
+    /// Most threads that may exist at once, main thread included (1 to 128).
+    #[arg(long, value_name = "N", default_value = "64", value_parser = config::parse_max_threads)]
+    pub max_threads: u32,
+
+    /// Print the time of each launch phase to stderr when the guest exits.
+    #[arg(long)]
+    pub timings: bool,
+
+    /// The application image (an ELF built with `cargo pop build`); also the guest's argv[0].
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+
+    /// Arguments passed to the application.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<OsString>,
+}
+
+impl LaunchArgs {
+    /// The VM configuration these options describe.
+    pub fn to_config(&self) -> VmConfig {
+        let mut args = vec![self.image.clone().into_os_string()];
+        args.extend(self.args.iter().cloned());
+        VmConfig {
+            memory: self.memory,
+            env: self.env.clone(),
+            mounts: self.mounts.clone(),
+            max_threads: self.max_threads,
+            args,
+            timings: self.timings,
+            ..VmConfig::default()
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Serving hypercalls (see [`pop_abi::hypercall`] for the calling convention). Each handler
+//! checks every guest pointer through [`crate::memory::GuestMem`] and answers with a value or
+//! a negated errno.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use pop_abi::Hypercall;
+use pop_abi::errno::{EAGAIN, EFAULT, ENOSYS, ETIMEDOUT};
+use pop_abi::hypercall::NO_TIMEOUT;
+
+use crate::arch::{HypercallRequest, ThreadStart};
+use crate::fs::IO_CHUNK;
+use crate::sys::{self, FutexWait};
+use crate::vm::{Outcome, VmShared};
+
+/// What the vCPU does after a hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Resume the guest with this result.
+    Return(i64),
+    /// The calling thread ended; its vCPU is free.
+    ThreadExit,
+    /// The VM is over.
+    Stop,
+    /// The guest reported a fatal exception, with its frame at this address.
+    Fault(u64),
+}
+
+/// Serves `request` made by guest thread `tid`.
+pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
+    let [a0, a1, a2, a3, a4] = request.args;
+    let Some(call) = Hypercall::from_number(request.nr) else {
+        return Flow::Return(-i64::from(ENOSYS));
+    };
+    let mem = &vm.mem;
+    let result = match call {
+        Hypercall::Exit => {
+            vm.finish(Outcome::Exit(a0 as i32));
+            return Flow::Stop;
+        }
+        Hypercall::Abort => {
+            vm.finish(Outcome::Abort);
+            return Flow::Stop;
+        }
+        Hypercall::ThreadExit => return Flow::ThreadExit,
+        Hypercall::Fault => return Flow::Fault(a0),
+        Hypercall::Write => vm.fs.write(mem, a0, a1, a2),
+        Hypercall::Read => vm.fs.read(mem, a0, a1, a2),
+        Hypercall::Open => vm.fs.open(mem, a0, a1, a2),
+        Hypercall::Close => vm.fs.close(a0),
+        Hypercall::Lseek => vm.fs.lseek(a0, a1, a2),
+        Hypercall::Fstat => vm.fs.fstat(mem, a0, a1),
+        Hypercall::Stat => vm.fs.stat(mem, a0, a1, true),
+        Hypercall::Lstat => vm.fs.stat(mem, a0, a1, false),
+        Hypercall::Getdents64 => vm.fs.getdents64(mem, a0, a1, a2),
+        Hypercall::Mkdir => vm.fs.mkdir(mem, a0, a1),
+        Hypercall::Unlink => vm.fs.remove(mem, a0, false),
+        Hypercall::Rmdir => vm.fs.remove(mem, a0, true),
+        Hypercall::Dup => vm.fs.dup(a0),
+        Hypercall::FutexWait => futex_wait(vm, a0, a1 as u32, a2),
+        Hypercall::FutexWake => mem.with_atomic_u32(a0, |word| sys::futex_wake(word, a1 as i32)),
+        Hypercall::Sleep => Ok(sleep(vm, a0)),
+        Hypercall::Yield => {
+            std::thread::yield_now();
+            Ok(0)
+        }
+        Hypercall::Spawn => {
+            let start = ThreadStart {
+                tid: 0,
+                entry: a0,
+                func: a1,
+                arg: a2,
+                stack_top: a3,
+                thread_pointer: a4,
+            };
+            vm.spawn(start).map(i64::from)
+        }
+        Hypercall::Join => Ok(vm.threads.join(a0 as u32, tid, || vm.stopping())),
+        Hypercall::Entropy => entropy(vm, a0, a1),
+    };
+    Flow::Return(result.unwrap_or_else(|errno| -i64::from(errno)))
+}
+
+/// `futex_wait(addr, expected, timeout_ns)` on the host address of the guest word.
+fn futex_wait(vm: &VmShared, addr: u64, expected: u32, timeout_ns: u64) -> Result<i64, i32> {
+    let timeout = (timeout_ns != NO_TIMEOUT).then(|| Duration::from_nanos(timeout_ns));
+    let outcome = vm
+        .mem
+        .with_atomic_u32(addr, |word| sys::futex_wait(word, expected, timeout))?;
+    match outcome {
+        FutexWait::Woken | FutexWait::Interrupted => Ok(0),
+        FutexWait::ValueChanged => Err(EAGAIN),
+        FutexWait::TimedOut => Err(ETIMEDOUT),
+    }
+}
+
+/// `sleep(ns)`: sleeps on a private futex word, so that a stopping VM can interrupt it.
+fn sleep(vm: &VmShared, ns: u64) -> i64 {
+    let deadline = Instant::now().checked_add(Duration::from_nanos(ns));
+    let word = AtomicU32::new(0);
+    loop {
+        let remaining = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
+        if remaining.is_zero() || vm.stopping() {
+            return 0;
+        }
+        let timeout = (remaining != Duration::MAX).then_some(remaining);
+        sys::futex_wait(&word, 0, timeout);
+    }
+}
+
+/// `entropy(buf, len)`: random bytes from the host.
+fn entropy(vm: &VmShared, buf: u64, len: u64) -> Result<i64, i32> {
+    let len = (len as usize).min(IO_CHUNK);
+    if !vm.mem.contains(buf, len as u64) {
+        return Err(EFAULT);
+    }
+    let mut bytes = vec![0; len];
+    let n = sys::getrandom(&mut bytes).map_err(|e| crate::fs::path::errno(&e))?;
+    vm.mem.write(buf, &bytes[..n])?;
+    Ok(n as i64)
+}

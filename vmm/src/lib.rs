@@ -1,0 +1,37 @@
+//! `popvmm`: a small KVM virtual machine monitor that runs one Rust `std` application linked
+//! with the pop library OS (`libos`).
+//!
+//! The guest/host contract lives in the [`pop_abi`] crate; this crate implements the host side
+//! of it:
+//!
+//! * [`image`] validates and describes the application's ELF image,
+//! * [`memory`] owns guest memory and checks every guest pointer,
+//! * [`boot`] writes the [`pop_abi::BootInfo`] and the argument/environment block,
+//! * [`vm`] creates the KVM virtual machine and runs it until the guest exits,
+//! * [`threads`] maps guest threads onto a pool of vCPUs (one host thread each),
+//! * [`hypercall`] serves the guest's requests, with [`fs`] for files and directories,
+//! * [`fault`] turns a guest crash into a symbolized report,
+//! * [`arch`] holds everything specific to an instruction set (x86-64 for now).
+//!
+//! The `popvmm` binary (`src/main.rs`) is a thin command-line front end over [`launch`].
+
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod fault;
+pub mod fs;
+pub mod hypercall;
+pub mod image;
+pub mod launch;
+pub mod memory;
+pub mod output;
+pub mod sys;
+pub mod testing;
+pub mod threads;
+pub mod timings;
+pub mod vm;
+
+pub use config::VmConfig;
+pub use launch::{LaunchError, launch};
+pub use vm::Outcome;

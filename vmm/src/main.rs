@@ -1,0 +1,56 @@
+//! `popvmm`: the command-line front end.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use vmm::cli::{Cli, Command};
+use vmm::launch::EXIT_VMM_ERROR;
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_VMM_ERROR as u8);
+        }
+        Err(e) => fail(&first_line(&e.render().to_string())),
+    };
+    match cli.command {
+        Command::Launch(args) => {
+            let config = args.to_config();
+            match vmm::launch(&args.image, &config, process_start) {
+                Ok(outcome) => {
+                    if let vmm::Outcome::Error(message) = &outcome {
+                        eprintln!("popvmm: error: {message}");
+                    }
+                    // Exit right away: vCPU threads may still be parked, and guest output was
+                    // written unbuffered already.
+                    std::process::exit(outcome.status())
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+    }
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+fn first_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line");
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+/// Reports `message` as one line and exits with [`EXIT_VMM_ERROR`].
+fn fail(message: &str) -> ! {
+    eprintln!("popvmm: error: {}", message.replace('\n', " "));
+    std::process::exit(EXIT_VMM_ERROR)
+}

@@ -1,0 +1,228 @@
+//! Guest memory: two anonymous mappings (node-private and application-writable), and checked
+//! access to them. Every guest pointer the VMM is handed goes through here.
+
+use std::sync::atomic::AtomicU32;
+
+use pop_abi::layout::SHARED_BASE;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MmapRegion, VolatileMemory,
+};
+
+use pop_abi::errno::{EFAULT, EINVAL, ENAMETOOLONG};
+
+/// Failure to set up guest memory.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot map {size} bytes of guest memory: {source}")]
+pub struct MapError {
+    size: u64,
+    #[source]
+    source: vm_memory::mmap::MmapRegionError,
+}
+
+/// One contiguous range of guest memory, as KVM needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// KVM memory slot.
+    pub slot: u32,
+    /// Guest physical address of the first byte.
+    pub guest_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Host address of the first byte.
+    pub host_addr: u64,
+}
+
+/// The guest's memory: private `[0, private_size)` and shared
+/// `[SHARED_BASE, SHARED_BASE + shared_size)`. Cheap to clone (the mappings are shared).
+#[derive(Clone, Debug)]
+pub struct GuestMem {
+    inner: GuestMemoryMmap,
+    private_size: u64,
+    shared_size: u64,
+}
+
+impl GuestMem {
+    /// Maps both regions (anonymous, `MAP_NORESERVE`; nothing is touched up front).
+    pub fn new(private_size: u64, shared_size: u64) -> Result<GuestMem, MapError> {
+        let map =
+            |size: u64| MmapRegion::new(size as usize).map_err(|source| MapError { size, source });
+        let private = GuestRegionMmap::new(map(private_size)?, GuestAddress(0));
+        let shared = GuestRegionMmap::new(map(shared_size)?, GuestAddress(SHARED_BASE));
+        let regions = private.into_iter().chain(shared).collect::<Vec<_>>();
+        let inner = GuestMemoryMmap::from_regions(regions).expect("disjoint, non-empty regions");
+        Ok(GuestMem {
+            inner,
+            private_size,
+            shared_size,
+        })
+    }
+
+    /// Size of the private region (from guest address 0).
+    pub fn private_size(&self) -> u64 {
+        self.private_size
+    }
+
+    /// One past the last byte of shared memory.
+    pub fn shared_end(&self) -> u64 {
+        SHARED_BASE + self.shared_size
+    }
+
+    /// The regions, for registering them with KVM.
+    pub fn regions(&self) -> Vec<RegionInfo> {
+        self.inner
+            .iter()
+            .enumerate()
+            .map(|(slot, region)| RegionInfo {
+                slot: slot as u32,
+                guest_addr: region.start_addr().0,
+                size: region.len(),
+                host_addr: region.as_ptr() as u64,
+            })
+            .collect()
+    }
+
+    /// Whether `[addr, addr + len)` lies inside one region of guest memory.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        if addr < self.private_size {
+            end <= self.private_size
+        } else {
+            addr >= SHARED_BASE && end <= self.shared_end()
+        }
+    }
+
+    /// Copies `buf.len()` bytes of guest memory at `addr` into `buf`.
+    pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
+        if !self.contains(addr, buf.len() as u64) {
+            return Err(EFAULT);
+        }
+        self.inner
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|_| EFAULT)
+    }
+
+    /// Copies `len` bytes of guest memory at `addr` into a new buffer.
+    pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
+        if !self.contains(addr, len as u64) {
+            return Err(EFAULT);
+        }
+        let mut buf = vec![0; len];
+        self.read_into(addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Copies `bytes` into guest memory at `addr`.
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+        if !self.contains(addr, bytes.len() as u64) {
+            return Err(EFAULT);
+        }
+        self.inner
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|_| EFAULT)
+    }
+
+    /// Reads a little-endian u64 at `addr`.
+    pub fn read_u64(&self, addr: u64) -> Result<u64, i32> {
+        let mut raw = [0; 8];
+        self.read_into(addr, &mut raw)?;
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    /// Writes a little-endian u64 at `addr`.
+    pub fn write_u64(&self, addr: u64, value: u64) -> Result<(), i32> {
+        self.write(addr, &value.to_le_bytes())
+    }
+
+    /// Reads the NUL-terminated string at `addr` (without the NUL), at most `max` bytes
+    /// including the NUL: `ENAMETOOLONG` if longer, `EFAULT` if it runs out of guest memory.
+    pub fn read_c_string(&self, addr: u64, max: usize) -> Result<Vec<u8>, i32> {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 256];
+        let mut cursor = addr;
+        while out.len() < max {
+            // Read up to the end of the chunk, but never across the end of guest memory.
+            let want = chunk.len().min(max - out.len());
+            let mut n = want;
+            while n > 0 && !self.contains(cursor, n as u64) {
+                n /= 2;
+            }
+            if n == 0 {
+                return Err(EFAULT);
+            }
+            self.read_into(cursor, &mut chunk[..n])?;
+            if let Some(nul) = chunk[..n].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..nul]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..n]);
+            cursor += n as u64;
+        }
+        Err(ENAMETOOLONG)
+    }
+
+    /// Runs `f` on the guest's u32 at `addr` as a host atomic (its host address is what a host
+    /// futex keys on). `EINVAL` if unaligned, `EFAULT` if outside guest memory.
+    pub fn with_atomic_u32<T>(&self, addr: u64, f: impl FnOnce(&AtomicU32) -> T) -> Result<T, i32> {
+        if addr % 4 != 0 {
+            return Err(EINVAL);
+        }
+        if !self.contains(addr, 4) {
+            return Err(EFAULT);
+        }
+        let slice = self
+            .inner
+            .get_slice(GuestAddress(addr), 4)
+            .map_err(|_| EFAULT)?;
+        let atomic = slice.get_atomic_ref::<AtomicU32>(0).map_err(|_| EINVAL)?;
+        Ok(f(atomic))
+    }
+
+    /// The underlying vm-memory object.
+    pub fn inner(&self) -> &GuestMemoryMmap {
+        &self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> GuestMem {
+        GuestMem::new(4 << 20, 4 << 20).unwrap()
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let m = mem();
+        assert!(m.contains(0, 4 << 20));
+        assert!(!m.contains((4 << 20) - 1, 2));
+        assert!(!m.contains(8 << 20, 1));
+        assert!(m.contains(SHARED_BASE, 4 << 20));
+        assert!(!m.contains(SHARED_BASE + (4 << 20), 1));
+        assert!(!m.contains(u64::MAX, 2));
+        assert_eq!(m.write(SHARED_BASE - 1, &[1]), Err(EFAULT));
+        assert_eq!(m.read(m.shared_end() - 1, 2), Err(EFAULT));
+    }
+
+    #[test]
+    fn strings_and_atomics() {
+        let m = mem();
+        let end = m.shared_end();
+        m.write(end - 3, b"ab\0").unwrap();
+        assert_eq!(m.read_c_string(end - 3, 4096), Ok(b"ab".to_vec()));
+        m.write(end - 2, b"cd").unwrap();
+        assert_eq!(m.read_c_string(end - 2, 4096), Err(EFAULT));
+        m.write(SHARED_BASE, &[b'x'; 600]).unwrap();
+        assert_eq!(m.read_c_string(SHARED_BASE, 300), Err(ENAMETOOLONG));
+        assert_eq!(m.with_atomic_u32(SHARED_BASE + 2, |_| ()), Err(EINVAL));
+        assert_eq!(m.with_atomic_u32(end, |_| ()), Err(EFAULT));
+        m.write(SHARED_BASE + 8, &7u32.to_le_bytes()).unwrap();
+        let v = m.with_atomic_u32(SHARED_BASE + 8, |a| {
+            a.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        assert_eq!(v, Ok(7));
+    }
+}

@@ -1,0 +1,51 @@
+//! Where the guest's standard output and error go: the VMM's own, unbuffered, or a buffer
+//! (for tests).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+/// A destination for guest output (fd 1 or 2) and for VMM reports about the guest.
+#[derive(Clone, Debug, Default)]
+pub enum Output {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// The VMM's standard error.
+    Stderr,
+    /// An in-memory buffer (for tests).
+    Capture(Arc<Mutex<Vec<u8>>>),
+}
+
+impl Output {
+    /// A new capturing output and the buffer it fills.
+    pub fn capture() -> (Output, Arc<Mutex<Vec<u8>>>) {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        (Output::Capture(buffer.clone()), buffer)
+    }
+
+    /// Writes `bytes` at once (no buffering in the VMM); returns how many were written.
+    pub fn write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Stdout => crate::sys::stdout().write(bytes),
+            Output::Stderr => crate::sys::stderr().write(bytes),
+            Output::Capture(buffer) => {
+                buffer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+        }
+    }
+
+    /// Writes all of `text`, ignoring errors (for reports: there is nowhere else to say it).
+    pub fn write_all_lossy(&self, text: &str) {
+        let mut rest = text.as_bytes();
+        while !rest.is_empty() {
+            match self.write(rest) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => rest = &rest[n..],
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Guest threads on vCPUs (design decision 2): thread ids, the pool of idle vCPUs whose host
+//! threads wait for a new guest thread, and joining.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use pop_abi::errno::{EAGAIN, EINTR, ESRCH};
+
+use crate::arch::ThreadStart;
+
+/// Thread id of the main thread.
+pub const MAIN_TID: u32 = 1;
+
+/// Where a parked vCPU thread waits for its next guest thread.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    next: Mutex<Option<ThreadStart>>,
+    ready: Condvar,
+}
+
+impl Mailbox {
+    fn post(&self, start: ThreadStart) {
+        *self.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+        self.ready.notify_one();
+    }
+
+    fn wake(&self) {
+        let _guard = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        self.ready.notify_one();
+    }
+
+    /// Blocks until a guest thread is posted (`Some`) or `stopping()` holds (`None`).
+    pub fn wait(&self, stopping: impl Fn() -> bool) -> Option<ThreadStart> {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(start) = next.take() {
+                return Some(start);
+            }
+            if stopping() {
+                return None;
+            }
+            next = self.ready.wait(next).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Running,
+    Exited,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    last_tid: u32,
+    states: HashMap<u32, State>,
+    running: u32,
+    vcpus: u32,
+    idle: Vec<Arc<Mailbox>>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    handles: Vec<JoinHandle<()>>,
+    closed: bool,
+}
+
+/// How [`Threads::spawn`] places a new guest thread.
+pub enum Placement {
+    /// On an idle vCPU, whose host thread has been handed the thread already.
+    Reused,
+    /// On a new vCPU with this index: the caller creates it and its host thread with
+    /// [`Threads::add_vcpu`].
+    NewVcpu(u32),
+}
+
+/// All guest threads of a VM.
+#[derive(Debug, Default)]
+pub struct Threads {
+    table: Mutex<Table>,
+    exited: Condvar,
+    max_vcpus: u32,
+}
+
+impl Threads {
+    /// No threads yet; at most `max_vcpus` may exist at once.
+    pub fn new(max_vcpus: u32) -> Threads {
+        Threads {
+            max_vcpus,
+            ..Default::default()
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new thread and places it on a vCPU; `start` is completed with the new tid.
+    /// `-EAGAIN` when every vCPU is busy and no more may be created, or the VM is stopping.
+    pub fn spawn(
+        &self,
+        mut start: ThreadStart,
+        add_vcpu: impl FnOnce(u32, ThreadStart, Arc<Mailbox>) -> Result<JoinHandle<()>, ()>,
+    ) -> Result<u32, i32> {
+        let mut t = self.table();
+        if t.closed {
+            return Err(EAGAIN);
+        }
+        let tid = t.last_tid.checked_add(1).ok_or(EAGAIN)?;
+        start.tid = tid;
+        if let Some(mailbox) = t.idle.pop() {
+            mailbox.post(start);
+        } else if t.vcpus < self.max_vcpus {
+            let mailbox = Arc::new(Mailbox::default());
+            let handle = add_vcpu(t.vcpus, start, mailbox.clone()).map_err(|()| EAGAIN)?;
+            t.vcpus += 1;
+            t.mailboxes.push(mailbox);
+            t.handles.push(handle);
+        } else {
+            return Err(EAGAIN);
+        }
+        t.last_tid = tid;
+        t.states.insert(tid, State::Running);
+        t.running += 1;
+        Ok(tid)
+    }
+
+    /// Records that `tid` ended and its vCPU (with `mailbox`) is idle. Returns whether no
+    /// thread is left running.
+    pub fn exited(&self, tid: u32, mailbox: &Arc<Mailbox>) -> bool {
+        let mut t = self.table();
+        if t.states.insert(tid, State::Exited) == Some(State::Running) {
+            t.running -= 1;
+        }
+        t.idle.push(mailbox.clone());
+        self.exited.notify_all();
+        t.running == 0
+    }
+
+    /// Blocks until `tid` has exited: 0, `-ESRCH` if there is no such thread (or it was
+    /// joined already), `-EINTR` if the VM stops meanwhile.
+    pub fn join(&self, tid: u32, caller: u32, stopping: impl Fn() -> bool) -> i64 {
+        let mut t = self.table();
+        loop {
+            match t.states.get(&tid) {
+                None => return -i64::from(ESRCH),
+                Some(State::Exited) => {
+                    t.states.remove(&tid);
+                    return 0;
+                }
+                Some(State::Running) if tid == caller => return -i64::from(libc::EDEADLK),
+                Some(State::Running) => {}
+            }
+            if stopping() {
+                return -i64::from(EINTR);
+            }
+            t = self.exited.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Refuses new threads from now on, wakes every waiter (parked vCPUs and joins), and
+    /// hands over the host threads for the caller to stop and reap.
+    pub fn close(&self) -> Vec<JoinHandle<()>> {
+        let mut t = self.table();
+        t.closed = true;
+        for mailbox in &t.mailboxes {
+            mailbox.wake();
+        }
+        self.exited.notify_all();
+        std::mem::take(&mut t.handles)
+    }
+
+    /// Number of vCPUs created so far.
+    pub fn vcpu_count(&self) -> u32 {
+        self.table().vcpus
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> ThreadStart {
+        ThreadStart {
+            tid: 0,
+            entry: 0,
+            func: 0,
+            arg: 0,
+            stack_top: 0,
+            thread_pointer: 0,
+        }
+    }
+
+    #[test]
+    fn tids_increase_and_vcpus_are_reused() {
+        let threads = Threads::new(2);
+        let spawned = Mutex::new(Vec::new());
+        let add = |i: u32, s: ThreadStart, m: Arc<Mailbox>| {
+            spawned.lock().unwrap().push((i, s.tid, m));
+            Ok(std::thread::spawn(|| {}))
+        };
+        assert_eq!(threads.spawn(start(), add), Ok(1));
+        assert_eq!(threads.spawn(start(), add), Ok(2));
+        assert_eq!(threads.spawn(start(), add), Err(EAGAIN));
+        assert_eq!(threads.vcpu_count(), 2);
+        let mailbox = spawned.lock().unwrap()[1].2.clone();
+        assert!(!threads.exited(2, &mailbox));
+        assert_eq!(threads.spawn(start(), add), Ok(3));
+        assert_eq!(mailbox.wait(|| false).map(|s| s.tid), Some(3));
+        assert_eq!(threads.vcpu_count(), 2);
+        assert_eq!(threads.join(2, 1, || false), 0);
+        assert_eq!(threads.join(2, 1, || false), -i64::from(ESRCH));
+        assert_eq!(threads.join(99, 1, || false), -i64::from(ESRCH));
+        assert_eq!(threads.join(1, 1, || false), -i64::from(libc::EDEADLK));
+        assert_eq!(threads.join(3, 1, || true), -i64::from(EINTR));
+        for h in threads.close() {
+            h.join().unwrap();
+        }
+        assert_eq!(threads.spawn(start(), add), Err(EAGAIN));
+    }
+
+    #[test]
+    fn join_waits_for_exit() {
+        let threads = Arc::new(Threads::new(4));
+        let mailbox = Arc::new(Mailbox::default());
+        let add = |_: u32, _: ThreadStart, _: Arc<Mailbox>| Ok(std::thread::spawn(|| {}));
+        let tid = threads.spawn(start(), add).unwrap();
+        let t2 = threads.clone();
+        let m2 = mailbox.clone();
+        let exiter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            t2.exited(tid, &m2)
+        });
+        assert_eq!(threads.join(tid, 99, || false), 0);
+        assert!(exiter.join().unwrap(), "no thread left running");
+    }
+}
