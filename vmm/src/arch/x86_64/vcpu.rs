@@ -44,7 +44,7 @@ enum RawExit {
     Hlt,
     Shutdown,
     FailEntry(u64),
-    InternalError,
+    InternalError(String),
     Interrupted,
     Other(String),
 }
@@ -104,7 +104,7 @@ impl Vcpu {
             Ok(VcpuExit::Hlt) => RawExit::Hlt,
             Ok(VcpuExit::Shutdown) => RawExit::Shutdown,
             Ok(VcpuExit::FailEntry(reason, _)) => RawExit::FailEntry(reason),
-            Ok(VcpuExit::InternalError) => RawExit::InternalError,
+            Ok(VcpuExit::InternalError) => RawExit::InternalError(self.internal_error()),
             Ok(VcpuExit::Intr) => RawExit::Interrupted,
             Ok(other) => RawExit::Other(format!("{other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => RawExit::Interrupted,
@@ -145,13 +145,31 @@ impl Vcpu {
                 "VM entry failed",
                 Some(format!("hardware reason {reason:#x}")),
             ),
-            RawExit::InternalError => crash(
-                "KVM internal error (e.g. an instruction KVM cannot emulate)",
-                None,
-            ),
+            RawExit::InternalError(what) => crash("KVM internal error", Some(what)),
             RawExit::Interrupted => Ok(Exit::Interrupted),
             RawExit::Other(what) => crash("unexpected VM exit", Some(what)),
         }
+    }
+
+    /// Describes the `KVM_EXIT_INTERNAL_ERROR` the vCPU stopped with.
+    fn internal_error(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, for which KVM fills the
+        // `internal` member of the exit union; it is plain integers.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let what = match internal.suberror {
+            1 => "instruction emulation failed",
+            2 => "exception while delivering an exception",
+            3 => "cannot deliver an event",
+            4 => "unexpected exit",
+            _ => "unknown suberror",
+        };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        format!(
+            "{what} (suberror {}, data {:x?})",
+            internal.suberror,
+            &internal.data[..n]
+        )
     }
 
     /// Answers the hypercall the vCPU stopped on.

@@ -1,0 +1,148 @@
+//! A tiny x86-64 assembler for hand-written test guests, and helpers to run them.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use pop_abi::layout::IMAGE_BASE;
+use vmm::VmConfig;
+use vmm::output::Output;
+
+/// 64-bit general-purpose registers, by hardware number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reg {
+    Rax = 0,
+    Rcx = 1,
+    Rdx = 2,
+    Rbx = 3,
+    Rsp = 4,
+    Rbp = 5,
+    Rsi = 6,
+    Rdi = 7,
+    R8 = 8,
+    R9 = 9,
+}
+
+/// Argument registers of a hypercall, in order.
+pub const ARGS: [Reg; 5] = [Reg::Rdi, Reg::Rsi, Reg::Rcx, Reg::R8, Reg::R9];
+
+/// Machine code being assembled at [`IMAGE_BASE`].
+#[derive(Default)]
+pub struct Asm {
+    pub code: Vec<u8>,
+}
+
+impl Asm {
+    pub fn new() -> Asm {
+        Asm::default()
+    }
+
+    /// Guest address of the next instruction.
+    pub fn here(&self) -> u64 {
+        IMAGE_BASE + self.code.len() as u64
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.code.extend_from_slice(b);
+        self
+    }
+
+    /// `mov reg, imm64`
+    pub fn mov_imm(&mut self, reg: Reg, imm: u64) -> &mut Self {
+        let r = reg as u8;
+        self.bytes(&[0x48 | (r >> 3), 0xb8 + (r & 7)])
+            .bytes(&imm.to_le_bytes())
+    }
+
+    /// `mov dst, src`
+    pub fn mov(&mut self, dst: Reg, src: Reg) -> &mut Self {
+        let (d, s) = (dst as u8, src as u8);
+        self.bytes(&[
+            0x48 | ((s >> 3) << 2) | (d >> 3),
+            0x89,
+            0xc0 | ((s & 7) << 3) | (d & 7),
+        ])
+    }
+
+    /// `mov rax, [addr]` (addr below 2 GiB)
+    pub fn load_rax(&mut self, addr: u32) -> &mut Self {
+        self.bytes(&[0x48, 0x8b, 0x04, 0x25])
+            .bytes(&addr.to_le_bytes())
+    }
+
+    /// `mov [addr], rax` (addr below 2 GiB)
+    pub fn store_rax(&mut self, addr: u32) -> &mut Self {
+        self.bytes(&[0x48, 0x89, 0x04, 0x25])
+            .bytes(&addr.to_le_bytes())
+    }
+
+    /// `mov rax, fs:[0]`
+    pub fn load_rax_fs0(&mut self) -> &mut Self {
+        self.bytes(&[0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0])
+    }
+
+    /// `mov rax, gs:[offset]`
+    pub fn load_rax_gs(&mut self, offset: u32) -> &mut Self {
+        self.bytes(&[0x65, 0x48, 0x8b, 0x04, 0x25])
+            .bytes(&offset.to_le_bytes())
+    }
+
+    /// A hypercall with immediate arguments; the result is in rax.
+    pub fn hypercall(&mut self, nr: u16, args: &[u64]) -> &mut Self {
+        for (reg, value) in ARGS.iter().zip(args) {
+            self.mov_imm(*reg, *value);
+        }
+        self.out(nr)
+    }
+
+    /// `mov edx, 0x500 + nr; out dx, eax`
+    pub fn out(&mut self, nr: u16) -> &mut Self {
+        let port = u32::from(pop_abi::hypercall::X86_PORT_BASE + nr);
+        self.bytes(&[0xba])
+            .bytes(&port.to_le_bytes())
+            .bytes(&[0xef])
+    }
+
+    /// `write(fd, addr, len)`
+    pub fn write(&mut self, fd: u64, addr: u64, len: u64) -> &mut Self {
+        self.hypercall(pop_abi::Hypercall::Write as u16, &[fd, addr, len])
+    }
+
+    /// `exit(status)`
+    pub fn exit(&mut self, status: u64) -> &mut Self {
+        self.hypercall(pop_abi::Hypercall::Exit as u16, &[status])
+    }
+
+    /// Pads with `int3` up to `offset` from the image base.
+    pub fn pad_to(&mut self, offset: usize) -> &mut Self {
+        assert!(self.code.len() <= offset, "code too long");
+        self.code.resize(offset, 0xcc);
+        self
+    }
+}
+
+/// A small VM configuration whose stdout and stderr are captured.
+pub fn captured() -> (VmConfig, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+    let (stdout, out) = Output::capture();
+    let (stderr, err) = Output::capture();
+    let config = VmConfig {
+        memory: 16 << 20,
+        max_threads: 4,
+        stdout,
+        stderr,
+        ..VmConfig::default()
+    };
+    (config, out, err)
+}
+
+/// The captured bytes as text.
+pub fn text(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+/// Reads the `i`th little-endian u64 of captured output.
+pub fn u64_at(buffer: &Arc<Mutex<Vec<u8>>>, i: usize) -> u64 {
+    let b = buffer.lock().unwrap();
+    u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())
+}
