@@ -110,7 +110,7 @@ struct MiB(u64);
 
 impl std::fmt::Display for MiB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 % (1 << 20) == 0 {
+        if self.0.is_multiple_of(1 << 20) {
             write!(f, "{} MiB", self.0 >> 20)
         } else {
             write!(f, "{:.1} MiB", self.0 as f64 / (1 << 20) as f64)

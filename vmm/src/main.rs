@@ -40,13 +40,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// The first line of a clap error, without its `error: ` prefix.
+/// The first paragraph of a clap error on one line, without its `error: ` prefix.
 fn first_line(text: &str) -> String {
-    let line = text
+    let paragraph: Vec<&str> = text
         .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid command line");
-    line.strip_prefix("error: ").unwrap_or(line).to_string()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = paragraph.join(" ");
+    match line.strip_prefix("error: ") {
+        Some(rest) => rest.to_string(),
+        None if line.is_empty() => "invalid command line".to_string(),
+        None => line,
+    }
 }
 
 /// Reports `message` as one line and exits with [`EXIT_VMM_ERROR`].

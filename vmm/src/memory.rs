@@ -166,7 +166,7 @@ impl GuestMem {
     /// Runs `f` on the guest's u32 at `addr` as a host atomic (its host address is what a host
     /// futex keys on). `EINVAL` if unaligned, `EFAULT` if outside guest memory.
     pub fn with_atomic_u32<T>(&self, addr: u64, f: impl FnOnce(&AtomicU32) -> T) -> Result<T, i32> {
-        if addr % 4 != 0 {
+        if !addr.is_multiple_of(4) {
             return Err(EINVAL);
         }
         if !self.contains(addr, 4) {

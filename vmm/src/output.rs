@@ -4,6 +4,9 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+/// The buffer of an [`Output::Capture`].
+pub type Captured = Arc<Mutex<Vec<u8>>>;
+
 /// A destination for guest output (fd 1 or 2) and for VMM reports about the guest.
 #[derive(Clone, Debug, Default)]
 pub enum Output {
@@ -13,12 +16,12 @@ pub enum Output {
     /// The VMM's standard error.
     Stderr,
     /// An in-memory buffer (for tests).
-    Capture(Arc<Mutex<Vec<u8>>>),
+    Capture(Captured),
 }
 
 impl Output {
     /// A new capturing output and the buffer it fills.
-    pub fn capture() -> (Output, Arc<Mutex<Vec<u8>>>) {
+    pub fn capture() -> (Output, Captured) {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         (Output::Capture(buffer.clone()), buffer)
     }

@@ -11,7 +11,7 @@ pub const MAX_FRAMES: usize = 64;
 pub fn walk_frame_pointers(mem: &GuestMem, pc: u64, mut fp: u64) -> Vec<u64> {
     let mut pcs = vec![pc];
     while pcs.len() < MAX_FRAMES {
-        if fp == 0 || fp % 8 != 0 || !mem.contains(fp, 16) {
+        if fp == 0 || !fp.is_multiple_of(8) || !mem.contains(fp, 16) {
             break;
         }
         let (Ok(next), Ok(ret)) = (mem.read_u64(fp), mem.read_u64(fp + 8)) else {

@@ -53,11 +53,11 @@ impl<'a> Symbolizer<'a> {
                 function,
                 location: None,
             }));
-        } else if out.iter().any(|i| i.function == "??") {
-            if let Some(name) = self.lookup_symbol(addr) {
-                for info in out.iter_mut().filter(|i| i.function == "??") {
-                    info.function = name.clone();
-                }
+        } else if out.iter().any(|i| i.function == "??")
+            && let Some(name) = self.lookup_symbol(addr)
+        {
+            for info in out.iter_mut().filter(|i| i.function == "??") {
+                info.function = name.clone();
             }
         }
         out

@@ -2,11 +2,9 @@
 
 #![allow(dead_code)]
 
-use std::sync::{Arc, Mutex};
-
 use pop_abi::layout::IMAGE_BASE;
 use vmm::VmConfig;
-use vmm::output::Output;
+use vmm::output::{Captured, Output};
 
 /// 64-bit general-purpose registers, by hardware number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +121,7 @@ impl Asm {
 }
 
 /// A small VM configuration whose stdout and stderr are captured.
-pub fn captured() -> (VmConfig, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+pub fn captured() -> (VmConfig, Captured, Captured) {
     let (stdout, out) = Output::capture();
     let (stderr, err) = Output::capture();
     let config = VmConfig {
@@ -137,12 +135,12 @@ pub fn captured() -> (VmConfig, Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
 }
 
 /// The captured bytes as text.
-pub fn text(buffer: &Arc<Mutex<Vec<u8>>>) -> String {
+pub fn text(buffer: &Captured) -> String {
     String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
 }
 
 /// Reads the `i`th little-endian u64 of captured output.
-pub fn u64_at(buffer: &Arc<Mutex<Vec<u8>>>, i: usize) -> u64 {
+pub fn u64_at(buffer: &Captured, i: usize) -> u64 {
     let b = buffer.lock().unwrap();
     u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())
 }

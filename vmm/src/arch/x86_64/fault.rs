@@ -72,7 +72,7 @@ impl Registers {
     pub fn dump(&self) -> String {
         let mut out = String::new();
         for (row, names) in GPR_NAMES.chunks(4).enumerate() {
-            out.push_str(" ");
+            out.push(' ');
             for (col, name) in names.iter().enumerate() {
                 let _ = write!(out, " {name:>3} {:#018x}", self.gprs[row * 4 + col]);
             }

@@ -37,7 +37,10 @@ impl PageTables {
     /// Maps `[0, private_end)` and `[SHARED_BASE, shared_end)` (both multiples of 2 MiB,
     /// shared_end at most 512 GiB).
     pub fn build(private_end: u64, shared_end: u64) -> PageTables {
-        assert!(private_end % LARGE_PAGE_SIZE == 0 && shared_end % LARGE_PAGE_SIZE == 0);
+        assert!(
+            private_end.is_multiple_of(LARGE_PAGE_SIZE)
+                && shared_end.is_multiple_of(LARGE_PAGE_SIZE)
+        );
         assert!(private_end <= SHARED_BASE && shared_end <= ENTRIES as u64 * GIB);
         let mut pt = PageTables {
             tables: vec![[0; ENTRIES]; FIRST_PD],
@@ -58,7 +61,7 @@ impl PageTables {
         if private_end > 0 {
             // Page 0 stays not present.
             for (i, entry) in pt.tables[LOW_PT].iter_mut().enumerate().skip(1) {
-                *entry = i as u64 * PAGE_SIZE | PRESENT | WRITABLE;
+                *entry = (i as u64 * PAGE_SIZE) | PRESENT | WRITABLE;
             }
         }
         assert!((pt.tables.len() as u64) * PAGE_SIZE <= PAGE_TABLES_SIZE);

@@ -1,0 +1,248 @@
+//! The `popvmm` binary: error reporting (one line, status 125) and end-to-end runs of small
+//! hand-built ELF images.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::Asm;
+use goblin::elf::header::EM_AARCH64;
+use goblin::elf::program_header::{PF_R, PF_W, PT_LOAD};
+use pop_abi::Hypercall;
+use pop_abi::layout::{IMAGE_BASE, SHARED_BASE};
+use vmm::testing::ElfBuilder;
+
+fn popvmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_popvmm"))
+        .args(args)
+        .output()
+        .expect("run popvmm")
+}
+
+/// A scratch directory for this test binary.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("popvmm-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path.display().to_string()
+}
+
+/// Asserts that `out` is a launch error: status 125 and one stderr line containing `needle`.
+fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("popvmm: error: "), "{stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in {stderr}");
+}
+
+#[test]
+fn help_and_version() {
+    let out = popvmm(&["--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("launch"));
+    let out = popvmm(&["launch", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--memory",
+        "--env",
+        "--mount",
+        "--max-threads",
+        "--timings",
+        "IMAGE",
+        "ARGS",
+    ] {
+        assert!(help.contains(option), "{option} in {help}");
+    }
+    let out = popvmm(&["--version"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("popvmm "));
+}
+
+#[test]
+fn image_errors_are_one_line() {
+    let dir = scratch("images");
+    assert_error(
+        &popvmm(&["launch", "/does/not/exist"]),
+        "cannot read /does/not/exist",
+    );
+    let garbage = write_file(&dir, "garbage", b"not an elf at all");
+    assert_error(
+        &popvmm(&["launch", &garbage]),
+        &format!("{garbage} is not an ELF file"),
+    );
+    let arm = write_file(
+        &dir,
+        "arm",
+        &ElfBuilder::new()
+            .machine(EM_AARCH64)
+            .code(&[0])
+            .abi_note()
+            .build(),
+    );
+    assert_error(
+        &popvmm(&["launch", &arm]),
+        "is an aarch64 ELF; this popvmm runs x86_64 images",
+    );
+    assert_error(
+        &popvmm(&["launch", "/bin/true"]),
+        "build it with `cargo pop build`",
+    );
+    let big = ElfBuilder::new()
+        .code(&[0xf4])
+        .segment(PT_LOAD, PF_R | PF_W, SHARED_BASE, b"", 300 << 20)
+        .abi_note();
+    let big = write_file(&dir, "big", &big.build());
+    assert_error(&popvmm(&["launch", &big]), "it needs at least 309 MiB");
+}
+
+#[test]
+fn option_errors_are_one_line() {
+    let dir = scratch("options");
+    let dir_s = dir.display().to_string();
+    assert_error(
+        &popvmm(&["launch", "--memory", "lots", "/bin/true"]),
+        "invalid size 'lots'",
+    );
+    assert_error(
+        &popvmm(&["launch", "--memory", "100G", "/bin/true"]),
+        "more than the maximum",
+    );
+    assert_error(
+        &popvmm(&["launch", "--env", "NOVALUE", "/bin/true"]),
+        "expected KEY=VALUE",
+    );
+    assert_error(
+        &popvmm(&["launch", "--mount", "nocolon", "/bin/true"]),
+        "HOST_DIR:GUEST_DIR",
+    );
+    assert_error(
+        &popvmm(&["launch", "--mount", "/no/such/dir:/x", "/bin/true"]),
+        "/no/such/dir",
+    );
+    assert_error(
+        &popvmm(&["launch", "--mount", &format!("{dir_s}:rel"), "/bin/true"]),
+        "absolute",
+    );
+    assert_error(
+        &popvmm(&["launch", "--max-threads", "0", "/bin/true"]),
+        "1 to 128",
+    );
+    assert_error(
+        &popvmm(&["launch", "--no-such-option", "/bin/true"]),
+        "--no-such-option",
+    );
+    assert_error(&popvmm(&["launch"]), "IMAGE");
+}
+
+/// An image that writes `text` to stdout and exits with `status`.
+fn hello_image(dir: &Path, text: &[u8], status: u64) -> String {
+    let mut a = Asm::new();
+    a.write(1, IMAGE_BASE + 0x800, text.len() as u64)
+        .exit(status);
+    a.pad_to(0x800).bytes(text);
+    write_file(
+        dir,
+        "hello",
+        &ElfBuilder::new().code(&a.code).abi_note().build(),
+    )
+}
+
+#[test]
+fn runs_an_image_and_exits_with_its_status() {
+    let dir = scratch("run");
+    let image = hello_image(&dir, b"hello from the guest\n", 42);
+    let out = popvmm(&["launch", "--memory", "16M", &image]);
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello from the guest\n");
+    assert!(out.stderr.is_empty());
+
+    let out = popvmm(&["launch", "--timings", &image, "--", "a", "b"]);
+    assert_eq!(out.status.code(), Some(42));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("popvmm: timings: kvm "), "{stderr}");
+    assert!(
+        stderr.contains("boot-to-exit") && stderr.trim_end().ends_with(" ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_crash_exits_with_139_and_a_report() {
+    let dir = scratch("crash");
+    let mut a = Asm::new();
+    a.hypercall(Hypercall::Fault as u16, &[0x3000_0000]);
+    let image = write_file(
+        &dir,
+        "crash",
+        &ElfBuilder::new().code(&a.code).abi_note().build(),
+    );
+    let out = popvmm(&["launch", &image]);
+    assert_eq!(out.status.code(), Some(139));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("popvmm: guest fault: "), "{stderr}");
+    assert!(stderr.contains("backtrace:"), "{stderr}");
+}
+
+#[test]
+fn files_under_a_mount_are_readable() {
+    let dir = scratch("mount");
+    std::fs::create_dir_all(dir.join("share")).unwrap();
+    std::fs::write(dir.join("share/greeting.txt"), b"from the host").unwrap();
+    // open("/data/greeting.txt"); read(fd, buf, 64); write(1, buf, n); exit(0)
+    let buf = SHARED_BASE + 0x1000;
+    let mut a = Asm::new();
+    a.hypercall(Hypercall::Open as u16, &[IMAGE_BASE + 0x800, 0, 0]);
+    a.mov(common::Reg::Rdi, common::Reg::Rax);
+    a.mov_imm(common::Reg::Rsi, buf)
+        .mov_imm(common::Reg::Rcx, 64)
+        .out(Hypercall::Read as u16);
+    a.mov(common::Reg::Rcx, common::Reg::Rax);
+    a.mov_imm(common::Reg::Rdi, 1)
+        .mov_imm(common::Reg::Rsi, buf)
+        .out(Hypercall::Write as u16);
+    a.exit(0);
+    a.pad_to(0x800).bytes(b"/data/./greeting.txt\0");
+    let image = write_file(
+        &dir,
+        "cat",
+        &ElfBuilder::new().code(&a.code).abi_note().build(),
+    );
+    let mount = format!("{}:/data", dir.join("share").display());
+    let out = popvmm(&["launch", "--mount", &mount, &image]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"from the host");
+    // Without the mount the guest sees nothing: open fails with ENOENT (the exit status).
+    let mut a = Asm::new();
+    a.hypercall(Hypercall::Open as u16, &[IMAGE_BASE + 0x800, 0, 0]);
+    a.bytes(&[0x48, 0xf7, 0xd8]); // neg rax
+    a.mov(common::Reg::Rdi, common::Reg::Rax)
+        .out(Hypercall::Exit as u16);
+    a.pad_to(0x800).bytes(b"/data/greeting.txt\0");
+    let image = write_file(
+        &dir,
+        "open",
+        &ElfBuilder::new().code(&a.code).abi_note().build(),
+    );
+    assert_eq!(popvmm(&["launch", &image]).status.code(), Some(2));
+    assert_eq!(
+        popvmm(&["launch", "--mount", &mount, &image]).status.code(),
+        Some(-3i32 as u8 as i32)
+    );
+}
