@@ -273,3 +273,175 @@ fn write_stat(mem: &GuestMem, out: u64, metadata: std::io::Result<std::fs::Metad
     mem.write(out, &bytes)?;
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pop_abi::errno::{EEXIST, ENOENT, EROFS};
+    use pop_abi::layout::SHARED_BASE;
+
+    struct Fixture {
+        fs: FileSystem,
+        mem: GuestMem,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    const PATH: u64 = SHARED_BASE;
+    const BUF: u64 = SHARED_BASE + 0x1000;
+
+    fn fixture(tag: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("popvmm-fs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("ro/sub")).unwrap();
+        std::fs::create_dir_all(dir.join("rw")).unwrap();
+        std::fs::write(dir.join("ro/hello.txt"), b"hello").unwrap();
+        let dir = std::fs::canonicalize(dir).unwrap();
+        let mounts = vec![
+            Mount {
+                host_dir: dir.join("ro"),
+                guest_dir: "/ro".into(),
+                writable: false,
+            },
+            Mount {
+                host_dir: dir.join("rw"),
+                guest_dir: "/rw".into(),
+                writable: true,
+            },
+        ];
+        let (stdout, _) = Output::capture();
+        let (stderr, _) = Output::capture();
+        let mem = GuestMem::new(4 << 20, 2 << 20).unwrap();
+        Fixture {
+            fs: FileSystem::new(mounts, stdout, stderr),
+            mem,
+            dir,
+        }
+    }
+
+    impl Fixture {
+        fn path(&self, p: &str) -> u64 {
+            self.mem.write(PATH, p.as_bytes()).unwrap();
+            self.mem.write(PATH + p.len() as u64, &[0]).unwrap();
+            PATH
+        }
+    }
+
+    #[test]
+    fn open_read_seek_stat_close() {
+        let f = fixture("read");
+        let fd = f.fs.open(&f.mem, f.path("/ro/./hello.txt"), 0, 0).unwrap();
+        assert_eq!(fd, 3);
+        assert_eq!(f.fs.read(&f.mem, fd as u64, BUF, 100), Ok(5));
+        assert_eq!(f.mem.read(BUF, 5).unwrap(), b"hello");
+        assert_eq!(f.fs.lseek(fd as u64, 1, SEEK_SET as u64), Ok(1));
+        assert_eq!(f.fs.read(&f.mem, fd as u64, BUF, 2), Ok(2));
+        assert_eq!(f.mem.read(BUF, 2).unwrap(), b"el");
+        assert_eq!(f.fs.fstat(&f.mem, fd as u64, BUF), Ok(0));
+        let size_at = std::mem::offset_of!(pop_abi::Stat, st_size) as u64;
+        assert_eq!(f.mem.read_u64(BUF + size_at), Ok(5));
+        let dup = f.fs.dup(fd as u64).unwrap();
+        assert_eq!(dup, 4);
+        assert_eq!(f.fs.close(fd as u64), Ok(0));
+        assert_eq!(f.fs.close(fd as u64), Err(EBADF));
+        assert_eq!(
+            f.fs.read(&f.mem, dup as u64, BUF, 100),
+            Ok(2),
+            "dup shares the offset"
+        );
+        assert_eq!(
+            f.fs.stat(&f.mem, f.path("/ro/missing"), BUF, true),
+            Err(ENOENT)
+        );
+        assert_eq!(
+            f.fs.read(&f.mem, dup as u64, SHARED_BASE + (2 << 20), 1),
+            Err(pop_abi::errno::EFAULT)
+        );
+    }
+
+    #[test]
+    fn read_only_mounts_refuse_changes() {
+        let f = fixture("ro");
+        let creat = (guest::O_WRONLY | guest::O_CREAT) as u64;
+        assert_eq!(
+            f.fs.open(&f.mem, f.path("/ro/new"), creat, 0o644),
+            Err(EROFS)
+        );
+        assert_eq!(
+            f.fs.open(&f.mem, f.path("/ro/hello.txt"), guest::O_RDWR as u64, 0),
+            Err(EROFS)
+        );
+        assert_eq!(f.fs.mkdir(&f.mem, f.path("/ro/d"), 0o755), Err(EROFS));
+        assert_eq!(
+            f.fs.remove(&f.mem, f.path("/ro/hello.txt"), false),
+            Err(EROFS)
+        );
+        assert_eq!(f.fs.remove(&f.mem, f.path("/ro/sub"), true), Err(EROFS));
+        assert_eq!(f.fs.open(&f.mem, f.path("/elsewhere"), 0, 0), Err(ENOENT));
+    }
+
+    #[test]
+    fn writable_mounts_create_list_and_remove() {
+        let f = fixture("rw");
+        let creat = (guest::O_WRONLY | guest::O_CREAT | guest::O_TRUNC) as u64;
+        let fd =
+            f.fs.open(&f.mem, f.path("/rw/out.txt"), creat, 0o644)
+                .unwrap();
+        f.mem.write(BUF, b"data").unwrap();
+        assert_eq!(f.fs.write(&f.mem, fd as u64, BUF, 4), Ok(4));
+        assert_eq!(std::fs::read(f.dir.join("rw/out.txt")).unwrap(), b"data");
+        assert_eq!(f.fs.mkdir(&f.mem, f.path("/rw/d"), 0o755), Ok(0));
+        assert_eq!(f.fs.mkdir(&f.mem, f.path("/rw/d"), 0o755), Err(EEXIST));
+        let dir = (guest::O_RDONLY | guest::O_DIRECTORY) as u64;
+        let dfd = f.fs.open(&f.mem, f.path("/rw"), dir, 0).unwrap() as u64;
+        assert_eq!(
+            f.fs.getdents64(&f.mem, dfd, BUF, 8),
+            Err(EINVAL),
+            "buffer too small"
+        );
+        let n = f.fs.getdents64(&f.mem, dfd, BUF, 4096).unwrap();
+        assert_eq!(n, 32 + 24, "out.txt and d");
+        let bytes = f.mem.read(BUF, n as usize).unwrap();
+        let mut names = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let reclen = u16::from_le_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+            let name = &bytes[at + 19..at + reclen];
+            names.push(
+                String::from_utf8(name[..name.iter().position(|&b| b == 0).unwrap()].to_vec())
+                    .unwrap(),
+            );
+            at += reclen;
+        }
+        names.sort();
+        assert_eq!(names, ["d", "out.txt"]);
+        assert_eq!(
+            f.fs.getdents64(&f.mem, dfd, BUF, 4096),
+            Ok(0),
+            "then end of directory"
+        );
+        assert_eq!(f.fs.getdents64(&f.mem, fd as u64, BUF, 4096), Err(ENOTDIR));
+        assert_eq!(f.fs.remove(&f.mem, f.path("/rw/out.txt"), false), Ok(0));
+        assert_eq!(f.fs.remove(&f.mem, f.path("/rw/d"), true), Ok(0));
+        assert_eq!(
+            f.fs.remove(&f.mem, f.path("/rw"), true),
+            Err(libc::EBUSY),
+            "a mount root stays"
+        );
+    }
+
+    #[test]
+    fn stdio_fds() {
+        let f = fixture("stdio");
+        f.mem.write(BUF, b"x").unwrap();
+        assert_eq!(f.fs.write(&f.mem, 1, BUF, 1), Ok(1));
+        assert_eq!(f.fs.write(&f.mem, 0, BUF, 1), Err(EBADF));
+        assert_eq!(f.fs.lseek(1, 0, 0), Err(libc::ESPIPE));
+        assert_eq!(f.fs.write(&f.mem, 9, BUF, 1), Err(EBADF));
+    }
+}
