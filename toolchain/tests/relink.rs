@@ -36,5 +36,8 @@ fn image_older_than_the_libos_is_relinked() {
     let libos = repo::RepoPaths::new(repo::root())
         .link_dir(pop_toolchain::Arch::X86_64)
         .join("libos.o");
-    assert!(mtime(&rebuilt) >= mtime(&libos), "the image was not relinked");
+    assert!(
+        mtime(&rebuilt) >= mtime(&libos),
+        "the image was not relinked"
+    );
 }
