@@ -165,22 +165,22 @@ pub struct Image {
     /// Thread-local storage template, if any.
     pub tls: Option<Tls>,
     /// The whole file, kept for symbolizing fault reports.
-    pub bytes: Arc<[u8]>,
+    pub bytes: Arc<ImageBytes>,
 }
 
 impl Image {
     /// Reads and validates the image at `path`.
     pub fn from_file(path: &Path) -> Result<Image, ImageError> {
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ImageError::Read {
+        let bytes = ImageBytes::map(path).map_err(|source| ImageError::Read {
             name: name.clone(),
             source,
         })?;
-        Image::parse(name, bytes.into())
+        Image::parse(name, Arc::new(bytes))
     }
 
     /// Validates an image already in memory.
-    pub fn parse(name: String, bytes: Arc<[u8]>) -> Result<Image, ImageError> {
+    pub fn parse(name: String, bytes: Arc<ImageBytes>) -> Result<Image, ImageError> {
         if bytes.len() < SELFMAG || &bytes[..SELFMAG] != ELFMAG {
             return Err(ImageError::NotElf { name });
         }
@@ -276,7 +276,7 @@ impl Image {
                 executable: true,
             }],
             tls: None,
-            bytes: code.into(),
+            bytes: Arc::new(code.to_vec().into()),
         }
     }
 
@@ -449,5 +449,8 @@ fn abi_arch_name(arch: u32) -> String {
     }
 }
 
+mod file;
 #[cfg(test)]
 mod tests;
+
+pub use file::ImageBytes;

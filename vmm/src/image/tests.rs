@@ -4,7 +4,7 @@ use goblin::elf::header::{EM_386, EM_AARCH64, ET_REL};
 use goblin::elf::program_header::PF_R;
 
 fn parse(bytes: Vec<u8>) -> Result<Image, ImageError> {
-    Image::parse("app".into(), bytes.into())
+    Image::parse("app".into(), Arc::new(bytes.into()))
 }
 
 fn message(bytes: Vec<u8>) -> String {
