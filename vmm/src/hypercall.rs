@@ -26,6 +26,8 @@ pub enum Flow {
     Stop,
     /// The guest reported a fatal exception, with its frame at this address.
     Fault(u64),
+    /// Set the calling vCPU's thread pointer, then resume with 0.
+    SetThreadPointer(u64),
 }
 
 /// Serves `request` made by guest thread `tid`.
@@ -46,6 +48,7 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
         }
         Hypercall::ThreadExit => return Flow::ThreadExit,
         Hypercall::Fault => return Flow::Fault(a0),
+        Hypercall::SetThreadPointer => return Flow::SetThreadPointer(a0),
         Hypercall::Write => vm.fs.write(mem, a0, a1, a2),
         Hypercall::Read => vm.fs.read(mem, a0, a1, a2),
         Hypercall::Open => vm.fs.open(mem, a0, a1, a2),

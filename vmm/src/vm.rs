@@ -282,6 +282,14 @@ fn run_thread(vm: &Arc<VmShared>, vcpu: &mut Vcpu, tid: u32) -> ThreadEnd {
                 Flow::ThreadExit => return ThreadEnd::Exited,
                 Flow::Stop => return ThreadEnd::VmOver,
                 Flow::Fault(frame) => vcpu.crash_from_fault_frame(&vm.mem, frame),
+                Flow::SetThreadPointer(tp) => {
+                    let result = match vcpu.set_thread_pointer(tp) {
+                        Ok(()) => 0,
+                        Err(e) => -i64::from(e.errno()),
+                    };
+                    vcpu.set_hypercall_result(result);
+                    continue;
+                }
             },
             Ok(Exit::Interrupted) => continue,
             Ok(Exit::Crash(crash)) => *crash,

@@ -206,12 +206,12 @@ fn files_under_a_mount_are_readable() {
     a.hypercall(Hypercall::Open as u16, &[IMAGE_BASE + 0x800, 0, 0]);
     a.mov(common::Reg::Rdi, common::Reg::Rax);
     a.mov_imm(common::Reg::Rsi, buf)
-        .mov_imm(common::Reg::Rcx, 64)
-        .out(Hypercall::Read as u16);
-    a.mov(common::Reg::Rcx, common::Reg::Rax);
+        .mov_imm(common::Reg::Rdx, 64)
+        .trap(Hypercall::Read as u16);
+    a.mov(common::Reg::Rdx, common::Reg::Rax);
     a.mov_imm(common::Reg::Rdi, 1)
         .mov_imm(common::Reg::Rsi, buf)
-        .out(Hypercall::Write as u16);
+        .trap(Hypercall::Write as u16);
     a.exit(0);
     a.pad_to(0x800).bytes(b"/data/./greeting.txt\0");
     let image = write_file(
@@ -233,7 +233,7 @@ fn files_under_a_mount_are_readable() {
     a.hypercall(Hypercall::Open as u16, &[IMAGE_BASE + 0x800, 0, 0]);
     a.bytes(&[0x48, 0xf7, 0xd8]); // neg rax
     a.mov(common::Reg::Rdi, common::Reg::Rax)
-        .out(Hypercall::Exit as u16);
+        .trap(Hypercall::Exit as u16);
     a.pad_to(0x800).bytes(b"/data/greeting.txt\0");
     let image = write_file(
         &dir,

@@ -14,7 +14,7 @@ use vmm::image::Image;
 const PROGRAM: &str = r#"
 struct note { char magic[8]; unsigned version, arch; };
 __attribute__((section(".pop_abi"), used))
-static const struct note pop_abi = { {'P','O','P','L','I','B','O','S'}, 1, 1 };
+static const struct note pop_abi = { {'P','O','P','L','I','B','O','S'}, ABI_VERSION, 1 };
 
 __attribute__((noinline)) void crash(volatile long *p) {
     *p = 42;
@@ -36,7 +36,8 @@ fn build() -> Option<PathBuf> {
     let dir = std::env::temp_dir().join(format!("popvmm-sym-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let source = dir.join("crash.c");
-    std::fs::write(&source, PROGRAM).unwrap();
+    let program = PROGRAM.replace("ABI_VERSION", &pop_abi::ABI_VERSION.to_string());
+    std::fs::write(&source, program).unwrap();
     let exe = dir.join("crash");
     let status = Command::new("gcc")
         .args([

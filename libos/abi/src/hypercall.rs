@@ -6,19 +6,21 @@
 //! (equal to guest physical addresses); the VMM checks every one against guest memory and
 //! answers `-EFAULT` for a bad one.
 //!
-//! * **x86-64**: `out dx, eax` with `dx` = [`X86_PORT_BASE`] + number; arguments in
-//!   `rdi, rsi, rcx, r8, r9`; the result comes back in `rax`. Every other register is
-//!   preserved.
-//! * **aarch64**: a 64-bit store of `x0` to [`crate::layout::HYPERCALL_MMIO_ADDR`] + 8 * number
-//!   (a page with no memory behind it, so KVM hands the store to the VMM); arguments in
-//!   `x0..x4`; the result comes back in `x0`.
+//! A hypercall is a 64-bit store to the hypercall page, at
+//! [`crate::layout::HYPERCALL_MMIO_ADDR`] + 8 * number. No memory backs that page, so KVM
+//! hands the store to the VMM as an MMIO exit (on every host: hardware-assisted KVM and
+//! software-virtualised ones such as PVM, where port I/O from user mode is not available).
+//! The stored value is ignored.
+//!
+//! * **x86-64**: the application (libos included) runs in ring 3 (see [`crate::layout::gdt`]);
+//!   arguments in `rdi, rsi, rdx, r10, r8` (Linux's system call order); the result comes back
+//!   in `rax`. Every other register is preserved.
+//! * **aarch64**: arguments in `x0..x4`; the result comes back in `x0`.
 //!
 //! Calls marked "does not return" end the vCPU's thread (or the whole VM).
 
-/// x86-64: port of hypercall 0; hypercall `n` uses port `X86_PORT_BASE + n`.
-pub const X86_PORT_BASE: u16 = 0x500;
-/// x86-64: number of ports reserved for hypercalls.
-pub const X86_PORT_COUNT: u16 = 0x100;
+/// Number of hypercall slots in the hypercall page (one 8-byte slot each).
+pub const SLOTS: u16 = 0x200;
 
 /// Sentinel timeout meaning "wait forever" for [`Hypercall::FutexWait`].
 pub const NO_TIMEOUT: u64 = u64::MAX;
@@ -80,6 +82,9 @@ pub enum Hypercall {
     ThreadExit = 26,
     /// `entropy(buf, len) -> len`: fills `buf` with random bytes from the host.
     Entropy = 27,
+    /// `set_thread_pointer(tp) -> 0`: sets the calling vCPU's thread pointer (x86-64:
+    /// `FS.base`, which ring 3 cannot write itself without `FSGSBASE`).
+    SetThreadPointer = 28,
     /// `fault(frame)`: the guest took an exception it cannot handle; `frame` points at the
     /// saved registers (x86-64: [`crate::X86FaultFrame`]). The VMM reports it and ends the VM
     /// with [`crate::EXIT_FAULT`]. Does not return.
@@ -88,7 +93,7 @@ pub enum Hypercall {
 
 impl Hypercall {
     /// All hypercalls, for dispatch tables and tests.
-    pub const ALL: [Hypercall; 24] = [
+    pub const ALL: [Hypercall; 25] = [
         Hypercall::Exit,
         Hypercall::Abort,
         Hypercall::Write,
@@ -112,6 +117,7 @@ impl Hypercall {
         Hypercall::Join,
         Hypercall::ThreadExit,
         Hypercall::Entropy,
+        Hypercall::SetThreadPointer,
         Hypercall::Fault,
     ];
 
@@ -120,9 +126,18 @@ impl Hypercall {
         Self::ALL.iter().copied().find(|h| *h as u16 == nr)
     }
 
-    /// The x86-64 port that issues this hypercall.
-    pub const fn x86_port(self) -> u16 {
-        X86_PORT_BASE + self as u16
+    /// The guest address a store to which issues this hypercall.
+    pub const fn address(self) -> u64 {
+        crate::layout::HYPERCALL_MMIO_ADDR + 8 * self as u64
+    }
+
+    /// The hypercall a store to guest physical `addr` issues, if any.
+    pub fn from_address(addr: u64) -> Option<Hypercall> {
+        let offset = addr.checked_sub(crate::layout::HYPERCALL_MMIO_ADDR)?;
+        if offset % 8 != 0 || offset / 8 >= u64::from(SLOTS) {
+            return None;
+        }
+        Self::from_number((offset / 8) as u16)
     }
 }
 
@@ -134,8 +149,14 @@ mod tests {
     fn numbers_round_trip_and_fit_the_port_range() {
         for h in Hypercall::ALL {
             assert_eq!(Hypercall::from_number(h as u16), Some(h));
-            assert!((h as u16) < X86_PORT_COUNT);
+            assert!((h as u16) < SLOTS);
+            assert_eq!(Hypercall::from_address(h.address()), Some(h));
         }
+        assert_eq!(
+            Hypercall::from_address(Hypercall::Write.address() + 1),
+            None
+        );
+        assert_eq!(Hypercall::from_address(0x1000), None);
         assert_eq!(Hypercall::from_number(0), None);
         assert_eq!(Hypercall::from_number(999), None);
     }

@@ -10,7 +10,7 @@
 //! 0x0001_0000  ..0x0009_0000   page tables, built by the VMM
 //! 0x0010_0000  ..0x0030_0000   per-vCPU areas (TSS, PerCpu, exception stack), PERCPU_SIZE each
 //! 0x0040_0000  ..              image: text, rodata, TLS template, relro (node-private, read-only)
-//! 0x3000_0000                  aarch64: hypercall MMIO page (never backed by memory)
+//! 0x3000_0000                  hypercall page (mapped, never backed by memory)
 //! 0x3fff_c000  ..0x4000_0000   x86-64: KVM's TSS pages (never backed by memory)
 //! 0x4000_0000  ..SHARED_BASE+memory  application-writable: .data, .bss, heap (stacks, TLS)
 //! ```
@@ -52,8 +52,11 @@ pub const PERCPU_DATA_OFFSET: u64 = 0x100;
 pub const MAX_VCPUS: u32 = 128;
 /// Where the linker places the image's first (text) segment.
 pub const IMAGE_BASE: u64 = 0x40_0000;
-/// aarch64: guest physical page whose stores the VMM sees as hypercalls.
+/// The hypercall page: mapped in the guest's page tables but not backed by memory, so that
+/// a store to it exits to the VMM (see [`crate::hypercall`]).
 pub const HYPERCALL_MMIO_ADDR: u64 = 0x3000_0000;
+/// Size of the hypercall page.
+pub const HYPERCALL_MMIO_SIZE: u64 = PAGE_SIZE;
 /// x86-64: the three pages KVM needs for its real-mode TSS (`KVM_SET_TSS_ADDR`).
 pub const KVM_TSS_ADDR: u64 = 0x3fff_c000;
 /// Node-private memory (tables, image) must end at or below this address.
@@ -78,15 +81,23 @@ pub const fn exception_stack_top(vcpu: u32) -> u64 {
     percpu_area(vcpu) + PERCPU_SIZE
 }
 
-/// x86-64 GDT selectors and descriptor indices.
+/// x86-64 GDT selectors. The application runs in ring 3 with the user segments (hardware KVM
+/// runs ring 0 natively too, but software-virtualised KVM such as PVM only runs guest user
+/// mode natively); exception handlers run in ring 0 with the kernel segments.
 pub mod gdt {
-    /// 64-bit code segment selector.
-    pub const CODE_SELECTOR: u16 = 0x08;
-    /// Data segment selector.
-    pub const DATA_SELECTOR: u16 = 0x10;
+    /// Ring-0 64-bit code segment (exception handlers).
+    pub const KERNEL_CODE_SELECTOR: u16 = 0x08;
+    /// Ring-0 data segment.
+    pub const KERNEL_DATA_SELECTOR: u16 = 0x10;
+    /// Ring-3 data segment, with RPL 3.
+    pub const USER_DATA_SELECTOR: u16 = 0x18 | 3;
+    /// Ring-3 64-bit code segment, with RPL 3.
+    pub const USER_CODE_SELECTOR: u16 = 0x20 | 3;
+    /// Number of 8-byte GDT entries before the TSS descriptors.
+    pub const FIXED_ENTRIES: u32 = 5;
     /// Selector of the TSS of vCPU `vcpu` (each TSS descriptor takes two GDT entries).
     pub const fn tss_selector(vcpu: u32) -> u16 {
-        (0x18 + vcpu * 16) as u16
+        ((FIXED_ENTRIES + vcpu * 2) * 8) as u16
     }
 }
 

@@ -20,10 +20,12 @@ pub enum Reg {
     Rdi = 7,
     R8 = 8,
     R9 = 9,
+    R10 = 10,
+    R11 = 11,
 }
 
 /// Argument registers of a hypercall, in order.
-pub const ARGS: [Reg; 5] = [Reg::Rdi, Reg::Rsi, Reg::Rcx, Reg::R8, Reg::R9];
+pub const ARGS: [Reg; 5] = [Reg::Rdi, Reg::Rsi, Reg::Rdx, Reg::R10, Reg::R8];
 
 /// Machine code being assembled at [`IMAGE_BASE`].
 #[derive(Default)]
@@ -91,15 +93,14 @@ impl Asm {
         for (reg, value) in ARGS.iter().zip(args) {
             self.mov_imm(*reg, *value);
         }
-        self.out(nr)
+        self.trap(nr)
     }
 
-    /// `mov edx, 0x500 + nr; out dx, eax`
-    pub fn out(&mut self, nr: u16) -> &mut Self {
-        let port = u32::from(pop_abi::hypercall::X86_PORT_BASE + nr);
-        self.bytes(&[0xba])
-            .bytes(&port.to_le_bytes())
-            .bytes(&[0xef])
+    /// `mov r11, HYPERCALL_MMIO_ADDR + 8 * nr; mov [r11], rax`: issues hypercall `nr` with
+    /// the argument registers as they are.
+    pub fn trap(&mut self, nr: u16) -> &mut Self {
+        let slot = pop_abi::layout::HYPERCALL_MMIO_ADDR + 8 * u64::from(nr);
+        self.mov_imm(Reg::R11, slot).bytes(&[0x49, 0x89, 0x03])
     }
 
     /// `write(fd, addr, len)`

@@ -1,5 +1,6 @@
-//! The x86-64 hypercall instruction: `out dx, eax` to the hypercall's port; arguments in
-//! `rdi, rsi, rcx, r8, r9`, result in `rax` (see `pop_abi::hypercall`).
+//! x86-64 hypercalls: a store to the hypercall's slot in the hypercall page; arguments in
+//! `rdi, rsi, rdx, r10, r8`, result in `rax` (see `pop_abi::hypercall`). Works in ring 3,
+//! where the application runs.
 
 use pop_abi::Hypercall;
 
@@ -7,18 +8,19 @@ use pop_abi::Hypercall;
 #[inline]
 pub fn call(nr: Hypercall, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
     let ret: i64;
-    // SAFETY: the port I/O exits to the VMM, which only reads the argument registers, reads or
-    // writes guest memory the arguments point at (as the hypercall documents) and sets rax.
+    // SAFETY: the store to the (unbacked) hypercall page exits to the VMM, which only reads
+    // the argument registers, reads or writes guest memory the arguments point at (as the
+    // hypercall documents) and sets rax.
     unsafe {
         core::arch::asm!(
-            "out dx, eax",
-            in("dx") nr.x86_port(),
+            "mov qword ptr [r11], rax",
+            in("r11") nr.address(),
             inout("rax") 0u64 => ret,
             in("rdi") a0,
             in("rsi") a1,
-            in("rcx") a2,
-            in("r8") a3,
-            in("r9") a4,
+            in("rdx") a2,
+            in("r10") a3,
+            in("r8") a4,
             options(nostack),
         );
     }
@@ -52,7 +54,7 @@ pub fn fault(frame: *const pop_abi::X86FaultFrame) -> ! {
 /// A hypercall that must not return did: stop the vCPU for good.
 fn unreachable_after_hypercall() -> ! {
     loop {
-        // SAFETY: with interrupts disabled, hlt exits to the VMM, which treats it as a fault.
-        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+        // SAFETY: ud2 raises #UD, which the exception handlers report to the VMM as a fault.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
     }
 }

@@ -1,9 +1,10 @@
-//! Exception handling: every CPU exception is fatal to the application. The entry stubs save
+//! Exception handling: every CPU exception is fatal to the application. Exceptions move the
+//! CPU from ring 3 (the application) to ring 0 on the vCPU's exception stack. The entry stubs save
 //! all registers as a `pop_abi::X86FaultFrame` on the vCPU's exception stack (IST1, set up by
 //! the VMM in the vCPU's TSS) and hand the frame to the VMM, which prints the registers and a
 //! symbolized backtrace and ends the VM.
 
-use pop_abi::layout::{IDT_ADDR, gdt::CODE_SELECTOR};
+use pop_abi::layout::{IDT_ADDR, gdt::KERNEL_CODE_SELECTOR};
 
 /// Number of architecturally defined exception vectors.
 const EXCEPTIONS: usize = 32;
@@ -27,7 +28,7 @@ pub fn install() {
         // SAFETY: the stub table is immutable data emitted below.
         let handler = unsafe { libos_exception_stubs[vector] };
         let low = (handler & 0xffff)
-            | (u64::from(CODE_SELECTOR) << 16)
+            | (u64::from(KERNEL_CODE_SELECTOR) << 16)
             | (u64::from(IST_INDEX) << 32)
             | (u64::from(INTERRUPT_GATE) << 40)
             | ((handler >> 16) & 0xffff) << 48;

@@ -8,9 +8,6 @@ pub mod tls;
 /// The architecture id recorded in the image's ABI note.
 pub const ABI_ARCH: u32 = pop_abi::arch::X86_64;
 
-/// `IA32_FS_BASE`: the thread pointer used by `%fs`-relative TLS accesses.
-const MSR_FS_BASE: u32 = 0xc000_0100;
-
 /// One-time CPU setup on the boot vCPU, before anything can fault: installs the exception
 /// handlers shared by all vCPUs.
 pub fn init_cpu() {
@@ -24,22 +21,14 @@ pub fn counter() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Points this vCPU's thread pointer (`FS.base`) at `tp`.
+/// Points this vCPU's thread pointer (`FS.base`) at `tp`. Ring 3 cannot write `FS.base`
+/// without `FSGSBASE`, which not every host offers, so the VMM does it.
 ///
 /// # Safety
 /// `tp` must point at a valid TLS block set up by [`crate::tls`]; TLS accesses of the current
 /// thread go through it from now on.
 pub unsafe fn set_thread_pointer(tp: u64) {
-    // SAFETY: we run at CPL 0 and IA32_FS_BASE exists on every x86-64 CPU.
-    unsafe {
-        core::arch::asm!(
-            "wrmsr",
-            in("ecx") MSR_FS_BASE,
-            in("eax") tp as u32,
-            in("edx") (tp >> 32) as u32,
-            options(nostack, preserves_flags),
-        );
-    }
+    hypercall::call(pop_abi::Hypercall::SetThreadPointer, tp, 0, 0, 0, 0);
 }
 
 /// Busy-wait hint for spin loops.

@@ -1,5 +1,6 @@
-//! The GDT (flat 64-bit code and data segments, then one TSS descriptor per vCPU) and the
-//! TSS of each vCPU, whose IST1 and RSP0 point at the vCPU's exception stack.
+//! The GDT (flat 64-bit code and data segments for ring 0 and ring 3, then one TSS descriptor
+//! per vCPU) and the TSS of each vCPU, whose IST1 and RSP0 point at the vCPU's exception
+//! stack. The application runs in ring 3; exception handlers run in ring 0.
 
 use pop_abi::layout::{GDT_ADDR, exception_stack_top, gdt::tss_selector, percpu_area};
 
@@ -7,9 +8,13 @@ use crate::memory::GuestMem;
 
 /// 64-bit code: present, ring 0, code execute/read accessed (type 0xB), long mode, 4 KiB
 /// granularity.
-pub const CODE_DESCRIPTOR: u64 = 0x00af_9b00_0000_ffff;
+pub const KERNEL_CODE_DESCRIPTOR: u64 = 0x00af_9b00_0000_ffff;
 /// Data: present, ring 0, read/write accessed (type 3), 32-bit default size, 4 KiB granularity.
-pub const DATA_DESCRIPTOR: u64 = 0x00cf_9300_0000_ffff;
+pub const KERNEL_DATA_DESCRIPTOR: u64 = 0x00cf_9300_0000_ffff;
+/// As [`KERNEL_DATA_DESCRIPTOR`], ring 3.
+pub const USER_DATA_DESCRIPTOR: u64 = 0x00cf_f300_0000_ffff;
+/// As [`KERNEL_CODE_DESCRIPTOR`], ring 3.
+pub const USER_CODE_DESCRIPTOR: u64 = 0x00af_fb00_0000_ffff;
 /// Size of a 64-bit TSS without I/O permission bitmap.
 pub const TSS_SIZE: u64 = 104;
 /// TSS access byte: present, 64-bit TSS marked busy (type 0xB), as after `ltr`.
@@ -33,7 +38,14 @@ pub fn tss_descriptor(base: u64) -> [u64; 2] {
 
 /// The GDT for `vcpus` vCPUs.
 pub fn gdt(vcpus: u32) -> Vec<u64> {
-    let mut table = vec![0, CODE_DESCRIPTOR, DATA_DESCRIPTOR];
+    // In the order of the selectors in `pop_abi::layout::gdt`.
+    let mut table = vec![
+        0,
+        KERNEL_CODE_DESCRIPTOR,
+        KERNEL_DATA_DESCRIPTOR,
+        USER_DATA_DESCRIPTOR,
+        USER_CODE_DESCRIPTOR,
+    ];
     for vcpu in 0..vcpus {
         debug_assert_eq!(table.len() * 8, tss_selector(vcpu) as usize);
         table.extend(tss_descriptor(percpu_area(vcpu)));
@@ -84,7 +96,7 @@ mod tests {
     #[test]
     fn gdt_has_one_tss_per_vcpu() {
         let table = gdt(3);
-        assert_eq!(table.len(), 3 + 2 * 3);
+        assert_eq!(table.len(), 5 + 2 * 3);
         assert_eq!(gdt_limit(3) as usize, table.len() * 8 - 1);
         assert_eq!(
             table[(tss_selector(2) / 8) as usize],

@@ -1,5 +1,5 @@
 //! x86-64 (long mode) backend: identity-mapped page tables, a flat GDT with one TSS per vCPU,
-//! and hypercalls as `out dx, eax` to the ports of [`pop_abi::hypercall::X86_PORT_BASE`].
+//! and hypercalls as stores to the hypercall page ([`pop_abi::layout::HYPERCALL_MMIO_ADDR`]).
 
 mod cpuid;
 pub mod fault;

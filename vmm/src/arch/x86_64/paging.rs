@@ -3,7 +3,8 @@
 //! dereference faults). Nothing else is mapped.
 
 use pop_abi::layout::{
-    LARGE_PAGE_SIZE, PAGE_SIZE, PAGE_TABLES_ADDR, PAGE_TABLES_SIZE, SHARED_BASE,
+    HYPERCALL_MMIO_ADDR, LARGE_PAGE_SIZE, PAGE_SIZE, PAGE_TABLES_ADDR, PAGE_TABLES_SIZE,
+    SHARED_BASE,
 };
 
 use crate::memory::GuestMem;
@@ -12,6 +13,8 @@ use crate::memory::GuestMem;
 const PRESENT: u64 = 1 << 0;
 /// Entry flag: writable.
 const WRITABLE: u64 = 1 << 1;
+/// Accessible from ring 3, where the application runs (every level must allow it).
+const USER: u64 = 1 << 2;
 /// Entry flag (in a page directory): maps a 2 MiB page.
 const LARGE: u64 = 1 << 7;
 /// Bits of an entry holding the physical address.
@@ -45,23 +48,29 @@ impl PageTables {
         let mut pt = PageTables {
             tables: vec![[0; ENTRIES]; FIRST_PD],
         };
-        pt.tables[PML4][0] = table_addr(PDPT) | PRESENT | WRITABLE;
-        let ranges = [(0, private_end), (SHARED_BASE, shared_end)];
+        pt.tables[PML4][0] = table_addr(PDPT) | PRESENT | WRITABLE | USER;
+        // The hypercall page is mapped (its 2 MiB page) but has no memory behind it.
+        let hypercalls = HYPERCALL_MMIO_ADDR & !(LARGE_PAGE_SIZE - 1);
+        let ranges = [
+            (0, private_end),
+            (hypercalls, hypercalls + LARGE_PAGE_SIZE),
+            (SHARED_BASE, shared_end),
+        ];
         for (start, end) in ranges {
             for page in (start..end).step_by(LARGE_PAGE_SIZE as usize) {
                 let pd = pt.directory_for(page);
                 let slot = ((page >> 21) & 511) as usize;
                 pt.tables[pd][slot] = if page == 0 {
-                    table_addr(LOW_PT) | PRESENT | WRITABLE
+                    table_addr(LOW_PT) | PRESENT | WRITABLE | USER
                 } else {
-                    page | PRESENT | WRITABLE | LARGE
+                    page | PRESENT | WRITABLE | USER | LARGE
                 };
             }
         }
         if private_end > 0 {
             // Page 0 stays not present.
             for (i, entry) in pt.tables[LOW_PT].iter_mut().enumerate().skip(1) {
-                *entry = (i as u64 * PAGE_SIZE) | PRESENT | WRITABLE;
+                *entry = (i as u64 * PAGE_SIZE) | PRESENT | WRITABLE | USER;
             }
         }
         assert!((pt.tables.len() as u64) * PAGE_SIZE <= PAGE_TABLES_SIZE);
@@ -77,7 +86,7 @@ impl PageTables {
         }
         let index = self.tables.len();
         self.tables.push([0; ENTRIES]);
-        self.tables[PDPT][gib] = table_addr(index) | PRESENT | WRITABLE;
+        self.tables[PDPT][gib] = table_addr(index) | PRESENT | WRITABLE | USER;
         index
     }
 
@@ -147,7 +156,12 @@ mod tests {
         assert_eq!(pt.translate(0x40_1234), Some(0x40_1234));
         assert_eq!(pt.translate(private - 1), Some(private - 1));
         assert_eq!(pt.translate(private), None, "gap after private memory");
-        assert_eq!(pt.translate(0x3000_0000), None, "hypercall MMIO page");
+        assert_eq!(
+            pt.translate(HYPERCALL_MMIO_ADDR + 8),
+            Some(HYPERCALL_MMIO_ADDR + 8),
+            "hypercall page (mapped; no memory behind it)"
+        );
+        assert_eq!(pt.translate(HYPERCALL_MMIO_ADDR - 1), None);
         assert_eq!(pt.translate(SHARED_BASE - 1), None);
         assert_eq!(pt.translate(SHARED_BASE), Some(SHARED_BASE));
         assert_eq!(pt.translate(shared_end - 8), Some(shared_end - 8));
@@ -159,7 +173,7 @@ mod tests {
     #[test]
     fn large_shared_memory_fits_the_table_area() {
         let shared_end = SHARED_BASE + (64 << 30);
-        let pt = PageTables::build(0x3000_0000, shared_end);
+        let pt = PageTables::build(HYPERCALL_MMIO_ADDR, shared_end);
         assert_eq!(pt.translate(shared_end - 1), Some(shared_end - 1));
         assert_eq!(pt.translate(shared_end), None);
         assert_eq!(
@@ -179,9 +193,9 @@ mod tests {
         };
         assert_eq!(
             entry(PML4, 0),
-            (PAGE_TABLES_ADDR + 0x1000) | PRESENT | WRITABLE
+            (PAGE_TABLES_ADDR + 0x1000) | PRESENT | WRITABLE | USER
         );
         assert_eq!(entry(LOW_PT, 0), 0);
-        assert_eq!(entry(LOW_PT, 1), 0x1000 | PRESENT | WRITABLE);
+        assert_eq!(entry(LOW_PT, 1), 0x1000 | PRESENT | WRITABLE | USER);
     }
 }

@@ -4,9 +4,11 @@
 
 use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
-use pop_abi::hypercall::{X86_PORT_BASE, X86_PORT_COUNT};
-use pop_abi::layout::gdt::{CODE_SELECTOR, DATA_SELECTOR, tss_selector};
-use pop_abi::layout::{IDT_ADDR, IDT_SIZE, PAGE_TABLES_ADDR, percpu_area, percpu_data};
+use pop_abi::layout::gdt::{USER_CODE_SELECTOR, USER_DATA_SELECTOR, tss_selector};
+use pop_abi::layout::{
+    HYPERCALL_MMIO_ADDR, HYPERCALL_MMIO_SIZE, IDT_ADDR, IDT_SIZE, PAGE_TABLES_ADDR, percpu_area,
+    percpu_data,
+};
 
 use super::{VmArch, cpuid, fault, gdt};
 use crate::arch::{Crash, Exit, HypercallRequest, ThreadStart};
@@ -114,19 +116,14 @@ impl Vcpu {
             Ok(Exit::Crash(Box::new(self.crash_here(what, detail))))
         };
         match raw {
-            RawExit::Out(port)
-                if (X86_PORT_BASE..X86_PORT_BASE + X86_PORT_COUNT).contains(&port) =>
-            {
+            RawExit::Mmio(addr, true) if is_hypercall_page(addr) => {
                 let r = &self.fd.sync_regs().regs;
                 Ok(Exit::Hypercall(HypercallRequest {
-                    nr: port - X86_PORT_BASE,
-                    args: [r.rdi, r.rsi, r.rcx, r.r8, r.r9],
+                    nr: ((addr - HYPERCALL_MMIO_ADDR) / 8) as u16,
+                    args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
                 }))
             }
-            RawExit::Out(port) => crash(
-                "write to I/O port",
-                Some(format!("port {port:#x} is not a hypercall port")),
-            ),
+            RawExit::Out(port) => crash("write to I/O port", Some(format!("port {port:#x}"))),
             RawExit::In(port) => crash("read from I/O port", Some(format!("port {port:#x}"))),
             RawExit::Mmio(addr, write) => crash(
                 if write {
@@ -170,6 +167,13 @@ impl Vcpu {
             internal.suberror,
             &internal.data[..n]
         )
+    }
+
+    /// Sets the thread pointer (`FS.base`) of the thread running on this vCPU.
+    pub fn set_thread_pointer(&mut self, tp: u64) -> Result<(), kvm_ioctls::Error> {
+        let mut sregs = self.fd.get_sregs()?;
+        sregs.fs.base = tp;
+        self.fd.set_sregs(&sregs)
     }
 
     /// Answers the hypercall the vCPU stopped on.
@@ -216,7 +220,14 @@ impl Vcpu {
     }
 }
 
-/// System registers for 64-bit long mode with paging, on vCPU `index`.
+/// Whether a store to `addr` is a hypercall (see [`pop_abi::hypercall`]).
+fn is_hypercall_page(addr: u64) -> bool {
+    (HYPERCALL_MMIO_ADDR..HYPERCALL_MMIO_ADDR + HYPERCALL_MMIO_SIZE).contains(&addr)
+}
+
+/// System registers for 64-bit long mode with paging, on vCPU `index`, running in ring 3:
+/// hardware-assisted KVM runs ring 0 natively too, but software-virtualised KVM (PVM) only
+/// runs guest user mode natively and emulates ring 0 instruction by instruction.
 fn long_mode_sregs(mut sregs: kvm_sregs, index: u32, max_vcpus: u32) -> kvm_sregs {
     let flat = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
         base: 0,
@@ -224,7 +235,7 @@ fn long_mode_sregs(mut sregs: kvm_sregs, index: u32, max_vcpus: u32) -> kvm_sreg
         selector,
         type_,
         present: 1,
-        dpl: 0,
+        dpl: 3,
         db,
         s: 1,
         l,
@@ -233,8 +244,8 @@ fn long_mode_sregs(mut sregs: kvm_sregs, index: u32, max_vcpus: u32) -> kvm_sreg
         unusable: 0,
         padding: 0,
     };
-    sregs.cs = flat(CODE_SELECTOR, 0xb, 1, 0);
-    let data = flat(DATA_SELECTOR, 0x3, 0, 1);
+    sregs.cs = flat(USER_CODE_SELECTOR, 0xb, 1, 0);
+    let data = flat(USER_DATA_SELECTOR, 0x3, 0, 1);
     sregs.ds = data;
     sregs.es = data;
     sregs.ss = data;
