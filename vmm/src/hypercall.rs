@@ -26,6 +26,8 @@ pub enum Flow {
     Stop,
     /// The guest reported a fatal exception, with its frame at this address.
     Fault(u64),
+    /// The guest aborted (a panic, `std::process::abort`): end the VM.
+    Abort,
     /// Set the calling vCPU's thread pointer, then resume with 0.
     SetThreadPointer(u64),
 }
@@ -42,10 +44,7 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
             vm.finish(Outcome::Exit(a0 as i32));
             return Flow::Stop;
         }
-        Hypercall::Abort => {
-            vm.finish(Outcome::Abort);
-            return Flow::Stop;
-        }
+        Hypercall::Abort => return Flow::Abort,
         Hypercall::ThreadExit => return Flow::ThreadExit,
         Hypercall::Fault => return Flow::Fault(a0),
         Hypercall::SetThreadPointer => return Flow::SetThreadPointer(a0),

@@ -267,6 +267,10 @@ fn record_boot(vm: &VmShared, vcpu: &Vcpu) {
     vm.timings.mark_boot();
 }
 
+/// When set (and not `0`), a guest abort (e.g. a panic) also prints the aborting thread's
+/// registers and backtrace, like a fault.
+pub const BACKTRACE_ENV: &str = "POPVMM_BACKTRACE";
+
 /// Runs one guest thread until it exits or the VM ends.
 fn run_thread(vm: &Arc<VmShared>, vcpu: &mut Vcpu, tid: u32) -> ThreadEnd {
     loop {
@@ -282,6 +286,15 @@ fn run_thread(vm: &Arc<VmShared>, vcpu: &mut Vcpu, tid: u32) -> ThreadEnd {
                 Flow::ThreadExit => return ThreadEnd::Exited,
                 Flow::Stop => return ThreadEnd::VmOver,
                 Flow::Fault(frame) => vcpu.crash_from_fault_frame(&vm.mem, frame),
+                Flow::Abort => {
+                    if std::env::var_os(BACKTRACE_ENV).is_some_and(|v| v != "0") {
+                        let crash = vcpu.crash_here("abort", None);
+                        vm.reports
+                            .write_all_lossy(&fault::report(&crash, &vm.mem, &vm.image));
+                    }
+                    vm.finish(Outcome::Abort);
+                    return ThreadEnd::VmOver;
+                }
                 Flow::SetThreadPointer(tp) => {
                     let result = match vcpu.set_thread_pointer(tp) {
                         Ok(()) => 0,

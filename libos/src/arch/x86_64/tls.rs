@@ -17,14 +17,19 @@ pub struct BlockLayout {
 const TCB_SIZE: usize = 16;
 
 /// The layout for a TLS segment of `memsz` bytes aligned to `align`.
+///
+/// The linker resolves TLS offsets against a thread pointer `memsz` rounded up to the
+/// segment's own alignment past the block's start, so exactly that distance must separate
+/// the data from the thread pointer; the thread pointer itself is kept 16-byte aligned.
 pub fn block_layout(memsz: usize, align: usize) -> BlockLayout {
-    let align = align.max(16);
+    let align = align.max(1);
     let tls_size = memsz.next_multiple_of(align);
+    let tp_offset = tls_size.next_multiple_of(16);
     BlockLayout {
-        size: tls_size + TCB_SIZE,
-        align,
-        data_offset: 0,
-        tp_offset: tls_size,
+        size: tp_offset + TCB_SIZE,
+        align: align.max(16),
+        data_offset: tp_offset - tls_size,
+        tp_offset,
     }
 }
 

@@ -213,7 +213,7 @@ impl Vcpu {
     }
 
     /// A crash at the vCPU's current state.
-    fn crash_here(&self, what: &str, detail: Option<String>) -> Crash {
+    pub fn crash_here(&self, what: &str, detail: Option<String>) -> Crash {
         let regs = self.fd.get_regs().unwrap_or_default();
         let sregs = self.fd.get_sregs().unwrap_or_default();
         fault::crash_from_kvm(what.to_string(), detail, &regs, &sregs)
