@@ -5,12 +5,12 @@
 //! version, `is_prime` counts 0 and 1 as prime: with the default `MAX` of 400000 the sums
 //! are 9594, 8392, 8013 and 7863, 33862 in all.
 //!
-//! Usage: `primesum [MAX]`.
+//! Usage: `primesum [MAX [THREADS]]` (THREADS defaults to 4; benchmarks compare 1 and 4).
 
 use std::thread;
 
-/// Number of worker threads.
-const THREADS: u64 = 4;
+/// Number of worker threads when no argument says otherwise.
+const DEFAULT_THREADS: u64 = 4;
 /// `MAX` when no argument is given.
 const DEFAULT_MAX: u64 = 400_000;
 
@@ -32,20 +32,30 @@ fn count_primes(start: u64, end: u64) -> u64 {
     (start..end).filter(|&n| is_prime(n)).count() as u64
 }
 
-fn main() {
-    let max = match std::env::args().nth(1) {
+/// The numeric argument at `index`, or `default` when absent; exits on a bad one.
+fn arg(index: usize, name: &str, default: u64) -> u64 {
+    match std::env::args().nth(index) {
         Some(arg) => match arg.parse::<u64>() {
-            Ok(max) => max,
+            Ok(value) if value > 0 || name == "MAX" => value,
+            Ok(_) => {
+                eprintln!("primesum: {name} must be positive");
+                std::process::exit(2);
+            }
             Err(e) => {
-                eprintln!("primesum: bad MAX {arg:?}: {e}");
+                eprintln!("primesum: bad {name} {arg:?}: {e}");
                 std::process::exit(2);
             }
         },
-        None => DEFAULT_MAX,
-    };
-    let workers: Vec<_> = (0..THREADS)
+        None => default,
+    }
+}
+
+fn main() {
+    let max = arg(1, "MAX", DEFAULT_MAX);
+    let threads = arg(2, "THREADS", DEFAULT_THREADS);
+    let workers: Vec<_> = (0..threads)
         .map(|i| {
-            let (start, end) = (i * max / THREADS, (i + 1) * max / THREADS);
+            let (start, end) = (i * max / threads, (i + 1) * max / threads);
             thread::spawn(move || count_primes(start, end))
         })
         .collect();
