@@ -313,3 +313,46 @@ fn differential_std_programs_behave_as_native_linux_processes() {
     let _ = std::fs::remove_dir_all(&native_dir);
     let _ = std::fs::remove_dir_all(&vm_dir);
 }
+
+/// Runs `popvmm launch` like [`launch`], killing it after `limit` (a lost futex wake-up
+/// would otherwise hang the test).
+fn launch_with_limit(name: &str, args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_popvmm"))
+        .arg("launch")
+        .arg(image(name))
+        .arg("--")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run popvmm");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{name} {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn futex_hand_offs_lose_no_wake_up() {
+    // Two threads hand a token back and forth through Mutex + Condvar: every round needs a
+    // wake-up that reaches a waiter, whether it spins or blocks in the VMM.
+    let out = launch_with_limit(
+        "checks",
+        &["pingpong", "50000"],
+        std::time::Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("pingpong_ns="), "{}", stdout(&out));
+    // More threads (vCPUs) than host cores: every join must return.
+    let out = launch_with_limit(
+        "checks",
+        &["spin", "6", "1000000"],
+        std::time::Duration::from_secs(120),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
