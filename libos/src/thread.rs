@@ -1,17 +1,20 @@
 //! Threads. A thread is a vCPU (DESIGN.md, decision 2): the libos allocates the stack and the
-//! TLS block in application memory and asks the VMM to start a vCPU on them; joins block in
-//! the VMM. The registry remembers each thread's allocations so they can be freed once the
-//! thread has exited: at `join`, or for threads nobody joins (std detaches them by dropping
-//! the handle), at the next spawn.
+//! TLS block in application memory and asks the VMM to start a vCPU on them. When the thread
+//! ends, the VMM sets the thread's completion word (after the vCPU has left the thread's
+//! stack for good) and wakes it, so a join is a futex wait on that word: it spins briefly, then
+//! blocks in the VMM. The registry remembers each thread's allocations so they can be freed
+//! once the thread has exited: at `join`, or for threads nobody joins (std detaches them by
+//! dropping the handle), at the next spawn.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use pop_abi::Hypercall;
+use pop_abi::hypercall::NO_TIMEOUT;
 
 use crate::arch::hypercall;
 use crate::heap;
-use crate::sync::Mutex;
+use crate::sync::{self, Mutex};
 use crate::tls::{self, TlsBlock};
 
 /// Smallest stack a thread gets.
@@ -25,8 +28,10 @@ struct ThreadRecord {
     stack: *mut u8,
     stack_size: usize,
     _tls: TlsBlock,
-    /// Set by the thread itself just before it asks the VMM to end it.
-    finishing: *const AtomicU32,
+    /// The thread's completion word (in its `Start`), set to 1 by the VMM once it has exited.
+    done: *const AtomicU32,
+    /// A joiner is waiting on `done`: the reaper must leave the record alone.
+    joining: bool,
 }
 
 // SAFETY: the records only hold addresses of heap memory owned by the registry.
@@ -36,7 +41,7 @@ unsafe impl Send for ThreadRecord {}
 struct Start {
     func: extern "C" fn(usize),
     arg: usize,
-    finishing: AtomicU32,
+    done: AtomicU32,
 }
 
 static REGISTRY: Mutex<Vec<ThreadRecord>> = Mutex::new(Vec::new());
@@ -54,7 +59,7 @@ pub fn spawn(func: extern "C" fn(usize), arg: usize, stack_size: usize) -> Resul
     let start = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(Start {
         func,
         arg,
-        finishing: AtomicU32::new(0),
+        done: AtomicU32::new(0),
     }));
     // The entry is entered as if called: rsp + 8 must be 16-byte aligned.
     // SAFETY: inside the stack allocation.
@@ -87,35 +92,54 @@ pub fn spawn(func: extern "C" fn(usize), arg: usize, stack_size: usize) -> Resul
         stack_size,
         _tls: tls,
         // SAFETY: `start` stays allocated until `release` frees it.
-        finishing: unsafe { &raw const (*start).finishing },
+        done: unsafe { &raw const (*start).done },
+        joining: false,
     });
     Ok(tid as u32)
 }
 
 /// Blocks until thread `tid` has exited, then frees its stack and TLS.
 pub fn join(tid: u32) -> i32 {
-    let ret = hypercall::call(Hypercall::Join, u64::from(tid), 0, 0, 0, 0);
+    let done = {
+        let mut registry = REGISTRY.lock();
+        match registry.iter_mut().find(|r| r.tid == tid) {
+            Some(record) => {
+                record.joining = true;
+                record.done
+            }
+            // Not ours (or already reaped): the VMM knows whether it exists.
+            None => {
+                drop(registry);
+                return hypercall::call(Hypercall::Join, u64::from(tid), 0, 0, 0, 0) as i32;
+            }
+        }
+    };
+    // SAFETY: `joining` keeps the reaper from freeing the word while we wait on it.
+    let done = unsafe { &*done };
+    while done.load(Ordering::Acquire) == 0 {
+        sync::futex_wait(done, 0, NO_TIMEOUT);
+    }
     let mut registry = REGISTRY.lock();
     if let Some(i) = registry.iter().position(|r| r.tid == tid) {
         let record = registry.swap_remove(i);
         drop(registry);
         release(record);
     }
-    ret as i32
+    0
 }
 
-/// Frees the resources of threads that announced their end (and joins them in the VMM,
-/// which returns at once for a thread that has exited).
+/// Frees the resources of threads that have exited and that nobody is joining.
 fn reap_finished() {
     let finished: Vec<ThreadRecord> = {
         let mut registry = REGISTRY.lock();
         let mut done = Vec::new();
         let mut i = 0;
         while i < registry.len() {
-            // SAFETY: the flag lives in the thread's `Start`, which only `release` frees, after
+            let record = &registry[i];
+            // SAFETY: the word lives in the thread's `Start`, which only `release` frees, after
             // the record has left the registry.
-            let finishing = unsafe { (*registry[i].finishing).load(Ordering::Acquire) } != 0;
-            if finishing {
+            let exited = unsafe { (*record.done).load(Ordering::Acquire) } != 0;
+            if exited && !record.joining {
                 done.push(registry.swap_remove(i));
             } else {
                 i += 1;
@@ -124,20 +148,20 @@ fn reap_finished() {
         done
     };
     for record in finished {
-        hypercall::call(Hypercall::Join, u64::from(record.tid), 0, 0, 0, 0);
         release(record);
     }
 }
 
 fn release(record: ThreadRecord) {
-    // SAFETY: the thread has exited (the VMM's join returned), so nothing runs on its stack.
+    // SAFETY: the thread has exited (the VMM set its completion word after its vCPU left the
+    // thread for good), so nothing runs on its stack or reads its `Start` any more.
     unsafe {
         heap::free(record.stack, record.stack_size, STACK_ALIGN);
         drop(alloc::boxed::Box::from_raw(
             record
-                .finishing
+                .done
                 .cast_mut()
-                .byte_sub(core::mem::offset_of!(Start, finishing)) as *mut Start,
+                .byte_sub(core::mem::offset_of!(Start, done)) as *mut Start,
         ));
     }
 }
@@ -147,6 +171,5 @@ extern "C" fn thread_entry(start: *mut Start, _unused: usize) -> ! {
     // SAFETY: `spawn` passes a valid `Start` that stays allocated until the thread is reaped.
     let start = unsafe { &*start };
     (start.func)(start.arg);
-    start.finishing.store(1, Ordering::Release);
-    hypercall::thread_exit()
+    hypercall::thread_exit(&start.done)
 }

@@ -20,8 +20,9 @@ use crate::vm::{Outcome, VmShared};
 pub enum Flow {
     /// Resume the guest with this result.
     Return(i64),
-    /// The calling thread ended; its vCPU is free.
-    ThreadExit,
+    /// The calling thread ended; its vCPU is free. Then signal the guest word at this
+    /// address (0: none).
+    ThreadExit(u64),
     /// The VM is over.
     Stop,
     /// The guest reported a fatal exception, with its frame at this address.
@@ -45,7 +46,7 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
             return Flow::Stop;
         }
         Hypercall::Abort => return Flow::Abort,
-        Hypercall::ThreadExit => return Flow::ThreadExit,
+        Hypercall::ThreadExit => return Flow::ThreadExit(a0),
         Hypercall::Fault => return Flow::Fault(a0),
         Hypercall::SetThreadPointer => return Flow::SetThreadPointer(a0),
         Hypercall::Write => vm.fs.write(mem, a0, a1, a2),

@@ -223,8 +223,12 @@ fn stop_vcpu_threads(handles: Vec<JoinHandle<()>>) {
 
 /// How one guest thread on a vCPU ended.
 enum ThreadEnd {
-    /// `thread_exit`: the vCPU is free for another thread.
-    Exited,
+    /// `thread_exit`: the vCPU is free for another thread; the guest word at `done` (if not 0)
+    /// is to be set and woken.
+    Exited {
+        /// Guest address of the thread's completion word, or 0.
+        done: u64,
+    },
     /// The VM is over.
     VmOver,
 }
@@ -246,9 +250,16 @@ fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, first: ThreadStart, mailbox: A
         }
         match run_thread(&vm, &mut vcpu, start.tid) {
             ThreadEnd::VmOver => return,
-            ThreadEnd::Exited => {
+            ThreadEnd::Exited { done } => {
                 if vm.threads.exited(start.tid, &mailbox) {
                     vm.finish(Outcome::Exit(0));
+                }
+                if done != 0 {
+                    // A bad address only loses the notification, which the guest asked for.
+                    let _ = vm.mem.with_atomic_u32(done, |word| {
+                        word.store(1, Ordering::SeqCst);
+                        crate::sys::futex_wake(word, i32::MAX)
+                    });
                 }
                 next = mailbox.wait(|| vm.stopping());
             }
@@ -283,7 +294,7 @@ fn run_thread(vm: &Arc<VmShared>, vcpu: &mut Vcpu, tid: u32) -> ThreadEnd {
                     vcpu.set_hypercall_result(value);
                     continue;
                 }
-                Flow::ThreadExit => return ThreadEnd::Exited,
+                Flow::ThreadExit(done) => return ThreadEnd::Exited { done },
                 Flow::Stop => return ThreadEnd::VmOver,
                 Flow::Fault(frame) => vcpu.crash_from_fault_frame(&vm.mem, frame),
                 Flow::Abort => {

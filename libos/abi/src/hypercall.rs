@@ -78,7 +78,9 @@ pub enum Hypercall {
     Spawn = 24,
     /// `join(tid) -> 0`: blocks until thread `tid` has exited; `-ESRCH` for an unknown tid.
     Join = 25,
-    /// `thread_exit()`: ends the calling thread and frees its vCPU. Does not return.
+    /// `thread_exit(done)`: ends the calling thread and frees its vCPU. If `done` is not 0, the
+    /// VMM then stores 1 in the 32-bit word at `done` and wakes every futex waiter on it, so
+    /// that joiners can wait on that word without a [`Hypercall::Join`]. Does not return.
     ThreadExit = 26,
     /// `entropy(buf, len) -> len`: fills `buf` with random bytes from the host.
     Entropy = 27,

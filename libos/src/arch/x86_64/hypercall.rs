@@ -39,9 +39,10 @@ pub fn abort() -> ! {
     unreachable_after_hypercall()
 }
 
-/// Ends the calling thread; its vCPU returns to the VMM's pool.
-pub fn thread_exit() -> ! {
-    call(Hypercall::ThreadExit, 0, 0, 0, 0, 0);
+/// Ends the calling thread; its vCPU returns to the VMM's pool, and the VMM then sets `done`
+/// to 1 and wakes its waiters.
+pub fn thread_exit(done: &core::sync::atomic::AtomicU32) -> ! {
+    call(Hypercall::ThreadExit, done.as_ptr() as u64, 0, 0, 0, 0);
     unreachable_after_hypercall()
 }
 
