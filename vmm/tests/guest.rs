@@ -183,7 +183,7 @@ fn threads_spawn_join_and_reuse_vcpus() {
     a.mov(Reg::Rax, Reg::Rsi).bytes(&[0x48, 0x89, 0x03]); // mov [rbx], rax
     a.load_rax_fs0().bytes(&[0x48, 0x89, 0x43, 0x08]); // mov [rbx+8], rax
     a.load_rax_gs(8).bytes(&[0x48, 0x89, 0x43, 0x10]); // mov [rbx+16], rax
-    a.hypercall(Hypercall::ThreadExit as u16, &[]);
+    a.hypercall(Hypercall::ThreadExit as u16, &[0]); // no completion word
     let (config, out, err) = captured();
     assert_eq!(
         run_code(&a.code, &config).unwrap(),
