@@ -77,7 +77,7 @@ impl<'a> Symbolizer<'a> {
                 .map(|name| demangle(&name))
                 .unwrap_or_else(|| "??".into());
             let location = frame.location.as_ref().and_then(|l| {
-                let file = l.file?;
+                let file = short_path(l.file?);
                 Some(match l.line {
                     Some(line) => format!("{file}:{line}"),
                     None => file.to_string(),
@@ -176,5 +176,31 @@ mod tests {
                 .contains("demangles_rust_names_without_hash"),
             "{info:?}"
         );
+    }
+}
+
+/// Shortens paths into the Rust toolchain's sources (`.../lib/rustlib/src/rust/library/std/..`
+/// becomes `<rust>/library/std/..`), which would otherwise fill the line.
+fn short_path(file: &str) -> std::borrow::Cow<'_, str> {
+    const MARKER: &str = "/lib/rustlib/src/rust/";
+    match file.find(MARKER) {
+        Some(at) => format!("<rust>/{}", &file[at + MARKER.len()..]).into(),
+        None => file.into(),
+    }
+}
+
+#[cfg(test)]
+mod short_path_tests {
+    use super::short_path;
+
+    #[test]
+    fn toolchain_paths_are_shortened_and_others_kept() {
+        assert_eq!(
+            short_path(
+                "/root/.rustup/toolchains/nightly/lib/rustlib/src/rust/library/core/src/ptr/mod.rs"
+            ),
+            "<rust>/library/core/src/ptr/mod.rs"
+        );
+        assert_eq!(short_path("/work/app/src/main.rs"), "/work/app/src/main.rs");
     }
 }
