@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rustup toolchain install --profile minimal >/dev/null
-rustup component add rust-src >/dev/null
+channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+rustup toolchain install "$channel" --profile minimal -c rust-src >/dev/null
 
 echo "== building popvmm and cargo-pop"
 cargo build --release -p vmm -p pop-toolchain
