@@ -61,9 +61,7 @@ pub fn spawn(func: extern "C" fn(usize), arg: usize, stack_size: usize) -> Resul
         arg,
         done: AtomicU32::new(0),
     }));
-    // The entry is entered as if called: rsp + 8 must be 16-byte aligned.
-    // SAFETY: inside the stack allocation.
-    let stack_top = unsafe { stack.add(stack_size - 8) } as u64;
+    let stack_top = crate::arch::thread_stack_pointer(stack as u64 + stack_size as u64);
     let mut registry = REGISTRY.lock();
     let tid = hypercall::call(
         Hypercall::Spawn,

@@ -33,14 +33,6 @@ impl Arch {
             Arch::Aarch64 => "aarch64-unknown-hermit",
         }
     }
-
-    /// Fails unless images can be built for this architecture yet.
-    pub fn ensure_supported(self) -> Result<()> {
-        match crate::link::script(self) {
-            Some(_) => Ok(()),
-            None => Err(Error::UnsupportedArch(self.name())),
-        }
-    }
 }
 
 impl fmt::Display for Arch {
@@ -107,13 +99,6 @@ mod tests {
             "riscv64".parse::<ArchSelection>(),
             Err(Error::UnknownArch(_))
         ));
-    }
-
-    #[test]
-    fn aarch64_is_not_supported_yet() {
-        assert!(Arch::X86_64.ensure_supported().is_ok());
-        let err = Arch::Aarch64.ensure_supported().unwrap_err();
-        assert_eq!(err.to_string(), "aarch64 images are not supported yet");
     }
 
     #[test]

@@ -14,9 +14,6 @@ pub enum Error {
     /// `--arch` named an architecture this crate does not know.
     #[error("unknown architecture `{0}` (expected x86_64, aarch64 or all)")]
     UnknownArch(String),
-    /// The architecture is known but cannot be built for yet.
-    #[error("{0} images are not supported yet")]
-    UnsupportedArch(&'static str),
     /// The popcorn-rs repository (which holds the libos) was not found.
     #[error("no libos found: {0} does not exist (set POP_REPO to the popcorn-rs repository)")]
     NoLibos(PathBuf),

@@ -35,19 +35,6 @@ fn help_reads_as_a_cargo_subcommand() {
 }
 
 #[test]
-fn aarch64_is_refused_before_building() {
-    for arch in ["aarch64", "all"] {
-        let out = cargo_pop(&["pop", "build", "--arch", arch]);
-        assert_eq!(out.status.code(), Some(1));
-        assert!(out.stdout.is_empty());
-        assert_eq!(
-            text(&out.stderr),
-            "cargo-pop: error: aarch64 images are not supported yet\n"
-        );
-    }
-}
-
-#[test]
 fn unknown_arch_is_one_line() {
     let out = cargo_pop(&["build", "--arch", "mips"]);
     assert_eq!(out.status.code(), Some(1));

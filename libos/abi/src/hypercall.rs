@@ -15,12 +15,24 @@
 //! * **x86-64**: the application (libos included) runs in ring 3 (see [`crate::layout::gdt`]);
 //!   arguments in `rdi, rsi, rdx, r10, r8` (Linux's system call order); the result comes back
 //!   in `rax`. Every other register is preserved.
-//! * **aarch64**: arguments in `x0..x4`; the result comes back in `x0`.
+//! * **aarch64**: the stored value is the guest address of a [`HypercallBlock`] holding the
+//!   arguments; the VMM writes the result into the block before the guest resumes. (Reading
+//!   registers costs an ioctl each on aarch64 KVM; the store's value comes with the exit.)
 //!
 //! Calls marked "does not return" end the vCPU's thread (or the whole VM).
 
 /// Number of hypercall slots in the hypercall page (one 8-byte slot each).
 pub const SLOTS: u16 = 0x200;
+
+/// aarch64: the arguments and result of one hypercall, in guest memory (see the module docs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HypercallBlock {
+    /// The five arguments, in order.
+    pub args: [u64; 5],
+    /// The result, written by the VMM.
+    pub result: i64,
+}
 
 /// Sentinel timeout meaning "wait forever" for [`Hypercall::FutexWait`].
 pub const NO_TIMEOUT: u64 = u64::MAX;
@@ -88,7 +100,7 @@ pub enum Hypercall {
     /// `FS.base`, which ring 3 cannot write itself without `FSGSBASE`).
     SetThreadPointer = 28,
     /// `fault(frame)`: the guest took an exception it cannot handle; `frame` points at the
-    /// saved registers (x86-64: [`crate::X86FaultFrame`]). The VMM reports it and ends the VM
+    /// saved registers (x86-64: [`crate::X86FaultFrame`]; aarch64: [`crate::Aarch64FaultFrame`]). The VMM reports it and ends the VM
     /// with [`crate::EXIT_FAULT`]. Does not return.
     Fault = 30,
 }

@@ -301,6 +301,42 @@ pub struct X86FaultFrame {
     pub ss: u64,
 }
 
+/// Register state saved by the libos's exception vectors on aarch64, handed to the VMM by
+/// [`Hypercall::Fault`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Aarch64FaultFrame {
+    /// x0 to x30 at the exception (x29 is the frame pointer, x30 the link register).
+    pub x: [u64; 31],
+    /// The interrupted code's stack pointer (`SP_EL0`).
+    pub sp: u64,
+    /// `ELR_EL1`: where the exception was taken.
+    pub elr: u64,
+    /// `SPSR_EL1`: the interrupted processor state.
+    pub spsr: u64,
+    /// `ESR_EL1`: the exception syndrome.
+    pub esr: u64,
+    /// `FAR_EL1`: the faulting address (data and instruction aborts).
+    pub far: u64,
+    /// Which vector: 0 synchronous, 1 IRQ, 2 FIQ, 3 SError, plus 4 times the source group
+    /// (0 current EL with SP_EL0, 1 current EL with SP_ELx, 2 lower EL AArch64, 3 AArch32).
+    pub kind: u64,
+}
+
+impl Default for Aarch64FaultFrame {
+    fn default() -> Self {
+        Aarch64FaultFrame {
+            x: [0; 31],
+            sp: 0,
+            elr: 0,
+            spsr: 0,
+            esr: 0,
+            far: 0,
+            kind: 0,
+        }
+    }
+}
+
 /// Exit status of `popvmm launch` when the guest aborts (`abort`, a panic): as a shell
 /// reports a process killed by SIGABRT.
 pub const EXIT_ABORT: i32 = 134;
@@ -317,6 +353,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<Timespec>(), 16);
         assert_eq!(core::mem::size_of::<Stat>(), 120);
         assert_eq!(core::mem::size_of::<X86FaultFrame>(), 22 * 8);
+        assert_eq!(core::mem::size_of::<Aarch64FaultFrame>(), 37 * 8);
+        assert_eq!(core::mem::size_of::<hypercall::HypercallBlock>(), 6 * 8);
         assert_eq!(dirent::record_len(1), 24);
         assert_eq!(dirent::record_len(5), 32);
     }

@@ -8,27 +8,26 @@
 use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fsutil;
 
-/// The x86-64 linker script.
-const X86_64: &str = include_str!("x86_64.ld");
+/// The linker script, the same for every architecture (the memory map is).
+const IMAGE: &str = include_str!("image.ld");
 
 /// File name of the linker script written next to the prelinked libos.
 const SCRIPT_NAME: &str = "link.ld";
 
-/// The linker script for `arch`, or `None` if images cannot be built for it yet.
-pub fn script(arch: Arch) -> Option<&'static str> {
+/// The linker script for `arch`.
+pub fn script(arch: Arch) -> &'static str {
     match arch {
-        Arch::X86_64 => Some(X86_64),
-        Arch::Aarch64 => None,
+        Arch::X86_64 | Arch::Aarch64 => IMAGE,
     }
 }
 
 /// Writes the linker script for `arch` into `dir` (only if its contents changed) and
 /// returns its path.
 pub fn write(dir: &Path, arch: Arch) -> Result<PathBuf> {
-    let script = script(arch).ok_or(Error::UnsupportedArch(arch.name()))?;
+    let script = script(arch);
     let path = dir.join(SCRIPT_NAME);
     fsutil::write_if_changed(&path, script.as_bytes())?;
     Ok(path)
@@ -40,8 +39,9 @@ mod tests {
     use pop_abi::layout::{IMAGE_BASE, PAGE_SIZE, PRIVATE_LIMIT, SHARED_BASE};
 
     #[test]
-    fn x86_64_script_uses_the_abi_addresses() {
-        let script = script(Arch::X86_64).unwrap();
+    fn script_uses_the_abi_addresses() {
+        let script = script(Arch::X86_64);
+        assert_eq!(script, self::script(Arch::Aarch64));
         assert!(script.contains(&format!(". = {IMAGE_BASE:#x};")));
         assert!(script.contains(&format!(". = {SHARED_BASE:#x};")));
         assert!(script.contains(&format!("ALIGN({PAGE_SIZE:#x})")));

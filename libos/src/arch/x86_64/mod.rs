@@ -31,6 +31,12 @@ pub unsafe fn set_thread_pointer(tp: u64) {
     hypercall::call(pop_abi::Hypercall::SetThreadPointer, tp, 0, 0, 0, 0);
 }
 
+/// The stack pointer a new thread starts with, given the end of its stack: as if its entry
+/// had just been called (`rsp + 8` 16-byte aligned).
+pub fn thread_stack_pointer(stack_end: u64) -> u64 {
+    (stack_end & !15) - 8
+}
+
 /// Busy-wait hint for spin loops.
 #[inline]
 pub fn spin_hint() {

@@ -1,0 +1,61 @@
+//! AArch64 hypercalls: a 64-bit store to the hypercall's slot in the hypercall page whose
+//! value is the address of a [`HypercallBlock`] with the arguments; the VMM writes the result
+//! into the block before the vCPU resumes (see `pop_abi::hypercall`).
+
+use pop_abi::Hypercall;
+use pop_abi::hypercall::HypercallBlock;
+
+/// Issues hypercall `nr` with five arguments and returns the VMM's result.
+#[inline]
+pub fn call(nr: Hypercall, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
+    let mut block = HypercallBlock {
+        args: [a0, a1, a2, a3, a4],
+        result: 0,
+    };
+    let block_addr = &raw mut block;
+    // SAFETY: the store to the (unbacked, device-mapped) hypercall page exits to the VMM,
+    // which reads the block, reads or writes guest memory the arguments point at (as the
+    // hypercall documents) and writes the block's result; the asm is a full compiler barrier.
+    unsafe {
+        core::arch::asm!(
+            "str {block}, [{slot}]",
+            block = in(reg) block_addr,
+            slot = in(reg) nr.address(),
+            options(nostack),
+        );
+        core::ptr::read_volatile(&raw const (*block_addr).result)
+    }
+}
+
+/// Ends the whole VM with `status`.
+pub fn exit(status: i32) -> ! {
+    call(Hypercall::Exit, status as u64, 0, 0, 0, 0);
+    unreachable_after_hypercall()
+}
+
+/// Ends the whole VM as aborted.
+pub fn abort() -> ! {
+    call(Hypercall::Abort, 0, 0, 0, 0, 0);
+    unreachable_after_hypercall()
+}
+
+/// Ends the calling thread; its vCPU returns to the VMM's pool, and the VMM then sets `done`
+/// to 1 and wakes its waiters.
+pub fn thread_exit(done: &core::sync::atomic::AtomicU32) -> ! {
+    call(Hypercall::ThreadExit, done.as_ptr() as u64, 0, 0, 0, 0);
+    unreachable_after_hypercall()
+}
+
+/// Reports an unrecoverable exception with the saved register frame.
+pub fn fault(frame: *const pop_abi::Aarch64FaultFrame) -> ! {
+    call(Hypercall::Fault, frame as u64, 0, 0, 0, 0);
+    unreachable_after_hypercall()
+}
+
+/// A hypercall that must not return did: stop the vCPU for good.
+fn unreachable_after_hypercall() -> ! {
+    loop {
+        // SAFETY: udf raises an undefined-instruction exception, which the vectors report.
+        unsafe { core::arch::asm!("udf #0", options(nomem, nostack)) };
+    }
+}
