@@ -166,6 +166,7 @@ fn release(record: ThreadRecord) {
 
 /// Where the VMM starts a new thread's vCPU: `start` is the `Start` built by [`spawn`].
 extern "C" fn thread_entry(start: *mut Start, _unused: usize) -> ! {
+    crate::arch::init_thread();
     // SAFETY: `spawn` passes a valid `Start` that stays allocated until the thread is reaped.
     let start = unsafe { &*start };
     (start.func)(start.arg);

@@ -26,6 +26,7 @@ pub mod image;
 pub mod launch;
 pub mod memory;
 pub mod output;
+pub mod paging;
 pub mod sys;
 pub mod testing;
 pub mod threads;

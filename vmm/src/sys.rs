@@ -47,7 +47,7 @@ pub enum FutexWait {
 /// `FUTEX_WAIT_PRIVATE` on `word`: sleeps while it holds `expected`, at most `timeout`.
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> FutexWait {
     let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_sec: t.as_secs().min(i64::MAX as u64) as _,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
     let ts_ptr = ts
@@ -159,8 +159,8 @@ pub fn install_kick_handler() {
 }
 
 /// Sends the kick signal to `thread` (see [`install_kick_handler`]).
-pub fn kick(thread: libc::pthread_t) {
+pub fn kick(thread: std::os::unix::thread::RawPthread) {
     // SAFETY: `thread` comes from a `JoinHandle` that has not been joined yet, so it names a
     // live (or finished but not yet reaped) thread; the signal has a handler installed.
-    unsafe { libc::pthread_kill(thread, kick_signal()) };
+    unsafe { libc::pthread_kill(thread as libc::pthread_t, kick_signal()) };
 }

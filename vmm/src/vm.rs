@@ -288,10 +288,10 @@ fn run_thread(vm: &Arc<VmShared>, vcpu: &mut Vcpu, tid: u32) -> ThreadEnd {
         if vm.stopping() {
             return ThreadEnd::VmOver;
         }
-        let crash = match vcpu.run() {
+        let crash = match vcpu.run(&vm.mem) {
             Ok(Exit::Hypercall(request)) => match hypercall::handle(vm, request, tid) {
                 Flow::Return(value) => {
-                    vcpu.set_hypercall_result(value);
+                    vcpu.set_hypercall_result(&vm.mem, value);
                     continue;
                 }
                 Flow::ThreadExit(done) => return ThreadEnd::Exited { done },
@@ -311,7 +311,7 @@ fn run_thread(vm: &Arc<VmShared>, vcpu: &mut Vcpu, tid: u32) -> ThreadEnd {
                         Ok(()) => 0,
                         Err(e) => -i64::from(e.errno()),
                     };
-                    vcpu.set_hypercall_result(result);
+                    vcpu.set_hypercall_result(&vm.mem, result);
                     continue;
                 }
             },

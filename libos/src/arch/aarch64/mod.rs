@@ -10,9 +10,14 @@ mod vectors;
 /// The architecture id recorded in the image's ABI note.
 pub const ABI_ARCH: u32 = pop_abi::arch::AARCH64;
 
-/// One-time CPU setup on the boot vCPU: installs the exception vectors. Every other vCPU
-/// gets `VBAR_EL1` from the VMM, which copies it from the boot vCPU.
+/// One-time CPU setup on the boot vCPU: installs the exception vectors.
 pub fn init_cpu() {
+    vectors::install();
+}
+
+/// Per-thread CPU setup, first thing on a new thread's vCPU: installs the exception vectors
+/// (`VBAR_EL1` is per vCPU).
+pub fn init_thread() {
     vectors::install();
 }
 

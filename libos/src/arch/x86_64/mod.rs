@@ -14,6 +14,10 @@ pub fn init_cpu() {
     idt::install();
 }
 
+/// Per-thread CPU setup, first thing on a new thread's vCPU: nothing on x86-64 (the VMM
+/// points every vCPU's IDTR at the shared IDT).
+pub fn init_thread() {}
+
 /// Reads the CPU's time-stamp counter (no exit to the VMM).
 #[inline]
 pub fn counter() -> u64 {

@@ -4,7 +4,7 @@
 mod cpuid;
 pub mod fault;
 pub mod gdt;
-pub mod paging;
+mod paging;
 mod vcpu;
 
 use kvm_bindings::CpuId;
@@ -13,6 +13,7 @@ use pop_abi::layout::KVM_TSS_ADDR;
 
 use crate::memory::GuestMem;
 
+pub use paging::X86Entries as Entries;
 pub use vcpu::Vcpu;
 
 /// ELF `e_machine` of the images this backend runs.
@@ -38,6 +39,6 @@ pub fn setup_vm(kvm: &Kvm, vm: &VmFd) -> Result<VmArch, kvm_ioctls::Error> {
 
 /// Writes the page tables, the GDT and every vCPU's TSS into guest memory.
 pub fn write_tables(mem: &GuestMem, max_vcpus: u32) {
-    paging::PageTables::build(mem.private_size(), mem.shared_end()).write(mem);
+    crate::paging::PageTables::<Entries>::build(mem.private_size(), mem.shared_end()).write(mem);
     gdt::write(mem, max_vcpus);
 }

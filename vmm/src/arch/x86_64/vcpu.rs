@@ -96,8 +96,9 @@ impl Vcpu {
         self.fd.set_fpu(&fpu)
     }
 
-    /// Runs the vCPU until the guest needs the VMM.
-    pub fn run(&mut self) -> Result<Exit, kvm_ioctls::Error> {
+    /// Runs the vCPU until the guest needs the VMM. (`_mem` is for the architectures whose
+    /// hypercalls pass their arguments in memory.)
+    pub fn run(&mut self, _mem: &GuestMem) -> Result<Exit, kvm_ioctls::Error> {
         let raw = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, _)) => RawExit::Out(port),
             Ok(VcpuExit::IoIn(port, _)) => RawExit::In(port),
@@ -176,8 +177,8 @@ impl Vcpu {
         self.fd.set_sregs(&sregs)
     }
 
-    /// Answers the hypercall the vCPU stopped on.
-    pub fn set_hypercall_result(&mut self, value: i64) {
+    /// Answers the hypercall the vCPU stopped on (in `rax`).
+    pub fn set_hypercall_result(&mut self, _mem: &GuestMem, value: i64) {
         self.fd.sync_regs_mut().regs.rax = value as u64;
         self.fd.set_sync_dirty_reg(SyncReg::Register);
     }
