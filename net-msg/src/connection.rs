@@ -242,15 +242,16 @@ impl Connection {
         if self.is_closed() {
             return Err(Error::PeerLost(self.peer));
         }
-        if direct && let Ok(mut w) = self.write.try_lock() {
-            if lock(&self.queues).is_empty() {
-                w.buf.clear();
-                let WriteHalf { stream, mac, buf } = &mut *w;
-                frame::encode_frame(buf, &header, payload, mac.as_mut());
-                let r = stream.write_all(buf);
-                drop(w);
-                return self.after_write(r, &[(header.kind, header.msg_type, payload.len())]);
-            }
+        if direct
+            && let Ok(mut w) = self.write.try_lock()
+            && lock(&self.queues).is_empty()
+        {
+            w.buf.clear();
+            let WriteHalf { stream, mac, buf } = &mut *w;
+            frame::encode_frame(buf, &header, payload, mac.as_mut());
+            let r = stream.write_all(buf);
+            drop(w);
+            return self.after_write(r, &[(header.kind, header.msg_type, payload.len())]);
         }
         let class = header.priority as usize;
         let mut q = lock(&self.queues);
