@@ -107,7 +107,7 @@ fn garbage_truncated_oversized_and_forged_frames_close_only_that_connection() {
             len,
             correlation: 0,
         };
-        type MakeBytes = Box<dyn Fn(&mut Option<FrameMac>) -> Vec<u8>>;
+        type MakeBytes<'a> = Box<dyn Fn(&mut Option<FrameMac>) -> Vec<u8> + 'a>;
         let cases: Vec<(&str, MakeBytes)> = vec![
             ("garbage after the handshake", Box::new(|_| garbage.clone())),
             (
