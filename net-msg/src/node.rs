@@ -762,9 +762,13 @@ fn dial_loop(inner: &Arc<Inner>, peer: NodeId) {
             }
         }
         failures = failures.saturating_add(1);
+        // Back off (up to 2 s) while the peer stays away or keeps refusing us.
+        let wait = (retry * (1 << failures.min(6)))
+            .min(Duration::from_secs(2))
+            .max(retry);
         let s = lock(&slot.state);
         if !inner.stopping() {
-            let _ = slot.changed.wait_timeout(s, retry);
+            let _ = slot.changed.wait_timeout(s, wait);
         }
     }
 }

@@ -25,6 +25,15 @@ pub enum Command {
     /// started (the error is one line on stderr), 134 if the application aborts (panics) and
     /// 139 if it crashes (a report with a backtrace goes to stderr).
     Launch(LaunchArgs),
+    /// Run a cluster node: join the mesh described by a cluster file and serve control
+    /// requests (peers, stat, ping) on a local Unix socket until told to stop
+    Node(crate::node::NodeArgs),
+    /// List the cluster's nodes as a running node sees them (`*` marks that node)
+    Peers(crate::node::Target),
+    /// Messages and bytes a running node sent and received, per message type, and MB/s
+    Stat(crate::node::StatArgs),
+    /// Round trips from a running node to another node of its cluster
+    Ping(crate::node::PingArgs),
 }
 
 /// Options of `popvmm launch`.

@@ -11,6 +11,7 @@
 //! * [`threads`] maps guest threads onto a pool of vCPUs (one host thread each),
 //! * [`hypercall`] serves the guest's requests, with [`fs`] for files and directories,
 //! * [`fault`] turns a guest crash into a symbolized report,
+//! * [`node`] runs a cluster node (`popvmm node`) and its clients (`peers`, `stat`, `ping`),
 //! * [`arch`] holds everything specific to an instruction set (x86-64 for now).
 //!
 //! The `popvmm` binary (`src/main.rs`) is a thin command-line front end over [`launch`].
@@ -25,6 +26,7 @@ pub mod hypercall;
 pub mod image;
 pub mod launch;
 pub mod memory;
+pub mod node;
 pub mod output;
 pub mod paging;
 pub mod sys;

@@ -37,6 +37,24 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Node(args) => match vmm::node::daemon::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Peers(t) => print(vmm::node::client::peers(&t)),
+        Command::Stat(a) => print(vmm::node::client::stat(&a)),
+        Command::Ping(a) => print(vmm::node::client::ping(&a)),
+    }
+}
+
+/// Prints a client's output, or fails with its error.
+fn print(r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 
