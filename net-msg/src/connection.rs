@@ -246,10 +246,8 @@ impl Connection {
             && let Ok(mut w) = self.write.try_lock()
             && lock(&self.queues).is_empty()
         {
-            w.buf.clear();
-            let WriteHalf { stream, mac, buf } = &mut *w;
-            frame::encode_frame(buf, &header, payload, mac.as_mut());
-            let r = stream.write_all(buf);
+            let WriteHalf { stream, mac, .. } = &mut *w;
+            let r = frame::write_frame(stream, &header, payload, mac.as_mut());
             drop(w);
             return self.after_write(r, &[(header.kind, header.msg_type, payload.len())]);
         }

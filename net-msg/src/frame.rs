@@ -260,6 +260,34 @@ pub fn encode_frame(
     }
 }
 
+/// Writes one frame (header, payload, tag if `mac` is given) with one vectored write where
+/// possible, without copying the payload.
+pub fn write_frame<W: io::Write>(
+    w: &mut W,
+    header: &Header,
+    payload: &[u8],
+    mac: Option<&mut FrameMac>,
+) -> io::Result<()> {
+    debug_assert_eq!(header.len as usize, payload.len());
+    let h = header.encode();
+    let tag = mac.map(|m| m.tag(&h, payload));
+    let mut slices = [
+        io::IoSlice::new(&h),
+        io::IoSlice::new(payload),
+        io::IoSlice::new(tag.as_ref().map_or(&[][..], |t| &t[..])),
+    ];
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A decoded frame.
 #[derive(Debug)]
 pub struct Frame {
@@ -281,8 +309,12 @@ pub fn read_frame<R: Read>(r: &mut R, mac: Option<&mut FrameMac>) -> Result<Fram
         _ => {}
     }
     let header = Header::decode(&h)?;
-    let mut payload = vec![0u8; header.len as usize];
-    if read_full(r, &mut payload)? < payload.len() {
+    // Bounded by MAX_PAYLOAD (checked by decode); read_to_end does not zero the buffer first.
+    let mut payload = Vec::with_capacity(header.len as usize);
+    r.by_ref()
+        .take(u64::from(header.len))
+        .read_to_end(&mut payload)?;
+    if payload.len() < header.len as usize {
         return Err(FrameError::Truncated);
     }
     if let Some(mac) = mac {
