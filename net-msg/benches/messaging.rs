@@ -290,6 +290,16 @@ fn tag_costs() {
     time("blake3 one-shot payload", &|_| {
         blake3::keyed_hash(&key, &page).as_bytes()[0]
     });
+    {
+        use hmac::Mac;
+        time("hmac-sha256 payload|hdr|seq", &|i| {
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+            m.update(&page);
+            m.update(&hdr);
+            m.update(&i.to_le_bytes());
+            m.finalize().into_bytes()[0]
+        });
+    }
     time("copy 4 KiB", &|i| {
         let mut v = Vec::with_capacity(PAGE);
         v.extend_from_slice(&page);

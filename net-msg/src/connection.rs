@@ -247,9 +247,10 @@ impl Connection {
             && lock(&self.queues).is_empty()
         {
             let WriteHalf { stream, mac, .. } = &mut *w;
+            self.count_sent(&[(header.kind, header.msg_type, payload.len())]);
             let r = frame::write_frame(stream, &header, payload, mac.as_mut());
             drop(w);
-            return self.after_write(r, &[(header.kind, header.msg_type, payload.len())]);
+            return self.after_write(r);
         }
         let class = header.priority as usize;
         let mut q = lock(&self.queues);
@@ -273,18 +274,23 @@ impl Connection {
         Ok(())
     }
 
-    fn after_write(&self, r: std::io::Result<()>, sent: &[(Kind, u16, usize)]) -> Result<()> {
+    /// Counts frames about to be written (before the write, so a peer that has read them
+    /// never sees stale counters here).
+    fn count_sent(&self, sent: &[(Kind, u16, usize)]) {
+        for &(kind, msg_type, len) in sent {
+            if kind == Kind::Heartbeat {
+                self.stats.count(Event::HeartbeatSent);
+            } else {
+                self.stats
+                    .sent(msg_type, frame::wire_len(len, self.authenticated));
+            }
+        }
+    }
+
+    fn after_write(&self, r: std::io::Result<()>) -> Result<()> {
         match r {
             Ok(()) => {
                 self.last_send_us.store(self.now_us(), Ordering::Relaxed);
-                for &(kind, msg_type, len) in sent {
-                    if kind == Kind::Heartbeat {
-                        self.stats.count(Event::HeartbeatSent);
-                    } else {
-                        self.stats
-                            .sent(msg_type, frame::wire_len(len, self.authenticated));
-                    }
-                }
                 Ok(())
             }
             Err(e) => {
@@ -337,8 +343,9 @@ impl Connection {
                     frame::encode_frame(buf, &f.header, &f.payload, mac.as_mut());
                     sent.push((f.header.kind, f.header.msg_type, f.payload.len()));
                 }
+                self.count_sent(&sent);
                 let r = stream.write_all(buf);
-                if self.after_write(r, &sent).is_err() {
+                if self.after_write(r).is_err() {
                     return;
                 }
             }

