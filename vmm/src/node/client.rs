@@ -76,12 +76,12 @@ pub fn peers(t: &Target) -> Result<String, String> {
             } else {
                 ' '
             },
-            p["id"],
+            p["id"].as_u64().unwrap_or(0),
             p["address"].as_str().unwrap_or("?"),
             p["isa"].as_str().unwrap_or("?"),
             p["state"].as_str().unwrap_or("?"),
             p["since_secs"].as_f64().unwrap_or(0.0),
-            p["connects"],
+            p["connects"].as_u64().unwrap_or(0),
         );
     }
     Ok(out)

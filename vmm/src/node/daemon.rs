@@ -21,6 +21,7 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -54,7 +55,13 @@ pub fn run(args: &NodeArgs) -> Result<(), String> {
     if let Some(dir) = control_path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        use std::os::unix::fs::DirBuilderExt;
+        // Private to this user: nobody else may reach (or pre-empt) the control socket.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     net_msg::transport::remove_stale_socket(&control_path).map_err(|e| e.to_string())?;
     let listener = UnixListener::bind(&control_path)
