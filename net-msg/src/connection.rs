@@ -27,7 +27,7 @@ const READ_BUFFER: usize = 64 * 1024;
 /// Bytes of payload a priority class may have queued on one connection; a sender that finds
 /// its class full waits for the writer (back-pressure instead of unbounded memory).
 const QUEUE_LIMIT: usize = 4 * 1024 * 1024;
-/// How long a waiting requester spins before it sleeps.
+/// How long a waiting requester polls before it sleeps.
 const REPLY_SPIN: Duration = Duration::from_micros(50);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,16 +65,12 @@ impl ReplySlot {
         }
     }
 
-    /// Waits until `deadline`; None on time-out.
+    /// Waits until `deadline`; None on time-out. Spins for [`REPLY_SPIN`] first (a response
+    /// that comes quickly then costs no sleep and wake-up; `sched_yield` between polls was
+    /// measured slower here), then parks.
     pub(crate) fn wait(&self, deadline: Instant) -> Option<Reply> {
         let spin_end = Instant::now() + REPLY_SPIN;
-        'spin: loop {
-            for _ in 0..64 {
-                if self.ready.load(Ordering::Acquire) {
-                    break 'spin;
-                }
-                std::hint::spin_loop();
-            }
+        while !self.ready.load(Ordering::Acquire) {
             if Instant::now() >= spin_end {
                 *lock(&self.waiter) = Some(std::thread::current());
                 while !self.ready.load(Ordering::SeqCst) {
@@ -86,6 +82,7 @@ impl ReplySlot {
                 }
                 break;
             }
+            std::hint::spin_loop();
         }
         lock(&self.value).take()
     }
