@@ -24,6 +24,8 @@ pub struct Vcpu {
     index: u32,
     /// The argument block of the hypercall being served, where its result goes.
     pending_block: Option<u64>,
+    /// The last exit was an MMIO access that KVM completes (PC + 4) on the next `KVM_RUN`.
+    mmio_pending: bool,
 }
 
 impl Vcpu {
@@ -40,6 +42,7 @@ impl Vcpu {
             fd,
             index,
             pending_block: None,
+            mmio_pending: false,
         })
     }
 
@@ -62,6 +65,7 @@ impl Vcpu {
     /// entry with its two arguments, the exception stack, and the thread pointer.
     pub fn start_thread(&mut self, start: &ThreadStart) -> Result<(), kvm_ioctls::Error> {
         self.pending_block = None;
+        self.complete_pending_mmio()?;
         for (id, value) in [
             (regs::MAIR_EL1, regs::MAIR_VALUE),
             (regs::TCR_EL1, regs::TCR_VALUE),
@@ -83,10 +87,33 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Lets KVM finish the MMIO exit the vCPU stopped on (it steps the PC past the store on
+    /// the next `KVM_RUN`), without running the guest. Needed before the vCPU gets new
+    /// registers, e.g. a new thread after `thread_exit`: otherwise KVM would step the new
+    /// thread's first instruction instead.
+    fn complete_pending_mmio(&mut self) -> Result<(), kvm_ioctls::Error> {
+        if !std::mem::take(&mut self.mmio_pending) {
+            return Ok(());
+        }
+        self.fd.set_kvm_immediate_exit(1);
+        let result = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        result
+    }
+
     /// Runs the vCPU until the guest needs the VMM; a hypercall's arguments are read from its
     /// argument block in `mem`.
     pub fn run(&mut self, mem: &GuestMem) -> Result<Exit, kvm_ioctls::Error> {
-        let exit = match self.fd.run() {
+        let result = self.fd.run();
+        self.mmio_pending = matches!(
+            result,
+            Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::MmioRead(..))
+        );
+        let exit = match result {
             Ok(VcpuExit::MmioWrite(addr, data)) if is_hypercall_page(addr) => {
                 let mut bytes = [0u8; 8];
                 let n = data.len().min(8);
