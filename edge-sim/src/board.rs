@@ -405,8 +405,12 @@ impl EdgeSim {
         forwards.insert(guest_port, host);
         if let Process::Detached { .. } = self.process {
             // Keep `edge-sim` processes attached later in the know.
-            let mut state = self.state();
-            state.forwards = forwards.clone();
+            let state = BoardState {
+                pid: self.pid(),
+                agent_port: self.agent.port(),
+                run_dir: self.run_dir.clone(),
+                forwards: forwards.clone(),
+            };
             if let Some(cache) = self.run_dir.parent().and_then(Path::parent)
                 && let Some(name) = self
                     .run_dir

@@ -35,6 +35,7 @@ mod board;
 mod cache;
 pub mod cpio;
 mod error;
+mod fortify_shim;
 mod host;
 pub mod modules;
 mod monitor;

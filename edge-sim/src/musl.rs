@@ -7,6 +7,9 @@
 //! `musl-dev` (crt1.o, crti.o, crtn.o, libc.a and its stub libraries) and `libunwind-14-dev`
 //! (LLVM's libunwind.a). When the toolchain does have the target installed, its own
 //! self-contained files are used instead and std is not rebuilt.
+//!
+//! Debian's libunwind.a was built against glibc with `_FORTIFY_SOURCE` and calls
+//! `__fprintf_chk`; `fortify-shim.o` (see `fortify_shim`) supplies it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,7 +79,8 @@ impl Recipe {
                 let d = link_dir.display();
                 format!(
                     "-C linker=rust-lld -C link-self-contained=no -L {d} \
-                     -Z pre-link-arg={d}/crt1.o -Z pre-link-arg={d}/crti.o -C link-arg={d}/crtn.o"
+                     -Z pre-link-arg={d}/crt1.o -Z pre-link-arg={d}/crti.o \
+                     -C link-arg={d}/fortify-shim.o -C link-arg={d}/crtn.o"
                 )
             }
         }
@@ -111,7 +115,7 @@ impl Recipe {
 /// The directory of Debian's arm64 musl C runtime and libunwind under the cache, filled on
 /// first use.
 pub fn link_dir(cache: &Path, install: bool) -> Result<PathBuf> {
-    let dir = cache.join("musl-aarch64");
+    let dir = cache.join("musl-aarch64-v2");
     let complete = dir.join("complete");
     if complete.is_file() {
         return Ok(dir);
@@ -141,6 +145,7 @@ pub fn link_dir(cache: &Path, install: bool) -> Result<PathBuf> {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    cache::write_atomic(&dir.join("fortify-shim.o"), &crate::fortify_shim::object())?;
     cache::write_atomic(&complete, b"")?;
     Ok(dir)
 }
