@@ -1,7 +1,7 @@
 //! `edge-sim`: the command-line front end of the simulated aarch64 edge board.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,7 +35,8 @@ Examples:
   edge-sim start --payload target/aarch64-unknown-linux-musl/release/popvmm --forward 8080
   edge-sim run -b default -- cat /proc/cpuinfo
   edge-sim put target/aarch64-unknown-linux-musl/release/popvmm
-  edge-sim stop";
+  edge-sim stop
+  edge-sim cargo-build -p vmm --bin popvmm   # -> target/aarch64-unknown-linux-musl/release/popvmm";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -54,6 +55,21 @@ enum Cmd {
     Forward(ForwardArgs),
     /// Download and build the cached kernel, modules and initramfs without booting.
     Prepare(PrepareArgs),
+    /// Build static aarch64-unknown-linux-musl binaries for a board (e.g. popvmm):
+    /// `cargo build --release --target aarch64-unknown-linux-musl ARGS`, with the flags the
+    /// pinned nightly needs (std from source, Debian's arm64 musl C runtime).
+    CargoBuild(CargoBuildArgs),
+}
+
+#[derive(Args)]
+struct CargoBuildArgs {
+    /// Arguments for cargo build, e.g. `-p vmm --bin popvmm`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CARGO ARGS"
+    )]
+    args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -259,6 +275,19 @@ fn dispatch(command: Cmd) -> Result<ExitCode, String> {
             let board = EdgeSim::attach(None, &args.name).map_err(e)?;
             println!("{}", board.forward(args.guest_port).map_err(e)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CargoBuild(args) => {
+            let recipe = edge_sim::musl::Recipe::for_dir(Path::new("."), None, true).map_err(e)?;
+            let status = recipe
+                .cargo_build_here()
+                .args(&args.args)
+                .status()
+                .map_err(|err| format!("running cargo: {err}"))?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
+            })
         }
         Cmd::Prepare(args) => {
             let base = edge_sim::prepare(None, !args.no_install, args.refresh).map_err(e)?;

@@ -90,21 +90,28 @@ impl Recipe {
     /// `manifest`, into `target_dir`, with the flags this recipe needs. Add `-p`/`--bin` etc.
     /// to the returned command as needed, then run it.
     pub fn cargo_build(&self, manifest: &Path, target_dir: &Path) -> Command {
+        let mut cmd = self.cargo_build_here();
+        cmd.arg("--manifest-path")
+            .arg(manifest)
+            .arg("--target-dir")
+            .arg(target_dir);
+        if let Some(dir) = manifest.parent() {
+            cmd.current_dir(dir);
+        }
+        cmd
+    }
+
+    /// `cargo build --release --target aarch64-unknown-linux-musl` with this recipe's flags,
+    /// for the package in the current directory (add cargo's own arguments).
+    pub fn cargo_build_here(&self) -> Command {
         let mut cmd = Command::new("cargo");
         cmd.arg("build")
             .arg("--release")
-            .arg("--manifest-path")
-            .arg(manifest)
             .args(["--target", TARGET])
-            .arg("--target-dir")
-            .arg(target_dir)
             .env(
                 "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUSTFLAGS",
                 self.rustflags(),
             );
-        if let Some(dir) = manifest.parent() {
-            cmd.current_dir(dir);
-        }
         if let Recipe::BuildStd { .. } = self {
             cmd.arg("-Zbuild-std=std,panic_unwind,panic_abort");
         }
