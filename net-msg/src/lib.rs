@@ -10,7 +10,7 @@
 //!   direction session keys.
 //! - [`frame`]: the bounded frame codec (version, kind, priority, type, length, correlation),
 //!   with a BLAKE3 keyed-hash tag per frame and implicit sequence numbers.
-//! - [`connection`](Node) internals: per-priority send queues, one reader thread and one writer
+//! - `connection` (internal): per-priority send queues, one reader thread and one writer
 //!   thread per connection; idle connections are written directly by the caller.
 //! - [`stats`]: messages and bytes per message type.
 //! - [`transport`]: TCP and Unix-domain sockets.
