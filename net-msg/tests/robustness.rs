@@ -287,3 +287,29 @@ fn frame_tags_can_be_turned_off_but_both_sides_must_agree() {
         );
     }
 }
+
+#[test]
+fn a_peer_of_another_protocol_version_is_told_and_refused() {
+    for t in BOTH {
+        let c = TestCluster::start_all(3, t);
+        let mut s = Stream::connect(&c.address(0), SOON).unwrap();
+        s.set_timeouts(Some(SOON)).unwrap();
+        // A hello as a future version would start it: magic, then the version.
+        let mut hello = handshake::MAGIC.to_vec();
+        hello.push(frame::PROTOCOL_VERSION + 1);
+        hello.extend([0u8; 47]);
+        s.write_all(&hello).unwrap();
+        let mut reply = [0u8; 10];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[..8], handshake::MAGIC);
+        assert_eq!(
+            reply[8],
+            frame::PROTOCOL_VERSION,
+            "{t:?}: the node states its version"
+        );
+        assert_eq!(reply[9], 1, "{t:?}: status 'other protocol version'");
+        closed_by_node(&mut s);
+        assert!(eventually(|| c.node(0).stats().handshakes_failed == 1));
+        echo_works(&c, 0, 1);
+    }
+}
