@@ -3,7 +3,7 @@
 //! forwarding both ways, and cache reuse. One boot for all of it (boots cost seconds under TCG).
 //!
 //! The probe (tests/probe) is built here for aarch64-unknown-linux-musl with the project's
-//! pinned nightly (see edge_sim::musl), into target/edge-sim-probe.
+//! pinned nightly (see edge_sim::musl), into the workspace's target directory.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -19,10 +19,12 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// Builds the probe for aarch64 (incrementally: the first build compiles std, ~1-2 min).
+/// Builds the probe for aarch64 (incrementally: the first build compiles std, ~1-2 min). It
+/// shares the workspace's target directory, so std for the board is compiled once for the
+/// probe and popvmm alike.
 fn build_probe() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe");
-    let out = target_dir().join("edge-sim-probe");
+    let out = target_dir();
     let recipe = Recipe::for_dir(&dir, None, true).expect("aarch64 musl build recipe");
     let status = recipe
         .cargo_build(&dir.join("Cargo.toml"), &out)
