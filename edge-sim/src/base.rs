@@ -163,7 +163,9 @@ fn extract_base(cache: &Path, install: bool) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
 
     eprintln!("edge-sim: extracting the kernel and its modules");
-    let files = host::deb_files(&kernel_deb)?;
+    let kernel_tar = scratch.join("kernel.tar");
+    host::deb_to_tar(&kernel_deb, &kernel_tar)?;
+    let files = host::tar_files(&kernel_tar)?;
     let image = files
         .iter()
         .find(|f| f.starts_with("./boot/vmlinuz-"))
@@ -182,7 +184,7 @@ fn extract_base(cache: &Path, install: bool) -> Result<()> {
             "{kernel_package} has compressed modules, which edge-sim does not unpack"
         )));
     }
-    let builtin = builtin_modules(&kernel_deb, &files, &scratch)?;
+    let builtin = builtin_modules(&kernel_tar, &files, &scratch)?;
     let wanted: Vec<&str> = MODULES
         .iter()
         .copied()
@@ -202,7 +204,7 @@ fn extract_base(cache: &Path, install: bool) -> Result<()> {
             batch.push((name, path.clone()));
         }
         members.extend(batch.iter().map(|(_, p)| p.clone()));
-        host::extract(&kernel_deb, &members, &scratch)?;
+        host::tar_extract(&kernel_tar, &members, &scratch)?;
         members.clear();
         for (name, path) in batch {
             let file = scratch.join(&path);
@@ -248,11 +250,11 @@ fn extract_base(cache: &Path, install: bool) -> Result<()> {
 }
 
 /// Module names the kernel has built in (from `modules.builtin`), so they need no loading.
-fn builtin_modules(deb: &Path, files: &[String], scratch: &Path) -> Result<Vec<String>> {
+fn builtin_modules(tar: &Path, files: &[String], scratch: &Path) -> Result<Vec<String>> {
     let Some(list) = files.iter().find(|f| f.ends_with("/modules.builtin")) else {
         return Ok(Vec::new());
     };
-    host::extract(deb, std::slice::from_ref(list), scratch)?;
+    host::tar_extract(tar, std::slice::from_ref(list), scratch)?;
     let path = scratch.join(list);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
     Ok(text.lines().filter_map(modules::module_name).collect())

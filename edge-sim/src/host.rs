@@ -2,9 +2,11 @@
 //! arm64 `.deb` files with apt and dpkg.
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -156,17 +158,74 @@ fn find_deb(package: &str, dir: &Path) -> Result<Option<PathBuf>> {
     Ok(found.pop())
 }
 
-/// The paths (as `./dir/file`) of the regular files in a `.deb`.
-pub fn deb_files(deb: &Path) -> Result<Vec<String>> {
-    let out = run_quiet(Command::new("dpkg-deb").arg("-c").arg(deb), "dpkg-deb -c")?;
+/// Writes the file-system tarball of a `.deb` (decompressed once) to `out`, so that it can be
+/// listed and extracted from many times cheaply.
+pub fn deb_to_tar(deb: &Path, out: &Path) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+    }
+    let file = std::fs::File::create(out).map_err(|e| Error::io("creating", out, e))?;
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("--fsys-tarfile")
+        .arg(deb)
+        .stdin(Stdio::null())
+        .stdout(file);
+    let mut child = cmd
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io("running dpkg-deb on", deb, e))?;
+    let deadline = Instant::now() + TOOL_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => {
+                return Err(Error::Setup(format!(
+                    "dpkg-deb --fsys-tarfile {} failed ({status})",
+                    deb.display()
+                )));
+            }
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Setup(format!(
+                    "unpacking {} timed out",
+                    deb.display()
+                )));
+            }
+            Err(e) => return Err(Error::io("waiting for dpkg-deb on", deb, e)),
+        }
+    }
+}
+
+/// The paths (as `./dir/file`) of the non-directory entries of a tarball.
+pub fn tar_files(tar: &Path) -> Result<Vec<String>> {
+    let out = run_quiet(Command::new("tar").arg("-tf").arg(tar), "tar -t")?;
     Ok(out
         .lines()
-        .filter(|l| l.starts_with('-'))
-        .filter_map(|l| l.split_whitespace().nth(5).map(str::to_string))
+        .filter(|l| !l.ends_with('/'))
+        .map(str::to_string)
         .collect())
 }
 
-/// Extracts the named members (paths as listed by [`deb_files`]) of a `.deb` into `dest`.
+/// Extracts the named members of a tarball into `dest`.
+pub fn tar_extract(tar: &Path, members: &[String], dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
+    run_quiet(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(tar)
+            .arg("-C")
+            .arg(dest)
+            .args(members),
+        "tar -x",
+    )
+    .map(drop)
+}
+
+/// Extracts the named members (paths as `./dir/file`) of a `.deb` into `dest`.
 pub fn extract(deb: &Path, members: &[String], dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(|e| Error::io("creating", dest, e))?;
     let mut dpkg = Command::new("dpkg-deb")
@@ -177,15 +236,22 @@ pub fn extract(deb: &Path, members: &[String], dest: &Path) -> Result<()> {
         .spawn()
         .map_err(|e| Error::io("running dpkg-deb on", deb, e))?;
     let tar_in = dpkg.stdout.take().expect("piped stdout");
-    let tar = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(dest)
-        .args(members)
-        .stdin(tar_in)
-        .output()
-        .map_err(|e| Error::io("running tar for", deb, e))?;
+    let tar = output_within(
+        Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(dest)
+            .args(members)
+            .stdin(tar_in),
+        TOOL_TIMEOUT,
+    );
+    if !matches!(tar, Ok(Some(_))) {
+        let _ = dpkg.kill();
+    }
     let _ = dpkg.wait();
+    let tar = tar
+        .map_err(|e| Error::io("running tar for", deb, e))?
+        .ok_or_else(|| Error::Setup(format!("extracting from {} timed out", deb.display())))?;
     if !tar.status.success() {
         return Err(Error::Setup(format!(
             "extracting from {}: {}",
@@ -225,12 +291,20 @@ fn apt_update_once() -> Result<()> {
     Ok(())
 }
 
-/// Runs `cmd` with captured output; its stdout on success, a one-line error otherwise.
+/// How long any one host tool (apt, dpkg, tar) may run before it is killed.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Runs `cmd` with captured output; its stdout on success, a one-line error otherwise (also
+/// when it runs longer than [`TOOL_TIMEOUT`], which kills it).
 pub fn run_quiet(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Setup(format!("{what}: cannot run: {e}")))?;
+    let out = output_within(cmd.stdin(Stdio::null()), TOOL_TIMEOUT)
+        .map_err(|e| Error::Setup(format!("{what}: cannot run: {e}")))?
+        .ok_or_else(|| {
+            Error::Setup(format!(
+                "{what} did not finish within {} s",
+                TOOL_TIMEOUT.as_secs()
+            ))
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -245,6 +319,51 @@ pub fn run_quiet(cmd: &mut Command, what: &str) -> Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Like [`Command::output`], but kills the process and returns `None` after `timeout`.
+fn output_within(cmd: &mut Command, timeout: Duration) -> std::io::Result<Option<Output>> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(status.map(|status| Output {
+        status,
+        stdout,
+        stderr,
+    }))
 }
 
 /// The last non-empty line of `text`.
