@@ -167,6 +167,7 @@ impl EdgeSim {
     /// Starts a board that keeps running after this process exits (`edge-sim start`), records
     /// it under `name` in the cache, and returns a handle to it.
     pub fn start_detached(options: &Options, name: &str) -> Result<EdgeSim> {
+        check_name(name)?;
         let cache = options.cache_dir.clone().unwrap_or_else(cache::default_dir);
         if let Ok(existing) = BoardState::load(&cache, name) {
             if existing.alive() {
@@ -185,6 +186,7 @@ impl EdgeSim {
 
     /// A handle to the board recorded under `name` by [`EdgeSim::start_detached`].
     pub fn attach(cache_dir: Option<&Path>, name: &str) -> Result<EdgeSim> {
+        check_name(name)?;
         let cache = cache_dir.map_or_else(cache::default_dir, Path::to_path_buf);
         let state = BoardState::load(&cache, name)
             .map_err(|_| Error::Setup(format!("no board {name} running: `edge-sim start` one")))?;
@@ -278,6 +280,12 @@ impl EdgeSim {
                 },
                 keep_run_dir: detached,
             };
+            // A detached board is recorded before it boots, so that `edge-sim stop` finds it
+            // even if this process is interrupted while waiting.
+            let record = run_name.strip_prefix("board-").filter(|_| detached);
+            if let Some(name) = record {
+                board.state().save(&cache, name)?;
+            }
             match board.wait_ready(options.boot_timeout) {
                 Ok(()) => {
                     let mut board = board;
@@ -285,6 +293,9 @@ impl EdgeSim {
                     return Ok(board);
                 }
                 Err(e) => {
+                    if let Some(name) = record {
+                        let _ = std::fs::remove_file(BoardState::path(&cache, name));
+                    }
                     let retry = matches!(&e, Error::QemuExited { detail, .. }
                         if detail.contains("host forwarding") || detail.contains("Address already in use"));
                     board.kill_and_keep_logs();
@@ -534,6 +545,22 @@ impl Drop for EdgeSim {
                 let _ = std::fs::remove_dir_all(&self.run_dir);
             }
         }
+    }
+}
+
+/// Board names become file names: letters, digits, `-` and `_` only.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Setup(format!(
+            "board name {name:?}: use letters, digits, - and _ only"
+        )))
     }
 }
 
