@@ -14,7 +14,7 @@
 //!   the host's 127.0.0.1 at `10.0.2.2` ([`HOST_FROM_GUEST`]). The board has no default route,
 //!   so it reaches nothing else.
 //! - Cache: the `.deb` files, the kernel, modules and initramfs are kept in [`cache_dir`];
-//!   a warm start spends milliseconds on setup, then the boot itself (about 6 s here).
+//!   a warm start spends milliseconds on setup, then the boot itself (about 7 s here).
 //!
 //! ```no_run
 //! use edge_sim::{EdgeSim, Options};

@@ -15,8 +15,9 @@ const EXIT_ERROR: u8 = 125;
 /// working nested KVM), for running popvmm built for aarch64-unknown-linux-musl and its images.
 ///
 /// The first start downloads Debian's arm64 kernel and busybox (apt, as root; QEMU is
-/// installed with apt too) and builds an initramfs: about a minute. Later starts reuse the
-/// cache and spend their time booting (about 6 s on an idle 2-core machine).
+/// installed with apt too) and builds an initramfs: about 10 s. Later starts reuse the cache
+/// (~/.cache/popcorn-rs/edge-sim, or $EDGE_SIM_CACHE) and spend their time booting: about 7 s
+/// on an idle 2-core machine.
 ///
 /// Files given with --payload are in the board under /payload (read-only, on PATH).
 /// The board reaches the host's 127.0.0.1 at 10.0.2.2 and nothing else; host ports given
