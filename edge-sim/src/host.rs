@@ -124,13 +124,20 @@ pub fn download(package: &str, dir: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
     eprintln!("edge-sim: downloading {package}:{ARCH}");
-    run_quiet(
-        Command::new("apt-get")
-            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-            .arg(format!("{package}:{ARCH}"))
-            .current_dir(dir),
-        &format!("apt-get download {package}:{ARCH}"),
-    )?;
+    let fetch = || {
+        run_quiet(
+            Command::new("apt-get")
+                .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+                .arg(format!("{package}:{ARCH}"))
+                .current_dir(dir),
+            &format!("apt-get download {package}:{ARCH}"),
+        )
+    };
+    if fetch().is_err() {
+        // Stale package lists name versions the archive no longer has: refresh, try again.
+        apt_update_once()?;
+        fetch()?;
+    }
     find_deb(package, dir)?.ok_or_else(|| {
         Error::Setup(format!(
             "apt-get download {package}:{ARCH} left no .deb in {}",
