@@ -153,8 +153,20 @@ fn extract_base(cache: &Path, install: bool) -> Result<()> {
     host::ensure_program("tar", "tar", install)?;
     host::ensure_arm64_lists(install)?;
     let debs = cache.join("debs");
-    let kernel_package = host::kernel_package()?;
-    let kernel_deb = host::download(&kernel_package, &debs)?;
+    let mut kernel_package = host::kernel_package()?;
+    let kernel_deb = match host::download(&kernel_package, &debs) {
+        Ok(deb) => deb,
+        Err(first) => {
+            // After apt-get update (done by the failed download) the kernel may have a new ABI
+            // number, e.g. linux-image-6.1.0-57-arm64.
+            let newer = host::kernel_package()?;
+            if newer == kernel_package {
+                return Err(first);
+            }
+            kernel_package = newer;
+            host::download(&kernel_package, &debs)?
+        }
+    };
     let busybox_deb = host::download("busybox-static", &debs)?;
 
     let base_dir = cache.join("base");
