@@ -190,7 +190,11 @@ fn board_runs_commands_with_kvm_and_forwards_ports() {
         for (i, run) in runs.into_iter().enumerate() {
             assert_eq!(run.join().unwrap().stdout_str(), format!("{i}\n"));
         }
-        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
     });
 
     // No route beyond QEMU's network: the board reaches the host's loopback and nothing else.
