@@ -230,5 +230,13 @@ fn the_apps_behave_on_aarch64_kvm_as_on_x86_64() {
         "popvmm: error: /payload/hello-x86 is an x86_64 ELF; this popvmm runs aarch64 images\n"
     );
 
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    if !failures.is_empty() {
+        // The board's kernel logs user-space crashes (e.g. of popvmm itself) with their PC.
+        let dmesg = board.sh("dmesg | tail -n 20").unwrap();
+        panic!(
+            "{}\nboard dmesg:\n{}",
+            failures.join("\n"),
+            String::from_utf8_lossy(&dmesg.stdout)
+        );
+    }
 }
