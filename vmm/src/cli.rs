@@ -34,6 +34,10 @@ pub enum Command {
     Stat(crate::node::StatArgs),
     /// Round trips from a running node to another node of its cluster
     Ping(crate::node::PingArgs),
+    /// List the VMs running in the cluster (name, id, node, home, threads, memory, state)
+    Ps(crate::migrate::PsArgs),
+    /// Move a running VM to another node of the same ISA, without stopping it for long
+    Migrate(crate::migrate::MigrateArgs),
 }
 
 /// Options of `popvmm launch`.
@@ -60,6 +64,15 @@ pub struct LaunchArgs {
     /// Print the time of each launch phase to stderr when the guest exits.
     #[arg(long)]
     pub timings: bool,
+
+    /// Join this cluster (as node `--id`) so that the VM can be listed and migrated; this
+    /// process stays the VM's home: its output and exit status arrive here.
+    #[arg(long, value_name = "FILE", requires = "id")]
+    pub cluster: Option<PathBuf>,
+
+    /// This node's id in the cluster file (with `--cluster`).
+    #[arg(long, value_name = "N", requires = "cluster")]
+    pub id: Option<u32>,
 
     /// The application image (an ELF built with `cargo pop build`); also the guest's argv[0].
     #[arg(value_name = "IMAGE")]

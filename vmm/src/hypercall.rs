@@ -31,6 +31,9 @@ pub enum Flow {
     Abort,
     /// Set the calling vCPU's thread pointer, then resume with 0.
     SetThreadPointer(u64),
+    /// The VM is pausing (to migrate) while this blocking call was in progress: it is to be
+    /// issued again, as given here (a sleep with the time left), wherever the VM resumes.
+    Pending(HypercallRequest),
 }
 
 /// Serves `request` made by guest thread `tid`.
@@ -64,7 +67,15 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
         Hypercall::Dup => vm.fs.dup(a0),
         Hypercall::FutexWait => futex_wait(vm, a0, a1 as u32, a2),
         Hypercall::FutexWake => mem.with_atomic_u32(a0, |word| sys::futex_wake(word, a1 as i32)),
-        Hypercall::Sleep => Ok(sleep(vm, a0)),
+        Hypercall::Sleep => match sleep(vm, a0) {
+            0 => Ok(0),
+            left => {
+                return Flow::Pending(HypercallRequest {
+                    args: [left, a1, a2, a3, a4],
+                    ..request
+                });
+            }
+        },
         Hypercall::Yield => {
             std::thread::yield_now();
             Ok(0)
@@ -80,7 +91,15 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
             };
             vm.spawn(start).map(i64::from)
         }
-        Hypercall::Join => Ok(vm.threads.join(a0 as u32, tid, || vm.stopping())),
+        Hypercall::Join => {
+            let result = vm
+                .threads
+                .join(a0 as u32, tid, || vm.stopping() || vm.park_requested());
+            if result == -i64::from(pop_abi::errno::EINTR) && vm.park_requested() {
+                return Flow::Pending(request);
+            }
+            Ok(result)
+        }
         Hypercall::Entropy => entropy(vm, a0, a1),
     };
     Flow::Return(result.unwrap_or_else(|errno| -i64::from(errno)))
@@ -100,7 +119,8 @@ fn futex_wait(vm: &VmShared, addr: u64, expected: u32, timeout_ns: u64) -> Resul
 }
 
 /// `sleep(ns)`: sleeps on a private futex word, so that a stopping VM can interrupt it.
-fn sleep(vm: &VmShared, ns: u64) -> i64 {
+/// Returns 0 when done, or the nanoseconds left (at least 1) when a pause interrupted it.
+fn sleep(vm: &VmShared, ns: u64) -> u64 {
     let deadline = Instant::now().checked_add(Duration::from_nanos(ns));
     let word = AtomicU32::new(0);
     loop {
@@ -110,6 +130,9 @@ fn sleep(vm: &VmShared, ns: u64) -> i64 {
         };
         if remaining.is_zero() || vm.stopping() {
             return 0;
+        }
+        if vm.park_requested() {
+            return (remaining.as_nanos().min(u128::from(u64::MAX)) as u64).max(1);
         }
         let timeout = (remaining != Duration::MAX).then_some(remaining);
         sys::futex_wait(&word, 0, timeout);

@@ -26,6 +26,7 @@ pub mod hypercall;
 pub mod image;
 pub mod launch;
 pub mod memory;
+pub mod migrate;
 pub mod node;
 pub mod output;
 pub mod paging;

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         Err(e) => fail(&first_line(&e.render().to_string())),
     };
     match cli.command {
+        Command::Launch(args) if args.cluster.is_some() => {
+            std::process::exit(vmm::migrate::home::launch_at_home(&args, process_start))
+        }
         Command::Launch(args) => {
             let config = args.to_config();
             match vmm::launch(&args.image, &config, process_start) {
@@ -44,6 +47,8 @@ fn main() -> ExitCode {
         Command::Peers(t) => print(vmm::node::client::peers(&t)),
         Command::Stat(a) => print(vmm::node::client::stat(&a)),
         Command::Ping(a) => print(vmm::node::client::ping(&a)),
+        Command::Ps(a) => print(vmm::node::client::ps(&a.target)),
+        Command::Migrate(a) => print(vmm::node::client::migrate(&a)),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Guest memory: two anonymous mappings (node-private and application-writable), and checked
 //! access to them. Every guest pointer the VMM is handed goes through here.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use pop_abi::layout::SHARED_BASE;
 use vm_memory::{
@@ -40,6 +41,30 @@ pub struct GuestMem {
     inner: GuestMemoryMmap,
     private_size: u64,
     shared_size: u64,
+    host_dirty: Arc<HostDirty>,
+}
+
+/// Size of the pages dirty tracking counts in.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Pages the VMM itself wrote (hypercall results, completion words, per-vCPU data) while
+/// tracking is on: KVM's dirty log only sees the guest's own writes.
+#[derive(Debug)]
+struct HostDirty {
+    on: AtomicBool,
+    private: Vec<AtomicU64>,
+    shared: Vec<AtomicU64>,
+}
+
+impl HostDirty {
+    fn new(private_size: u64, shared_size: u64) -> HostDirty {
+        let words = |size: u64| (0..size.div_ceil(PAGE_SIZE * 64)).map(|_| AtomicU64::new(0));
+        HostDirty {
+            on: AtomicBool::new(false),
+            private: words(private_size).collect(),
+            shared: words(shared_size).collect(),
+        }
+    }
 }
 
 impl GuestMem {
@@ -55,7 +80,44 @@ impl GuestMem {
             inner,
             private_size,
             shared_size,
+            host_dirty: Arc::new(HostDirty::new(private_size, shared_size)),
         })
+    }
+
+    /// Size of the shared region (from [`SHARED_BASE`]).
+    pub fn shared_size(&self) -> u64 {
+        self.shared_size
+    }
+
+    /// Starts or stops recording the pages the VMM writes (see [`GuestMem::take_host_dirty`]).
+    pub fn track_host_writes(&self, on: bool) {
+        self.host_dirty.on.store(on, Ordering::SeqCst);
+    }
+
+    fn mark_host_write(&self, addr: u64, len: u64) {
+        if !self.host_dirty.on.load(Ordering::Relaxed) || len == 0 {
+            return;
+        }
+        let (bitmap, offset) = if addr < self.private_size {
+            (&self.host_dirty.private, addr)
+        } else {
+            (&self.host_dirty.shared, addr - SHARED_BASE)
+        };
+        for page in offset / PAGE_SIZE..=(offset + len - 1) / PAGE_SIZE {
+            if let Some(word) = bitmap.get((page / 64) as usize) {
+                word.fetch_or(1 << (page % 64), Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The pages the VMM wrote since the last call, as a bitmap per region (private first,
+    /// like [`GuestMem::regions`]), one bit per 4 KiB page; clears them.
+    pub fn take_host_dirty(&self) -> [Vec<u64>; 2] {
+        let take = |v: &Vec<AtomicU64>| v.iter().map(|w| w.swap(0, Ordering::SeqCst)).collect();
+        [
+            take(&self.host_dirty.private),
+            take(&self.host_dirty.shared),
+        ]
     }
 
     /// Size of the private region (from guest address 0).
@@ -119,6 +181,7 @@ impl GuestMem {
         if !self.contains(addr, bytes.len() as u64) {
             return Err(EFAULT);
         }
+        self.mark_host_write(addr, bytes.len() as u64);
         self.inner
             .write_slice(bytes, GuestAddress(addr))
             .map_err(|_| EFAULT)
@@ -172,6 +235,7 @@ impl GuestMem {
         if !self.contains(addr, 4) {
             return Err(EFAULT);
         }
+        self.mark_host_write(addr, 4);
         let slice = self
             .inner
             .get_slice(GuestAddress(addr), 4)

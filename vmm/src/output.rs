@@ -17,6 +17,14 @@ pub enum Output {
     Stderr,
     /// An in-memory buffer (for tests).
     Capture(Captured),
+    /// Somewhere else, e.g. the VM's home node (see [`Sink`]).
+    Sink(Arc<dyn Sink>),
+}
+
+/// A destination of output outside this process (the home node of a migrated VM).
+pub trait Sink: std::fmt::Debug + Send + Sync {
+    /// Writes `bytes`; returns how many were taken.
+    fn write(&self, bytes: &[u8]) -> std::io::Result<usize>;
 }
 
 impl Output {
@@ -37,6 +45,17 @@ impl Output {
                     .unwrap_or_else(|e| e.into_inner())
                     .extend_from_slice(bytes);
                 Ok(bytes.len())
+            }
+            Output::Sink(sink) => sink.write(bytes),
+        }
+    }
+
+    /// Writes all of `bytes`, ignoring errors.
+    pub fn write_all_bytes(&self, mut rest: &[u8]) {
+        while !rest.is_empty() {
+            match self.write(rest) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => rest = &rest[n..],
             }
         }
     }

@@ -172,6 +172,85 @@ impl Threads {
     pub fn vcpu_count(&self) -> u32 {
         self.table().vcpus
     }
+
+    /// Number of guest threads running (not exited).
+    pub fn running(&self) -> u32 {
+        self.table().running
+    }
+
+    /// Interrupts every vCPU host thread (out of `KVM_RUN` or a blocking host call), and
+    /// wakes the joins waiting here.
+    pub fn kick_all(&self) {
+        use std::os::unix::thread::JoinHandleExt;
+        let t = self.table();
+        for handle in &t.handles {
+            if !handle.is_finished() {
+                crate::sys::kick(handle.as_pthread_t());
+            }
+        }
+        self.exited.notify_all();
+    }
+
+    /// The table as it migrates: the last tid given out, every known thread with whether it
+    /// has exited (and not been joined yet), and the number of vCPUs.
+    pub fn snapshot(&self) -> ThreadTable {
+        let t = self.table();
+        let mut threads: Vec<(u32, bool)> = t
+            .states
+            .iter()
+            .map(|(&tid, &state)| (tid, state == State::Exited))
+            .collect();
+        threads.sort_unstable();
+        ThreadTable {
+            last_tid: t.last_tid,
+            threads,
+            vcpus: t.vcpus,
+        }
+    }
+
+    /// A table continuing `table` (on the destination of a migration); the vCPUs are added
+    /// with [`Threads::add_restored`].
+    pub fn restored(max_vcpus: u32, table: &ThreadTable) -> Threads {
+        let threads = Threads::new(max_vcpus);
+        {
+            let mut t = threads.table();
+            t.last_tid = table.last_tid;
+            for &(tid, exited) in &table.threads {
+                let state = if exited {
+                    State::Exited
+                } else {
+                    State::Running
+                };
+                t.states.insert(tid, state);
+                if !exited {
+                    t.running += 1;
+                }
+            }
+        }
+        threads
+    }
+
+    /// Adds a re-created vCPU's host thread; `idle` if no guest thread runs on it.
+    pub fn add_restored(&self, mailbox: Arc<Mailbox>, handle: JoinHandle<()>, idle: bool) {
+        let mut t = self.table();
+        t.vcpus += 1;
+        if idle {
+            t.idle.push(mailbox.clone());
+        }
+        t.mailboxes.push(mailbox);
+        t.handles.push(handle);
+    }
+}
+
+/// The thread table of a migrating VM (see [`Threads::snapshot`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ThreadTable {
+    /// The last thread id given out.
+    pub last_tid: u32,
+    /// Every thread not yet joined: (tid, exited).
+    pub threads: Vec<(u32, bool)>,
+    /// vCPUs created (indices `0..vcpus`).
+    pub vcpus: u32,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use pop_abi::layout::BOOT_INFO_ADDR;
 
-use crate::arch::{self, Exit, ThreadStart, Vcpu, VmArch};
+use crate::arch::{self, Exit, HypercallRequest, ThreadStart, Vcpu, VcpuState, VmArch};
 use crate::boot;
 use crate::config::VmConfig;
 use crate::fault;
@@ -20,7 +20,7 @@ use crate::image::Image;
 use crate::launch::LaunchError;
 use crate::memory::GuestMem;
 use crate::output::Output;
-use crate::threads::{MAIN_TID, Mailbox, Threads};
+use crate::threads::{MAIN_TID, Mailbox, ThreadTable, Threads};
 use crate::timings::Timings;
 
 /// How a VM ended.
@@ -34,6 +34,8 @@ pub enum Outcome {
     Fault,
     /// The VMM itself failed while running the guest.
     Error(String),
+    /// The VM migrated to another node and goes on there (not an end of the application).
+    Moved,
 }
 
 impl Outcome {
@@ -43,7 +45,7 @@ impl Outcome {
             Outcome::Exit(status) => *status,
             Outcome::Abort => pop_abi::EXIT_ABORT,
             Outcome::Fault => pop_abi::EXIT_FAULT,
-            Outcome::Error(_) => crate::launch::EXIT_VMM_ERROR,
+            Outcome::Error(_) | Outcome::Moved => crate::launch::EXIT_VMM_ERROR,
         }
     }
 }
@@ -73,9 +75,157 @@ pub struct VmShared {
     crashed: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     ended: Condvar,
+    park_requested: AtomicBool,
+    park: Mutex<Park>,
+    parked_cv: Condvar,
+}
+
+/// A vCPU stopped for a migration: its thread, its state, and the blocking hypercall it was
+/// in (to be issued again where it resumes: futex waits, sleeps and joins carry over).
+#[derive(Clone, Debug)]
+pub struct ParkedVcpu {
+    /// vCPU index (the guest's per-vCPU data is at this index: it must not change).
+    pub index: u32,
+    /// Guest thread on it.
+    pub tid: u32,
+    /// Registers and the rest.
+    pub state: VcpuState,
+    /// The hypercall it was blocked in, if any (sleep: the time left).
+    pub pending: Option<HypercallRequest>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    Resume,
+    Leave,
+}
+
+#[derive(Debug, Default)]
+struct Park {
+    epoch: u64,
+    parked: Vec<ParkedVcpu>,
+    errors: Vec<String>,
+    decided: Option<(u64, Decision)>,
+}
+
+/// What a parked vCPU does next.
+enum ParkEnd {
+    Resume(Option<HypercallRequest>),
+    Leave,
+}
+
+/// A paused VM's state, ready to be sent (see [`VmShared::pause`]).
+#[derive(Clone, Debug)]
+pub struct Paused {
+    /// The vCPUs running guest threads.
+    pub vcpus: Vec<ParkedVcpu>,
+    /// The thread table.
+    pub threads: ThreadTable,
 }
 
 impl VmShared {
+    /// Whether a pause is asked for (vCPU threads park at their next exit).
+    pub fn park_requested(&self) -> bool {
+        self.park_requested.load(Ordering::Acquire)
+    }
+
+    fn park_lock(&self) -> std::sync::MutexGuard<'_, Park> {
+        self.park.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops every guest thread (out of `KVM_RUN`, or out of the host call it is blocked in)
+    /// and returns their states. On failure (a vCPU cannot be saved, the VM ends, `timeout`)
+    /// the VM has been resumed already.
+    pub fn pause(&self, timeout: Duration) -> Result<Paused, String> {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut p = self.park_lock();
+            p.epoch += 1;
+            p.parked.clear();
+            p.errors.clear();
+            self.park_requested.store(true, Ordering::Release);
+        }
+        loop {
+            {
+                let p = self.park_lock();
+                let running = self.threads.running() as usize;
+                if let Some(e) = p.errors.first() {
+                    let e = e.clone();
+                    drop(p);
+                    self.resume();
+                    return Err(e);
+                }
+                if p.parked.len() >= running {
+                    // Nothing can change now: every running thread is parked.
+                    return Ok(Paused {
+                        vcpus: p.parked.clone(),
+                        threads: self.threads.snapshot(),
+                    });
+                }
+            }
+            if self.stopping() {
+                self.resume();
+                return Err("the VM ended".into());
+            }
+            if Instant::now() > deadline {
+                self.resume();
+                return Err("the vCPUs did not stop in time".into());
+            }
+            self.threads.kick_all();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    fn decide(&self, decision: Decision) {
+        let mut p = self.park_lock();
+        p.decided = Some((p.epoch, decision));
+        self.park_requested.store(false, Ordering::Release);
+        self.parked_cv.notify_all();
+    }
+
+    /// Lets the parked vCPUs go on here (the migration failed or was abandoned).
+    pub fn resume(&self) {
+        self.decide(Decision::Resume);
+    }
+
+    /// Ends the VM here because it now runs elsewhere: its vCPU threads end without touching
+    /// the guest again.
+    pub fn leave(&self) {
+        self.decide(Decision::Leave);
+        self.finish(Outcome::Moved);
+    }
+
+    /// Parks the calling vCPU thread (see [`VmShared::pause`]) until a decision.
+    fn park_here(&self, vcpu: &mut Vcpu, tid: u32, pending: Option<HypercallRequest>) -> ParkEnd {
+        let saved = vcpu.save_state();
+        let mut p = self.park_lock();
+        let epoch = p.epoch;
+        match saved {
+            Ok(state) => p.parked.push(ParkedVcpu {
+                index: vcpu.index(),
+                tid,
+                state,
+                pending,
+            }),
+            Err(e) => p
+                .errors
+                .push(format!("cannot save vCPU {}: {e}", vcpu.index())),
+        }
+        loop {
+            match p.decided {
+                Some((e, Decision::Resume)) if e == epoch => return ParkEnd::Resume(pending),
+                Some((e, Decision::Leave)) if e == epoch => return ParkEnd::Leave,
+                _ if self.stopping() => return ParkEnd::Leave,
+                _ => {}
+            }
+            p = self
+                .parked_cv
+                .wait_timeout(p, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Whether the VM is shutting down (vCPU threads stop at their next exit).
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
@@ -98,7 +248,7 @@ impl VmShared {
             let vm2 = vm.clone();
             std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu_thread(vm2, vcpu, start, mailbox))
+                .spawn(move || vcpu_thread(vm2, vcpu, Begin::Start(start), mailbox))
                 .map_err(|_| ())
         })
     }
@@ -108,6 +258,39 @@ impl VmShared {
 #[derive(Debug)]
 pub struct Vm {
     shared: Arc<VmShared>,
+    /// vCPUs re-created by [`Vm::restore`], started by [`Vm::run`].
+    restored: Mutex<Option<Vec<(Vcpu, Begin)>>>,
+}
+
+/// How a vCPU host thread begins.
+#[derive(Debug)]
+enum Begin {
+    /// A new guest thread.
+    Start(ThreadStart),
+    /// A migrated guest thread, with the hypercall it was blocked in.
+    Resume {
+        tid: u32,
+        pending: Option<HypercallRequest>,
+    },
+    /// No thread: wait in the pool.
+    Idle,
+}
+
+/// Registers guest memory with KVM, with `flags` (e.g. dirty logging) on every slot.
+pub fn register_memory(vm_fd: &VmFd, mem: &GuestMem, flags: u32) -> Result<(), kvm_ioctls::Error> {
+    for region in mem.regions() {
+        let slot = kvm_userspace_memory_region {
+            slot: region.slot,
+            flags,
+            guest_phys_addr: region.guest_addr,
+            memory_size: region.size,
+            userspace_addr: region.host_addr,
+        };
+        // SAFETY: the region is a live mapping of `region.size` bytes owned by `mem`, which
+        // the VM keeps (in `VmShared`) for as long as the VM fd exists.
+        unsafe { vm_fd.set_user_memory_region(slot) }?;
+    }
+    Ok(())
 }
 
 impl Vm {
@@ -120,19 +303,7 @@ impl Vm {
             let vm_fd = kvm.create_vm().map_err(kvm_error("cannot create a VM"))?;
             let arch = arch::setup_vm(&kvm, &vm_fd).map_err(kvm_error("cannot set up the VM"))?;
             let mem = GuestMem::new(image.private_size(), config.memory)?;
-            for region in mem.regions() {
-                let slot = kvm_userspace_memory_region {
-                    slot: region.slot,
-                    flags: 0,
-                    guest_phys_addr: region.guest_addr,
-                    memory_size: region.size,
-                    userspace_addr: region.host_addr,
-                };
-                // SAFETY: the region is a live mapping of `region.size` bytes owned by `mem`,
-                // which the VM keeps (in `VmShared`) for as long as the VM fd exists.
-                unsafe { vm_fd.set_user_memory_region(slot) }
-                    .map_err(kvm_error("cannot add guest memory"))?;
-            }
+            register_memory(&vm_fd, &mem, 0).map_err(kvm_error("cannot add guest memory"))?;
             Ok((kvm, vm_fd, arch, mem))
         })?;
         drop(kvm);
@@ -174,24 +345,117 @@ impl Vm {
             crashed: AtomicBool::new(false),
             outcome: Mutex::new(None),
             ended: Condvar::new(),
+            park_requested: AtomicBool::new(false),
+            park: Mutex::new(Park::default()),
+            parked_cv: Condvar::new(),
         });
-        Ok(Vm { shared })
+        Ok(Vm {
+            shared,
+            restored: Mutex::new(None),
+        })
+    }
+
+    /// A VM continuing a migrated one: `mem` holds all of its memory already; `paused` says
+    /// which vCPUs run which threads; `counter` gives, from this host's counter frequency in
+    /// kHz, the value every vCPU's counter starts from. Its vCPUs start with [`Vm::run`].
+    pub fn restore(
+        image: Image,
+        config: &VmConfig,
+        mem: GuestMem,
+        paused: Paused,
+        counter: &dyn Fn(u64) -> u64,
+    ) -> Result<Vm, LaunchError> {
+        let kvm_error = |what: &'static str| move |source| LaunchError::Kvm { what, source };
+        let kvm = Kvm::new().map_err(LaunchError::NoKvm)?;
+        let vm_fd = kvm.create_vm().map_err(kvm_error("cannot create a VM"))?;
+        let arch = arch::setup_vm(&kvm, &vm_fd).map_err(kvm_error("cannot set up the VM"))?;
+        register_memory(&vm_fd, &mem, 0).map_err(kvm_error("cannot add guest memory"))?;
+        let timings = Arc::new(Timings::new(Instant::now()));
+        let shared = Arc::new(VmShared {
+            fs: FileSystem::new(
+                config.mounts.clone(),
+                config.stdout.clone(),
+                config.stderr.clone(),
+            ),
+            threads: Threads::restored(config.max_threads, &paused.threads),
+            reports: config.stderr.clone(),
+            max_vcpus: config.max_threads,
+            mem,
+            vm_fd,
+            arch,
+            image,
+            timings,
+            stopping: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            ended: Condvar::new(),
+            park_requested: AtomicBool::new(false),
+            park: Mutex::new(Park::default()),
+            parked_cv: Condvar::new(),
+        });
+        let mut vcpus = Vec::new();
+        let mut start_counter = None;
+        for index in 0..paused.threads.vcpus.min(config.max_threads) {
+            let mut vcpu = Vcpu::new(&shared.vm_fd, &shared.arch, index, shared.max_vcpus)
+                .map_err(|_| LaunchError::Vcpu)?;
+            let counter =
+                *start_counter.get_or_insert_with(|| counter(vcpu.counter_khz().unwrap_or(0)));
+            let begin = match paused.vcpus.iter().find(|p| p.index == index) {
+                Some(p) => {
+                    vcpu.restore_state(&p.state, counter)
+                        .map_err(kvm_error("cannot restore a vCPU"))?;
+                    Begin::Resume {
+                        tid: p.tid,
+                        pending: p.pending,
+                    }
+                }
+                None => Begin::Idle,
+            };
+            vcpus.push((vcpu, begin));
+        }
+        Ok(Vm {
+            shared,
+            restored: Mutex::new(Some(vcpus)),
+        })
+    }
+
+    /// The state the vCPU threads share (to pause or inspect the running VM).
+    pub fn shared(&self) -> Arc<VmShared> {
+        self.shared.clone()
     }
 
     /// Runs the guest until it exits, then stops all vCPU threads.
     pub fn run(self) -> Result<Outcome, LaunchError> {
         crate::sys::install_kick_handler();
         let vm = &self.shared;
-        let main = ThreadStart {
-            tid: MAIN_TID,
-            entry: vm.image.entry,
-            func: BOOT_INFO_ADDR,
-            arg: 0,
-            stack_top: vm.mem.shared_end(),
-            thread_pointer: 0,
-        };
-        let tid = vm.spawn(main).map_err(|_| LaunchError::Vcpu)?;
-        debug_assert_eq!(tid, MAIN_TID);
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(vcpus) = restored {
+            for (vcpu, begin) in vcpus {
+                let idle = matches!(begin, Begin::Idle);
+                let mailbox = Arc::new(Mailbox::default());
+                let (vm2, mailbox2) = (vm.clone(), mailbox.clone());
+                let handle = std::thread::Builder::new()
+                    .name(format!("vcpu{}", vcpu.index()))
+                    .spawn(move || vcpu_thread(vm2, vcpu, begin, mailbox2))
+                    .map_err(|_| LaunchError::Vcpu)?;
+                vm.threads.add_restored(mailbox, handle, idle);
+            }
+        } else {
+            let main = ThreadStart {
+                tid: MAIN_TID,
+                entry: vm.image.entry,
+                func: BOOT_INFO_ADDR,
+                arg: 0,
+                stack_top: vm.mem.shared_end(),
+                thread_pointer: 0,
+            };
+            let tid = vm.spawn(main).map_err(|_| LaunchError::Vcpu)?;
+            debug_assert_eq!(tid, MAIN_TID);
+        }
         let outcome = {
             let mut slot = vm.outcome.lock().unwrap_or_else(|e| e.into_inner());
             loop {
@@ -234,26 +498,38 @@ enum ThreadEnd {
 }
 
 /// Body of a vCPU's host thread: runs guest threads one after another.
-fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, first: ThreadStart, mailbox: Arc<Mailbox>) {
-    let mut next = Some(first);
-    while let Some(start) = next.take() {
-        if let Err(e) = vcpu.start_thread(&start) {
-            vm.finish(Outcome::Error(format!(
-                "cannot start a thread on vCPU {}: {e}",
-                vcpu.index()
-            )));
-            return;
-        }
-        boot::write_percpu(&vm.mem, vcpu.index(), start.tid);
-        if start.tid == MAIN_TID {
-            record_boot(&vm, &vcpu);
-        }
-        match run_thread(&vm, &mut vcpu, start.tid) {
+fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailbox: Arc<Mailbox>) {
+    let mut next = Some(begin);
+    loop {
+        let (tid, pending) = match next.take() {
+            Some(Begin::Start(start)) => {
+                if let Err(e) = vcpu.start_thread(&start) {
+                    vm.finish(Outcome::Error(format!(
+                        "cannot start a thread on vCPU {}: {e}",
+                        vcpu.index()
+                    )));
+                    return;
+                }
+                boot::write_percpu(&vm.mem, vcpu.index(), start.tid);
+                if start.tid == MAIN_TID {
+                    record_boot(&vm, &vcpu);
+                }
+                (start.tid, None)
+            }
+            Some(Begin::Resume { tid, pending }) => (tid, pending),
+            Some(Begin::Idle) | None => match mailbox.wait(|| vm.stopping()) {
+                Some(start) => {
+                    next = Some(Begin::Start(start));
+                    continue;
+                }
+                None => return,
+            },
+        };
+        match run_thread(&vm, &mut vcpu, tid, pending) {
             ThreadEnd::VmOver => return,
             ThreadEnd::Exited { done } => {
-                if vm.threads.exited(start.tid, &mailbox) {
-                    vm.finish(Outcome::Exit(0));
-                }
+                // Signal the completion word before the thread stops counting as running,
+                // so that a pause that sees it gone also sees the word set.
                 if done != 0 {
                     // A bad address only loses the notification, which the guest asked for.
                     let _ = vm.mem.with_atomic_u32(done, |word| {
@@ -261,7 +537,9 @@ fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, first: ThreadStart, mailbox: A
                         crate::sys::futex_wake(word, i32::MAX)
                     });
                 }
-                next = mailbox.wait(|| vm.stopping());
+                if vm.threads.exited(tid, &mailbox) {
+                    vm.finish(Outcome::Exit(0));
+                }
             }
         }
     }
@@ -282,17 +560,45 @@ fn record_boot(vm: &VmShared, vcpu: &Vcpu) {
 /// registers and backtrace, like a fault.
 pub const BACKTRACE_ENV: &str = "POPVMM_BACKTRACE";
 
-/// Runs one guest thread until it exits or the VM ends.
-fn run_thread(vm: &Arc<VmShared>, vcpu: &mut Vcpu, tid: u32) -> ThreadEnd {
+/// Runs one guest thread until it exits or the VM ends; `pending` is a hypercall to serve
+/// before the guest runs (one it was blocked in when it migrated).
+fn run_thread(
+    vm: &Arc<VmShared>,
+    vcpu: &mut Vcpu,
+    tid: u32,
+    mut pending: Option<HypercallRequest>,
+) -> ThreadEnd {
     loop {
         if vm.stopping() {
             return ThreadEnd::VmOver;
         }
-        let crash = match vcpu.run(&vm.mem) {
+        if pending.is_none() && vm.park_requested() {
+            match vm.park_here(vcpu, tid, None) {
+                ParkEnd::Leave => return ThreadEnd::VmOver,
+                ParkEnd::Resume(_) => continue,
+            }
+        }
+        let exit = match pending.take() {
+            Some(request) => Ok(Exit::Hypercall(request)),
+            None => vcpu.run(&vm.mem),
+        };
+        let crash = match exit {
             Ok(Exit::Hypercall(request)) => match hypercall::handle(vm, request, tid) {
                 Flow::Return(value) => {
                     vcpu.set_hypercall_result(&vm.mem, value);
                     continue;
+                }
+                Flow::Pending(request) => {
+                    if vm.stopping() {
+                        return ThreadEnd::VmOver;
+                    }
+                    match vm.park_here(vcpu, tid, Some(request)) {
+                        ParkEnd::Leave => return ThreadEnd::VmOver,
+                        ParkEnd::Resume(again) => {
+                            pending = again;
+                            continue;
+                        }
+                    }
                 }
                 Flow::ThreadExit(done) => return ThreadEnd::Exited { done },
                 Flow::Stop => return ThreadEnd::VmOver,

@@ -9,11 +9,11 @@ pub mod aarch64;
 pub mod x86_64;
 #[cfg(target_arch = "aarch64")]
 pub use self::aarch64::{
-    ABI_ARCH, ELF_MACHINE, Entries, NAME, Vcpu, VmArch, setup_vm, write_tables,
+    ABI_ARCH, ELF_MACHINE, Entries, NAME, Vcpu, VcpuState, VmArch, setup_vm, write_tables,
 };
 #[cfg(target_arch = "x86_64")]
 pub use self::x86_64::{
-    ABI_ARCH, ELF_MACHINE, Entries, NAME, Vcpu, VmArch, setup_vm, write_tables,
+    ABI_ARCH, ELF_MACHINE, Entries, NAME, Vcpu, VcpuState, VmArch, setup_vm, write_tables,
 };
 
 /// A hypercall a vCPU made: its number and its five argument registers.

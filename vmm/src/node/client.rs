@@ -169,3 +169,118 @@ pub fn ping(a: &PingArgs) -> Result<String, String> {
         rtts.last().unwrap_or(&0.0)
     ))
 }
+
+/// `popvmm ps`: the VMs of the cluster, as the node asked sees them.
+pub fn ps(t: &Target) -> Result<String, String> {
+    let v = ask(t, &Request::Ps)?;
+    if t.json {
+        return Ok(format!("{}\n", v["vms"]));
+    }
+    let mut out = format!(
+        "{:<18} {:<20} {:>4} {:>4} {:>7} {:>9}  {}\n",
+        "id", "name", "node", "home", "threads", "memory", "state"
+    );
+    for vm in v["vms"].as_array().into_iter().flatten() {
+        let name = vm["name"].as_str().unwrap_or("?");
+        let short = std::path::Path::new(name)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or(name);
+        let _ = writeln!(
+            out,
+            "{:<18} {:<20} {:>4} {:>4} {:>7} {:>8}M  {}",
+            format!("{:#x}", vm["id"].as_u64().unwrap_or(0)),
+            short,
+            vm["node"].as_u64().unwrap_or(0),
+            vm["home"].as_u64().unwrap_or(0),
+            vm["threads"].as_u64().unwrap_or(0),
+            vm["memory"].as_u64().unwrap_or(0) >> 20,
+            vm["state"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(out)
+}
+
+/// `popvmm migrate`: finds the node running the VM, asks it to move the VM, and prints its
+/// progress and a summary.
+pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let asked = resolve(&a.target)?;
+    let list = control::call(&asked, &Request::Ps, Duration::from_secs(10))?;
+    let vm = list["vms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|vm| {
+            crate::migrate::host::matches_key(
+                vm["id"].as_u64().unwrap_or(0),
+                vm["name"].as_str().unwrap_or(""),
+                &a.vm,
+            )
+        })
+        .ok_or_else(|| format!("no VM {} in the cluster", a.vm))?;
+    let at = vm["node"].as_u64().unwrap_or(0) as u32;
+    let path = if list["node"].as_u64() == Some(u64::from(at)) {
+        asked
+    } else {
+        control::default_path(at)
+    };
+    let req = Request::Migrate {
+        vm: a.vm.clone(),
+        to: a.to,
+        mode: a.mode,
+        downtime_ms: a.downtime_ms,
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "VM {} runs on node {at}, whose control socket {} does not answer here: {e}",
+            a.vm,
+            path.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(&req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s.take(control::MAX_LINE));
+    let mut stdout = std::io::stdout();
+    loop {
+        let mut answer = String::new();
+        match r.read_line(&mut answer) {
+            Ok(0) => return Err(format!("node {at} closed the connection")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading node {at}'s answer: {e}")),
+        }
+        let v: Value =
+            serde_json::from_str(&answer).map_err(|e| format!("bad answer from node {at}: {e}"))?;
+        if let Some(p) = v.get("progress") {
+            let _ = writeln!(
+                stdout,
+                "round {}: {} pages, {:.1} MB at {:.0} MB/s; {} pages dirty, estimated downtime {:.2} ms",
+                p["round"],
+                p["pages"],
+                p["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                p["mb_per_sec"].as_f64().unwrap_or(0.0),
+                p["remaining_pages"],
+                p["estimated_downtime_ms"].as_f64().unwrap_or(0.0),
+            );
+            continue;
+        }
+        if v["ok"] != Value::Bool(true) {
+            return Err(v["error"]
+                .as_str()
+                .unwrap_or("the migration failed")
+                .to_string());
+        }
+        let s = &v["summary"];
+        return Ok(format!(
+            "migrated VM {} from node {at} to node {} ({}): {:.1} ms in all, downtime {:.2} ms, {:.1} MB sent in {} rounds\n",
+            a.vm,
+            s["to"],
+            s["mode"].as_str().unwrap_or("?"),
+            s["total_ms"].as_f64().unwrap_or(0.0),
+            s["downtime_ms"].as_f64().unwrap_or(0.0),
+            s["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            s["rounds"],
+        ));
+    }
+}

@@ -40,6 +40,20 @@ pub enum Request {
     },
     /// Stop the node.
     Shutdown,
+    /// The VMs of the cluster (`popvmm ps`).
+    Ps,
+    /// Move a VM running on this node (`popvmm migrate`); progress lines
+    /// (`{"progress":{...}}`) come before the answer.
+    Migrate {
+        /// VM id or name.
+        vm: String,
+        /// Destination node.
+        to: u32,
+        /// How.
+        mode: crate::migrate::Mode,
+        /// Downtime target.
+        downtime_ms: u64,
+    },
 }
 
 /// The directory of default control sockets: `$XDG_RUNTIME_DIR/popvmm`, else

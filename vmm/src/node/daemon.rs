@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use net_msg::{ClusterConfig, Incoming, Node, NodeOptions, Priority, Secret};
+use net_msg::{ClusterConfig, Node, NodeOptions, Priority, Secret};
 use serde_json::{Value, json};
 
 use super::control::{self, MAX_LINE, Request};
 use super::{NodeArgs, msg};
+use crate::migrate::host::Host;
 
 /// Sets up logging to stderr (`RUST_LOG` overrides the default `info`).
 pub fn init_logging() {
@@ -26,19 +27,24 @@ pub fn init_logging() {
         .try_init();
 }
 
-fn handle(m: Incoming) {
-    if m.msg_type == msg::PING && m.is_request() {
-        let p = m.payload.clone();
-        let _ = m.respond(&p);
-    } else if m.is_request() {
-        // Dropping the responder answers with an error ("request dropped unanswered").
-        tracing::debug!(from = m.from, "request of unknown type {}", m.msg_type);
-    }
-}
-
 /// Runs `popvmm node` until a `shutdown` control request; returns the error that stopped it.
 pub fn run(args: &NodeArgs) -> Result<(), String> {
     init_logging();
+    let started = start(args)?;
+    serve_control(started);
+    Ok(())
+}
+
+/// A node on the mesh with its host of VMs and its bound control socket.
+pub struct Started {
+    /// The VMs of this process.
+    pub host: Arc<Host>,
+    listener: UnixListener,
+    control_path: std::path::PathBuf,
+}
+
+/// Joins the cluster and binds the control socket (see [`serve_control`]).
+pub fn start(args: &NodeArgs) -> Result<Started, String> {
     let cluster = ClusterConfig::load(&args.cluster).map_err(|e| e.to_string())?;
     let opts = match &args.secret_file {
         Some(f) => {
@@ -68,18 +74,41 @@ pub fn run(args: &NodeArgs) -> Result<(), String> {
         .map_err(|e| format!("control socket {}: {e}", control_path.display()))?;
     std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| e.to_string())?;
+    let host = Host::new();
+    let node = match Node::start(opts, host.handler()) {
+        Ok(node) => Arc::new(node),
+        Err(e) => {
+            let _ = std::fs::remove_file(&control_path);
+            return Err(e.to_string());
+        }
+    };
+    host.attach(node);
+    tracing::debug!(node = args.id, "control socket {}", control_path.display());
+    Ok(Started {
+        host,
+        listener,
+        control_path,
+    })
+}
+
+/// Serves the control socket until a `shutdown` request, then leaves the mesh.
+pub fn serve_control(started: Started) {
+    let Started {
+        host,
+        listener,
+        control_path,
+    } = started;
     let _cleanup = RemoveOnDrop(&control_path);
-    let node = Arc::new(Node::start(opts, handle).map_err(|e| e.to_string())?);
-    tracing::info!(node = args.id, "control socket {}", control_path.display());
+    let node = host.node().clone();
     let stop = Arc::new(AtomicBool::new(false));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let (node, stop2) = (node.clone(), stop.clone());
+        let (host, stop2) = (host.clone(), stop.clone());
         let path = control_path.clone();
         let _ = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                serve(&node, conn, &stop2);
+                serve(&host, conn, &stop2);
                 if stop2.load(Ordering::SeqCst) {
                     // Wake the accept loop.
                     let _ = UnixStream::connect(&path);
@@ -90,10 +119,10 @@ pub fn run(args: &NodeArgs) -> Result<(), String> {
         }
     }
     drop(listener);
+    drop(host);
     if let Ok(node) = Arc::try_unwrap(node) {
         node.shutdown();
     }
-    Ok(())
 }
 
 struct RemoveOnDrop<'a>(&'a Path);
@@ -104,7 +133,8 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-fn serve(node: &Node, conn: UnixStream, stop: &AtomicBool) {
+fn serve(host: &Host, conn: UnixStream, stop: &AtomicBool) {
+    let node = host.node();
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(mut out) = conn.try_clone() else {
         return;
@@ -113,6 +143,23 @@ fn serve(node: &Node, conn: UnixStream, stop: &AtomicBool) {
     let mut line = String::new();
     while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
         let answer = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Ps) => json!({"ok": true, "node": node.id(), "vms": host.cluster_list()}),
+            Ok(Request::Migrate {
+                vm,
+                to,
+                mode,
+                downtime_ms,
+            }) => {
+                let mut progress = |p: Value| {
+                    let mut text = json!({"progress": p}).to_string();
+                    text.push('\n');
+                    let _ = out.write_all(text.as_bytes());
+                };
+                match host.migrate(&vm, to, mode, downtime_ms, &mut progress) {
+                    Ok(summary) => json!({"ok": true, "summary": summary}),
+                    Err(e) => json!({"ok": false, "error": e}),
+                }
+            }
             Ok(req) => answer(node, req, stop),
             Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         };
@@ -162,6 +209,7 @@ fn answer(node: &Node, req: Request, stop: &AtomicBool) -> Value {
             }
             json!({"ok": true, "node": node.id(), "to": to, "size": size, "rtt_us": rtts})
         }
+        Request::Ps | Request::Migrate { .. } => json!({"ok": false, "error": "served above"}),
         Request::Shutdown => {
             stop.store(true, Ordering::SeqCst);
             json!({"ok": true})

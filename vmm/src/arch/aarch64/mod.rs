@@ -6,6 +6,7 @@
 pub mod fault;
 mod paging;
 mod regs;
+pub mod state;
 mod vcpu;
 
 use kvm_bindings::kvm_vcpu_init;
@@ -14,6 +15,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use crate::memory::GuestMem;
 
 pub use paging::Aarch64Entries as Entries;
+pub use state::VcpuState;
 pub use vcpu::Vcpu;
 
 /// ELF `e_machine` of the images this backend runs.

@@ -46,6 +46,20 @@ impl Vcpu {
         })
     }
 
+    /// Saving the state is not implemented on aarch64 yet.
+    pub fn save_state(&mut self) -> Result<super::VcpuState, kvm_ioctls::Error> {
+        Err(kvm_ioctls::Error::new(libc::ENOSYS))
+    }
+
+    /// Restoring a state is not implemented on aarch64 yet.
+    pub fn restore_state(
+        &mut self,
+        _state: &super::VcpuState,
+        _counter: u64,
+    ) -> Result<(), kvm_ioctls::Error> {
+        Err(kvm_ioctls::Error::new(libc::ENOSYS))
+    }
+
     /// Index of the vCPU.
     pub fn index(&self) -> u32 {
         self.index

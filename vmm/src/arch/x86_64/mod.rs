@@ -5,6 +5,7 @@ mod cpuid;
 pub mod fault;
 pub mod gdt;
 mod paging;
+pub mod state;
 mod vcpu;
 
 use kvm_bindings::CpuId;
@@ -14,6 +15,7 @@ use pop_abi::layout::KVM_TSS_ADDR;
 use crate::memory::GuestMem;
 
 pub use paging::X86Entries as Entries;
+pub use state::VcpuState;
 pub use vcpu::Vcpu;
 
 /// ELF `e_machine` of the images this backend runs.

@@ -10,6 +10,7 @@ use pop_abi::layout::{
     percpu_data,
 };
 
+use super::state::VcpuState;
 use super::{VmArch, cpuid, fault, gdt};
 use crate::arch::{Crash, Exit, HypercallRequest, ThreadStart};
 use crate::memory::GuestMem;
@@ -65,6 +66,39 @@ impl Vcpu {
         fd.set_sync_valid_reg(SyncReg::Register);
         let sregs = long_mode_sregs(fd.get_sregs()?, index, max_vcpus);
         Ok(Vcpu { fd, index, sregs })
+    }
+
+    /// Completes what the last exit left pending (the MMIO store of a hypercall) without
+    /// running the guest: `KVM_RUN` with `immediate_exit` set, as KVM's documentation asks
+    /// before the state is saved.
+    pub fn complete_pending(&mut self) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match result {
+            Err(e) if e.errno() != libc::EINTR && e.errno() != libc::EAGAIN => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Saves the vCPU's whole state (completing any pending exit first).
+    pub fn save_state(&mut self) -> Result<VcpuState, kvm_ioctls::Error> {
+        self.complete_pending()?;
+        VcpuState::save(&self.fd)
+    }
+
+    /// Loads a saved state into this (fresh) vCPU, with its counter set to `counter`.
+    pub fn restore_state(
+        &mut self,
+        state: &VcpuState,
+        counter: u64,
+    ) -> Result<(), kvm_ioctls::Error> {
+        self.fd.clear_sync_dirty_reg(SyncReg::Register);
+        state.restore(&self.fd, counter)?;
+        // A hypercall result is written into the synchronized registers, which KVM copies
+        // whole into the vCPU: they must hold the restored registers, not this fresh vCPU's.
+        self.fd.sync_regs_mut().regs = state.regs;
+        Ok(())
     }
 
     /// Index of the vCPU.

@@ -1,0 +1,24 @@
+//! The saved state of an AArch64 vCPU: not yet implemented (same-ISA migration is x86-64
+//! only for now). The type exists so that the migration code is architecture-neutral; saving
+//! fails with `ENOSYS`, so `popvmm migrate` reports a clean error on aarch64 hosts.
+
+use crate::migrate::wire::{Decoder, Encoder, WireError};
+
+/// The state of an AArch64 vCPU (empty until the backend implements saving it).
+#[derive(Clone, Debug)]
+pub struct VcpuState {
+    /// The guest's counter when the state was read.
+    pub tsc: u64,
+}
+
+impl VcpuState {
+    /// Appends the wire form.
+    pub fn encode(&self, e: &mut Encoder) {
+        e.u64(self.tsc);
+    }
+
+    /// Reads the wire form.
+    pub fn decode(_d: &mut Decoder<'_>) -> Result<VcpuState, WireError> {
+        Err(WireError("aarch64 vCPU states cannot be restored yet"))
+    }
+}

@@ -1,0 +1,257 @@
+//! The complete state of an x86-64 vCPU, saved on one host and restored on another (the
+//! Firecracker pattern: one plain struct per vCPU, `save` reads it from KVM, `restore` writes
+//! it back in an order KVM accepts). There is no in-kernel irqchip, hence no LAPIC state.
+//!
+//! The wire form is a fixed sequence of KVM's own `repr(C)` structs followed by the MSRs; the
+//! decoder checks every length, so a state from the network can be malformed but never read
+//! out of bounds.
+
+use kvm_bindings::{
+    Msrs, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
+};
+use kvm_ioctls::VcpuFd;
+
+use crate::migrate::wire::{Decoder, Encoder, WireError};
+
+/// `IA32_TIME_STAMP_COUNTER`.
+pub const MSR_TSC: u32 = 0x10;
+
+/// The MSRs carried besides the TSC (the guest runs in ring 3 and uses few of them; those the
+/// host's KVM does not know are skipped).
+const MSRS: &[u32] = &[
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+    0x1a0,       // MISC_ENABLE
+    0x277,       // PAT
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0xc000_0102, // KERNEL_GS_BASE
+    0xc000_0103, // TSC_AUX
+];
+
+/// Most MSRs a decoded state may carry.
+const MAX_MSRS: u32 = 64;
+
+/// Everything KVM holds about one x86-64 vCPU.
+#[derive(Clone, Debug)]
+pub struct VcpuState {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_sregs,
+    /// Legacy FPU/SSE state (always present; XSAVE supersedes it when available).
+    pub fpu: kvm_fpu,
+    /// The (4 KiB) XSAVE area, when the host supports it.
+    pub xsave: Option<Box<[u32; 1024]>>,
+    /// Extended control registers (XCR0), when the host supports them.
+    pub xcrs: Option<kvm_xcrs>,
+    /// Pending exceptions, interrupts, NMIs and shadows.
+    pub events: kvm_vcpu_events,
+    /// Runnable or halted.
+    pub mp_state: kvm_mp_state,
+    /// The guest's time-stamp counter when the state was read.
+    pub tsc: u64,
+    /// Other MSRs (index, value).
+    pub msrs: Vec<(u32, u64)>,
+}
+
+/// Plain KVM structs that are carried as their bytes.
+///
+/// # Safety
+/// Implementors must be `repr(C)` structs of integers (and arrays or unions of integers), for
+/// which every bit pattern is a valid value.
+unsafe trait Pod: Copy {}
+// SAFETY: all of these are bindgen-generated `repr(C)` structs made only of integers, arrays
+// of integers and unions of those.
+unsafe impl Pod for kvm_regs {}
+// SAFETY: as above.
+unsafe impl Pod for kvm_sregs {}
+// SAFETY: as above.
+unsafe impl Pod for kvm_fpu {}
+// SAFETY: an array of integers.
+unsafe impl Pod for [u32; 1024] {}
+// SAFETY: as above.
+unsafe impl Pod for kvm_xcrs {}
+// SAFETY: as above.
+unsafe impl Pod for kvm_vcpu_events {}
+// SAFETY: as above.
+unsafe impl Pod for kvm_mp_state {}
+
+fn put<T: Pod>(e: &mut Encoder, value: &T) {
+    // SAFETY: `T: Pod` is plain integers, so all of its `size_of::<T>()` bytes are
+    // initialised (padding-free bindgen structs) and may be read as bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+    e.bytes(bytes);
+}
+
+fn get<T: Pod>(d: &mut Decoder<'_>) -> Result<T, WireError> {
+    let bytes = d.bytes(size_of::<T>())?;
+    // SAFETY: `bytes` has exactly `size_of::<T>()` bytes and every bit pattern is a valid `T`
+    // (`Pod`); `read_unaligned` copes with any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+impl VcpuState {
+    /// Reads the state of `fd`. Call it on a vCPU that is not running, after any pending
+    /// MMIO was completed (see `Vcpu::complete_pending`).
+    pub fn save(fd: &VcpuFd) -> Result<VcpuState, kvm_ioctls::Error> {
+        let regs = fd.get_regs()?;
+        let sregs = fd.get_sregs()?;
+        let fpu = fd.get_fpu()?;
+        let xsave = fd.get_xsave().ok().map(|x| Box::new(x.region));
+        let xcrs = fd.get_xcrs().ok();
+        let events = fd.get_vcpu_events()?;
+        let mp_state = fd.get_mp_state()?;
+        let tsc = read_msr(fd, MSR_TSC)?.unwrap_or(0);
+        let mut msrs = Vec::new();
+        for &index in MSRS {
+            if let Ok(Some(value)) = read_msr(fd, index) {
+                msrs.push((index, value));
+            }
+        }
+        Ok(VcpuState {
+            regs,
+            sregs,
+            fpu,
+            xsave,
+            xcrs,
+            events,
+            mp_state,
+            tsc,
+            msrs,
+        })
+    }
+
+    /// Writes the state into `fd` (a fresh vCPU with its CPUID set), with the guest TSC set
+    /// to `tsc` (the caller adjusts it for the time the VM was stopped).
+    pub fn restore(&self, fd: &VcpuFd, tsc: u64) -> Result<(), kvm_ioctls::Error> {
+        fd.set_sregs(&self.sregs)?;
+        fd.set_regs(&self.regs)?;
+        fd.set_fpu(&self.fpu)?;
+        if let Some(xcrs) = &self.xcrs {
+            fd.set_xcrs(xcrs)?;
+        }
+        if let Some(region) = &self.xsave {
+            let xsave = kvm_xsave {
+                region: **region,
+                ..Default::default()
+            };
+            // SAFETY: `xsave` is a complete legacy (4 KiB) `kvm_xsave`, as `get_xsave` returned
+            // it; it does not use the larger XSAVE2 layout.
+            unsafe { fd.set_xsave(&xsave) }?;
+        }
+        let mut entries: Vec<kvm_msr_entry> = self
+            .msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        entries.push(kvm_msr_entry {
+            index: MSR_TSC,
+            data: tsc,
+            ..Default::default()
+        });
+        for entry in entries {
+            // One at a time: an MSR this host does not accept is skipped, not fatal.
+            if let Ok(msrs) = Msrs::from_entries(&[entry]) {
+                let _ = fd.set_msrs(&msrs);
+            }
+        }
+        fd.set_vcpu_events(&self.events)?;
+        fd.set_mp_state(self.mp_state)
+    }
+
+    /// Appends the wire form.
+    pub fn encode(&self, e: &mut Encoder) {
+        put(e, &self.regs);
+        put(e, &self.sregs);
+        put(e, &self.fpu);
+        put(e, &self.events);
+        put(e, &self.mp_state);
+        e.u64(self.tsc);
+        e.u8(self.xcrs.is_some() as u8);
+        if let Some(xcrs) = &self.xcrs {
+            put(e, xcrs);
+        }
+        e.u8(self.xsave.is_some() as u8);
+        if let Some(xsave) = &self.xsave {
+            put(e, &**xsave);
+        }
+        e.u32(self.msrs.len() as u32);
+        for &(index, value) in &self.msrs {
+            e.u32(index).u64(value);
+        }
+    }
+
+    /// Reads the wire form (every length checked).
+    pub fn decode(d: &mut Decoder<'_>) -> Result<VcpuState, WireError> {
+        let regs = get(d)?;
+        let sregs = get(d)?;
+        let fpu = get(d)?;
+        let events = get(d)?;
+        let mp_state = get(d)?;
+        let tsc = d.u64()?;
+        let xcrs = match d.u8()? {
+            0 => None,
+            1 => Some(get(d)?),
+            _ => return Err(WireError("bad XCR flag")),
+        };
+        let xsave = match d.u8()? {
+            0 => None,
+            1 => Some(Box::new(get(d)?)),
+            _ => return Err(WireError("bad XSAVE flag")),
+        };
+        let n = d.u32()?;
+        if n > MAX_MSRS {
+            return Err(WireError("too many MSRs"));
+        }
+        let mut msrs = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            msrs.push((d.u32()?, d.u64()?));
+        }
+        Ok(VcpuState {
+            regs,
+            sregs,
+            fpu,
+            xsave,
+            xcrs,
+            events,
+            mp_state,
+            tsc,
+            msrs,
+        })
+    }
+}
+
+/// One MSR of `fd`, or `None` if KVM does not have it.
+fn read_msr(fd: &VcpuFd, index: u32) -> Result<Option<u64>, kvm_ioctls::Error> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .expect("one MSR fits");
+    let n = fd.get_msrs(&mut msrs)?;
+    Ok((n == 1).then(|| msrs.as_slice()[0].data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_or_bad_states_are_refused() {
+        let mut e = Encoder::default();
+        put(&mut e, &kvm_regs::default());
+        let bytes = e.finish();
+        assert!(VcpuState::decode(&mut Decoder::new(&bytes)).is_err());
+        assert!(VcpuState::decode(&mut Decoder::new(&[])).is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The destination side: a VM arriving in pieces (metadata, image, pages, vCPU states, thread
+//! table), checked, assembled into a [`Vm`] when committed, and started on `GO`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::wire::{Decoder, WireError};
+use crate::arch::{HypercallRequest, VcpuState};
+use crate::config::VmConfig;
+use crate::image::{Image, ImageBytes};
+use crate::memory::{GuestMem, PAGE_SIZE};
+use crate::output::Output;
+use crate::threads::ThreadTable;
+use crate::vm::{ParkedVcpu, Paused, Vm};
+
+/// Most vCPUs accepted.
+const MAX_VCPUS: u32 = 128;
+/// Largest image accepted.
+const MAX_IMAGE: u64 = 1 << 30;
+/// Largest private region accepted.
+const MAX_PRIVATE: u64 = 1 << 30;
+/// Largest shared region accepted.
+const MAX_SHARED: u64 = 64 << 30;
+/// Most thread-table entries accepted.
+const MAX_THREADS_TABLE: usize = 1 << 16;
+/// An arriving VM not started within this time is dropped.
+pub const STALE: Duration = Duration::from_secs(60);
+
+/// `BEGIN`: what the destination needs to know before memory arrives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BeginMeta {
+    /// VM id.
+    pub vm: u64,
+    /// VM name (the image's).
+    pub name: String,
+    /// Home node (output and exit status go there).
+    pub home: u32,
+    /// ISA of the VM.
+    pub arch: String,
+    /// Private region size.
+    pub private_size: u64,
+    /// Shared region size.
+    pub shared_size: u64,
+    /// Most vCPUs.
+    pub max_threads: u32,
+    /// Bytes of the image file.
+    pub image_len: u64,
+}
+
+/// `COMMIT`: the thread table and the clock.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitMeta {
+    /// VM id.
+    pub vm: u64,
+    /// Thread table.
+    pub threads: ThreadTable,
+    /// The guest counter when the VM stopped.
+    pub counter: u64,
+    /// Source host realtime when the VM stopped.
+    pub paused_realtime_ns: u64,
+}
+
+/// A VM on its way here.
+#[derive(Debug)]
+pub struct Arriving {
+    /// The node sending it.
+    pub from: u32,
+    /// Its metadata.
+    pub meta: BeginMeta,
+    /// Its memory, filled by `PAGES`.
+    pub mem: GuestMem,
+    image: Vec<u8>,
+    vcpus: Vec<ParkedVcpu>,
+    /// The VM built by `COMMIT`, started by `GO`.
+    pub prepared: Option<Vm>,
+    /// When `BEGIN` came.
+    pub since: Instant,
+}
+
+/// Validates `BEGIN` and maps the VM's memory.
+pub fn begin(
+    from: u32,
+    payload: &[u8],
+    arriving: &HashMap<u64, Arriving>,
+) -> Result<Arriving, String> {
+    let meta: BeginMeta = serde_json::from_slice(payload).map_err(|e| format!("bad BEGIN: {e}"))?;
+    if meta.arch != crate::arch::NAME {
+        return Err(format!(
+            "this node is {}, the VM is {}: whole-VM migration needs the same ISA",
+            crate::arch::NAME,
+            meta.arch
+        ));
+    }
+    if meta.private_size == 0
+        || meta.private_size > MAX_PRIVATE
+        || meta.shared_size == 0
+        || meta.shared_size > MAX_SHARED
+        || !meta.private_size.is_multiple_of(PAGE_SIZE)
+        || !meta.shared_size.is_multiple_of(PAGE_SIZE)
+        || meta.image_len > MAX_IMAGE
+        || meta.max_threads == 0
+        || meta.max_threads > MAX_VCPUS
+    {
+        return Err("BEGIN: sizes out of range".into());
+    }
+    if arriving.contains_key(&meta.vm) {
+        return Err(format!("VM {} is already arriving here", meta.vm));
+    }
+    let mem = GuestMem::new(meta.private_size, meta.shared_size).map_err(|e| e.to_string())?;
+    Ok(Arriving {
+        from,
+        image: Vec::new(),
+        vcpus: Vec::new(),
+        prepared: None,
+        since: Instant::now(),
+        mem,
+        meta,
+    })
+}
+
+impl Arriving {
+    /// `IMAGE`: a chunk of the image at its offset.
+    pub fn image_chunk(&mut self, d: &mut Decoder<'_>) -> Result<(), WireError> {
+        let offset = d.u64()?;
+        let data = d.rest();
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= self.meta.image_len)
+            .ok_or(WireError("image chunk out of range"))?;
+        if self.image.len() as u64 != offset {
+            return Err(WireError("image chunk out of order"));
+        }
+        self.image.extend_from_slice(data);
+        debug_assert_eq!(self.image.len() as u64, end);
+        Ok(())
+    }
+
+    /// `VCPU`: one vCPU's state.
+    pub fn vcpu(&mut self, d: &mut Decoder<'_>) -> Result<(), WireError> {
+        let index = d.u32()?;
+        let tid = d.u32()?;
+        let pending = match d.u8()? {
+            0 => None,
+            1 => {
+                let nr = d.u16()?;
+                let mut args = [0; 5];
+                for a in &mut args {
+                    *a = d.u64()?;
+                }
+                Some(HypercallRequest { nr, args })
+            }
+            _ => return Err(WireError("bad pending flag")),
+        };
+        let state = VcpuState::decode(d)?;
+        d.end()?;
+        if index >= self.meta.max_threads || self.vcpus.iter().any(|v| v.index == index) {
+            return Err(WireError("bad vCPU index"));
+        }
+        self.vcpus.push(ParkedVcpu {
+            index,
+            tid,
+            state,
+            pending,
+        });
+        Ok(())
+    }
+
+    /// `COMMIT`: checks that everything arrived and builds the VM (not started).
+    pub fn commit(&mut self, payload: &[u8], stdout: Output, stderr: Output) -> Result<(), String> {
+        let commit: CommitMeta =
+            serde_json::from_slice(payload).map_err(|e| format!("bad COMMIT: {e}"))?;
+        let t = &commit.threads;
+        if t.threads.len() > MAX_THREADS_TABLE || t.vcpus > self.meta.max_threads {
+            return Err("COMMIT: thread table out of range".into());
+        }
+        let running = t.threads.iter().filter(|(_, exited)| !exited).count();
+        if running != self.vcpus.len()
+            || self.vcpus.iter().any(|v| v.index >= t.vcpus)
+            || self
+                .vcpus
+                .iter()
+                .any(|v| !t.threads.contains(&(v.tid, false)))
+        {
+            return Err("COMMIT: vCPU states do not match the thread table".into());
+        }
+        if self.image.len() as u64 != self.meta.image_len {
+            return Err("COMMIT: the image is incomplete".into());
+        }
+        let bytes = Arc::new(ImageBytes::from(std::mem::take(&mut self.image)));
+        let image = Image::parse(self.meta.name.clone(), bytes).map_err(|e| e.to_string())?;
+        if image.private_size() != self.meta.private_size {
+            return Err("COMMIT: the image does not match the VM's memory".into());
+        }
+        let config = VmConfig {
+            memory: self.meta.shared_size,
+            max_threads: self.meta.max_threads,
+            stdout,
+            stderr,
+            ..VmConfig::default()
+        };
+        let paused = Paused {
+            vcpus: std::mem::take(&mut self.vcpus),
+            threads: commit.threads.clone(),
+        };
+        let mem = self.mem.clone();
+        let vm = Vm::restore(image, &config, self.mem.clone(), paused, &|dest_khz| {
+            super::clock::carry(&mem, commit.counter, commit.paused_realtime_ns, dest_khz)
+        })
+        .map_err(|e| e.to_string())?;
+        self.prepared = Some(vm);
+        Ok(())
+    }
+}
+
+/// `PAGES`: writes the pages into `mem` (every address checked).
+pub fn pages(mem: &GuestMem, d: &mut Decoder<'_>) -> Result<(), WireError> {
+    let n = d.u32()? as usize;
+    if n > super::source::PAGES_PER_MESSAGE {
+        return Err(WireError("too many pages"));
+    }
+    let mut addrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        addrs.push(d.u64()?);
+    }
+    for addr in addrs {
+        let data = d.bytes(PAGE_SIZE as usize)?;
+        if !addr.is_multiple_of(PAGE_SIZE) || !mem.contains(addr, PAGE_SIZE) {
+            return Err(WireError("page address outside guest memory"));
+        }
+        mem.write(addr, data)
+            .map_err(|_| WireError("page address outside guest memory"))?;
+    }
+    d.end()
+}

@@ -1,0 +1,61 @@
+//! `popvmm launch --cluster FILE --id N`: the launching process joins the cluster as node N
+//! (serving the same control socket as `popvmm node`), runs the VM there, and stays the VM's
+//! home wherever it migrates: output arrives here and the process exits with the
+//! application's status.
+
+use std::time::Instant;
+
+use super::host::new_vm_id;
+use crate::cli::LaunchArgs;
+use crate::image::Image;
+use crate::launch::EXIT_VMM_ERROR;
+use crate::node::NodeArgs;
+use crate::node::daemon;
+use crate::timings::Timings;
+use crate::vm::Vm;
+
+/// Runs the launch; returns the exit status (errors are printed as one line).
+pub fn launch_at_home(args: &LaunchArgs, process_start: Instant) -> i32 {
+    match run(args, process_start) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("popvmm: error: {}", e.replace('\n', " "));
+            EXIT_VMM_ERROR
+        }
+    }
+}
+
+fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
+    let (Some(cluster), Some(id)) = (&args.cluster, args.id) else {
+        return Err("--cluster and --id go together".into());
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        daemon::init_logging();
+    }
+    let config = args.to_config();
+    let timings = std::sync::Arc::new(Timings::new(process_start));
+    let image = Image::from_file(&args.image).map_err(|e| e.to_string())?;
+    let name = image.name.clone();
+    let vm = Vm::new(image, &config, timings).map_err(|e| e.to_string())?;
+    let started = daemon::start(&NodeArgs {
+        cluster: cluster.clone(),
+        id,
+        secret_file: None,
+        control: None,
+    })?;
+    let host = started.host.clone();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || daemon::serve_control(started))
+        .map_err(|e| e.to_string())?;
+    let vm_id = new_vm_id(id);
+    let ended = host.add_home(vm_id);
+    host.run_vm(vm_id, name, id, vm);
+    let ended = ended
+        .recv()
+        .map_err(|_| "the VM vanished without an exit status".to_string())?;
+    if let Some(e) = ended.error {
+        eprintln!("popvmm: error: {e}");
+    }
+    Ok(ended.status)
+}

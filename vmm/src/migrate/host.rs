@@ -1,0 +1,406 @@
+//! What one node process hosts: the VMs running here, the VMs whose home is here (their
+//! `popvmm launch` waits here for output and the exit status), and VMs arriving. It answers the
+//! migration and home messages of the mesh.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use net_msg::{Incoming, Node, Priority};
+use serde_json::{Value, json};
+
+use super::dest::{self, Arriving};
+use super::msg;
+use super::wire::{Decoder, Encoder};
+use crate::output::{Output, Sink};
+use crate::vm::{Outcome, Vm, VmShared};
+
+/// A VM running on this node.
+#[derive(Debug)]
+pub struct HostedVm {
+    /// Cluster-wide id: home node in the high 32 bits, a per-home number below.
+    pub id: u64,
+    /// Name (the image's).
+    pub name: String,
+    /// Home node.
+    pub home: u32,
+    /// The running VM.
+    pub vm: Arc<VmShared>,
+    state: Mutex<&'static str>,
+}
+
+impl HostedVm {
+    /// Sets what `ps` shows as its state.
+    pub fn set_state(&self, state: &'static str) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    fn describe(&self, node: u32) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "node": node,
+            "home": self.home,
+            "threads": self.vm.threads.running(),
+            "memory": self.vm.mem.shared_size(),
+            "state": *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+}
+
+/// How an application ended, as its home learns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// Exit status for `popvmm launch`.
+    pub status: i32,
+    /// A VMM error message, if the VMM failed.
+    pub error: Option<String>,
+}
+
+/// The VMs of this node process.
+#[derive(Debug, Default)]
+pub struct Host {
+    node: OnceLock<Arc<Node>>,
+    vms: Mutex<HashMap<u64, Arc<HostedVm>>>,
+    homes: Mutex<HashMap<u64, Sender<Ended>>>,
+    arriving: Mutex<HashMap<u64, Arriving>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Host {
+    /// A host not yet on the mesh; [`Host::attach`] it to its node.
+    pub fn new() -> Arc<Host> {
+        Arc::new(Host::default())
+    }
+
+    /// The mesh handler to start the node with (it forwards to [`Host::handle`]).
+    pub fn handler(self: &Arc<Self>) -> impl Fn(Incoming) + Send + Sync + 'static {
+        let host = Arc::downgrade(self);
+        move |m| {
+            if let Some(host) = host.upgrade() {
+                host.handle(m);
+            }
+        }
+    }
+
+    /// Attaches the started node.
+    pub fn attach(&self, node: Arc<Node>) {
+        let _ = self.node.set(node);
+    }
+
+    /// The node (after [`Host::attach`]).
+    pub fn node(&self) -> &Arc<Node> {
+        self.node.get().expect("host attached to its node")
+    }
+
+    /// Registers a VM whose home is here; the receiver gets how it ended, wherever it ran.
+    pub fn add_home(&self, id: u64) -> Receiver<Ended> {
+        let (tx, rx) = channel();
+        lock(&self.homes).insert(id, tx);
+        rx
+    }
+
+    /// Runs `vm` here (on a thread of its own) until it ends or moves away.
+    pub fn run_vm(self: &Arc<Self>, id: u64, name: String, home: u32, vm: Vm) {
+        let hosted = Arc::new(HostedVm {
+            id,
+            name,
+            home,
+            vm: vm.shared(),
+            state: Mutex::new("running"),
+        });
+        lock(&self.vms).insert(id, hosted);
+        let host = self.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("vm-{id:x}"))
+            .spawn(move || {
+                let outcome = vm.run();
+                lock(&host.vms).remove(&id);
+                let ended = match outcome {
+                    Ok(Outcome::Moved) => return,
+                    Ok(Outcome::Error(e)) => Ended {
+                        status: crate::launch::EXIT_VMM_ERROR,
+                        error: Some(e),
+                    },
+                    Ok(o) => Ended {
+                        status: o.status(),
+                        error: None,
+                    },
+                    Err(e) => Ended {
+                        status: crate::launch::EXIT_VMM_ERROR,
+                        error: Some(e.to_string()),
+                    },
+                };
+                host.report_end(id, home, ended);
+            });
+    }
+
+    /// Tells the home of VM `id` how it ended.
+    fn report_end(&self, id: u64, home: u32, ended: Ended) {
+        if home == self.node().id() {
+            if let Some(tx) = lock(&self.homes).get(&id) {
+                let _ = tx.send(ended);
+            }
+            return;
+        }
+        let mut e = Encoder::default();
+        e.u64(id).u32(ended.status as u32);
+        e.blob(ended.error.unwrap_or_default().as_bytes());
+        if let Err(err) = self
+            .node()
+            .send(home, msg::EXIT, Priority::Control, &e.finish())
+        {
+            tracing::warn!("cannot tell node {home} that VM {id:x} ended: {err}");
+        }
+    }
+
+    /// The VM `key` (an id, in decimal or hex, or a name) if it runs here.
+    pub fn find(&self, key: &str) -> Option<Arc<HostedVm>> {
+        let vms = lock(&self.vms);
+        vms.values()
+            .find(|v| matches_key(v.id, &v.name, key))
+            .cloned()
+    }
+
+    /// The VMs running here, as `ps` shows them.
+    pub fn local_list(&self) -> Vec<Value> {
+        let id = self.node().id();
+        let mut list: Vec<Value> = lock(&self.vms).values().map(|v| v.describe(id)).collect();
+        list.sort_by_key(|v| v["id"].as_u64());
+        list
+    }
+
+    /// The VMs of every node this one reaches.
+    pub fn cluster_list(&self) -> Vec<Value> {
+        let node = self.node();
+        let mut list = self.local_list();
+        let pending: Vec<_> = (0..node.cluster().nodes.len() as u32)
+            .filter(|&n| n != node.id())
+            .filter_map(|n| {
+                node.start_request(n, msg::LIST, Priority::Control, &[])
+                    .ok()
+            })
+            .collect();
+        for p in pending {
+            if let Ok(bytes) = p.wait(Duration::from_secs(2))
+                && let Ok(Value::Array(vms)) = serde_json::from_slice(&bytes)
+            {
+                list.extend(vms);
+            }
+        }
+        list
+    }
+
+    /// Output of VM `id` whose home is `home`: this process's own if it is the home.
+    fn output(self: &Arc<Self>, id: u64, home: u32, fd: u8) -> Output {
+        if home == self.node().id() {
+            return if fd == 1 {
+                Output::Stdout
+            } else {
+                Output::Stderr
+            };
+        }
+        Output::Sink(Arc::new(HomeOutput {
+            node: self.node().clone(),
+            home,
+            id,
+            fd,
+        }))
+    }
+
+    /// Serves one mesh message.
+    pub fn handle(self: &Arc<Self>, mut m: Incoming) {
+        let result = match m.msg_type {
+            crate::node::msg::PING if m.is_request() => {
+                let p = m.payload.clone();
+                let _ = m.respond(&p);
+                return;
+            }
+            msg::LIST => {
+                let list = serde_json::to_vec(&self.local_list()).unwrap_or_default();
+                let _ = m.respond(&list);
+                return;
+            }
+            msg::BEGIN => {
+                self.purge_stale();
+                let mut arriving = lock(&self.arriving);
+                match dest::begin(m.from, &m.payload, &arriving) {
+                    Ok(a) => {
+                        arriving.insert(a.meta.vm, a);
+                        drop(arriving);
+                        let _ = m.respond(&[]);
+                    }
+                    Err(e) => {
+                        drop(arriving);
+                        if let Some(r) = m.take_responder() {
+                            let _ = r.fail(&e);
+                        }
+                    }
+                }
+                return;
+            }
+            msg::IMAGE
+            | msg::VCPU
+            | msg::PAGES
+            | msg::SYNC
+            | msg::ABORT
+            | msg::COMMIT
+            | msg::GO => self.arriving_message(&mut m),
+            msg::OUTPUT => self.home_output(&m.payload),
+            msg::EXIT => self.home_exit(&m.payload),
+            _ => Err(format!("message of unknown type {}", m.msg_type)),
+        };
+        if let Err(e) = result {
+            tracing::warn!(from = m.from, "migration message {}: {e}", m.msg_type);
+            if let Some(r) = m.take_responder() {
+                let _ = r.fail(&e);
+            }
+        }
+    }
+
+    fn purge_stale(&self) {
+        lock(&self.arriving).retain(|_, a| a.since.elapsed() < dest::STALE);
+    }
+
+    fn arriving_message(self: &Arc<Self>, m: &mut Incoming) -> Result<(), String> {
+        let payload = std::mem::take(&mut m.payload);
+        let mut d = Decoder::new(&payload);
+        let id = d.u64().map_err(|e| e.to_string())?;
+        let mut arriving = lock(&self.arriving);
+        let a = match arriving.get_mut(&id) {
+            Some(a) if a.from == m.from => a,
+            _ => return Err(format!("no VM {id:x} is arriving from node {}", m.from)),
+        };
+        match m.msg_type {
+            msg::IMAGE => a.image_chunk(&mut d).map_err(|e| e.to_string()),
+            msg::VCPU => a.vcpu(&mut d).map_err(|e| e.to_string()),
+            msg::PAGES => {
+                let mem = a.mem.clone();
+                drop(arriving);
+                dest::pages(&mem, &mut d).map_err(|e| e.to_string())
+            }
+            msg::SYNC => {
+                drop(arriving);
+                let _ = m.take_responder().map(|r| r.respond(&[]));
+                Ok(())
+            }
+            msg::ABORT => {
+                arriving.remove(&id);
+                Ok(())
+            }
+            msg::COMMIT => {
+                let (home, fd_out, fd_err) = (a.meta.home, 1, 2);
+                let stdout = self.output(id, home, fd_out);
+                let stderr = self.output(id, home, fd_err);
+                let result = a.commit(d.rest(), stdout, stderr);
+                if result.is_err() {
+                    arriving.remove(&id);
+                }
+                drop(arriving);
+                result?;
+                let _ = m.take_responder().map(|r| r.respond(&[]));
+                Ok(())
+            }
+            msg::GO => {
+                let mut a = arriving.remove(&id).expect("present");
+                drop(arriving);
+                let vm = a.prepared.take().ok_or("GO before COMMIT")?;
+                self.run_vm(id, a.meta.name.clone(), a.meta.home, vm);
+                let _ = m.take_responder().map(|r| r.respond(&[]));
+                Ok(())
+            }
+            _ => unreachable!("dispatched above"),
+        }
+    }
+
+    fn home_output(&self, payload: &[u8]) -> Result<(), String> {
+        let mut d = Decoder::new(payload);
+        let id = d.u64().map_err(|e| e.to_string())?;
+        let fd = d.u8().map_err(|e| e.to_string())?;
+        if !lock(&self.homes).contains_key(&id) {
+            return Err(format!("output of VM {id:x}, whose home is not here"));
+        }
+        let out = if fd == 1 {
+            Output::Stdout
+        } else {
+            Output::Stderr
+        };
+        out.write_all_bytes(d.rest());
+        Ok(())
+    }
+
+    fn home_exit(&self, payload: &[u8]) -> Result<(), String> {
+        let mut d = Decoder::new(payload);
+        let id = d.u64().map_err(|e| e.to_string())?;
+        let status = d.u32().map_err(|e| e.to_string())? as i32;
+        let error = d.blob(4096).map_err(|e| e.to_string())?;
+        let error = (!error.is_empty()).then(|| String::from_utf8_lossy(error).into_owned());
+        match lock(&self.homes).get(&id) {
+            Some(tx) => {
+                let _ = tx.send(Ended { status, error });
+                Ok(())
+            }
+            None => Err(format!("exit of VM {id:x}, whose home is not here")),
+        }
+    }
+
+    /// Moves VM `key` (running here) to node `to`; `progress` gets one JSON object per round.
+    pub fn migrate(
+        &self,
+        key: &str,
+        to: u32,
+        mode: super::Mode,
+        downtime_ms: u64,
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value, String> {
+        let hvm = self
+            .find(key)
+            .ok_or_else(|| format!("no VM {key} runs on node {}", self.node().id()))?;
+        if mode == super::Mode::Postcopy {
+            return Err("post-copy migration is not implemented yet; use --mode precopy".into());
+        }
+        super::source::precopy(self.node(), &hvm, to, downtime_ms, progress)
+    }
+}
+
+/// Whether a VM with `id` and `name` is the one the user named with `key`.
+pub fn matches_key(id: u64, name: &str, key: &str) -> bool {
+    key == name
+        || key.parse::<u64>() == Ok(id)
+        || u64::from_str_radix(key.trim_start_matches("0x"), 16) == Ok(id)
+        || std::path::Path::new(name)
+            .file_name()
+            .is_some_and(|f| f.to_str() == Some(key))
+}
+
+/// Guest output sent to the VM's home node.
+#[derive(Debug)]
+struct HomeOutput {
+    node: Arc<Node>,
+    home: u32,
+    id: u64,
+    fd: u8,
+}
+
+impl Sink for HomeOutput {
+    fn write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(128 * 1024);
+        let mut e = Encoder::with_capacity(n + 9);
+        e.u64(self.id).u8(self.fd).bytes(&bytes[..n]);
+        self.node
+            .send(self.home, msg::OUTPUT, Priority::Control, &e.finish())
+            .map_err(std::io::Error::other)?;
+        Ok(n)
+    }
+}
+
+/// A VM id for a VM launched on `node` by this process.
+pub fn new_vm_id(node: u32) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (u64::from(node) << 32) | u64::from(std::process::id().wrapping_mul(16).wrapping_add(n))
+}

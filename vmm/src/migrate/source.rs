@@ -1,0 +1,309 @@
+//! The pre-copy driver, on the node the VM leaves: copy all memory while the VM runs, then
+//! what it dirtied, in rounds, until the rest fits the downtime target (or a round limit);
+//! then stop the vCPUs, send the rest, the vCPU states and the thread table, and switch over.
+//! Any failure before the switch-over resumes the VM here as if nothing happened.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use net_msg::{Node, Priority};
+use serde_json::{Value, json};
+
+use super::dest::{BeginMeta, CommitMeta};
+use super::host::HostedVm;
+use super::wire::Encoder;
+use super::{dirty, msg};
+use crate::memory::PAGE_SIZE;
+use crate::vm::{Paused, VmShared};
+
+/// Most copy rounds before the VM is stopped whatever is left.
+pub const MAX_ROUNDS: u32 = 30;
+/// Pages per `PAGES` message (each page: its address and 4 KiB, within net-msg's 256 KiB).
+pub const PAGES_PER_MESSAGE: usize = 63;
+/// Bytes of image per `IMAGE` message.
+const IMAGE_CHUNK: usize = 192 * 1024;
+/// How long to wait for the destination to be connected.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the destination may take to answer a step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Moves `hvm` to node `to` with pre-copy. `progress` is called after each round with a JSON
+/// object (round, pages, bytes, MB/s, remaining pages, estimated downtime). Returns the
+/// summary; on error the VM runs on here.
+pub fn precopy(
+    node: &Node,
+    hvm: &Arc<HostedVm>,
+    to: u32,
+    downtime_ms: u64,
+    progress: &mut dyn FnMut(Value),
+) -> Result<Value, String> {
+    let vm = &hvm.vm;
+    check_destination(node, to)?;
+    let start = Instant::now();
+    let meta = BeginMeta {
+        vm: hvm.id,
+        name: hvm.name.clone(),
+        home: hvm.home,
+        arch: crate::arch::NAME.to_string(),
+        private_size: vm.mem.private_size(),
+        shared_size: vm.mem.shared_size(),
+        max_threads: vm.max_vcpus,
+        image_len: vm.image.bytes.len() as u64,
+    };
+    let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    node.request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
+        .map_err(|e| format!("node {to} refused the VM: {e}"))?;
+    let abort = |why: String| {
+        let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+        why
+    };
+    for (i, chunk) in vm.image.bytes.chunks(IMAGE_CHUNK).enumerate() {
+        let mut e = Encoder::with_capacity(chunk.len() + 16);
+        e.u64(hvm.id).u64((i * IMAGE_CHUNK) as u64).bytes(chunk);
+        node.send(to, msg::IMAGE, Priority::Bulk, &e.finish())
+            .map_err(|e| abort(format!("sending the image to node {to}: {e}")))?;
+    }
+    hvm.set_state("migrating");
+    let result = copy_and_switch(node, hvm, to, downtime_ms, start, progress);
+    match result {
+        Ok(summary) => Ok(summary),
+        Err(e) => {
+            dirty::stop(vm);
+            hvm.set_state("running");
+            Err(abort(e))
+        }
+    }
+}
+
+/// The ISA and reachability checks, before anything is sent.
+fn check_destination(node: &Node, to: u32) -> Result<(), String> {
+    if to == node.id() {
+        return Err(format!("the VM already runs on node {to}"));
+    }
+    let Some(spec) = node.cluster().nodes.get(to as usize) else {
+        return Err(format!("there is no node {to} in the cluster"));
+    };
+    if spec.isa.name() != crate::arch::NAME {
+        return Err(format!(
+            "node {to} is {}, this VM is {}: whole-VM migration needs the same ISA",
+            spec.isa.name(),
+            crate::arch::NAME
+        ));
+    }
+    // A node that just started may not have been dialled back yet.
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    while node
+        .peers()
+        .get(to as usize)
+        .is_none_or(|p| p.state != net_msg::PeerState::Up)
+    {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "node {to} is not connected (is it running, with the cluster's secret?)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn copy_and_switch(
+    node: &Node,
+    hvm: &Arc<HostedVm>,
+    to: u32,
+    downtime_ms: u64,
+    start: Instant,
+    progress: &mut dyn FnMut(Value),
+) -> Result<Value, String> {
+    let vm = &hvm.vm;
+    dirty::start(vm)?;
+    // Pages never touched are not resident and read as zero: the destination has them.
+    let mut pages = dirty::resident_pages(vm);
+    let mut bytes_sent = 0u64;
+    let mut round = 0;
+    let mut rate = 0f64; // bytes per second
+    loop {
+        round += 1;
+        let t = Instant::now();
+        let (sent, bytes) = send_pages(node, to, vm, hvm.id, &pages, round == 1)?;
+        sync(node, to, hvm.id)?;
+        bytes_sent += bytes;
+        let secs = t.elapsed().as_secs_f64().max(1e-6);
+        if bytes > 0 {
+            rate = bytes as f64 / secs;
+        }
+        pages = dirty::take(vm)?;
+        let remaining = pages.len() as u64 * (PAGE_SIZE + 8);
+        let estimate_ms = if rate > 0.0 {
+            remaining as f64 / rate * 1e3
+        } else {
+            0.0
+        };
+        progress(json!({
+            "round": round,
+            "pages": sent,
+            "bytes": bytes,
+            "mb_per_sec": rate / 1e6,
+            "remaining_pages": pages.len(),
+            "estimated_downtime_ms": estimate_ms,
+        }));
+        if estimate_ms <= downtime_ms as f64 || round >= MAX_ROUNDS {
+            break;
+        }
+    }
+    // Stop and copy the rest.
+    let stop = Instant::now();
+    let paused = vm.pause(Duration::from_secs(5))?;
+    let result = (|| -> Result<(u64, u64), String> {
+        let paused_realtime_ns = crate::sys::realtime_ns();
+        let mut last = dirty::take(vm)?;
+        last.extend_from_slice(&pages);
+        last.sort_unstable();
+        last.dedup();
+        let (n_last, bytes) = send_pages(node, to, vm, hvm.id, &last, false)?;
+        let state_bytes = send_state(node, to, hvm.id, &paused, paused_realtime_ns)?;
+        node.request(
+            to,
+            msg::GO,
+            Priority::Control,
+            &hvm.id.to_le_bytes(),
+            STEP_TIMEOUT,
+        )
+        .map_err(|e| format!("node {to} did not start the VM: {e}"))?;
+        Ok((n_last, bytes + state_bytes))
+    })();
+    let (last_pages, last_bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            vm.resume();
+            return Err(e);
+        }
+    };
+    let downtime = stop.elapsed();
+    hvm.set_state("moved");
+    vm.leave();
+    bytes_sent += last_bytes;
+    Ok(json!({
+        "to": to,
+        "mode": "precopy",
+        "rounds": round,
+        "total_ms": start.elapsed().as_secs_f64() * 1e3,
+        "downtime_ms": downtime.as_secs_f64() * 1e3,
+        "bytes": bytes_sent,
+        "last_pages": last_pages,
+        "vcpus": paused.vcpus.len(),
+    }))
+}
+
+/// Sends the pages at `addrs` (skipping all-zero pages if `skip_zero`: the destination's
+/// memory starts zeroed). Returns (pages sent, bytes sent).
+fn send_pages(
+    node: &Node,
+    to: u32,
+    vm: &VmShared,
+    id: u64,
+    addrs: &[u64],
+    skip_zero: bool,
+) -> Result<(u64, u64), String> {
+    let page = PAGE_SIZE as usize;
+    let mut buf = vec![0u8; page];
+    let mut batch_addrs: Vec<u64> = Vec::with_capacity(PAGES_PER_MESSAGE);
+    let mut batch_data: Vec<u8> = Vec::with_capacity(PAGES_PER_MESSAGE * page);
+    let (mut pages, mut bytes) = (0u64, 0u64);
+    let mut flush = |batch_addrs: &mut Vec<u64>, batch_data: &mut Vec<u8>| {
+        if batch_addrs.is_empty() {
+            return Ok(());
+        }
+        let mut e = Encoder::with_capacity(12 + batch_addrs.len() * (8 + page));
+        e.u64(id).u32(batch_addrs.len() as u32);
+        for a in batch_addrs.iter() {
+            e.u64(*a);
+        }
+        e.bytes(batch_data);
+        let payload = e.finish();
+        bytes += payload.len() as u64;
+        pages += batch_addrs.len() as u64;
+        batch_addrs.clear();
+        batch_data.clear();
+        node.send(to, msg::PAGES, Priority::Bulk, &payload)
+            .map_err(|e| format!("sending pages to node {to}: {e}"))
+    };
+    for &addr in addrs {
+        vm.mem
+            .read_into(addr, &mut buf)
+            .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
+        if skip_zero && is_zero(&buf) {
+            continue;
+        }
+        batch_addrs.push(addr);
+        batch_data.extend_from_slice(&buf);
+        if batch_addrs.len() == PAGES_PER_MESSAGE {
+            flush(&mut batch_addrs, &mut batch_data)?;
+        }
+    }
+    flush(&mut batch_addrs, &mut batch_data)?;
+    Ok((pages, bytes))
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+}
+
+/// Waits until the destination has applied everything sent so far.
+fn sync(node: &Node, to: u32, id: u64) -> Result<(), String> {
+    node.request(
+        to,
+        msg::SYNC,
+        Priority::Bulk,
+        &id.to_le_bytes(),
+        STEP_TIMEOUT,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("node {to} stopped answering: {e}"))
+}
+
+/// Sends every vCPU's state and the commit (thread table, clock); returns the bytes sent.
+fn send_state(
+    node: &Node,
+    to: u32,
+    id: u64,
+    paused: &Paused,
+    paused_realtime_ns: u64,
+) -> Result<u64, String> {
+    let mut bytes = 0u64;
+    for p in &paused.vcpus {
+        let mut e = Encoder::with_capacity(8 << 10);
+        e.u64(id).u32(p.index).u32(p.tid);
+        match &p.pending {
+            Some(r) => {
+                e.u8(1).u16(r.nr);
+                for a in r.args {
+                    e.u64(a);
+                }
+            }
+            None => {
+                e.u8(0);
+            }
+        }
+        p.state.encode(&mut e);
+        let payload = e.finish();
+        bytes += payload.len() as u64;
+        node.send(to, msg::VCPU, Priority::Bulk, &payload)
+            .map_err(|e| format!("sending vCPU state to node {to}: {e}"))?;
+    }
+    let commit = CommitMeta {
+        vm: id,
+        threads: paused.threads.clone(),
+        counter: paused.vcpus.iter().map(|p| p.state.tsc).max().unwrap_or(0),
+        paused_realtime_ns,
+    };
+    let mut e = Encoder::default();
+    e.u64(id)
+        .bytes(&serde_json::to_vec(&commit).map_err(|e| e.to_string())?);
+    let payload = e.finish();
+    bytes += payload.len() as u64;
+    node.request(to, msg::COMMIT, Priority::Bulk, &payload, STEP_TIMEOUT)
+        .map_err(|e| format!("node {to} could not take the VM: {e}"))?;
+    Ok(bytes)
+}
