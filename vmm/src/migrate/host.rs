@@ -270,6 +270,7 @@ impl Host {
         let payload = std::mem::take(&mut m.payload);
         let mut d = Decoder::new(&payload);
         let id = d.u64().map_err(|e| e.to_string())?;
+        test_hook(m.msg_type);
         let mut arriving = lock(&self.arriving);
         let a = match arriving.get_mut(&id) {
             Some(a) if a.from == m.from => a,
@@ -364,6 +365,26 @@ impl Host {
             return Err("post-copy migration is not implemented yet; use --mode precopy".into());
         }
         super::source::precopy(self.node(), &hvm, to, downtime_ms, progress)
+    }
+}
+
+/// For the tests of failures: with `POPVMM_TEST_DIE_ON=pages` (or `commit`, `go`) in its
+/// environment, a destination node process dies abruptly when that message arrives, as a
+/// crashed host would.
+fn test_hook(msg_type: u16) {
+    static DIE_ON: OnceLock<Option<u16>> = OnceLock::new();
+    let die_on = DIE_ON.get_or_init(
+        || match std::env::var("POPVMM_TEST_DIE_ON").ok()?.as_str() {
+            "pages" => Some(msg::PAGES),
+            "commit" => Some(msg::COMMIT),
+            "go" => Some(msg::GO),
+            _ => None,
+        },
+    );
+    if *die_on == Some(msg_type) {
+        // SAFETY: `_exit` ends the process at once, which is the point: no cleanup, like a
+        // crash.
+        unsafe { libc::_exit(137) };
     }
 }
 

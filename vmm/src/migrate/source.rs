@@ -23,7 +23,7 @@ pub const PAGES_PER_MESSAGE: usize = 63;
 /// Bytes of image per `IMAGE` message.
 const IMAGE_CHUNK: usize = 192 * 1024;
 /// How long to wait for the destination to be connected.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the destination may take to answer a step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -1,0 +1,312 @@
+//! Whole-VM live migration end to end: `popvmm launch --cluster` as node 0 (the VM's home),
+//! `popvmm node` processes as the other nodes (Unix sockets on this machine), `popvmm ps` and
+//! `popvmm migrate`. No timing is asserted; every wait is bounded.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SOON: Duration = Duration::from_secs(60);
+
+/// A process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The unikernel image of app `name` (built once with `cargo pop build`).
+fn image(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let options = pop_toolchain::BuildOptions {
+            manifest_path: Some(repo().join("images/Cargo.toml")),
+            ..Default::default()
+        };
+        pop_toolchain::build(&options).expect("cargo pop build of images/")
+    });
+    built
+        .iter()
+        .find(|p| p.file_name().unwrap() == name)
+        .unwrap_or_else(|| panic!("no image {name}"))
+        .clone()
+}
+
+/// A cluster file with nodes 0..3 on Unix sockets (node 3 declared aarch64, never started),
+/// and a private directory for the control sockets.
+struct Cluster {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    nodes: Vec<Option<Proc>>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "the migration tests' secret\n").unwrap();
+        std::fs::write(
+            dir.path().join("other"),
+            "not the cluster's secret at all\n",
+        )
+        .unwrap();
+        let mut text = String::from("secret_file = \"secret\"\nheartbeat_ms = 200\n");
+        for (id, isa) in [(0, "x86_64"), (1, "x86_64"), (2, "x86_64"), (3, "aarch64")] {
+            let addr = dir.path().join(format!("n{id}.sock"));
+            text += &format!(
+                "[[node]]\nid = {id}\naddress = \"unix:{}\"\nisa = \"{isa}\"\n",
+                addr.display()
+            );
+        }
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, text).unwrap();
+        Cluster {
+            dir,
+            file,
+            nodes: (0..4).map(|_| None).collect(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_popvmm"));
+        c.env("XDG_RUNTIME_DIR", self.dir.path().join("run"));
+        c
+    }
+
+    fn popvmm(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Starts `popvmm node` N (with the wrong secret if `wrong_secret`), waiting for its
+    /// control socket.
+    fn start(&mut self, id: usize, wrong_secret: bool) {
+        self.start_with(id, wrong_secret, None);
+    }
+
+    /// [`Cluster::start`], the node dying when the message `die_on` arrives.
+    fn start_with(&mut self, id: usize, wrong_secret: bool, die_on: Option<&str>) {
+        let mut c = self.command();
+        if let Some(m) = die_on {
+            c.env("POPVMM_TEST_DIE_ON", m);
+        }
+        c.args(["node", "--cluster", self.file.to_str().unwrap(), "--id"])
+            .arg(id.to_string());
+        if wrong_secret {
+            c.arg("--secret-file").arg(self.dir.path().join("other"));
+        }
+        let child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.nodes[id] = Some(Proc(child));
+        let t0 = Instant::now();
+        while !self
+            .popvmm(&["peers", "--id", &id.to_string()])
+            .status
+            .success()
+        {
+            assert!(t0.elapsed() < SOON, "node {id} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `popvmm launch --cluster ... --id 0 IMAGE -- ARGS` with piped output.
+    fn launch(&self, options: &[&str], name: &str, args: &[&str]) -> Proc {
+        let child = self
+            .command()
+            .args([
+                "launch",
+                "--cluster",
+                self.file.to_str().unwrap(),
+                "--id",
+                "0",
+            ])
+            .args(options)
+            .arg(image(name))
+            .arg("--")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let launched = Proc(child);
+        let t0 = Instant::now();
+        while self.vms().is_empty() {
+            assert!(t0.elapsed() < SOON, "the VM did not appear in ps");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        launched
+    }
+
+    /// `popvmm ps --json` asked of node 0.
+    fn vms(&self) -> Vec<Value> {
+        let out = self.popvmm(&["ps", "--id", "0", "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    fn migrate(&self, vm: &str, to: u32, extra: &[&str]) -> Output {
+        let mut args = vec!["migrate", vm, "--to"];
+        let to = to.to_string();
+        args.push(&to);
+        args.extend_from_slice(&["--id", "0"]);
+        args.extend_from_slice(extra);
+        self.popvmm(&args)
+    }
+}
+
+/// Waits (bounded) for the launch to end; returns its status, stdout and stderr.
+fn finish(mut p: Proc) -> (i32, String, String) {
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the VM never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    p.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.code().unwrap_or(-1), out, err)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_migrated(out: &Output) {
+    assert!(
+        out.status.success() && text(&out.stdout).contains("migrated VM"),
+        "migrate failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("round 1:"), "progress is shown");
+}
+
+#[test]
+fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    c.start(2, false);
+    // 30 iterations of 50 ms, a thread rewriting and checking 8 MiB, exit status 7.
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["30", "50", "8", "7"]);
+    for to in [1, 2, 1, 2] {
+        assert_migrated(&c.migrate("migrateme", to, &[]));
+        let vms = c.vms();
+        assert_eq!(vms.len(), 1, "{vms:?}");
+        assert_eq!(vms[0]["node"], to, "ps shows where it runs");
+        assert_eq!(vms[0]["home"], 0);
+    }
+    let (status, out, err) = finish(vm);
+    assert_eq!(status, 7, "stderr: {err}");
+    let expected: String = (0..30).map(|i| format!("iteration {i}\n")).collect();
+    assert!(out.starts_with(&expected), "{out}");
+    assert!(out.contains("writer ok after"), "{out}");
+    assert!(out.ends_with("done\n"), "{out}");
+}
+
+#[test]
+fn primesum_migrated_mid_run_gives_the_right_sums() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    c.start(2, false);
+    let reference = c
+        .command()
+        .arg("launch")
+        .arg(image("primesum"))
+        .args(["--", "10000000"])
+        .output()
+        .unwrap();
+    assert!(reference.status.success());
+    let vm = c.launch(&[], "primesum", &["10000000"]);
+    assert_migrated(&c.migrate("primesum", 1, &[]));
+    assert_migrated(&c.migrate("primesum", 2, &[]));
+    let (status, out, err) = finish(vm);
+    assert_eq!(status, 0, "stderr: {err}");
+    assert_eq!(out, text(&reference.stdout));
+}
+
+#[test]
+fn a_destination_dying_mid_migration_leaves_the_vm_running_at_the_source() {
+    let mut c = Cluster::new();
+    // Node 1 dies when the first pages arrive (mid-copy), node 2 when the commit arrives
+    // (the VM is stopped then, all memory sent: the switch-over's eve).
+    c.start_with(1, false, Some("pages"));
+    c.start_with(2, false, Some("commit"));
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["60", "50", "8"]);
+    for to in [1, 2] {
+        let out = c.migrate("migrateme", to, &[]);
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains(&format!("node {to}")), "{err}");
+        let vms = c.vms();
+        assert_eq!(vms.len(), 1, "{vms:?}");
+        assert_eq!(vms[0]["node"], 0, "still at home");
+        assert_eq!(vms[0]["state"], "running");
+    }
+    // Node 2 restarted, sound: the VM that stayed goes there and finishes.
+    c.start(2, false);
+    assert_migrated(&c.migrate("migrateme", 2, &[]));
+    let (status, out, err) = finish(vm);
+    assert_eq!(status, 0, "stderr: {err}");
+    let expected: String = (0..60).map(|i| format!("iteration {i}\n")).collect();
+    assert!(out.starts_with(&expected), "{out}");
+    assert!(
+        out.contains("writer ok after") && out.ends_with("done\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn migrations_to_another_isa_or_a_node_with_a_wrong_secret_are_refused() {
+    let mut c = Cluster::new();
+    c.start(2, true);
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["100", "50"]);
+    let out = c.migrate("migrateme", 3, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("same ISA"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = c.migrate("migrateme", 2, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not connected"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = c.migrate("migrateme", 0, &[]);
+    assert!(!out.status.success());
+    let out = c.migrate("no-such-vm", 1, &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no VM"));
+    let (status, out, _) = finish(vm);
+    assert_eq!(status, 0);
+    assert!(out.ends_with("done\n"));
+}
