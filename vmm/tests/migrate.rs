@@ -310,3 +310,15 @@ fn migrations_to_another_isa_or_a_node_with_a_wrong_secret_are_refused() {
     assert_eq!(status, 0);
     assert!(out.ends_with("done\n"));
 }
+
+#[test]
+fn losing_the_node_that_runs_the_vm_ends_the_launch_with_one_line() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["600", "50"]);
+    assert_migrated(&c.migrate("migrateme", 1, &[]));
+    drop(c.nodes[1].take()); // kills node 1, and the VM with it
+    let (status, _, err) = finish(vm);
+    assert_ne!(status, 0);
+    assert!(err.contains("node 1, where the VM ran, was lost"), "{err}");
+}

@@ -83,6 +83,12 @@ impl FileSystem {
         }
     }
 
+    /// Whether the guest sees host files (a VM that does cannot migrate yet: its file
+    /// hypercalls would have to be forwarded to its home).
+    pub fn has_mounts(&self) -> bool {
+        self.resolver.has_mounts()
+    }
+
     fn fds(&self) -> MutexGuard<'_, FdTable> {
         self.fds.lock().unwrap_or_else(|e| e.into_inner())
     }

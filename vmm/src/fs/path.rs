@@ -72,6 +72,11 @@ impl Resolver {
         Resolver { mounts }
     }
 
+    /// Whether any host directory is mounted.
+    pub fn has_mounts(&self) -> bool {
+        !self.mounts.is_empty()
+    }
+
     /// Resolves the guest path `path` for `intent`: `ENOENT` outside every mount, `EROFS` for a
     /// write on a read-only mount, `EACCES` if symbolic links lead out of the mount.
     pub fn resolve(&self, path: &[u8], intent: Intent) -> Result<Resolved, i32> {

@@ -3,7 +3,8 @@
 //! home wherever it migrates: output arrives here and the process exits with the
 //! application's status.
 
-use std::time::Instant;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use super::host::new_vm_id;
 use crate::cli::LaunchArgs;
@@ -51,9 +52,28 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
     let vm_id = new_vm_id(id);
     let ended = host.add_home(vm_id);
     host.run_vm(vm_id, name, id, vm);
-    let ended = ended
-        .recv()
-        .map_err(|_| "the VM vanished without an exit status".to_string())?;
+    // Wait for the end, wherever the VM runs; if the node running it is lost, say so.
+    let ended = loop {
+        match ended.recv_timeout(Duration::from_millis(200)) {
+            Ok(ended) => break ended,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err("the VM vanished without an exit status".into());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let node = host.node();
+        if let Some(at) = host.location(vm_id)
+            && at != id
+            && node
+                .peers()
+                .get(at as usize)
+                .is_some_and(|p| p.state == net_msg::PeerState::Down)
+        {
+            return Err(format!(
+                "node {at}, where the VM ran, was lost; the application is gone"
+            ));
+        }
+    };
     if let Some(e) = ended.error {
         eprintln!("popvmm: error: {e}");
     }

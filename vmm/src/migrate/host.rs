@@ -64,6 +64,7 @@ pub struct Host {
     node: OnceLock<Arc<Node>>,
     vms: Mutex<HashMap<u64, Arc<HostedVm>>>,
     homes: Mutex<HashMap<u64, Sender<Ended>>>,
+    locations: Mutex<HashMap<u64, u32>>,
     arriving: Mutex<HashMap<u64, Arriving>>,
 }
 
@@ -104,8 +105,26 @@ impl Host {
         rx
     }
 
+    /// Where the VM `id`, whose home is here, runs now (as last reported).
+    pub fn location(&self, id: u64) -> Option<u32> {
+        lock(&self.locations).get(&id).copied()
+    }
+
     /// Runs `vm` here (on a thread of its own) until it ends or moves away.
     pub fn run_vm(self: &Arc<Self>, id: u64, name: String, home: u32, vm: Vm) {
+        let me = self.node().id();
+        if home == me {
+            lock(&self.locations).insert(id, me);
+        } else {
+            let mut e = Encoder::default();
+            e.u64(id).u32(me);
+            if let Err(err) = self
+                .node()
+                .send(home, msg::LOCATION, Priority::Control, &e.finish())
+            {
+                tracing::warn!("cannot tell node {home} where VM {id:x} runs: {err}");
+            }
+        }
         let hosted = Arc::new(HostedVm {
             id,
             name,
@@ -113,13 +132,13 @@ impl Host {
             vm: vm.shared(),
             state: Mutex::new("running"),
         });
-        lock(&self.vms).insert(id, hosted);
+        lock(&self.vms).insert(id, hosted.clone());
         let host = self.clone();
         let _ = std::thread::Builder::new()
             .name(format!("vm-{id:x}"))
             .spawn(move || {
                 let outcome = vm.run();
-                lock(&host.vms).remove(&id);
+                host.forget(&hosted);
                 let ended = match outcome {
                     Ok(Outcome::Moved) => return,
                     Ok(Outcome::Error(e)) => Ended {
@@ -137,6 +156,15 @@ impl Host {
                 };
                 host.report_end(id, home, ended);
             });
+    }
+
+    /// Removes `hosted` from the VMs running here (unless it came back meanwhile: then the
+    /// entry is another one).
+    fn forget(&self, hosted: &Arc<HostedVm>) {
+        let mut vms = lock(&self.vms);
+        if vms.get(&hosted.id).is_some_and(|v| Arc::ptr_eq(v, hosted)) {
+            vms.remove(&hosted.id);
+        }
     }
 
     /// Tells the home of VM `id` how it ended.
@@ -252,6 +280,16 @@ impl Host {
             | msg::GO => self.arriving_message(&mut m),
             msg::OUTPUT => self.home_output(&m.payload),
             msg::EXIT => self.home_exit(&m.payload),
+            msg::LOCATION => {
+                let mut d = Decoder::new(&m.payload);
+                match (d.u64(), d.u32()) {
+                    (Ok(id), Ok(at)) if lock(&self.homes).contains_key(&id) => {
+                        lock(&self.locations).insert(id, at);
+                        Ok(())
+                    }
+                    _ => Err("bad LOCATION".to_string()),
+                }
+            }
             _ => Err(format!("message of unknown type {}", m.msg_type)),
         };
         if let Err(e) = result {
@@ -364,7 +402,9 @@ impl Host {
         if mode == super::Mode::Postcopy {
             return Err("post-copy migration is not implemented yet; use --mode precopy".into());
         }
-        super::source::precopy(self.node(), &hvm, to, downtime_ms, progress)
+        let summary = super::source::precopy(self.node(), &hvm, to, downtime_ms, progress)?;
+        self.forget(&hvm);
+        Ok(summary)
     }
 }
 

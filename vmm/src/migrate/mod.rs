@@ -47,6 +47,8 @@ pub mod msg {
     pub const EXIT: u16 = 21;
     /// Request: the VMs running on a node (JSON).
     pub const LIST: u16 = 22;
+    /// One-way, to the home node: the VM now runs on the sending node.
+    pub const LOCATION: u16 = 23;
 }
 
 /// How a VM moves.

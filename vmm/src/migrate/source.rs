@@ -18,6 +18,8 @@ use crate::vm::{Paused, VmShared};
 
 /// Most copy rounds before the VM is stopped whatever is left.
 pub const MAX_ROUNDS: u32 = 30;
+/// Rounds in a row without progress after which the VM is stopped.
+pub const STALLED_ROUNDS: u32 = 2;
 /// Pages per `PAGES` message (each page: its address and 4 KiB, within net-msg's 256 KiB).
 pub const PAGES_PER_MESSAGE: usize = 63;
 /// Bytes of image per `IMAGE` message.
@@ -38,6 +40,13 @@ pub fn precopy(
     progress: &mut dyn FnMut(Value),
 ) -> Result<Value, String> {
     let vm = &hvm.vm;
+    if vm.fs.has_mounts() {
+        return Err(
+            "this VM has host directories mounted; serving its files from home after a \
+             migration is not implemented yet, so it stays here"
+                .into(),
+        );
+    }
     check_destination(node, to)?;
     let start = Instant::now();
     let meta = BeginMeta {
@@ -122,6 +131,7 @@ fn copy_and_switch(
     let mut bytes_sent = 0u64;
     let mut round = 0;
     let mut rate = 0f64; // bytes per second
+    let (mut previous, mut stalled) = (pages.len(), 0);
     loop {
         round += 1;
         let t = Instant::now();
@@ -147,7 +157,16 @@ fn copy_and_switch(
             "remaining_pages": pages.len(),
             "estimated_downtime_ms": estimate_ms,
         }));
-        if estimate_ms <= downtime_ms as f64 || round >= MAX_ROUNDS {
+        // Stop when the rest fits the target, at the round limit, or when the guest dirties
+        // memory as fast as it is copied (two rounds without shrinking the dirty set by a
+        // tenth: more rounds would only resend the same pages).
+        if pages.len() as f64 > 0.9 * previous as f64 {
+            stalled += 1;
+        } else {
+            stalled = 0;
+        }
+        previous = pages.len();
+        if estimate_ms <= downtime_ms as f64 || round >= MAX_ROUNDS || stalled >= STALLED_ROUNDS {
             break;
         }
     }
@@ -196,7 +215,8 @@ fn copy_and_switch(
 }
 
 /// Sends the pages at `addrs` (skipping all-zero pages if `skip_zero`: the destination's
-/// memory starts zeroed). Returns (pages sent, bytes sent).
+/// memory starts zeroed). Returns (pages sent, bytes sent). Each page is read from guest
+/// memory straight into the message.
 fn send_pages(
     node: &Node,
     to: u32,
@@ -206,42 +226,45 @@ fn send_pages(
     skip_zero: bool,
 ) -> Result<(u64, u64), String> {
     let page = PAGE_SIZE as usize;
-    let mut buf = vec![0u8; page];
-    let mut batch_addrs: Vec<u64> = Vec::with_capacity(PAGES_PER_MESSAGE);
-    let mut batch_data: Vec<u8> = Vec::with_capacity(PAGES_PER_MESSAGE * page);
+    let header = 12 + PAGES_PER_MESSAGE * 8;
+    let mut payload = vec![0u8; header + PAGES_PER_MESSAGE * page];
     let (mut pages, mut bytes) = (0u64, 0u64);
-    let mut flush = |batch_addrs: &mut Vec<u64>, batch_data: &mut Vec<u8>| {
-        if batch_addrs.is_empty() {
+    let mut n = 0usize;
+    let mut flush = |payload: &mut Vec<u8>, n: usize| -> Result<(), String> {
+        if n == 0 {
             return Ok(());
         }
-        let mut e = Encoder::with_capacity(12 + batch_addrs.len() * (8 + page));
-        e.u64(id).u32(batch_addrs.len() as u32);
-        for a in batch_addrs.iter() {
-            e.u64(*a);
-        }
-        e.bytes(batch_data);
-        let payload = e.finish();
-        bytes += payload.len() as u64;
-        pages += batch_addrs.len() as u64;
-        batch_addrs.clear();
-        batch_data.clear();
-        node.send(to, msg::PAGES, Priority::Bulk, &payload)
-            .map_err(|e| format!("sending pages to node {to}: {e}"))
+        // Close the gap between the n addresses and the data (the header has room for all).
+        let used_header = 12 + n * 8;
+        payload[8..12].copy_from_slice(&(n as u32).to_le_bytes());
+        payload.copy_within(header..header + n * page, used_header);
+        let len = used_header + n * page;
+        bytes += len as u64;
+        pages += n as u64;
+        let result = node
+            .send(to, msg::PAGES, Priority::Bulk, &payload[..len])
+            .map_err(|e| format!("sending pages to node {to}: {e}"));
+        payload[..8].copy_from_slice(&id.to_le_bytes());
+        result
     };
+    payload[..8].copy_from_slice(&id.to_le_bytes());
     for &addr in addrs {
+        let slot = header + n * page;
         vm.mem
-            .read_into(addr, &mut buf)
+            .read_into(addr, &mut payload[slot..slot + page])
             .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
-        if skip_zero && is_zero(&buf) {
+        if skip_zero && is_zero(&payload[slot..slot + page]) {
             continue;
         }
-        batch_addrs.push(addr);
-        batch_data.extend_from_slice(&buf);
-        if batch_addrs.len() == PAGES_PER_MESSAGE {
-            flush(&mut batch_addrs, &mut batch_data)?;
+        payload[12 + n * 8..20 + n * 8].copy_from_slice(&addr.to_le_bytes());
+        n += 1;
+        if n == PAGES_PER_MESSAGE {
+            // The next batch refills the slots after the header.
+            flush(&mut payload, n)?;
+            n = 0;
         }
     }
-    flush(&mut batch_addrs, &mut batch_data)?;
+    flush(&mut payload, n)?;
     Ok((pages, bytes))
 }
 

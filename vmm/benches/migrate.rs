@@ -1,0 +1,202 @@
+//! Whole-VM live migration (pre-copy) between two nodes on this machine over loopback TCP:
+//! downtime and total time for idle and write-busy guests of 64 MiB to 1 GiB, beside the time
+//! raw TCP takes to copy the same bytes in the same run. Prints a Markdown table.
+//!
+//! Idle: `migrateme` sleeping in its loop. Busy: the same with a thread rewriting half of the
+//! guest's memory without pause. Four migrations per case (there and back, twice); medians.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn free_port() -> String {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+/// One control request to node `id`; returns the final answer (progress lines skipped).
+fn control(run: &Path, id: u32, req: &Value) -> Value {
+    let path = run.join(format!("popvmm/node{id}.sock"));
+    let mut s = UnixStream::connect(path).expect("control socket");
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).expect("JSON answer");
+        if v.get("progress").is_none() {
+            return v;
+        }
+    }
+}
+
+/// Seconds to send `bytes` over a fresh loopback TCP connection in 256 KiB writes.
+fn raw_tcp(bytes: u64) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        while n < bytes {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0);
+            n += k as u64;
+        }
+        s.write_all(&[1]).unwrap();
+    });
+    let chunk = vec![0x5au8; 256 << 10];
+    let mut s = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..k]).unwrap();
+        left -= k as u64;
+    }
+    let mut ack = [0u8];
+    s.read_exact(&mut ack).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    reader.join().unwrap();
+    secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let options = pop_toolchain::BuildOptions {
+        release: true,
+        manifest_path: Some(repo().join("images/Cargo.toml")),
+        ..Default::default()
+    };
+    let images = pop_toolchain::build(&options).expect("cargo pop build --release");
+    let migrateme = images
+        .iter()
+        .find(|p| p.file_name().unwrap() == "migrateme")
+        .unwrap()
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::write(
+        dir.path().join("secret"),
+        "the migration benchmark's secret\n",
+    )
+    .unwrap();
+    let mut text = String::from("secret_file = \"secret\"\n");
+    // `POPVMM_BENCH_FRAME_MAC=0`: without per-frame tags (a trusted link).
+    let mac = std::env::var("POPVMM_BENCH_FRAME_MAC").map_or(true, |v| v != "0");
+    text += &format!("frame_mac = {mac}\n");
+    println!("frame tags: {}", if mac { "on" } else { "off" });
+    for id in 0..2 {
+        text += &format!(
+            "[[node]]\nid = {id}\naddress = \"{}\"\nisa = \"x86_64\"\n",
+            free_port()
+        );
+    }
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, text).unwrap();
+    let popvmm = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_popvmm"));
+        c.env("XDG_RUNTIME_DIR", &run)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let _node1 = Proc(
+        popvmm()
+            .args(["node", "--cluster", cluster.to_str().unwrap(), "--id", "1"])
+            .spawn()
+            .unwrap(),
+    );
+    println!(
+        "| guest | memory | downtime (median) | total time (median) | MB sent | raw TCP, same bytes | total / raw |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for mib in [64u64, 256, 1024] {
+        for busy in [false, true] {
+            let write_mib = if busy { mib / 2 } else { 0 };
+            let _vm = Proc(
+                popvmm()
+                    .args([
+                        "launch",
+                        "--cluster",
+                        cluster.to_str().unwrap(),
+                        "--id",
+                        "0",
+                    ])
+                    .arg("--memory")
+                    .arg(format!("{mib}M"))
+                    .arg(&migrateme)
+                    .args(["--", "100000", "100", &write_mib.to_string()])
+                    .spawn()
+                    .unwrap(),
+            );
+            // Let it start (and the writer touch its buffer once).
+            let t0 = Instant::now();
+            while !run.join("popvmm/node0.sock").exists() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "launch did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(300 + 4 * write_mib));
+            let (mut down, mut total, mut bytes, mut raw) = (vec![], vec![], vec![], vec![]);
+            let mut at = 0;
+            for _ in 0..4 {
+                let to = 1 - at;
+                let req = json!({"cmd": "migrate", "vm": "migrateme", "to": to,
+                                 "mode": "precopy", "downtime_ms": 5});
+                let v = control(&run, at, &req);
+                assert_eq!(v["ok"], true, "{v}");
+                let s = &v["summary"];
+                down.push(s["downtime_ms"].as_f64().unwrap());
+                total.push(s["total_ms"].as_f64().unwrap());
+                let b = s["bytes"].as_u64().unwrap();
+                bytes.push(b as f64);
+                raw.push(raw_tcp(b) * 1e3);
+                at = to;
+            }
+            let (down, total, bytes, raw) =
+                (median(down), median(total), median(bytes), median(raw));
+            println!(
+                "| {} | {mib} MiB | {down:.2} ms | {total:.1} ms | {:.1} | {raw:.1} ms | {:.2}x |",
+                if busy {
+                    format!("busy (rewrites {write_mib} MiB)")
+                } else {
+                    "idle".to_string()
+                },
+                bytes / 1e6,
+                total / raw
+            );
+            let _ = std::fs::remove_file(run.join("popvmm/node0.sock"));
+        }
+    }
+}
