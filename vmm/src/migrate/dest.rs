@@ -235,3 +235,85 @@ pub fn pages(mem: &GuestMem, d: &mut Decoder<'_>) -> Result<(), WireError> {
     }
     d.end()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::wire::Encoder;
+    use pop_abi::layout::SHARED_BASE;
+
+    fn meta(arch: &str, shared: u64) -> Vec<u8> {
+        serde_json::to_vec(&BeginMeta {
+            vm: 7,
+            name: "x".into(),
+            home: 0,
+            arch: arch.into(),
+            private_size: 2 << 20,
+            shared_size: shared,
+            max_threads: 4,
+            image_len: 100,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn begin_checks_the_isa_and_the_sizes() {
+        let none = HashMap::new();
+        let err = begin(1, &meta("riscv64", 4 << 20), &none).unwrap_err();
+        assert!(err.contains("same ISA"), "{err}");
+        assert!(begin(1, &meta(crate::arch::NAME, 1 << 50), &none).is_err());
+        assert!(begin(1, &meta(crate::arch::NAME, 4097), &none).is_err());
+        assert!(begin(1, b"{not json", &none).is_err());
+        let a = begin(1, &meta(crate::arch::NAME, 4 << 20), &none).unwrap();
+        let mut taken = HashMap::new();
+        taken.insert(7, a);
+        assert!(begin(1, &meta(crate::arch::NAME, 4 << 20), &taken).is_err());
+    }
+
+    #[test]
+    fn malformed_pages_and_states_are_refused() {
+        let mem = GuestMem::new(2 << 20, 4 << 20).unwrap();
+        let page = |addr: u64, n: u32, data: usize| {
+            let mut e = Encoder::default();
+            e.u32(n).u64(addr).bytes(&vec![1; data]);
+            e.finish()
+        };
+        let ok = page(SHARED_BASE, 1, 4096);
+        assert!(pages(&mem, &mut Decoder::new(&ok)).is_ok());
+        for bad in [
+            page(SHARED_BASE, 1, 4095),        // truncated
+            page(SHARED_BASE, 1, 4097),        // trailing bytes
+            page(SHARED_BASE + 1, 1, 4096),    // unaligned
+            page(SHARED_BASE - 4096, 1, 4096), // outside memory
+            page(mem.shared_end(), 1, 4096),   // past the end
+            page(SHARED_BASE, 1000, 4096),     // too many
+        ] {
+            assert!(pages(&mem, &mut Decoder::new(&bad)).is_err());
+        }
+        let mut a = begin(1, &meta(crate::arch::NAME, 4 << 20), &HashMap::new()).unwrap();
+        let mut e = Encoder::default();
+        e.u32(0).u32(1).u8(2);
+        assert!(a.vcpu(&mut Decoder::new(&e.finish())).is_err());
+        let mut e = Encoder::default();
+        e.u32(0).u32(1).u8(0).bytes(&[0; 100]);
+        assert!(a.vcpu(&mut Decoder::new(&e.finish())).is_err());
+        let mut e = Encoder::default();
+        e.u64(50).bytes(&[0; 100]);
+        assert!(a.image_chunk(&mut Decoder::new(&e.finish())).is_err());
+        let commit = serde_json::to_vec(&CommitMeta {
+            vm: 7,
+            threads: ThreadTable {
+                last_tid: 1,
+                threads: vec![(1, false)],
+                vcpus: 1,
+            },
+            counter: 0,
+            paused_realtime_ns: 0,
+        })
+        .unwrap();
+        let err = a
+            .commit(&commit, Output::Stdout, Output::Stderr)
+            .unwrap_err();
+        assert!(err.contains("do not match"), "{err}");
+    }
+}
