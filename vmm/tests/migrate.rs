@@ -322,3 +322,26 @@ fn losing_the_node_that_runs_the_vm_ends_the_launch_with_one_line() {
     assert_ne!(status, 0);
     assert!(err.contains("node 1, where the VM ran, was lost"), "{err}");
 }
+
+#[test]
+fn a_write_heavy_vm_migrates_with_post_copy_and_back() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    c.start(2, false);
+    // A thread rewriting and checking 16 MiB; the other loop sleeps; exit status 5.
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["30", "50", "16", "5"]);
+    for to in [1, 2, 1] {
+        assert_migrated(&c.migrate("migrateme", to, &["--mode", "postcopy"]));
+        let vms = c.vms();
+        assert!(vms.iter().any(|v| v["node"] == to), "{vms:?}");
+    }
+    assert_migrated(&c.migrate("migrateme", 2, &[]));
+    let (status, out, err) = finish(vm);
+    assert_eq!(status, 5, "stderr: {err}");
+    let expected: String = (0..30).map(|i| format!("iteration {i}\n")).collect();
+    assert!(out.starts_with(&expected), "{out}");
+    assert!(
+        out.contains("writer ok after") && out.ends_with("done\n"),
+        "{out}"
+    );
+}

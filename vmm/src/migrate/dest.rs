@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::uffd::Uffd;
 use super::wire::{Decoder, WireError};
 use crate::arch::{HypercallRequest, VcpuState};
 use crate::config::VmConfig;
@@ -48,6 +49,9 @@ pub struct BeginMeta {
     pub max_threads: u32,
     /// Bytes of the image file.
     pub image_len: u64,
+    /// Post-copy: the shared region's pages come after the VM started, on demand.
+    #[serde(default)]
+    pub postcopy: bool,
 }
 
 /// `COMMIT`: the thread table and the clock.
@@ -76,6 +80,8 @@ pub struct Arriving {
     vcpus: Vec<ParkedVcpu>,
     /// The VM built by `COMMIT`, started by `GO`.
     pub prepared: Option<Vm>,
+    /// Post-copy: the shared region, registered for missing-page faults at `COMMIT`.
+    pub uffd: Option<Arc<Uffd>>,
     /// When `BEGIN` came.
     pub since: Instant,
 }
@@ -115,6 +121,7 @@ pub fn begin(
         image: Vec::new(),
         vcpus: Vec::new(),
         prepared: None,
+        uffd: None,
         since: Instant::now(),
         mem,
         meta,
@@ -210,9 +217,41 @@ impl Arriving {
             super::clock::carry(&mem, commit.counter, commit.paused_realtime_ns, dest_khz)
         })
         .map_err(|e| e.to_string())?;
+        if self.meta.postcopy {
+            let shared = self.mem.regions()[1];
+            let uffd = Uffd::register(shared.host_addr, shared.size)
+                .map_err(|e| format!("userfaultfd: {e}"))?;
+            self.uffd = Some(Arc::new(uffd));
+        }
         self.prepared = Some(vm);
         Ok(())
     }
+}
+
+/// `PAGES` of a post-copy VM already running: fills the missing pages through `uffd` (pages
+/// the guest already fetched are left alone).
+pub fn pages_postcopy(mem: &GuestMem, uffd: &Uffd, d: &mut Decoder<'_>) -> Result<(), WireError> {
+    let n = d.u32()? as usize;
+    if n > super::source::PAGES_PER_MESSAGE {
+        return Err(WireError("too many pages"));
+    }
+    let mut addrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        addrs.push(d.u64()?);
+    }
+    let base = mem.regions()[1];
+    for addr in addrs {
+        let data = d.bytes(PAGE_SIZE as usize)?;
+        if !addr.is_multiple_of(PAGE_SIZE)
+            || !mem.contains(addr, PAGE_SIZE)
+            || addr < base.guest_addr
+        {
+            return Err(WireError("page address outside the shared region"));
+        }
+        uffd.copy(base.host_addr + (addr - base.guest_addr), data)
+            .map_err(|_| WireError("cannot place a page"))?;
+    }
+    d.end()
 }
 
 /// `PAGES`: writes the pages into `mem` (every address checked).
@@ -252,6 +291,7 @@ mod tests {
             shared_size: shared,
             max_threads: 4,
             image_len: 100,
+            postcopy: false,
         })
         .unwrap()
     }

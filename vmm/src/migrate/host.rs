@@ -10,8 +10,11 @@ use std::time::Duration;
 use net_msg::{Incoming, Node, Priority};
 use serde_json::{Value, json};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::dest::{self, Arriving};
 use super::msg;
+use super::uffd::Uffd;
 use super::wire::{Decoder, Encoder};
 use crate::output::{Output, Sink};
 use crate::vm::{Outcome, Vm, VmShared};
@@ -49,6 +52,16 @@ impl HostedVm {
     }
 }
 
+/// A VM running here in post-copy: its shared region is registered with userfaultfd until
+/// the source says every page was pushed.
+#[derive(Debug)]
+pub struct PostcopyIn {
+    uffd: Arc<Uffd>,
+    mem: crate::memory::GuestMem,
+    from: u32,
+    done: AtomicBool,
+}
+
 /// How an application ended, as its home learns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ended {
@@ -65,6 +78,10 @@ pub struct Host {
     vms: Mutex<HashMap<u64, Arc<HostedVm>>>,
     homes: Mutex<HashMap<u64, Sender<Ended>>>,
     locations: Mutex<HashMap<u64, u32>>,
+    /// Post-copy sources: VMs that left but whose memory still serves `FETCH`.
+    departed: Mutex<HashMap<u64, Arc<HostedVm>>>,
+    /// Post-copy destinations: VMs running here with pages still to come.
+    postcopy_in: Mutex<HashMap<u64, Arc<PostcopyIn>>>,
     arriving: Mutex<HashMap<u64, Arriving>>,
 }
 
@@ -198,6 +215,7 @@ impl Host {
     pub fn local_list(&self) -> Vec<Value> {
         let id = self.node().id();
         let mut list: Vec<Value> = lock(&self.vms).values().map(|v| v.describe(id)).collect();
+        list.extend(lock(&self.departed).values().map(|v| v.describe(id)));
         list.sort_by_key(|v| v["id"].as_u64());
         list
     }
@@ -271,6 +289,10 @@ impl Host {
                 }
                 return;
             }
+            msg::PAGES | msg::DONE if self.postcopy_target(&m.payload).is_some() => {
+                self.postcopy_message(&mut m)
+            }
+            msg::FETCH => self.fetch(&mut m),
             msg::IMAGE
             | msg::VCPU
             | msg::PAGES
@@ -298,6 +320,101 @@ impl Host {
                 let _ = r.fail(&e);
             }
         }
+    }
+
+    fn postcopy_target(&self, payload: &[u8]) -> Option<Arc<PostcopyIn>> {
+        let id = Decoder::new(payload).u64().ok()?;
+        lock(&self.postcopy_in).get(&id).cloned()
+    }
+
+    /// `PAGES` and `DONE` of a post-copy VM running here.
+    fn postcopy_message(&self, m: &mut Incoming) -> Result<(), String> {
+        let pin = self.postcopy_target(&m.payload).expect("checked");
+        if pin.from != m.from {
+            return Err("post-copy pages from the wrong node".into());
+        }
+        let mut d = Decoder::new(&m.payload);
+        let id = d.u64().map_err(|e| e.to_string())?;
+        if m.msg_type == msg::PAGES {
+            return dest::pages_postcopy(&pin.mem, &pin.uffd, &mut d).map_err(|e| e.to_string());
+        }
+        pin.done.store(true, Ordering::SeqCst);
+        let _ = pin.uffd.unregister();
+        lock(&self.postcopy_in).remove(&id);
+        if let Some(v) = lock(&self.vms).get(&id) {
+            v.set_state("running");
+        }
+        let _ = m.take_responder().map(|r| r.respond(&[]));
+        Ok(())
+    }
+
+    /// `FETCH` (on a post-copy source): one page of a VM that left.
+    fn fetch(&self, m: &mut Incoming) -> Result<(), String> {
+        let mut d = Decoder::new(&m.payload);
+        let (id, addr) = match (d.u64(), d.u64()) {
+            (Ok(id), Ok(addr)) => (id, addr),
+            _ => return Err("bad FETCH".into()),
+        };
+        let hvm = lock(&self.departed)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("no pages of VM {id:x} here"))?;
+        let page = hvm
+            .vm
+            .mem
+            .read(
+                addr & !(crate::memory::PAGE_SIZE - 1),
+                crate::memory::PAGE_SIZE as usize,
+            )
+            .map_err(|_| format!("FETCH of {addr:#x}: outside guest memory"))?;
+        let _ = m.take_responder().map(|r| r.respond(&page));
+        Ok(())
+    }
+
+    /// Serves the missing-page faults of post-copy VM `id` by fetching from its source.
+    fn serve_faults(&self, id: u64, pin: Arc<PostcopyIn>, vm: Arc<VmShared>) {
+        let node = self.node().clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("uffd-{id:x}"))
+            .spawn(move || {
+                let base = pin.mem.regions()[1];
+                while !pin.done.load(Ordering::SeqCst) {
+                    let host_addr = match pin.uffd.next_fault(100) {
+                        Ok(Some(a)) => a & !(crate::memory::PAGE_SIZE - 1),
+                        Ok(None) => continue,
+                        Err(_) => break,
+                    };
+                    let guest = base.guest_addr + (host_addr - base.host_addr);
+                    let mut e = Encoder::default();
+                    e.u64(id).u64(guest);
+                    let got = node.request(
+                        pin.from,
+                        msg::FETCH,
+                        Priority::Page,
+                        &e.finish(),
+                        Duration::from_secs(10),
+                    );
+                    match got {
+                        Ok(page) if page.len() == crate::memory::PAGE_SIZE as usize => {
+                            let _ = pin.uffd.copy(host_addr, &page);
+                        }
+                        _ if pin.done.load(Ordering::SeqCst) => {}
+                        other => {
+                            let why = match other {
+                                Err(e) => e.to_string(),
+                                Ok(_) => "a page of the wrong size".into(),
+                            };
+                            vm.finish(Outcome::Error(format!(
+                                "post-copy: node {} still held pages of this VM and did not \
+                                 send one ({why}); the VM is lost",
+                                pin.from
+                            )));
+                            // Unblock the toucher; the VM is ending.
+                            let _ = pin.uffd.copy(host_addr, &[0; 4096]);
+                        }
+                    }
+                }
+            });
     }
 
     fn purge_stale(&self) {
@@ -348,7 +465,21 @@ impl Host {
                 let mut a = arriving.remove(&id).expect("present");
                 drop(arriving);
                 let vm = a.prepared.take().ok_or("GO before COMMIT")?;
+                let shared = vm.shared();
                 self.run_vm(id, a.meta.name.clone(), a.meta.home, vm);
+                if let Some(uffd) = a.uffd.take() {
+                    let pin = Arc::new(PostcopyIn {
+                        uffd,
+                        mem: a.mem.clone(),
+                        from: a.from,
+                        done: AtomicBool::new(false),
+                    });
+                    lock(&self.postcopy_in).insert(id, pin.clone());
+                    if let Some(v) = lock(&self.vms).get(&id) {
+                        v.set_state("postcopy");
+                    }
+                    self.serve_faults(id, pin, shared);
+                }
                 let _ = m.take_responder().map(|r| r.respond(&[]));
                 Ok(())
             }
@@ -399,8 +530,32 @@ impl Host {
         let hvm = self
             .find(key)
             .ok_or_else(|| format!("no VM {key} runs on node {}", self.node().id()))?;
+        if lock(&self.postcopy_in).contains_key(&hvm.id) {
+            return Err("this VM is still receiving its pages (post-copy); try again soon".into());
+        }
         if mode == super::Mode::Postcopy {
-            return Err("post-copy migration is not implemented yet; use --mode precopy".into());
+            let start = std::time::Instant::now();
+            let (downtime, bytes) = super::source::postcopy_switch(self.node(), &hvm, to)?;
+            lock(&self.departed).insert(hvm.id, hvm.clone());
+            self.forget(&hvm);
+            progress(
+                json!({"round": 1, "pages": 0, "bytes": bytes, "mb_per_sec": 0.0,
+                            "remaining_pages": 0, "estimated_downtime_ms": 0.0}),
+            );
+            let pushed = super::source::push_rest(self.node(), &hvm, to);
+            lock(&self.departed).remove(&hvm.id);
+            let (pages, pushed_bytes) = pushed.map_err(|e| {
+                format!("the VM started on node {to}, but pushing its pages failed: {e}")
+            })?;
+            return Ok(json!({
+                "to": to,
+                "mode": "postcopy",
+                "rounds": 1,
+                "total_ms": start.elapsed().as_secs_f64() * 1e3,
+                "downtime_ms": downtime.as_secs_f64() * 1e3,
+                "bytes": bytes + pushed_bytes,
+                "last_pages": pages,
+            }));
         }
         let summary = super::source::precopy(self.node(), &hvm, to, downtime_ms, progress)?;
         self.forget(&hvm);

@@ -19,6 +19,7 @@ pub mod dirty;
 pub mod home;
 pub mod host;
 pub mod source;
+pub mod uffd;
 pub mod wire;
 
 use clap::{Args, ValueEnum};
@@ -49,6 +50,10 @@ pub mod msg {
     pub const LIST: u16 = 22;
     /// One-way, to the home node: the VM now runs on the sending node.
     pub const LOCATION: u16 = 23;
+    /// Request (post-copy, page class): one page of the shared region, from the source.
+    pub const FETCH: u16 = 24;
+    /// Request (post-copy): every page was pushed; the destination stops catching faults.
+    pub const DONE: u16 = 25;
 }
 
 /// How a VM moves.
@@ -57,7 +62,8 @@ pub mod msg {
 pub enum Mode {
     /// Copy memory while the VM runs, then stop it briefly for the rest.
     Precopy,
-    /// Resume at once at the destination and fetch pages on demand (not implemented yet).
+    /// Resume at once at the destination; it fetches pages on demand while the source
+    /// pushes the rest (the source must live until all pages moved).
     Postcopy,
 }
 

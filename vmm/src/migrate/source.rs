@@ -39,39 +39,13 @@ pub fn precopy(
     downtime_ms: u64,
     progress: &mut dyn FnMut(Value),
 ) -> Result<Value, String> {
-    let vm = &hvm.vm;
-    if vm.fs.has_mounts() {
-        return Err(
-            "this VM has host directories mounted; serving its files from home after a \
-             migration is not implemented yet, so it stays here"
-                .into(),
-        );
-    }
-    check_destination(node, to)?;
     let start = Instant::now();
-    let meta = BeginMeta {
-        vm: hvm.id,
-        name: hvm.name.clone(),
-        home: hvm.home,
-        arch: crate::arch::NAME.to_string(),
-        private_size: vm.mem.private_size(),
-        shared_size: vm.mem.shared_size(),
-        max_threads: vm.max_vcpus,
-        image_len: vm.image.bytes.len() as u64,
-    };
-    let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
-    node.request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
-        .map_err(|e| format!("node {to} refused the VM: {e}"))?;
+    begin_transfer(node, hvm, to, false)?;
+    let vm = &hvm.vm;
     let abort = |why: String| {
         let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
         why
     };
-    for (i, chunk) in vm.image.bytes.chunks(IMAGE_CHUNK).enumerate() {
-        let mut e = Encoder::with_capacity(chunk.len() + 16);
-        e.u64(hvm.id).u64((i * IMAGE_CHUNK) as u64).bytes(chunk);
-        node.send(to, msg::IMAGE, Priority::Bulk, &e.finish())
-            .map_err(|e| abort(format!("sending the image to node {to}: {e}")))?;
-    }
     hvm.set_state("migrating");
     let result = copy_and_switch(node, hvm, to, downtime_ms, start, progress);
     match result {
@@ -82,6 +56,114 @@ pub fn precopy(
             Err(abort(e))
         }
     }
+}
+
+/// Checks, `BEGIN`, and the image.
+fn begin_transfer(node: &Node, hvm: &Arc<HostedVm>, to: u32, postcopy: bool) -> Result<(), String> {
+    let vm = &hvm.vm;
+    if vm.fs.has_mounts() {
+        return Err(
+            "this VM has host directories mounted; serving its files from home after a \
+             migration is not implemented yet, so it stays here"
+                .into(),
+        );
+    }
+    check_destination(node, to)?;
+    let meta = BeginMeta {
+        vm: hvm.id,
+        name: hvm.name.clone(),
+        home: hvm.home,
+        arch: crate::arch::NAME.to_string(),
+        private_size: vm.mem.private_size(),
+        shared_size: vm.mem.shared_size(),
+        max_threads: vm.max_vcpus,
+        image_len: vm.image.bytes.len() as u64,
+        postcopy,
+    };
+    let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    node.request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
+        .map_err(|e| format!("node {to} refused the VM: {e}"))?;
+    for (i, chunk) in vm.image.bytes.chunks(IMAGE_CHUNK).enumerate() {
+        let mut e = Encoder::with_capacity(chunk.len() + 16);
+        e.u64(hvm.id).u64((i * IMAGE_CHUNK) as u64).bytes(chunk);
+        if let Err(err) = node.send(to, msg::IMAGE, Priority::Bulk, &e.finish()) {
+            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+            return Err(format!("sending the image to node {to}: {err}"));
+        }
+    }
+    Ok(())
+}
+
+/// Post-copy, up to the switch-over: stops the VM at once, sends the private region, the
+/// vCPU states and the thread table, and starts the VM on `to`, which fetches the shared
+/// region's pages on demand. Returns (downtime, bytes sent). On error the VM runs on here.
+/// Afterwards the caller keeps the VM's memory to serve `FETCH` and calls [`push_rest`].
+pub fn postcopy_switch(
+    node: &Node,
+    hvm: &Arc<HostedVm>,
+    to: u32,
+) -> Result<(Duration, u64), String> {
+    begin_transfer(node, hvm, to, true)?;
+    let vm = &hvm.vm;
+    let stop = Instant::now();
+    let paused = match vm.pause(Duration::from_secs(5)) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+            return Err(e);
+        }
+    };
+    let result = (|| -> Result<u64, String> {
+        let paused_realtime_ns = crate::sys::realtime_ns();
+        let private: Vec<u64> = dirty::resident_pages(vm)
+            .into_iter()
+            .filter(|&a| a < vm.mem.private_size())
+            .collect();
+        let (_, bytes) = send_pages(node, to, vm, hvm.id, &private, true)?;
+        let state_bytes = send_state(node, to, hvm.id, &paused, paused_realtime_ns)?;
+        node.request(
+            to,
+            msg::GO,
+            Priority::Control,
+            &hvm.id.to_le_bytes(),
+            STEP_TIMEOUT,
+        )
+        .map_err(|e| format!("node {to} did not start the VM: {e}"))?;
+        Ok(bytes + state_bytes)
+    })();
+    match result {
+        Ok(bytes) => {
+            let downtime = stop.elapsed();
+            hvm.set_state("postcopy-source");
+            vm.leave();
+            Ok((downtime, bytes))
+        }
+        Err(e) => {
+            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+            vm.resume();
+            Err(e)
+        }
+    }
+}
+
+/// Post-copy, after the switch-over: pushes every page of the shared region the VM had
+/// touched, then `DONE`. Returns (pages, bytes).
+pub fn push_rest(node: &Node, hvm: &Arc<HostedVm>, to: u32) -> Result<(u64, u64), String> {
+    let vm = &hvm.vm;
+    let shared: Vec<u64> = dirty::resident_pages(vm)
+        .into_iter()
+        .filter(|&a| a >= vm.mem.private_size())
+        .collect();
+    let sent = send_pages(node, to, vm, hvm.id, &shared, true)?;
+    node.request(
+        to,
+        msg::DONE,
+        Priority::Bulk,
+        &hvm.id.to_le_bytes(),
+        STEP_TIMEOUT,
+    )
+    .map_err(|e| format!("node {to} did not confirm the last pages: {e}"))?;
+    Ok(sent)
 }
 
 /// The ISA and reachability checks, before anything is sent.
