@@ -1,4 +1,4 @@
-//! Whole-VM live migration (pre-copy) between two nodes on this machine over loopback TCP:
+//! Whole-VM live migration (pre-copy and post-copy) between two nodes on this machine over loopback TCP:
 //! downtime and total time for idle and write-busy guests of 64 MiB to 1 GiB, beside the time
 //! raw TCP takes to copy the same bytes in the same run. Prints a Markdown table.
 //!
@@ -136,9 +136,9 @@ fn main() {
             .unwrap(),
     );
     println!(
-        "| guest | memory | downtime (median) | total time (median) | MB sent | raw TCP, same bytes | total / raw |"
+        "| guest | memory | mode | downtime (median) | total time (median) | MB sent | raw TCP, same bytes | total / raw |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for mib in [64u64, 256, 1024] {
         for busy in [false, true] {
             let write_mib = if busy { mib / 2 } else { 0 };
@@ -168,34 +168,36 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             std::thread::sleep(Duration::from_millis(300 + 4 * write_mib));
-            let (mut down, mut total, mut bytes, mut raw) = (vec![], vec![], vec![], vec![]);
-            let mut at = 0;
-            for _ in 0..4 {
-                let to = 1 - at;
-                let req = json!({"cmd": "migrate", "vm": "migrateme", "to": to,
-                                 "mode": "precopy", "downtime_ms": 5});
-                let v = control(&run, at, &req);
-                assert_eq!(v["ok"], true, "{v}");
-                let s = &v["summary"];
-                down.push(s["downtime_ms"].as_f64().unwrap());
-                total.push(s["total_ms"].as_f64().unwrap());
-                let b = s["bytes"].as_u64().unwrap();
-                bytes.push(b as f64);
-                raw.push(raw_tcp(b) * 1e3);
-                at = to;
+            for mode in ["precopy", "postcopy"] {
+                let (mut down, mut total, mut bytes, mut raw) = (vec![], vec![], vec![], vec![]);
+                let mut at = 0;
+                for _ in 0..4 {
+                    let to = 1 - at;
+                    let req = json!({"cmd": "migrate", "vm": "migrateme", "to": to,
+                                 "mode": mode, "downtime_ms": 5});
+                    let v = control(&run, at, &req);
+                    assert_eq!(v["ok"], true, "{v}");
+                    let s = &v["summary"];
+                    down.push(s["downtime_ms"].as_f64().unwrap());
+                    total.push(s["total_ms"].as_f64().unwrap());
+                    let b = s["bytes"].as_u64().unwrap();
+                    bytes.push(b as f64);
+                    raw.push(raw_tcp(b) * 1e3);
+                    at = to;
+                }
+                let (down, total, bytes, raw) =
+                    (median(down), median(total), median(bytes), median(raw));
+                println!(
+                    "| {} | {mib} MiB | {mode} | {down:.2} ms | {total:.1} ms | {:.1} | {raw:.1} ms | {:.2}x |",
+                    if busy {
+                        format!("busy (rewrites {write_mib} MiB)")
+                    } else {
+                        "idle".to_string()
+                    },
+                    bytes / 1e6,
+                    total / raw
+                );
             }
-            let (down, total, bytes, raw) =
-                (median(down), median(total), median(bytes), median(raw));
-            println!(
-                "| {} | {mib} MiB | {down:.2} ms | {total:.1} ms | {:.1} | {raw:.1} ms | {:.2}x |",
-                if busy {
-                    format!("busy (rewrites {write_mib} MiB)")
-                } else {
-                    "idle".to_string()
-                },
-                bytes / 1e6,
-                total / raw
-            );
             let _ = std::fs::remove_file(run.join("popvmm/node0.sock"));
         }
     }

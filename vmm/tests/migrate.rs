@@ -204,7 +204,11 @@ fn assert_migrated(out: &Output) {
         text(&out.stdout),
         text(&out.stderr)
     );
-    assert!(text(&out.stdout).contains("round 1:"), "progress is shown");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("round 1:") || stdout.contains("switched over after"),
+        "progress is shown: {stdout}"
+    );
 }
 
 #[test]

@@ -252,6 +252,18 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
         }
         let v: Value =
             serde_json::from_str(&answer).map_err(|e| format!("bad answer from node {at}: {e}"))?;
+        if let Some(p) = v.get("progress")
+            && p.get("phase").is_some()
+        {
+            let _ = writeln!(
+                stdout,
+                "switched over after {:.2} ms ({:.1} MB): the VM runs on node {}; pushing the rest of its memory",
+                p["downtime_ms"].as_f64().unwrap_or(0.0),
+                p["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                p["to"],
+            );
+            continue;
+        }
         if let Some(p) = v.get("progress") {
             let _ = writeln!(
                 stdout,
