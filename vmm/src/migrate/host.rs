@@ -538,10 +538,12 @@ impl Host {
             let (downtime, bytes) = super::source::postcopy_switch(self.node(), &hvm, to)?;
             lock(&self.departed).insert(hvm.id, hvm.clone());
             self.forget(&hvm);
-            progress(
-                json!({"round": 1, "pages": 0, "bytes": bytes, "mb_per_sec": 0.0,
-                            "remaining_pages": 0, "estimated_downtime_ms": 0.0}),
-            );
+            progress(json!({
+                "phase": "switched",
+                "to": to,
+                "bytes": bytes,
+                "downtime_ms": downtime.as_secs_f64() * 1e3,
+            }));
             let pushed = super::source::push_rest(self.node(), &hvm, to);
             lock(&self.departed).remove(&hvm.id);
             let (pages, pushed_bytes) = pushed.map_err(|e| {
