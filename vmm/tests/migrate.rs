@@ -153,15 +153,21 @@ impl Cluster {
     }
 
     /// `popvmm ps --json` asked of node 0.
+    /// The VMs `popvmm ps` lists. The query asks every node; on a loaded machine one may not
+    /// answer in time, so a failed query is retried for a few seconds before giving up.
     fn vms(&self) -> Vec<Value> {
-        let out = self.popvmm(&["ps", "--id", "0", "--json"]);
-        if !out.status.success() {
-            return Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.popvmm(&["ps", "--id", "0", "--json"]);
+            let listed = serde_json::from_slice::<Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned());
+            match listed {
+                Some(vms) if out.status.success() => return vms,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                _ => panic!("popvmm ps failed: {}", text(&out.stderr)),
+            }
         }
-        serde_json::from_slice::<Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
     }
 
     fn migrate(&self, vm: &str, to: u32, extra: &[&str]) -> Output {
