@@ -60,6 +60,20 @@ fn field(text: &str, key: &str) -> f64 {
         .unwrap()
 }
 
+/// KVM setup plus image load, in ns, from the `popvmm: timings: kvm X ms, load Y ms, ...` line
+/// that `popvmm launch --timings` prints on stderr.
+fn setup_ns(stderr: &str) -> f64 {
+    let ms = |key: &str| -> f64 {
+        stderr
+            .split(key)
+            .nth(1)
+            .and_then(|rest| rest.trim().split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {stderr}"))
+    };
+    (ms("kvm") + ms("load")) * 1e6
+}
+
 fn fmt(ns: f64) -> String {
     if ns >= 1e6 {
         format!("{:.1} ms", ns / 1e6)
@@ -105,15 +119,7 @@ fn x86(images: &Path) -> Figures {
                         .arg(images.join("hello"))
                         .output()
                         .unwrap();
-                    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-                    let ms = |key: &str| -> f64 {
-                        err.split(key)
-                            .nth(1)
-                            .and_then(|rest| rest.trim().split(' ').next())
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or_else(|| panic!("no {key} in {err}"))
-                    };
-                    (ms("kvm") + ms("load")) * 1e6
+                    setup_ns(&String::from_utf8_lossy(&out.stderr))
                 })
                 .collect(),
         ),
@@ -150,15 +156,7 @@ fn aarch64(board: &EdgeSim) -> Figures {
                 let out = board
                     .run(&["popvmm", "launch", "--timings", "/payload/hello"])
                     .unwrap();
-                let err = String::from_utf8_lossy(&out.stderr).into_owned();
-                let ms = |key: &str| -> f64 {
-                    err.split(key)
-                        .nth(1)
-                        .and_then(|rest| rest.trim().split(' ').next())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or_else(|| panic!("no {key} in {err}"))
-                };
-                (ms("kvm") + ms("load")) * 1e6
+                setup_ns(&String::from_utf8_lossy(&out.stderr))
             })
             .collect(),
     );
