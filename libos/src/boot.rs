@@ -33,7 +33,7 @@ pub extern "C" fn boot(info: *const BootInfo) -> ! {
     let valid = unsafe { (*info).magic == BOOT_INFO_MAGIC && (*info).abi_version == ABI_VERSION };
     if !valid {
         crate::console::write_stderr(b"libos: bad boot information from the VMM\n");
-        arch::hypercall::abort();
+        crate::hypercall::abort();
     }
     BOOT_INFO.store(info.cast_mut(), Ordering::Relaxed);
     let info = self::info();
@@ -41,7 +41,7 @@ pub extern "C" fn boot(info: *const BootInfo) -> ! {
     heap::init(info.heap_start, info.heap_end);
     let tp = tls::new_block().unwrap_or_else(|| {
         crate::console::write_stderr(b"libos: no memory for the main thread's TLS\n");
-        arch::hypercall::abort()
+        crate::hypercall::abort()
     });
     // SAFETY: `tp` is a freshly initialised TLS block that lives as long as the program.
     unsafe { arch::set_thread_pointer(tp.thread_pointer) };

@@ -4,7 +4,7 @@ use core::fmt::{self, Write};
 
 use pop_abi::Hypercall;
 
-use crate::arch::hypercall::call;
+use crate::hypercall::call;
 
 /// Writes raw bytes to the VMM's stderr.
 pub fn write_stderr(bytes: &[u8]) {

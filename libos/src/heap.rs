@@ -18,7 +18,7 @@ pub fn init(start: u64, end: u64) {
     let claimed = unsafe { HEAP.lock().claim(span) };
     if claimed.is_err() {
         crate::console::write_stderr(b"libos: the heap is too small\n");
-        crate::arch::hypercall::abort();
+        crate::hypercall::abort();
     }
 }
 

@@ -23,6 +23,7 @@ mod arch;
 mod boot;
 mod console;
 mod heap;
+mod hypercall;
 mod sync;
 mod syscalls;
 mod thread;
@@ -41,5 +42,5 @@ static ABI_NOTE: pop_abi::AbiNote = pop_abi::AbiNote {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     console::write_fmt_stderr(format_args!("libos: panic: {info}\n"));
-    arch::hypercall::abort()
+    crate::hypercall::abort()
 }

@@ -54,7 +54,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) -> i64 {
         if crate::time::since_boot_ns() - start >= spin {
             let count = waiters(word);
             count.fetch_add(1, Ordering::SeqCst);
-            let ret = arch::hypercall::call(
+            let ret = crate::hypercall::call(
                 Hypercall::FutexWait,
                 word.as_ptr() as u64,
                 u64::from(expected),
@@ -81,7 +81,7 @@ pub fn futex_wake(word: &AtomicU32, count: i32) -> i64 {
     if waiters(word).load(Ordering::SeqCst) == 0 {
         return 0;
     }
-    arch::hypercall::call(
+    crate::hypercall::call(
         Hypercall::FutexWake,
         word.as_ptr() as u64,
         count as u64,

@@ -12,8 +12,8 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use pop_abi::Hypercall;
 use pop_abi::hypercall::NO_TIMEOUT;
 
-use crate::arch::hypercall;
 use crate::heap;
+use crate::hypercall;
 use crate::sync::{self, Mutex};
 use crate::tls::{self, TlsBlock};
 

@@ -3,6 +3,18 @@
 
 use crate::{arch, boot, heap};
 
+/// Where things go inside one allocation holding a thread's TLS.
+pub struct BlockLayout {
+    /// Bytes to allocate.
+    pub size: usize,
+    /// Alignment of the allocation.
+    pub align: usize,
+    /// Offset of the TLS initialisation image's destination.
+    pub data_offset: usize,
+    /// Offset the thread pointer points at.
+    pub tp_offset: usize,
+}
+
 /// One thread's TLS allocation.
 pub struct TlsBlock {
     base: *mut u8,

@@ -11,7 +11,7 @@ use core::cell::Cell;
 
 use pop_abi::Hypercall;
 
-use crate::arch::hypercall;
+use crate::hypercall;
 
 mod fs;
 mod io;

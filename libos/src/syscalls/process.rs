@@ -3,8 +3,8 @@
 use pop_abi::Hypercall;
 
 use super::{ERRNO, hc};
-use crate::arch::hypercall;
 use crate::boot;
+use crate::hypercall;
 
 #[unsafe(no_mangle)]
 extern "C" fn sys_exit(status: i32) -> ! {

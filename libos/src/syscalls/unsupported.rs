@@ -68,7 +68,7 @@ fn unsupported_void(name: &str) -> ! {
     crate::console::write_fmt_stderr(format_args!(
         "libos: {name} is not implemented (function not implemented, os error {ENOSYS})\n"
     ));
-    crate::arch::hypercall::abort()
+    crate::hypercall::abort()
 }
 
 #[unsafe(no_mangle)]

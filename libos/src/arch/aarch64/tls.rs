@@ -2,17 +2,7 @@
 //! control block, and the TLS data follows it at the TCB size rounded up to the segment's
 //! alignment (the offset the linker resolves TLS accesses against).
 
-/// Where things go inside one allocation holding a thread's TLS.
-pub struct BlockLayout {
-    /// Bytes to allocate.
-    pub size: usize,
-    /// Alignment of the allocation.
-    pub align: usize,
-    /// Offset of the TLS initialisation image's destination.
-    pub data_offset: usize,
-    /// Offset the thread pointer points at.
-    pub tp_offset: usize,
-}
+use crate::tls::BlockLayout;
 
 /// Size of the thread control block (two reserved words).
 const TCB_SIZE: usize = 16;

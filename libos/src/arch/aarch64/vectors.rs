@@ -27,7 +27,7 @@ pub fn install() {
 
 /// Called by the common vector code with the saved frame; never returns.
 extern "C" fn exception(frame: *const pop_abi::Aarch64FaultFrame) -> ! {
-    super::hypercall::fault(frame)
+    crate::hypercall::fault(frame)
 }
 
 macro_rules! vector_table {

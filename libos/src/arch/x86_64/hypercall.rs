@@ -27,33 +27,11 @@ pub fn call(nr: Hypercall, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
     ret
 }
 
-/// Ends the whole VM with `status`.
-pub fn exit(status: i32) -> ! {
-    call(Hypercall::Exit, status as u64, 0, 0, 0, 0);
-    unreachable_after_hypercall()
-}
-
-/// Ends the whole VM as aborted.
-pub fn abort() -> ! {
-    call(Hypercall::Abort, 0, 0, 0, 0, 0);
-    unreachable_after_hypercall()
-}
-
-/// Ends the calling thread; its vCPU returns to the VMM's pool, and the VMM then sets `done`
-/// to 1 and wakes its waiters.
-pub fn thread_exit(done: &core::sync::atomic::AtomicU32) -> ! {
-    call(Hypercall::ThreadExit, done.as_ptr() as u64, 0, 0, 0, 0);
-    unreachable_after_hypercall()
-}
-
-/// Reports an unrecoverable exception with the saved register frame.
-pub fn fault(frame: *const pop_abi::X86FaultFrame) -> ! {
-    call(Hypercall::Fault, frame as u64, 0, 0, 0, 0);
-    unreachable_after_hypercall()
-}
+/// The register frame the exception handlers hand to [`crate::hypercall::fault`].
+pub type FaultFrame = pop_abi::X86FaultFrame;
 
 /// A hypercall that must not return did: stop the vCPU for good.
-fn unreachable_after_hypercall() -> ! {
+pub fn unreachable_after_hypercall() -> ! {
     loop {
         // SAFETY: ud2 raises #UD, which the exception handlers report to the VMM as a fault.
         unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };

@@ -41,7 +41,7 @@ pub fn install() {
 
 /// Called by the common stub with the saved frame; never returns.
 extern "C" fn exception(frame: *const pop_abi::X86FaultFrame) -> ! {
-    super::hypercall::fault(frame)
+    crate::hypercall::fault(frame)
 }
 
 macro_rules! exception_stubs {

@@ -1,17 +1,7 @@
 //! x86-64 TLS layout (ELF "variant II"): the TLS block sits just below the thread pointer,
 //! and the thread control block at the thread pointer starts with a pointer to itself.
 
-/// Where things go inside one allocation holding a thread's TLS.
-pub struct BlockLayout {
-    /// Bytes to allocate.
-    pub size: usize,
-    /// Alignment of the allocation.
-    pub align: usize,
-    /// Offset of the TLS initialisation image's destination.
-    pub data_offset: usize,
-    /// Offset the thread pointer points at.
-    pub tp_offset: usize,
-}
+use crate::tls::BlockLayout;
 
 /// Size of the thread control block: the self pointer, padded.
 const TCB_SIZE: usize = 16;
