@@ -35,6 +35,7 @@ pub mod testing;
 pub mod threads;
 pub mod timings;
 pub mod vm;
+pub mod wire;
 
 pub use config::VmConfig;
 pub use launch::{LaunchError, launch};

@@ -361,6 +361,7 @@ impl Vm {
     pub fn restore(
         image: Image,
         config: &VmConfig,
+        fs: FileSystem,
         mem: GuestMem,
         paused: Paused,
         counter: &dyn Fn(u64) -> u64,
@@ -372,11 +373,7 @@ impl Vm {
         register_memory(&vm_fd, &mem, 0).map_err(kvm_error("cannot add guest memory"))?;
         let timings = Arc::new(Timings::new(Instant::now()));
         let shared = Arc::new(VmShared {
-            fs: FileSystem::new(
-                config.mounts.clone(),
-                config.stdout.clone(),
-                config.stderr.clone(),
-            ),
+            fs,
             threads: Threads::restored(config.max_threads, &paused.threads),
             reports: config.stderr.clone(),
             max_vcpus: config.max_threads,

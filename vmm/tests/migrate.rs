@@ -355,3 +355,40 @@ fn a_write_heavy_vm_migrates_with_post_copy_and_back() {
         "{out}"
     );
 }
+
+#[test]
+fn a_migrated_vm_keeps_using_the_files_of_its_home() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    c.start(2, false);
+    let data = c.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mount = format!("{}:/data:rw", data.display());
+    // It holds /data/log.txt open and appends a line per iteration, wherever it runs.
+    let vm = c.launch(
+        &[
+            "--memory",
+            "64M",
+            "--mount",
+            &mount,
+            "--env",
+            "MIGRATEME_LOG=/data/log.txt",
+        ],
+        "migrateme",
+        &["40", "50"],
+    );
+    // Away from home, back home (files served locally again), and away.
+    for to in [1, 2, 0, 1] {
+        std::thread::sleep(Duration::from_millis(150));
+        assert_migrated(&c.migrate("migrateme", to, &[]));
+    }
+    let (status, out, err) = finish(vm);
+    assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("log ok: 40 lines"), "{out}");
+    let expected: String = (0..40).map(|i| format!("iteration {i}\n")).collect();
+    assert_eq!(
+        std::fs::read_to_string(data.join("log.txt")).unwrap(),
+        expected,
+        "every line is in the home's file"
+    );
+}

@@ -1,70 +1,65 @@
 //! The guest's file descriptor table: stdio at 0..=2, then the lowest free number.
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
 use pop_abi::errno::{EBADF, EMFILE};
+use serde::{Deserialize, Serialize};
+
+use super::op::STDIN;
 
 /// Most file descriptors the guest may hold at once.
 pub const MAX_FDS: usize = 1024;
 
-/// An open directory.
-#[derive(Debug)]
-pub struct Directory {
-    /// The open directory (for fstat).
-    pub file: File,
-    /// Its host path (for listing).
-    pub path: PathBuf,
-    /// Whether its entries were returned already (the next getdents64 returns 0).
-    pub listed: AtomicBool,
-}
-
-/// What a guest file descriptor refers to. Clones share the host file (and its offset).
-#[derive(Clone, Debug)]
-pub enum Handle {
-    /// The VMM's standard input.
-    Stdin,
-    /// The guest's standard output.
+/// What a guest file descriptor refers to. Descriptors made by `dup` share the handle (and
+/// its offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fd {
+    /// The guest's standard output (the VM's output path).
     Stdout,
     /// The guest's standard error.
     Stderr,
-    /// A host file.
-    File(Arc<File>),
-    /// A host directory.
-    Directory(Arc<Directory>),
+    /// A handle of the VM's home files (its standard input is handle 0).
+    Home(u64),
 }
 
-/// File descriptor numbers to handles.
-#[derive(Debug)]
+/// File descriptor numbers to what they refer to. It moves with the VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FdTable {
-    slots: Vec<Option<Handle>>,
+    slots: Vec<Option<Fd>>,
+}
+
+impl<'de> Deserialize<'de> for FdTable {
+    /// Refuses a table longer than [`MAX_FDS`] (it comes from the network).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FdTable, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            slots: Vec<Option<Fd>>,
+        }
+        let raw = Raw::deserialize(d)?;
+        if raw.slots.len() > MAX_FDS {
+            return Err(serde::de::Error::custom("descriptor table too long"));
+        }
+        Ok(FdTable { slots: raw.slots })
+    }
 }
 
 impl Default for FdTable {
     fn default() -> Self {
         FdTable {
-            slots: vec![
-                Some(Handle::Stdin),
-                Some(Handle::Stdout),
-                Some(Handle::Stderr),
-            ],
+            slots: vec![Some(Fd::Home(STDIN)), Some(Fd::Stdout), Some(Fd::Stderr)],
         }
     }
 }
 
 impl FdTable {
     /// The handle of `fd`.
-    pub fn get(&self, fd: i64) -> Result<Handle, i32> {
+    pub fn get(&self, fd: i64) -> Result<Fd, i32> {
         usize::try_from(fd)
             .ok()
-            .and_then(|i| self.slots.get(i)?.clone())
+            .and_then(|i| *self.slots.get(i)?)
             .ok_or(EBADF)
     }
 
     /// Installs `handle` at the lowest free number from 3 (0..=2 once closed, too).
-    pub fn insert(&mut self, handle: Handle) -> Result<i64, i32> {
+    pub fn insert(&mut self, handle: Fd) -> Result<i64, i32> {
         if let Some(free) = self.slots.iter().position(Option::is_none) {
             self.slots[free] = Some(handle);
             return Ok(free as i64);
@@ -77,7 +72,7 @@ impl FdTable {
     }
 
     /// Removes `fd`.
-    pub fn remove(&mut self, fd: i64) -> Result<Handle, i32> {
+    pub fn remove(&mut self, fd: i64) -> Result<Fd, i32> {
         let slot = usize::try_from(fd)
             .ok()
             .and_then(|i| self.slots.get_mut(i))
@@ -88,14 +83,19 @@ impl FdTable {
         }
         Ok(handle)
     }
+
+    /// Whether any descriptor refers to home handle `handle`.
+    pub fn refers_to(&self, handle: u64) -> bool {
+        self.slots.contains(&Some(Fd::Home(handle)))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn file() -> Handle {
-        Handle::File(Arc::new(File::open("/proc/self/exe").unwrap()))
+    fn file() -> Fd {
+        Fd::Home(9)
     }
 
     #[test]
@@ -109,9 +109,14 @@ mod tests {
         assert_eq!(t.get(-1).unwrap_err(), EBADF);
         assert_eq!(t.get(99).unwrap_err(), EBADF);
         for _ in 5..MAX_FDS {
-            t.insert(Handle::Stdin).unwrap();
+            t.insert(Fd::Stderr).unwrap();
         }
-        assert_eq!(t.insert(Handle::Stdin), Err(EMFILE));
-        assert!(matches!(t.get(1), Ok(Handle::Stdout)));
+        assert_eq!(t.insert(Fd::Stderr), Err(EMFILE));
+        assert_eq!(t.get(1), Ok(Fd::Stdout));
+        assert!(t.refers_to(9));
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<FdTable>(&json).unwrap(), t);
+        let long = format!("{{\"slots\":[{}null]}}", "null,".repeat(MAX_FDS));
+        assert!(serde_json::from_str::<FdTable>(&long).is_err());
     }
 }

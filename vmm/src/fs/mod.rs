@@ -1,25 +1,28 @@
 //! The guest's view of files: stdio and the host directories it was given with `--mount`.
+//!
+//! [`FileSystem`] is the guest-facing half, part of the VM wherever it runs: the descriptor
+//! table and stdio. Everything about host files goes through a [`FileService`]: the VM's
+//! [`HomeFiles`] while it runs at home, its home node's (over the mesh) once it migrated.
 //! Each method serves one hypercall and returns its result (a negated errno on failure).
 
 mod dirent;
 mod fd_table;
+pub mod home;
+pub mod op;
 pub mod path;
 mod stat;
 
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, DirEntryExt, OpenOptionsExt};
-use std::sync::atomic::Ordering;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pop_abi::errno::{EBADF, EINVAL, EISDIR, ENOTDIR};
+use pop_abi::errno::{EBADF, EINVAL, EIO, ENOTDIR};
 use pop_abi::open_flags as guest;
-use pop_abi::whence::{SEEK_CUR, SEEK_END, SEEK_SET};
 
 pub use dirent::{Entry, encode as encode_dirents};
-pub use fd_table::{Directory, FdTable, Handle, MAX_FDS};
-use path::{Intent, Resolver, errno};
+pub use fd_table::{Fd, FdTable, MAX_FDS};
+pub use home::HomeFiles;
+use op::{FileOp, Reply};
 
 use crate::config::Mount;
 use crate::memory::GuestMem;
@@ -28,15 +31,28 @@ use crate::output::Output;
 /// Longest path the guest may pass, NUL included.
 pub const PATH_MAX: usize = 4096;
 /// Most bytes one read or write hypercall moves (the guest loops for more).
-pub const IO_CHUNK: usize = 1 << 20;
+pub const IO_CHUNK: usize = op::MAX_DATA;
 
 /// Result of a file hypercall: a value, or an errno.
 pub type SysResult = Result<i64, i32>;
 
-/// The guest's files: mounts and the descriptor table.
+/// Who carries out file operations on the host: the VM's [`HomeFiles`], here or at its home.
+pub trait FileService: std::fmt::Debug + Send + Sync {
+    /// Carries out `op`.
+    fn call(&self, op: FileOp) -> Reply;
+}
+
+impl FileService for HomeFiles {
+    fn call(&self, op: FileOp) -> Reply {
+        self.serve(op)
+    }
+}
+
+/// The guest's files: the descriptor table, stdio, and the service behind host files.
 #[derive(Debug)]
 pub struct FileSystem {
-    resolver: Resolver,
+    service: Arc<dyn FileService>,
+    home: Option<Arc<HomeFiles>>,
     fds: Mutex<FdTable>,
     stdout: Output,
     stderr: Output,
@@ -73,41 +89,73 @@ pub fn host_open_options(flags: i32, mode: u32) -> Result<OpenOptions, i32> {
 }
 
 impl FileSystem {
-    /// A file system showing `mounts`, with the guest's fd 1 and 2 going to `stdout`/`stderr`.
+    /// A file system at home showing `mounts`, with the guest's fd 1 and 2 going to
+    /// `stdout`/`stderr`.
     pub fn new(mounts: Vec<Mount>, stdout: Output, stderr: Output) -> FileSystem {
+        let home = Arc::new(HomeFiles::new(mounts));
         FileSystem {
-            resolver: Resolver::new(mounts),
+            service: home.clone(),
+            home: Some(home),
             fds: Mutex::new(FdTable::default()),
             stdout,
             stderr,
         }
     }
 
-    /// Whether the guest sees host files (a VM that does cannot migrate yet: its file
-    /// hypercalls would have to be forwarded to its home).
-    pub fn has_mounts(&self) -> bool {
-        self.resolver.has_mounts()
+    /// The file system of a VM that moved: its descriptor table `fds`, host files served by
+    /// `service` (its home's), and `home` if that is this process.
+    pub fn moved(
+        service: Arc<dyn FileService>,
+        home: Option<Arc<HomeFiles>>,
+        fds: FdTable,
+        stdout: Output,
+        stderr: Output,
+    ) -> FileSystem {
+        FileSystem {
+            service,
+            home,
+            fds: Mutex::new(fds),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The VM's home files, if this process is its home.
+    pub fn home_files(&self) -> Option<Arc<HomeFiles>> {
+        self.home.clone()
+    }
+
+    /// A copy of the descriptor table (to move the VM).
+    pub fn fd_table(&self) -> FdTable {
+        self.fds().clone()
     }
 
     fn fds(&self) -> MutexGuard<'_, FdTable> {
         self.fds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn handle(&self, fd: u64) -> Result<Handle, i32> {
+    fn fd(&self, fd: u64) -> Result<Fd, i32> {
         self.fds().get(fd as i64)
+    }
+
+    /// Calls the service, checking that the data fits `max` bytes.
+    fn call(&self, op: FileOp, max: usize) -> Reply {
+        let done = self.service.call(op)?;
+        if done.data.len() > max {
+            return Err(EIO);
+        }
+        Ok(done)
     }
 
     /// `write(fd, buf, len)`.
     pub fn write(&self, mem: &GuestMem, fd: u64, buf: u64, len: u64) -> SysResult {
         let data = mem.read(buf, (len as usize).min(IO_CHUNK))?;
-        let written = match self.handle(fd)? {
-            Handle::Stdout => self.stdout.write(&data),
-            Handle::Stderr => self.stderr.write(&data),
-            Handle::File(file) => (&*file).write(&data),
-            Handle::Stdin => return Err(EBADF),
-            Handle::Directory(_) => return Err(EISDIR),
+        let written = match self.fd(fd)? {
+            Fd::Stdout => self.stdout.write(&data),
+            Fd::Stderr => self.stderr.write(&data),
+            Fd::Home(handle) => return Ok(self.call(FileOp::Write { handle, data }, 0)?.value),
         };
-        written.map(|n| n as i64).map_err(|e| errno(&e))
+        written.map(|n| n as i64).map_err(|e| path::errno(&e))
     }
 
     /// `read(fd, buf, len)`.
@@ -116,45 +164,48 @@ impl FileSystem {
         if !mem.contains(buf, len as u64) {
             return Err(pop_abi::errno::EFAULT);
         }
-        let mut data = vec![0; len];
-        let n = match self.handle(fd)? {
-            Handle::Stdin => crate::sys::stdin().read(&mut data),
-            Handle::File(file) => (&*file).read(&mut data),
-            Handle::Stdout | Handle::Stderr => return Err(EBADF),
-            Handle::Directory(_) => return Err(EISDIR),
-        }
-        .map_err(|e| errno(&e))?;
-        mem.write(buf, &data[..n])?;
-        Ok(n as i64)
+        let Fd::Home(handle) = self.fd(fd)? else {
+            return Err(EBADF);
+        };
+        let done = self.call(
+            FileOp::Read {
+                handle,
+                len: len as u32,
+            },
+            len,
+        )?;
+        mem.write(buf, &done.data)?;
+        Ok(done.data.len() as i64)
     }
 
     /// `open(path, flags, mode)`.
     pub fn open(&self, mem: &GuestMem, path: u64, flags: u64, mode: u64) -> SysResult {
         let path = mem.read_c_string(path, PATH_MAX)?;
-        let flags = flags as i32;
-        let writes = flags & guest::O_ACCMODE != guest::O_RDONLY
-            || flags & (guest::O_CREAT | guest::O_TRUNC) != 0;
-        let intent = if writes { Intent::Write } else { Intent::Read };
-        let resolved = self.resolver.resolve(&path, intent)?;
-        let file = host_open_options(flags, mode as u32)?
-            .open(&resolved.host)
-            .map_err(|e| errno(&e))?;
-        let is_dir = file.metadata().map_err(|e| errno(&e))?.is_dir();
-        let handle = if is_dir {
-            Handle::Directory(Arc::new(Directory {
-                file,
-                path: resolved.host,
-                listed: false.into(),
-            }))
-        } else {
-            Handle::File(Arc::new(file))
+        let op = FileOp::Open {
+            path,
+            flags: flags as i32,
+            mode: mode as u32,
         };
-        self.fds().insert(handle)
+        let handle = self.call(op, 0)?.value as u64;
+        let inserted = self.fds().insert(Fd::Home(handle));
+        if inserted.is_err() {
+            let _ = self.service.call(FileOp::Close { handle });
+        }
+        inserted
     }
 
     /// `close(fd)`.
     pub fn close(&self, fd: u64) -> SysResult {
-        self.fds().remove(fd as i64).map(|_| 0)
+        let mut fds = self.fds();
+        let removed = fds.remove(fd as i64)?;
+        if let Fd::Home(handle) = removed
+            && handle > op::STDERR
+            && !fds.refers_to(handle)
+        {
+            drop(fds);
+            let _ = self.service.call(FileOp::Close { handle });
+        }
+        Ok(0)
     }
 
     /// `dup(fd)`.
@@ -166,118 +217,76 @@ impl FileSystem {
 
     /// `lseek(fd, offset, whence)`.
     pub fn lseek(&self, fd: u64, offset: u64, whence: u64) -> SysResult {
-        let offset = offset as i64;
-        let pos = match whence as i32 {
-            SEEK_SET => SeekFrom::Start(u64::try_from(offset).map_err(|_| EINVAL)?),
-            SEEK_CUR => SeekFrom::Current(offset),
-            SEEK_END => SeekFrom::End(offset),
-            _ => return Err(EINVAL),
+        let Fd::Home(handle) = self.fd(fd)? else {
+            return Err(libc::ESPIPE);
         };
-        match self.handle(fd)? {
-            Handle::File(file) => (&*file).seek(pos).map(|p| p as i64).map_err(|e| errno(&e)),
-            Handle::Directory(dir) if pos == SeekFrom::Start(0) => {
-                dir.listed.store(false, Ordering::SeqCst);
-                Ok(0)
-            }
-            Handle::Directory(_) => Err(EINVAL),
-            Handle::Stdin | Handle::Stdout | Handle::Stderr => Err(libc::ESPIPE),
-        }
+        let op = FileOp::Lseek {
+            handle,
+            offset: offset as i64,
+            whence: whence as i32,
+        };
+        Ok(self.call(op, 0)?.value)
     }
 
     /// `fstat(fd, stat)`.
     pub fn fstat(&self, mem: &GuestMem, fd: u64, out: u64) -> SysResult {
-        let metadata = match self.handle(fd)? {
-            Handle::Stdin => crate::sys::stdin().metadata(),
-            Handle::Stdout => crate::sys::stdout().metadata(),
-            Handle::Stderr => crate::sys::stderr().metadata(),
-            Handle::File(file) => file.metadata(),
-            Handle::Directory(dir) => dir.file.metadata(),
+        let handle = match self.fd(fd)? {
+            Fd::Stdout => op::STDOUT,
+            Fd::Stderr => op::STDERR,
+            Fd::Home(handle) => handle,
         };
-        write_stat(mem, out, metadata)
+        self.stat_to(mem, FileOp::Fstat { handle }, out)
     }
 
     /// `stat(path, stat)` (`follow`) or `lstat(path, stat)`.
     pub fn stat(&self, mem: &GuestMem, path: u64, out: u64, follow: bool) -> SysResult {
         let path = mem.read_c_string(path, PATH_MAX)?;
-        let intent = if follow {
-            Intent::Read
-        } else {
-            Intent::ReadNoFollow
-        };
-        let host = self.resolver.resolve(&path, intent)?.host;
-        let metadata = if follow {
-            std::fs::metadata(&host)
-        } else {
-            std::fs::symlink_metadata(&host)
-        };
-        write_stat(mem, out, metadata)
+        self.stat_to(mem, FileOp::Stat { path, follow }, out)
+    }
+
+    fn stat_to(&self, mem: &GuestMem, op: FileOp, out: u64) -> SysResult {
+        let size = std::mem::size_of::<pop_abi::Stat>();
+        let done = self.call(op, size)?;
+        if done.data.len() != size {
+            return Err(EIO);
+        }
+        mem.write(out, &done.data)?;
+        Ok(0)
     }
 
     /// `getdents64(fd, buf, len)`: every entry at once; 0 once they were returned.
     pub fn getdents64(&self, mem: &GuestMem, fd: u64, buf: u64, len: u64) -> SysResult {
-        let Handle::Directory(dir) = self.handle(fd)? else {
+        let Fd::Home(handle) = self.fd(fd)? else {
             return Err(ENOTDIR);
         };
-        if dir.listed.load(Ordering::SeqCst) {
-            return Ok(0);
+        let len = (len as usize).min(IO_CHUNK);
+        if !mem.contains(buf, len as u64) {
+            return Err(pop_abi::errno::EFAULT);
         }
-        let mut entries = Vec::new();
-        for entry in std::fs::read_dir(&dir.path).map_err(|e| errno(&e))? {
-            let entry = entry.map_err(|e| errno(&e))?;
-            let kind = entry
-                .file_type()
-                .map(dirent::kind_of)
-                .unwrap_or(pop_abi::dirent::DT_UNKNOWN);
-            entries.push(Entry {
-                ino: entry.ino(),
-                kind,
-                name: entry.file_name().as_bytes().to_vec(),
-            });
-        }
-        let bytes = encode_dirents(&entries);
-        if bytes.len() as u64 > len {
-            return Err(EINVAL);
-        }
-        mem.write(buf, &bytes)?;
-        dir.listed.store(true, Ordering::SeqCst);
-        Ok(bytes.len() as i64)
+        let op = FileOp::Getdents64 {
+            handle,
+            len: len as u32,
+        };
+        let done = self.call(op, len)?;
+        mem.write(buf, &done.data)?;
+        Ok(done.data.len() as i64)
     }
 
     /// `mkdir(path, mode)`.
     pub fn mkdir(&self, mem: &GuestMem, path: u64, mode: u64) -> SysResult {
         let path = mem.read_c_string(path, PATH_MAX)?;
-        let resolved = self.resolver.resolve(&path, Intent::Modify)?;
-        if resolved.is_mount_root {
-            return Err(pop_abi::errno::EEXIST);
-        }
-        std::fs::DirBuilder::new()
-            .mode(mode as u32 & 0o7777)
-            .create(&resolved.host)
-            .map(|_| 0)
-            .map_err(|e| errno(&e))
+        let op = FileOp::Mkdir {
+            path,
+            mode: mode as u32,
+        };
+        Ok(self.call(op, 0)?.value)
     }
 
     /// `unlink(path)` (`dir` false) or `rmdir(path)` (`dir` true).
     pub fn remove(&self, mem: &GuestMem, path: u64, dir: bool) -> SysResult {
         let path = mem.read_c_string(path, PATH_MAX)?;
-        let resolved = self.resolver.resolve(&path, Intent::Modify)?;
-        if resolved.is_mount_root {
-            return Err(libc::EBUSY);
-        }
-        let result = if dir {
-            std::fs::remove_dir(&resolved.host)
-        } else {
-            std::fs::remove_file(&resolved.host)
-        };
-        result.map(|_| 0).map_err(|e| errno(&e))
+        Ok(self.call(FileOp::Remove { path, dir }, 0)?.value)
     }
-}
-
-/// Writes host metadata as a guest `Stat` at `out`.
-fn write_stat(mem: &GuestMem, out: u64, metadata: std::io::Result<std::fs::Metadata>) -> SysResult {
-    let bytes = stat::encode(&stat::from_metadata(&metadata.map_err(|e| errno(&e))?));
-    mem.write(out, &bytes)?;
-    Ok(0)
 }
 
 #[cfg(test)]
@@ -285,6 +294,7 @@ mod tests {
     use super::*;
     use pop_abi::errno::{EEXIST, ENOENT, EROFS};
     use pop_abi::layout::SHARED_BASE;
+    use pop_abi::whence::SEEK_SET;
 
     struct Fixture {
         fs: FileSystem,

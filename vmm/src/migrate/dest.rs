@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::uffd::Uffd;
-use super::wire::{Decoder, WireError};
 use crate::arch::{HypercallRequest, VcpuState};
 use crate::config::VmConfig;
+use crate::fs::{FdTable, FileService, FileSystem, HomeFiles};
 use crate::image::{Image, ImageBytes};
 use crate::memory::{GuestMem, PAGE_SIZE};
 use crate::output::Output;
 use crate::threads::ThreadTable;
 use crate::vm::{ParkedVcpu, Paused, Vm};
+use crate::wire::{Decoder, WireError};
 
 /// Most vCPUs accepted.
 const MAX_VCPUS: u32 = 128;
@@ -61,6 +62,8 @@ pub struct CommitMeta {
     pub vm: u64,
     /// Thread table.
     pub threads: ThreadTable,
+    /// The guest's file descriptors (host files stay open at the VM's home).
+    pub fds: FdTable,
     /// The guest counter when the VM stopped.
     pub counter: u64,
     /// Source host realtime when the VM stopped.
@@ -175,8 +178,15 @@ impl Arriving {
         Ok(())
     }
 
-    /// `COMMIT`: checks that everything arrived and builds the VM (not started).
-    pub fn commit(&mut self, payload: &[u8], stdout: Output, stderr: Output) -> Result<(), String> {
+    /// `COMMIT`: checks that everything arrived and builds the VM (not started). Its host
+    /// files are served by `files`: its home's, here (`home`) or over the mesh.
+    pub fn commit(
+        &mut self,
+        payload: &[u8],
+        stdout: Output,
+        stderr: Output,
+        files: (Arc<dyn FileService>, Option<Arc<HomeFiles>>),
+    ) -> Result<(), String> {
         let commit: CommitMeta =
             serde_json::from_slice(payload).map_err(|e| format!("bad COMMIT: {e}"))?;
         let t = &commit.threads;
@@ -204,16 +214,17 @@ impl Arriving {
         let config = VmConfig {
             memory: self.meta.shared_size,
             max_threads: self.meta.max_threads,
-            stdout,
-            stderr,
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
             ..VmConfig::default()
         };
+        let fs = FileSystem::moved(files.0, files.1, commit.fds.clone(), stdout, stderr);
         let paused = Paused {
             vcpus: std::mem::take(&mut self.vcpus),
             threads: commit.threads.clone(),
         };
         let mem = self.mem.clone();
-        let vm = Vm::restore(image, &config, self.mem.clone(), paused, &|dest_khz| {
+        let vm = Vm::restore(image, &config, fs, self.mem.clone(), paused, &|dest_khz| {
             super::clock::carry(&mem, commit.counter, commit.paused_realtime_ns, dest_khz)
         })
         .map_err(|e| e.to_string())?;
@@ -278,7 +289,7 @@ pub fn pages(mem: &GuestMem, d: &mut Decoder<'_>) -> Result<(), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::wire::Encoder;
+    use crate::wire::Encoder;
     use pop_abi::layout::SHARED_BASE;
 
     fn meta(arch: &str, shared: u64) -> Vec<u8> {
@@ -347,12 +358,14 @@ mod tests {
                 threads: vec![(1, false)],
                 vcpus: 1,
             },
+            fds: FdTable::default(),
             counter: 0,
             paused_realtime_ns: 0,
         })
         .unwrap();
+        let home: Arc<HomeFiles> = Arc::new(HomeFiles::new(Vec::new()));
         let err = a
-            .commit(&commit, Output::Stdout, Output::Stderr)
+            .commit(&commit, Output::Stdout, Output::Stderr, (home, None))
             .unwrap_err();
         assert!(err.contains("do not match"), "{err}");
     }

@@ -50,7 +50,12 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         .spawn(move || daemon::serve_control(started))
         .map_err(|e| e.to_string())?;
     let vm_id = new_vm_id(id);
-    let ended = host.add_home(vm_id);
+    let files = vm
+        .shared()
+        .fs
+        .home_files()
+        .ok_or("a new VM has its files at home")?;
+    let ended = host.add_home(vm_id, files);
     host.run_vm(vm_id, name, id, vm);
     // Wait for the end, wherever the VM runs; if the node running it is lost, say so.
     let ended = loop {
@@ -74,6 +79,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
             ));
         }
     };
+    host.end_home(vm_id);
     if let Some(e) = ended.error {
         eprintln!("popvmm: error: {e}");
     }

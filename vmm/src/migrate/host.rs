@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::dest::{self, Arriving};
+use super::files::{FileServer, RemoteFiles};
 use super::msg;
 use super::uffd::Uffd;
-use super::wire::{Decoder, Encoder};
+use crate::fs::{FileService, HomeFiles};
 use crate::output::{Output, Sink};
 use crate::vm::{Outcome, Vm, VmShared};
+use crate::wire::{Decoder, Encoder};
 
 /// A VM running on this node.
 #[derive(Debug)]
@@ -77,6 +79,9 @@ pub struct Host {
     node: OnceLock<Arc<Node>>,
     vms: Mutex<HashMap<u64, Arc<HostedVm>>>,
     homes: Mutex<HashMap<u64, Sender<Ended>>>,
+    /// The files (mounts, open host files) of the VMs whose home is here.
+    home_files: Mutex<HashMap<u64, Arc<HomeFiles>>>,
+    files: FileServer,
     locations: Mutex<HashMap<u64, u32>>,
     /// Post-copy sources: VMs that left but whose memory still serves `FETCH`.
     departed: Mutex<HashMap<u64, Arc<HostedVm>>>,
@@ -115,11 +120,36 @@ impl Host {
         self.node.get().expect("host attached to its node")
     }
 
-    /// Registers a VM whose home is here; the receiver gets how it ended, wherever it ran.
-    pub fn add_home(&self, id: u64) -> Receiver<Ended> {
+    /// Registers a VM whose home is here, with its files; the receiver gets how it ended,
+    /// wherever it ran.
+    pub fn add_home(&self, id: u64, files: Arc<HomeFiles>) -> Receiver<Ended> {
         let (tx, rx) = channel();
         lock(&self.homes).insert(id, tx);
+        lock(&self.home_files).insert(id, files);
         rx
+    }
+
+    /// Forgets a VM whose home was here, once it ended (its host files close).
+    pub fn end_home(&self, id: u64) {
+        lock(&self.homes).remove(&id);
+        lock(&self.home_files).remove(&id);
+        lock(&self.locations).remove(&id);
+    }
+
+    /// Who serves the host files of VM `id` (home `home`) if it runs here: its home files
+    /// if this is its home, else its home node.
+    fn file_service(&self, id: u64, home: u32) -> (Arc<dyn FileService>, Option<Arc<HomeFiles>>) {
+        if home == self.node().id()
+            && let Some(files) = lock(&self.home_files).get(&id)
+        {
+            return (files.clone(), Some(files.clone()));
+        }
+        let remote = RemoteFiles {
+            node: self.node().clone(),
+            home,
+            id,
+        };
+        (Arc::new(remote), None)
     }
 
     /// Where the VM `id`, whose home is here, runs now (as last reported).
@@ -301,6 +331,7 @@ impl Host {
             | msg::COMMIT
             | msg::GO => self.arriving_message(&mut m),
             msg::OUTPUT => self.home_output(&m.payload),
+            msg::FILE => self.home_file(&mut m),
             msg::EXIT => self.home_exit(&m.payload),
             msg::LOCATION => {
                 let mut d = Decoder::new(&m.payload);
@@ -452,7 +483,8 @@ impl Host {
                 let (home, fd_out, fd_err) = (a.meta.home, 1, 2);
                 let stdout = self.output(id, home, fd_out);
                 let stderr = self.output(id, home, fd_err);
-                let result = a.commit(d.rest(), stdout, stderr);
+                let files = self.file_service(id, home);
+                let result = a.commit(d.rest(), stdout, stderr, files);
                 if result.is_err() {
                     arriving.remove(&id);
                 }
@@ -500,6 +532,21 @@ impl Host {
             Output::Stderr
         };
         out.write_all_bytes(d.rest());
+        Ok(())
+    }
+
+    /// `FILE`: a file operation of a VM whose home is here, running elsewhere.
+    fn home_file(&self, m: &mut Incoming) -> Result<(), String> {
+        let payload = std::mem::take(&mut m.payload);
+        let mut d = Decoder::new(&payload);
+        let id = d.u64().map_err(|e| e.to_string())?;
+        let files = lock(&self.home_files)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("file operation of VM {id:x}, whose home is not here"))?;
+        let op = crate::fs::op::FileOp::decode(&mut d).map_err(|e| e.to_string())?;
+        let responder = m.take_responder().ok_or("FILE must be a request")?;
+        self.files.serve(files, op, responder);
         Ok(())
     }
 

@@ -6,7 +6,9 @@
 //! * [`dest`]: assembling an arriving VM and starting it;
 //! * [`dirty`]: which pages changed (KVM's dirty log plus the VMM's own writes);
 //! * [`clock`]: carrying the guest clock over;
-//! * [`wire`]: the bounded encoding of the messages.
+//! * [`files`]: file hypercalls of a VM away from home, served by its home node.
+//!
+//! The messages are encoded with [`crate::wire`].
 //!
 //! This is a module tree of `vmm` rather than the `migrate/` crate of DESIGN.md for now: the
 //! driver pauses vCPUs and rebuilds a VM from `vmm`'s own internals (`VmShared`, `Threads`,
@@ -16,11 +18,11 @@
 pub mod clock;
 pub mod dest;
 pub mod dirty;
+pub mod files;
 pub mod home;
 pub mod host;
 pub mod source;
 pub mod uffd;
-pub mod wire;
 
 use clap::{Args, ValueEnum};
 
@@ -54,6 +56,8 @@ pub mod msg {
     pub const FETCH: u16 = 24;
     /// Request (post-copy): every page was pushed; the destination stops catching faults.
     pub const DONE: u16 = 25;
+    /// Request, to the home node: a file operation of a VM away from home.
+    pub const FILE: u16 = 26;
 }
 
 /// How a VM moves.

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use super::dest::{BeginMeta, CommitMeta};
 use super::host::HostedVm;
-use super::wire::Encoder;
 use super::{dirty, msg};
 use crate::memory::PAGE_SIZE;
 use crate::vm::{Paused, VmShared};
+use crate::wire::Encoder;
 
 /// Most copy rounds before the VM is stopped whatever is left.
 pub const MAX_ROUNDS: u32 = 30;
@@ -61,13 +61,6 @@ pub fn precopy(
 /// Checks, `BEGIN`, and the image.
 fn begin_transfer(node: &Node, hvm: &Arc<HostedVm>, to: u32, postcopy: bool) -> Result<(), String> {
     let vm = &hvm.vm;
-    if vm.fs.has_mounts() {
-        return Err(
-            "this VM has host directories mounted; serving its files from home after a \
-             migration is not implemented yet, so it stays here"
-                .into(),
-        );
-    }
     check_destination(node, to)?;
     let meta = BeginMeta {
         vm: hvm.id,
@@ -120,7 +113,7 @@ pub fn postcopy_switch(
             .filter(|&a| a < vm.mem.private_size())
             .collect();
         let (_, bytes) = send_pages(node, to, vm, hvm.id, &private, true)?;
-        let state_bytes = send_state(node, to, hvm.id, &paused, paused_realtime_ns)?;
+        let state_bytes = send_state(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
         node.request(
             to,
             msg::GO,
@@ -262,7 +255,7 @@ fn copy_and_switch(
         last.sort_unstable();
         last.dedup();
         let (n_last, bytes) = send_pages(node, to, vm, hvm.id, &last, false)?;
-        let state_bytes = send_state(node, to, hvm.id, &paused, paused_realtime_ns)?;
+        let state_bytes = send_state(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
         node.request(
             to,
             msg::GO,
@@ -372,6 +365,7 @@ fn sync(node: &Node, to: u32, id: u64) -> Result<(), String> {
 fn send_state(
     node: &Node,
     to: u32,
+    vm: &VmShared,
     id: u64,
     paused: &Paused,
     paused_realtime_ns: u64,
@@ -400,6 +394,7 @@ fn send_state(
     let commit = CommitMeta {
         vm: id,
         threads: paused.threads.clone(),
+        fds: vm.fs.fd_table(),
         counter: paused.vcpus.iter().map(|p| p.state.tsc).max().unwrap_or(0),
         paused_realtime_ns,
     };

@@ -1,4 +1,4 @@
-//! Bounded binary encoding of the migration messages. Everything a node decodes came from the
+//! Bounded binary encoding of the messages between nodes (migration, home files). Everything a node decodes came from the
 //! network (authenticated, but still input): every read checks the remaining length, and
 //! every count is bounded before anything is allocated.
 
@@ -10,7 +10,7 @@ pub struct WireError(pub &'static str);
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed migration message: {}", self.0)
+        write!(f, "malformed message: {}", self.0)
     }
 }
 
