@@ -170,11 +170,18 @@ impl Cluster {
         }
     }
 
+    /// `popvmm migrate`, asking node 0 (which relays it if the VM runs elsewhere).
     fn migrate(&self, vm: &str, to: u32, extra: &[&str]) -> Output {
+        self.migrate_asking(0, vm, to, extra)
+    }
+
+    /// `popvmm migrate`, asking node `asked`.
+    fn migrate_asking(&self, asked: u32, vm: &str, to: u32, extra: &[&str]) -> Output {
         let mut args = vec!["migrate", vm, "--to"];
         let to = to.to_string();
+        let asked = asked.to_string();
         args.push(&to);
-        args.extend_from_slice(&["--id", "0"]);
+        args.extend_from_slice(&["--id", &asked]);
         args.extend_from_slice(extra);
         self.popvmm(&args)
     }
@@ -224,8 +231,10 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     c.start(2, false);
     // 30 iterations of 50 ms, a thread rewriting and checking 8 MiB, exit status 7.
     let vm = c.launch(&["--memory", "64M"], "migrateme", &["30", "50", "8", "7"]);
-    for to in [1, 2, 1, 2] {
-        assert_migrated(&c.migrate("migrateme", to, &[]));
+    // Any node can be asked: here, in turn, one that is neither source nor destination, the
+    // destination, the source, and the launching node.
+    for (to, asked) in [(1, 2), (2, 2), (1, 2), (2, 0)] {
+        assert_migrated(&c.migrate_asking(asked, "migrateme", to, &[]));
         let vms = c.vms();
         assert_eq!(vms.len(), 1, "{vms:?}");
         assert_eq!(vms[0]["node"], to, "ps shows where it runs");

@@ -82,6 +82,7 @@ pub struct Host {
     /// The files (mounts, open host files) of the VMs whose home is here.
     home_files: Mutex<HashMap<u64, Arc<HomeFiles>>>,
     files: FileServer,
+    relays: super::relay::Relays,
     locations: Mutex<HashMap<u64, u32>>,
     /// Post-copy sources: VMs that left but whose memory still serves `FETCH`.
     departed: Mutex<HashMap<u64, Arc<HostedVm>>>,
@@ -113,6 +114,11 @@ impl Host {
     /// Attaches the started node.
     pub fn attach(&self, node: Arc<Node>) {
         let _ = self.node.set(node);
+    }
+
+    /// Migrations this node relays for `popvmm migrate` (see [`super::relay`]).
+    pub(super) fn relays(&self) -> &super::relay::Relays {
+        &self.relays
     }
 
     /// The node (after [`Host::attach`]).
@@ -244,8 +250,15 @@ impl Host {
     /// The VMs running here, as `ps` shows them.
     pub fn local_list(&self) -> Vec<Value> {
         let id = self.node().id();
-        let mut list: Vec<Value> = lock(&self.vms).values().map(|v| v.describe(id)).collect();
-        list.extend(lock(&self.departed).values().map(|v| v.describe(id)));
+        let vms = lock(&self.vms);
+        let mut list: Vec<Value> = vms.values().map(|v| v.describe(id)).collect();
+        list.extend(
+            lock(&self.departed)
+                .values()
+                .filter(|v| !vms.contains_key(&v.id))
+                .map(|v| v.describe(id)),
+        );
+        drop(vms);
         list.sort_by_key(|v| v["id"].as_u64());
         list
     }
@@ -332,6 +345,8 @@ impl Host {
             | msg::GO => self.arriving_message(&mut m),
             msg::OUTPUT => self.home_output(&m.payload),
             msg::FILE => self.home_file(&mut m),
+            msg::MIGRATE => self.relayed_migrate(&mut m),
+            msg::PROGRESS => self.relayed_progress(&m.payload),
             msg::EXIT => self.home_exit(&m.payload),
             msg::LOCATION => {
                 let mut d = Decoder::new(&m.payload);
@@ -582,8 +597,13 @@ impl Host {
         }
         if mode == super::Mode::Postcopy {
             let start = std::time::Instant::now();
-            let (downtime, bytes) = super::source::postcopy_switch(self.node(), &hvm, to)?;
+            // Serve its pages before the switch: the destination may fault on the first
+            // instruction after `GO`, before `postcopy_switch` returns.
             lock(&self.departed).insert(hvm.id, hvm.clone());
+            let switched = super::source::postcopy_switch(self.node(), &hvm, to);
+            let (downtime, bytes) = switched.inspect_err(|_| {
+                lock(&self.departed).remove(&hvm.id);
+            })?;
             self.forget(&hvm);
             progress(json!({
                 "phase": "switched",
@@ -597,6 +617,7 @@ impl Host {
                 format!("the VM started on node {to}, but pushing its pages failed: {e}")
             })?;
             return Ok(json!({
+                "from": self.node().id(),
                 "to": to,
                 "mode": "postcopy",
                 "rounds": 1,

@@ -6,6 +6,7 @@
 //! * [`dest`]: assembling an arriving VM and starting it;
 //! * [`dirty`]: which pages changed (KVM's dirty log plus the VMM's own writes);
 //! * [`clock`]: carrying the guest clock over;
+//! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
 //! * [`files`]: file hypercalls of a VM away from home, served by its home node.
 //!
 //! The messages are encoded with [`crate::wire`].
@@ -21,6 +22,7 @@ pub mod dirty;
 pub mod files;
 pub mod home;
 pub mod host;
+pub mod relay;
 pub mod source;
 pub mod uffd;
 
@@ -58,6 +60,10 @@ pub mod msg {
     pub const DONE: u16 = 25;
     /// Request, to the home node: a file operation of a VM away from home.
     pub const FILE: u16 = 26;
+    /// Request: move a VM running on the receiving node (a relayed `popvmm migrate`).
+    pub const MIGRATE: u16 = 27;
+    /// One-way: progress of a relayed migration, to the node that relayed it.
+    pub const PROGRESS: u16 = 28;
 }
 
 /// How a VM moves.
@@ -91,7 +97,7 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "N", default_value = "5")]
     pub downtime_ms: u64,
 
-    /// Which node to ask (the VM may run on another; it is found through `ps`).
+    /// Which node to ask (the VM may run on another: this node relays the request).
     #[command(flatten)]
     pub target: crate::node::Target,
 }

@@ -278,6 +278,7 @@ fn copy_and_switch(
     vm.leave();
     bytes_sent += last_bytes;
     Ok(json!({
+        "from": node.id(),
         "to": to,
         "mode": "precopy",
         "rounds": round,

@@ -201,43 +201,19 @@ pub fn ps(t: &Target) -> Result<String, String> {
     Ok(out)
 }
 
-/// `popvmm migrate`: finds the node running the VM, asks it to move the VM, and prints its
-/// progress and a summary.
+/// `popvmm migrate`: asks a node (which relays the request if the VM runs elsewhere) to
+/// move the VM, and prints its progress and a summary.
 pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
     use std::io::{BufRead, BufReader, Read, Write};
-    let asked = resolve(&a.target)?;
-    let list = control::call(&asked, &Request::Ps, Duration::from_secs(10))?;
-    let vm = list["vms"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|vm| {
-            crate::migrate::host::matches_key(
-                vm["id"].as_u64().unwrap_or(0),
-                vm["name"].as_str().unwrap_or(""),
-                &a.vm,
-            )
-        })
-        .ok_or_else(|| format!("no VM {} in the cluster", a.vm))?;
-    let at = vm["node"].as_u64().unwrap_or(0) as u32;
-    let path = if list["node"].as_u64() == Some(u64::from(at)) {
-        asked
-    } else {
-        control::default_path(at)
-    };
+    let path = resolve(&a.target)?;
     let req = Request::Migrate {
         vm: a.vm.clone(),
         to: a.to,
         mode: a.mode,
         downtime_ms: a.downtime_ms,
     };
-    let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "VM {} runs on node {at}, whose control socket {} does not answer here: {e}",
-            a.vm,
-            path.display()
-        )
-    })?;
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|e| format!("no node answers on {}: {e}", path.display()))?;
     let mut line = serde_json::to_string(&req).map_err(|e| e.to_string())?;
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
@@ -246,12 +222,12 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
     loop {
         let mut answer = String::new();
         match r.read_line(&mut answer) {
-            Ok(0) => return Err(format!("node {at} closed the connection")),
+            Ok(0) => return Err("the node closed the connection".into()),
             Ok(_) => {}
-            Err(e) => return Err(format!("reading node {at}'s answer: {e}")),
+            Err(e) => return Err(format!("reading the node's answer: {e}")),
         }
         let v: Value =
-            serde_json::from_str(&answer).map_err(|e| format!("bad answer from node {at}: {e}"))?;
+            serde_json::from_str(&answer).map_err(|e| format!("bad answer from the node: {e}"))?;
         if let Some(p) = v.get("progress")
             && p.get("phase").is_some()
         {
@@ -285,8 +261,9 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
         }
         let s = &v["summary"];
         return Ok(format!(
-            "migrated VM {} from node {at} to node {} ({}): {:.1} ms in all, downtime {:.2} ms, {:.1} MB sent in {} rounds\n",
+            "migrated VM {} from node {} to node {} ({}): {:.1} ms in all, downtime {:.2} ms, {:.1} MB sent in {} rounds\n",
             a.vm,
+            s["from"],
             s["to"],
             s["mode"].as_str().unwrap_or("?"),
             s["total_ms"].as_f64().unwrap_or(0.0),

@@ -133,7 +133,7 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-fn serve(host: &Host, conn: UnixStream, stop: &AtomicBool) {
+fn serve(host: &Arc<Host>, conn: UnixStream, stop: &AtomicBool) {
     let node = host.node();
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(mut out) = conn.try_clone() else {
@@ -155,7 +155,7 @@ fn serve(host: &Host, conn: UnixStream, stop: &AtomicBool) {
                     text.push('\n');
                     let _ = out.write_all(text.as_bytes());
                 };
-                match host.migrate(&vm, to, mode, downtime_ms, &mut progress) {
+                match host.migrate_anywhere(&vm, to, mode, downtime_ms, &mut progress) {
                     Ok(summary) => json!({"ok": true, "summary": summary}),
                     Err(e) => json!({"ok": false, "error": e}),
                 }
