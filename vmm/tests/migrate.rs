@@ -401,3 +401,24 @@ fn a_migrated_vm_keeps_using_the_files_of_its_home() {
         "every line is in the home's file"
     );
 }
+
+#[test]
+fn losing_a_post_copy_source_before_it_pushed_everything_loses_the_vm_with_one_line() {
+    // Post-copy's exposure: until every page moved, the VM needs its source.
+    let mut c = Cluster::new();
+    c.start_with(1, false, Some("push"));
+    c.start(2, false);
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["200", "50", "16"]);
+    assert_migrated(&c.migrate("migrateme", 1, &[]));
+    // Node 1 dies right after the switch-over, before pushing the writer's pages.
+    let out = c.migrate("migrateme", 2, &["--mode", "postcopy"]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let (status, _, err) = finish(vm);
+    assert_ne!(status, 0);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        err.contains("post-copy: node 1 still held pages") && err.contains("the VM is lost"),
+        "{err}"
+    );
+}

@@ -28,8 +28,8 @@ const MAX_PRIVATE: u64 = 1 << 30;
 const MAX_SHARED: u64 = 64 << 30;
 /// Most thread-table entries accepted.
 const MAX_THREADS_TABLE: usize = 1 << 16;
-/// An arriving VM not started within this time is dropped.
-pub const STALE: Duration = Duration::from_secs(60);
+/// An arriving VM whose source has said nothing for this long is dropped (with its memory).
+pub const STALE: Duration = Duration::from_secs(30);
 
 /// `BEGIN`: what the destination needs to know before memory arrives.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,7 +85,7 @@ pub struct Arriving {
     pub prepared: Option<Vm>,
     /// Post-copy: the shared region, registered for missing-page faults at `COMMIT`.
     pub uffd: Option<Arc<Uffd>>,
-    /// When `BEGIN` came.
+    /// When its last message came.
     pub since: Instant,
 }
 

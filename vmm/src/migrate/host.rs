@@ -111,9 +111,21 @@ impl Host {
         }
     }
 
-    /// Attaches the started node.
-    pub fn attach(&self, node: Arc<Node>) {
+    /// Attaches the started node, and starts dropping arriving VMs that were abandoned.
+    pub fn attach(self: &Arc<Self>, node: Arc<Node>) {
         let _ = self.node.set(node);
+        let host = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("arrivals".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(500));
+                    match host.upgrade() {
+                        Some(host) => host.purge_stale(),
+                        None => return,
+                    }
+                }
+            });
     }
 
     /// Migrations this node relays for `popvmm migrate` (see [`super::relay`]).
@@ -463,20 +475,38 @@ impl Host {
             });
     }
 
+    /// Drops arriving VMs whose source went quiet for [`dest::STALE`] or was lost (a
+    /// migration that failed before its switch-over leaves nothing behind here).
     fn purge_stale(&self) {
-        lock(&self.arriving).retain(|_, a| a.since.elapsed() < dest::STALE);
+        let peers = self.node().peers();
+        lock(&self.arriving).retain(|id, a| {
+            let lost = peers
+                .get(a.from as usize)
+                .is_some_and(|p| p.state == net_msg::PeerState::Down);
+            let keep = !lost && a.since.elapsed() < dest::STALE;
+            if !keep {
+                tracing::info!("dropping VM {id:x}, which node {} stopped sending", a.from);
+            }
+            keep
+        });
     }
 
     fn arriving_message(self: &Arc<Self>, m: &mut Incoming) -> Result<(), String> {
         let payload = std::mem::take(&mut m.payload);
         let mut d = Decoder::new(&payload);
         let id = d.u64().map_err(|e| e.to_string())?;
-        test_hook(m.msg_type);
+        test_hook(match m.msg_type {
+            msg::PAGES => "pages",
+            msg::COMMIT => "commit",
+            msg::GO => "go",
+            _ => "",
+        });
         let mut arriving = lock(&self.arriving);
         let a = match arriving.get_mut(&id) {
             Some(a) if a.from == m.from => a,
             _ => return Err(format!("no VM {id:x} is arriving from node {}", m.from)),
         };
+        a.since = std::time::Instant::now();
         match m.msg_type {
             msg::IMAGE => a.image_chunk(&mut d).map_err(|e| e.to_string()),
             msg::VCPU => a.vcpu(&mut d).map_err(|e| e.to_string()),
@@ -605,6 +635,7 @@ impl Host {
                 lock(&self.departed).remove(&hvm.id);
             })?;
             self.forget(&hvm);
+            test_hook("push");
             progress(json!({
                 "phase": "switched",
                 "to": to,
@@ -635,18 +666,11 @@ impl Host {
 
 /// For the tests of failures: with `POPVMM_TEST_DIE_ON=pages` (or `commit`, `go`) in its
 /// environment, a destination node process dies abruptly when that message arrives, as a
-/// crashed host would.
-fn test_hook(msg_type: u16) {
-    static DIE_ON: OnceLock<Option<u16>> = OnceLock::new();
-    let die_on = DIE_ON.get_or_init(
-        || match std::env::var("POPVMM_TEST_DIE_ON").ok()?.as_str() {
-            "pages" => Some(msg::PAGES),
-            "commit" => Some(msg::COMMIT),
-            "go" => Some(msg::GO),
-            _ => None,
-        },
-    );
-    if *die_on == Some(msg_type) {
+/// crashed host would; with `push`, a post-copy source dies right after the switch-over.
+fn test_hook(point: &str) {
+    static DIE_ON: OnceLock<Option<String>> = OnceLock::new();
+    let die_on = DIE_ON.get_or_init(|| std::env::var("POPVMM_TEST_DIE_ON").ok());
+    if die_on.as_deref() == Some(point) {
         // SAFETY: `_exit` ends the process at once, which is the point: no cleanup, like a
         // crash.
         unsafe { libc::_exit(137) };
