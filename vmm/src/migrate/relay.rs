@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use net_msg::{Incoming, Priority};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,8 @@ use super::host::{Host, matches_key};
 use super::{Mode, msg};
 use crate::wire::{Decoder, Encoder};
 
+/// How long to look for a VM in the cluster.
+const LOCATE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a relayed migration may take (post-copy pushes of large guests included).
 const RELAY_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -63,18 +65,7 @@ impl Host {
         if self.find(key).is_some() {
             return self.migrate(key, to, mode, downtime_ms, progress);
         }
-        let at = self
-            .cluster_list()
-            .iter()
-            .find(|v| {
-                matches_key(
-                    v["id"].as_u64().unwrap_or(0),
-                    v["name"].as_str().unwrap_or(""),
-                    key,
-                ) && v["state"] != "postcopy-source"
-            })
-            .and_then(|v| v["node"].as_u64())
-            .ok_or_else(|| format!("no VM {key} in the cluster"))? as u32;
+        let at = self.locate(key)?;
         if at == self.node().id() {
             // It arrived here meanwhile.
             return self.migrate(key, to, mode, downtime_ms, progress);
@@ -114,6 +105,28 @@ impl Host {
         });
         relays.lock().remove(&token);
         result?
+    }
+
+    /// The node running VM `key`. A node that just started may not reach every other node
+    /// yet, so the search is repeated for a few seconds before giving up.
+    fn locate(&self, key: &str) -> Result<u32, String> {
+        let deadline = Instant::now() + LOCATE_TIMEOUT;
+        loop {
+            let found = self.cluster_list().iter().find_map(|v| {
+                let id = v["id"].as_u64().unwrap_or(0);
+                let name = v["name"].as_str().unwrap_or("");
+                (matches_key(id, name, key) && v["state"] != "postcopy-source")
+                    .then(|| v["node"].as_u64())
+                    .flatten()
+            });
+            match found {
+                Some(at) => return Ok(at as u32),
+                None if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                None => return Err(format!("no VM {key} in the cluster")),
+            }
+        }
     }
 
     /// `MIGRATE` (from the node a user asked): drives the migration on a thread of its own,
