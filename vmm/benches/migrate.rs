@@ -2,8 +2,9 @@
 //! downtime and total time for idle and write-busy guests of 64 MiB to 1 GiB, beside the time
 //! raw TCP takes to copy the same bytes in the same run. Prints a Markdown table.
 //!
-//! Idle: `migrateme` sleeping in its loop. Busy: the same with a thread rewriting half of the
-//! guest's memory without pause. Four migrations per case (there and back, twice); medians.
+//! Idle: `migrateme` holding three quarters of its memory filled, sleeping in its loop. Busy:
+//! the same without the filled memory, with a thread rewriting half of the guest's memory
+//! without pause. Four migrations per case (there and back, twice); medians.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -54,34 +55,36 @@ fn control(run: &Path, id: u32, req: &Value) -> Value {
     }
 }
 
-/// Seconds to send `bytes` over a fresh loopback TCP connection in 256 KiB writes.
+/// Seconds to copy `bytes` from one process's memory into another's over a fresh loopback
+/// TCP connection: from a buffer of that size, touched beforehand (as a source's guest
+/// memory), in 256 KiB writes, into a fresh buffer of that size (as a destination's new guest
+/// memory, whose pages are first touched by the copy).
 fn raw_tcp(bytes: u64) -> f64 {
+    let bytes = bytes as usize;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let reader = std::thread::spawn(move || {
+        let mut memory = vec![0u8; bytes];
         let (mut s, _) = l.accept().unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
+        let mut n = 0;
         while n < bytes {
-            let k = s.read(&mut buf).unwrap();
+            let k = s.read(&mut memory[n..(n + (1 << 20)).min(bytes)]).unwrap();
             assert!(k > 0);
-            n += k as u64;
+            n += k;
         }
-        s.write_all(&[1]).unwrap();
+        s.write_all(&[memory[bytes - 1]]).unwrap();
     });
-    let chunk = vec![0x5au8; 256 << 10];
+    let memory = vec![0x5au8; bytes];
     let mut s = TcpStream::connect(addr).unwrap();
     let t = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let k = left.min(chunk.len() as u64) as usize;
-        s.write_all(&chunk[..k]).unwrap();
-        left -= k as u64;
+    for chunk in memory.chunks(256 << 10) {
+        s.write_all(chunk).unwrap();
     }
     let mut ack = [0u8];
     s.read_exact(&mut ack).unwrap();
     let secs = t.elapsed().as_secs_f64();
     reader.join().unwrap();
+    assert_eq!(ack[0], 0x5a);
     secs
 }
 
@@ -139,9 +142,21 @@ fn main() {
         "| guest | memory | mode | downtime (median) | total time (median) | MB sent | raw TCP, same bytes | total / raw |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for mib in [64u64, 256, 1024] {
+    // `POPVMM_BENCH_SIZES=256,1024`: only these guest sizes (MiB).
+    let sizes: Vec<u64> = std::env::var("POPVMM_BENCH_SIZES")
+        .map(|v| v.split(',').map(|s| s.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|_| vec![64, 256, 1024]);
+    for mib in sizes {
         for busy in [false, true] {
-            let write_mib = if busy { mib / 2 } else { 0 };
+            // `POPVMM_BENCH_GUESTS=idle` (or `busy`): only those guests.
+            if std::env::var("POPVMM_BENCH_GUESTS")
+                .is_ok_and(|g| g != if busy { "busy" } else { "idle" })
+            {
+                continue;
+            }
+            // Idle: holds three quarters of its memory filled, then sleeps. Busy: a thread
+            // rewrites half of it without pause.
+            let (write_mib, fill_mib) = if busy { (mib / 2, 0) } else { (0, mib * 3 / 4) };
             let _vm = Proc(
                 popvmm()
                     .args([
@@ -154,7 +169,8 @@ fn main() {
                     .arg("--memory")
                     .arg(format!("{mib}M"))
                     .arg(&migrateme)
-                    .args(["--", "100000", "100", &write_mib.to_string()])
+                    .args(["--", "100000", "100", &write_mib.to_string(), "0"])
+                    .arg(fill_mib.to_string())
                     .spawn()
                     .unwrap(),
             );
@@ -167,7 +183,7 @@ fn main() {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(300 + 4 * write_mib));
+            std::thread::sleep(Duration::from_millis(300 + 4 * (write_mib + fill_mib)));
             for mode in ["precopy", "postcopy"] {
                 let (mut down, mut total, mut bytes, mut raw) = (vec![], vec![], vec![], vec![]);
                 let mut at = 0;
@@ -192,7 +208,7 @@ fn main() {
                     if busy {
                         format!("busy (rewrites {write_mib} MiB)")
                     } else {
-                        "idle".to_string()
+                        format!("idle (holds {fill_mib} MiB)")
                     },
                     bytes / 1e6,
                     total / raw

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,62 @@ pub struct CommitMeta {
     pub paused_realtime_ns: u64,
 }
 
+/// Writes arriving pages into guest memory on a thread of its own, so that the connection's
+/// reader goes on receiving (and checking) the next frames meanwhile.
+#[derive(Clone, Debug)]
+pub struct Applier {
+    tx: Sender<Apply>,
+}
+
+#[derive(Debug)]
+enum Apply {
+    /// A `PAGES` payload (VM id first).
+    Pages(Vec<u8>),
+    /// Answers once everything before it was applied: the first error, if any.
+    Flush(Sender<Result<(), String>>),
+}
+
+impl Applier {
+    /// Starts the thread writing into `mem`.
+    pub fn start(mem: GuestMem) -> std::io::Result<Applier> {
+        let (tx, rx) = channel::<Apply>();
+        std::thread::Builder::new()
+            .name("apply-pages".into())
+            .spawn(move || {
+                let mut error: Option<String> = None;
+                for work in rx {
+                    match work {
+                        Apply::Pages(payload) if error.is_none() => {
+                            let mut d = Decoder::new(&payload);
+                            let applied = d.u64().and_then(|_| pages(&mem, &mut d));
+                            error = applied.err().map(|e| e.to_string());
+                        }
+                        Apply::Pages(_) => {}
+                        Apply::Flush(done) => {
+                            let _ = done.send(error.clone().map_or(Ok(()), Err));
+                        }
+                    }
+                }
+            })?;
+        Ok(Applier { tx })
+    }
+
+    /// Queues a `PAGES` payload.
+    pub fn pages(&self, payload: Vec<u8>) {
+        let _ = self.tx.send(Apply::Pages(payload));
+    }
+
+    /// Waits until every queued page is in guest memory; the first error if one was bad.
+    pub fn flush(&self) -> Result<(), String> {
+        let (tx, rx) = channel();
+        self.tx
+            .send(Apply::Flush(tx))
+            .map_err(|_| "the page writer stopped".to_string())?;
+        rx.recv()
+            .map_err(|_| "the page writer stopped".to_string())?
+    }
+}
+
 /// A VM on its way here.
 #[derive(Debug)]
 pub struct Arriving {
@@ -79,6 +136,8 @@ pub struct Arriving {
     pub meta: BeginMeta,
     /// Its memory, filled by `PAGES`.
     pub mem: GuestMem,
+    /// Writes the pages of pre-copy `PAGES` messages into `mem`.
+    pub applier: Applier,
     image: Vec<u8>,
     vcpus: Vec<ParkedVcpu>,
     /// The VM built by `COMMIT`, started by `GO`.
@@ -119,7 +178,9 @@ pub fn begin(
         return Err(format!("VM {} is already arriving here", meta.vm));
     }
     let mem = GuestMem::new(meta.private_size, meta.shared_size).map_err(|e| e.to_string())?;
+    let applier = Applier::start(mem.clone()).map_err(|e| e.to_string())?;
     Ok(Arriving {
+        applier,
         from,
         image: Vec::new(),
         vcpus: Vec::new(),

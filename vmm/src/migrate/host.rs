@@ -493,8 +493,7 @@ impl Host {
 
     fn arriving_message(self: &Arc<Self>, m: &mut Incoming) -> Result<(), String> {
         let payload = std::mem::take(&mut m.payload);
-        let mut d = Decoder::new(&payload);
-        let id = d.u64().map_err(|e| e.to_string())?;
+        let id = Decoder::new(&payload).u64().map_err(|e| e.to_string())?;
         test_hook(match m.msg_type {
             msg::PAGES => "pages",
             msg::COMMIT => "commit",
@@ -507,16 +506,19 @@ impl Host {
             _ => return Err(format!("no VM {id:x} is arriving from node {}", m.from)),
         };
         a.since = std::time::Instant::now();
+        if m.msg_type == msg::PAGES {
+            a.applier.pages(payload);
+            return Ok(());
+        }
+        let mut d = Decoder::new(&payload);
+        d.u64().map_err(|e| e.to_string())?;
         match m.msg_type {
             msg::IMAGE => a.image_chunk(&mut d).map_err(|e| e.to_string()),
             msg::VCPU => a.vcpu(&mut d).map_err(|e| e.to_string()),
-            msg::PAGES => {
-                let mem = a.mem.clone();
-                drop(arriving);
-                dest::pages(&mem, &mut d).map_err(|e| e.to_string())
-            }
             msg::SYNC => {
+                let applier = a.applier.clone();
                 drop(arriving);
+                applier.flush()?;
                 let _ = m.take_responder().map(|r| r.respond(&[]));
                 Ok(())
             }
@@ -529,7 +531,10 @@ impl Host {
                 let stdout = self.output(id, home, fd_out);
                 let stderr = self.output(id, home, fd_err);
                 let files = self.file_service(id, home);
-                let result = a.commit(d.rest(), stdout, stderr, files);
+                let result = a
+                    .applier
+                    .flush()
+                    .and_then(|()| a.commit(d.rest(), stdout, stderr, files));
                 if result.is_err() {
                     arriving.remove(&id);
                 }
