@@ -647,7 +647,7 @@ impl Host {
                 "bytes": bytes,
                 "downtime_ms": downtime.as_secs_f64() * 1e3,
             }));
-            let pushed = super::source::push_rest(self.node(), &hvm, to);
+            let pushed = super::source::push_rest(self.node(), &hvm, to, progress);
             lock(&self.departed).remove(&hvm.id);
             let (pages, pushed_bytes) = pushed.map_err(|e| {
                 format!("the VM started on node {to}, but pushing its pages failed: {e}")

@@ -22,6 +22,8 @@ pub const MAX_ROUNDS: u32 = 30;
 pub const STALLED_ROUNDS: u32 = 2;
 /// Pages per `PAGES` message (each page: its address and 4 KiB, within net-msg's 256 KiB).
 pub const PAGES_PER_MESSAGE: usize = 63;
+/// Post-copy reports its push after every this many pages (64 MiB).
+const PUSH_STEP: usize = 16384;
 /// Bytes of image per `IMAGE` message.
 const IMAGE_CHUNK: usize = 192 * 1024;
 /// How long to wait for the destination to be connected.
@@ -140,14 +142,35 @@ pub fn postcopy_switch(
 }
 
 /// Post-copy, after the switch-over: pushes every page of the shared region the VM had
-/// touched, then `DONE`. Returns (pages, bytes).
-pub fn push_rest(node: &Node, hvm: &Arc<HostedVm>, to: u32) -> Result<(u64, u64), String> {
+/// touched, then `DONE`; `progress` hears how far it got every [`PUSH_STEP`] pages. Returns
+/// (pages, bytes).
+pub fn push_rest(
+    node: &Node,
+    hvm: &Arc<HostedVm>,
+    to: u32,
+    progress: &mut dyn FnMut(Value),
+) -> Result<(u64, u64), String> {
     let vm = &hvm.vm;
     let shared: Vec<u64> = dirty::resident_pages(vm)
         .into_iter()
         .filter(|&a| a >= vm.mem.private_size())
         .collect();
-    let sent = send_pages(node, to, vm, hvm.id, &shared, true)?;
+    let start = Instant::now();
+    let mut sent = (0, 0);
+    for (i, step) in shared.chunks(PUSH_STEP).enumerate() {
+        let (pages, bytes) = send_pages(node, to, vm, hvm.id, step, true)?;
+        sent = (sent.0 + pages, sent.1 + bytes);
+        let done = (i * PUSH_STEP + step.len()) as u64;
+        if done < shared.len() as u64 {
+            progress(json!({
+                "phase": "push",
+                "pushed_pages": done,
+                "total_pages": shared.len(),
+                "bytes": sent.1,
+                "mb_per_sec": sent.1 as f64 / start.elapsed().as_secs_f64().max(1e-6) / 1e6,
+            }));
+        }
+    }
     node.request(
         to,
         msg::DONE,

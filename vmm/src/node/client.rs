@@ -229,6 +229,19 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
         let v: Value =
             serde_json::from_str(&answer).map_err(|e| format!("bad answer from the node: {e}"))?;
         if let Some(p) = v.get("progress")
+            && p["phase"] == "push"
+        {
+            let _ = writeln!(
+                stdout,
+                "pushed {} of {} pages ({:.1} MB at {:.0} MB/s); the source must live until all are pushed",
+                p["pushed_pages"],
+                p["total_pages"],
+                p["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                p["mb_per_sec"].as_f64().unwrap_or(0.0),
+            );
+            continue;
+        }
+        if let Some(p) = v.get("progress")
             && p.get("phase").is_some()
         {
             let _ = writeln!(
