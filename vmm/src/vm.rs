@@ -124,6 +124,36 @@ pub struct Paused {
 }
 
 impl VmShared {
+    /// The shared state of a VM that has not run yet: its KVM VM with its memory, its files
+    /// and threads, the rest from `config`.
+    fn new(
+        image: Image,
+        config: &VmConfig,
+        fs: FileSystem,
+        threads: Threads,
+        (mem, vm_fd, arch): (GuestMem, VmFd, VmArch),
+        timings: Arc<Timings>,
+    ) -> Arc<VmShared> {
+        Arc::new(VmShared {
+            mem,
+            vm_fd,
+            arch,
+            image,
+            fs,
+            threads,
+            reports: config.stderr.clone(),
+            max_vcpus: config.max_threads,
+            timings,
+            stopping: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            ended: Condvar::new(),
+            park_requested: AtomicBool::new(false),
+            park: Mutex::new(Park::default()),
+            parked_cv: Condvar::new(),
+        })
+    }
+
     /// Whether a pause is asked for (vCPU threads park at their next exit).
     pub fn park_requested(&self) -> bool {
         self.park_requested.load(Ordering::Acquire)
@@ -327,28 +357,13 @@ impl Vm {
             boot::write_boot_info(&mem, &info);
             Ok(())
         })?;
-        let shared = Arc::new(VmShared {
-            fs: FileSystem::new(
-                config.mounts.clone(),
-                config.stdout.clone(),
-                config.stderr.clone(),
-            ),
-            threads: Threads::new(config.max_threads),
-            reports: config.stderr.clone(),
-            max_vcpus: config.max_threads,
-            mem,
-            vm_fd,
-            arch,
-            image,
-            timings,
-            stopping: AtomicBool::new(false),
-            crashed: AtomicBool::new(false),
-            outcome: Mutex::new(None),
-            ended: Condvar::new(),
-            park_requested: AtomicBool::new(false),
-            park: Mutex::new(Park::default()),
-            parked_cv: Condvar::new(),
-        });
+        let fs = FileSystem::new(
+            config.mounts.clone(),
+            config.stdout.clone(),
+            config.stderr.clone(),
+        );
+        let threads = Threads::new(config.max_threads);
+        let shared = VmShared::new(image, config, fs, threads, (mem, vm_fd, arch), timings);
         Ok(Vm {
             shared,
             restored: Mutex::new(None),
@@ -372,24 +387,8 @@ impl Vm {
         let arch = arch::setup_vm(&kvm, &vm_fd).map_err(kvm_error("cannot set up the VM"))?;
         register_memory(&vm_fd, &mem, 0).map_err(kvm_error("cannot add guest memory"))?;
         let timings = Arc::new(Timings::new(Instant::now()));
-        let shared = Arc::new(VmShared {
-            fs,
-            threads: Threads::restored(config.max_threads, &paused.threads),
-            reports: config.stderr.clone(),
-            max_vcpus: config.max_threads,
-            mem,
-            vm_fd,
-            arch,
-            image,
-            timings,
-            stopping: AtomicBool::new(false),
-            crashed: AtomicBool::new(false),
-            outcome: Mutex::new(None),
-            ended: Condvar::new(),
-            park_requested: AtomicBool::new(false),
-            park: Mutex::new(Park::default()),
-            parked_cv: Condvar::new(),
-        });
+        let threads = Threads::restored(config.max_threads, &paused.threads);
+        let shared = VmShared::new(image, config, fs, threads, (mem, vm_fd, arch), timings);
         let mut vcpus = Vec::new();
         let mut start_counter = None;
         for index in 0..paused.threads.vcpus.min(config.max_threads) {
