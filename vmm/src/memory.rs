@@ -144,6 +144,15 @@ impl GuestMem {
             .collect()
     }
 
+    /// Backs guest memory with transparent huge pages where the kernel can: for memory filled
+    /// in bulk (an arriving VM), whose first touches would otherwise fault page by page. Not
+    /// for new VMs: a huge page costs its whole 2 MiB at the first touch of a small guest.
+    pub fn prefer_huge_pages(&self) {
+        for r in self.regions() {
+            crate::sys::advise_huge_pages(r.host_addr, r.size);
+        }
+    }
+
     /// Whether `[addr, addr + len)` lies inside one region of guest memory.
     pub fn contains(&self, addr: u64, len: u64) -> bool {
         let Some(end) = addr.checked_add(len) else {

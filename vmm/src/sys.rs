@@ -164,3 +164,13 @@ pub fn kick(thread: std::os::unix::thread::RawPthread) {
     // live (or finished but not yet reaped) thread; the signal has a handler installed.
     unsafe { libc::pthread_kill(thread as libc::pthread_t, kick_signal()) };
 }
+
+/// Asks the kernel to back the mapping at `[addr, addr + len)` with transparent huge pages
+/// where it can (a hint: errors are ignored, e.g. on kernels without THP).
+pub fn advise_huge_pages(addr: u64, len: u64) {
+    // SAFETY: MADV_HUGEPAGE changes no contents and no permissions; on a range that is not a
+    // whole private anonymous mapping the kernel only refuses with an error.
+    unsafe {
+        libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_HUGEPAGE);
+    }
+}

@@ -331,6 +331,7 @@ impl Host {
                 let mut arriving = lock(&self.arriving);
                 match dest::begin(m.from, &m.payload, &arriving) {
                     Ok(a) => {
+                        a.mem.prefer_huge_pages();
                         arriving.insert(a.meta.vm, a);
                         drop(arriving);
                         let _ = m.respond(&[]);
