@@ -115,15 +115,7 @@ pub fn postcopy_switch(
             .filter(|&a| a < vm.mem.private_size())
             .collect();
         let (_, bytes) = send_pages(node, to, vm, hvm.id, &private, true)?;
-        let state_bytes = send_state(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
-        node.request(
-            to,
-            msg::GO,
-            Priority::Control,
-            &hvm.id.to_le_bytes(),
-            STEP_TIMEOUT,
-        )
-        .map_err(|e| format!("node {to} did not start the VM: {e}"))?;
+        let state_bytes = hand_over(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
         Ok(bytes + state_bytes)
     })();
     match result {
@@ -278,15 +270,7 @@ fn copy_and_switch(
         last.sort_unstable();
         last.dedup();
         let (n_last, bytes) = send_pages(node, to, vm, hvm.id, &last, false)?;
-        let state_bytes = send_state(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
-        node.request(
-            to,
-            msg::GO,
-            Priority::Control,
-            &hvm.id.to_le_bytes(),
-            STEP_TIMEOUT,
-        )
-        .map_err(|e| format!("node {to} did not start the VM: {e}"))?;
+        let state_bytes = hand_over(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
         Ok((n_last, bytes + state_bytes))
     })();
     let (last_pages, last_bytes) = match result {
@@ -385,8 +369,9 @@ fn sync(node: &Node, to: u32, id: u64) -> Result<(), String> {
     .map_err(|e| format!("node {to} stopped answering: {e}"))
 }
 
-/// Sends every vCPU's state and the commit (thread table, clock); returns the bytes sent.
-fn send_state(
+/// Sends every vCPU's state and the commit (thread table, clock), then `GO`: the VM starts on
+/// `to`. Returns the bytes sent.
+fn hand_over(
     node: &Node,
     to: u32,
     vm: &VmShared,
@@ -429,5 +414,13 @@ fn send_state(
     bytes += payload.len() as u64;
     node.request(to, msg::COMMIT, Priority::Bulk, &payload, STEP_TIMEOUT)
         .map_err(|e| format!("node {to} could not take the VM: {e}"))?;
+    node.request(
+        to,
+        msg::GO,
+        Priority::Control,
+        &id.to_le_bytes(),
+        STEP_TIMEOUT,
+    )
+    .map_err(|e| format!("node {to} did not start the VM: {e}"))?;
     Ok(bytes)
 }
