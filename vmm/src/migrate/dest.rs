@@ -303,17 +303,8 @@ impl Arriving {
 /// `PAGES` of a post-copy VM already running: fills the missing pages through `uffd` (pages
 /// the guest already fetched are left alone).
 pub fn pages_postcopy(mem: &GuestMem, uffd: &Uffd, d: &mut Decoder<'_>) -> Result<(), WireError> {
-    let n = d.u32()? as usize;
-    if n > super::source::PAGES_PER_MESSAGE {
-        return Err(WireError("too many pages"));
-    }
-    let mut addrs = Vec::with_capacity(n);
-    for _ in 0..n {
-        addrs.push(d.u64()?);
-    }
     let base = mem.regions()[1];
-    for addr in addrs {
-        let data = d.bytes(PAGE_SIZE as usize)?;
+    each_page(d, |addr, data| {
         if !addr.is_multiple_of(PAGE_SIZE)
             || !mem.contains(addr, PAGE_SIZE)
             || addr < base.guest_addr
@@ -321,13 +312,27 @@ pub fn pages_postcopy(mem: &GuestMem, uffd: &Uffd, d: &mut Decoder<'_>) -> Resul
             return Err(WireError("page address outside the shared region"));
         }
         uffd.copy(base.host_addr + (addr - base.guest_addr), data)
-            .map_err(|_| WireError("cannot place a page"))?;
-    }
-    d.end()
+            .map_err(|_| WireError("cannot place a page"))
+    })
 }
 
 /// `PAGES`: writes the pages into `mem` (every address checked).
 pub fn pages(mem: &GuestMem, d: &mut Decoder<'_>) -> Result<(), WireError> {
+    each_page(d, |addr, data| {
+        if !addr.is_multiple_of(PAGE_SIZE) || !mem.contains(addr, PAGE_SIZE) {
+            return Err(WireError("page address outside guest memory"));
+        }
+        mem.write(addr, data)
+            .map_err(|_| WireError("page address outside guest memory"))
+    })
+}
+
+/// Reads the rest of a `PAGES` message (count, addresses, pages) and hands each page with
+/// its address to `place`, in order, stopping at the first error.
+fn each_page(
+    d: &mut Decoder<'_>,
+    mut place: impl FnMut(u64, &[u8]) -> Result<(), WireError>,
+) -> Result<(), WireError> {
     let n = d.u32()? as usize;
     if n > super::source::PAGES_PER_MESSAGE {
         return Err(WireError("too many pages"));
@@ -337,12 +342,7 @@ pub fn pages(mem: &GuestMem, d: &mut Decoder<'_>) -> Result<(), WireError> {
         addrs.push(d.u64()?);
     }
     for addr in addrs {
-        let data = d.bytes(PAGE_SIZE as usize)?;
-        if !addr.is_multiple_of(PAGE_SIZE) || !mem.contains(addr, PAGE_SIZE) {
-            return Err(WireError("page address outside guest memory"));
-        }
-        mem.write(addr, data)
-            .map_err(|_| WireError("page address outside guest memory"))?;
+        place(addr, d.bytes(PAGE_SIZE as usize)?)?;
     }
     d.end()
 }
