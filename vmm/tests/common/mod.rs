@@ -1,6 +1,10 @@
-//! A tiny x86-64 assembler for hand-written test guests, and helpers to run them.
+//! A tiny x86-64 assembler for hand-written test guests, and helpers to run them and
+//! `popvmm` processes.
 
 #![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
 
 use pop_abi::layout::IMAGE_BASE;
 use vmm::VmConfig;
@@ -144,4 +148,22 @@ pub fn text(buffer: &Captured) -> String {
 pub fn u64_at(buffer: &Captured, i: usize) -> u64 {
     let b = buffer.lock().unwrap();
     u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap())
+}
+
+/// A process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
