@@ -322,7 +322,7 @@ pub fn write_frame<W: io::Write>(
 }
 
 /// Bytes of payload read (and hashed) at a time.
-const READ_PIECE: usize = 32 * 1024;
+const READ_PIECE: usize = 128 * 1024;
 
 /// A decoded frame.
 #[derive(Debug)]

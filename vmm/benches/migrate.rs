@@ -46,13 +46,17 @@ fn control(run: &Path, id: u32, req: &Value) -> Value {
 /// Seconds to copy `bytes` from one process's memory into another's over a fresh loopback
 /// TCP connection: from a buffer of that size, touched beforehand (as a source's guest
 /// memory), in 256 KiB writes, into a fresh buffer of that size (as a destination's new guest
-/// memory, whose pages are first touched by the copy).
+/// memory, whose pages are first touched by the copy, with the same huge-page hint).
 fn raw_tcp(bytes: u64) -> f64 {
     let bytes = bytes as usize;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let reader = std::thread::spawn(move || {
         let mut memory = vec![0u8; bytes];
+        // The same hint as an arriving VM's memory gets (transparent huge pages).
+        let start = (memory.as_ptr() as u64).next_multiple_of(4096);
+        let end = (memory.as_ptr() as u64 + bytes as u64) & !4095;
+        vmm::sys::advise_huge_pages(start, end.saturating_sub(start));
         let (mut s, _) = l.accept().unwrap();
         let mut n = 0;
         while n < bytes {
@@ -186,7 +190,9 @@ fn main() {
                     total.push(s["total_ms"].as_f64().unwrap());
                     let b = s["bytes"].as_u64().unwrap();
                     bytes.push(b as f64);
-                    raw.push(raw_tcp(b) * 1e3);
+                    // The best of three raw copies (the machine is shared and noisy).
+                    let best = (0..3).map(|_| raw_tcp(b)).fold(f64::MAX, f64::min);
+                    raw.push(best * 1e3);
                     at = to;
                 }
                 let (down, total, bytes, raw) =
