@@ -90,22 +90,46 @@ impl Uffd {
     /// Fills the missing page at `dst` (page-aligned, in the range) with `page` (4 KiB) and
     /// wakes whoever waits on it. A page already present is left alone (not an error).
     pub fn copy(&self, dst: u64, page: &[u8]) -> std::io::Result<()> {
-        if page.len() != 4096 || dst < self.start || dst + 4096 > self.start + self.len {
+        self.copy_run(dst, page)
+    }
+
+    /// Fills the missing pages of `[dst, dst + pages.len())` (page-aligned, in the range) from
+    /// `pages` (whole 4 KiB pages) with as few ioctls as it can, and wakes whoever waits on
+    /// them. Pages already present are left alone (not an error).
+    pub fn copy_run(&self, dst: u64, pages: &[u8]) -> std::io::Result<()> {
+        let len = pages.len() as u64;
+        if len == 0
+            || !len.is_multiple_of(4096)
+            || !dst.is_multiple_of(4096)
+            || dst < self.start
+            || dst + len > self.start + self.len
+        {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let mut c = UffdioCopy {
-            dst,
-            src: page.as_ptr() as u64,
-            len: 4096,
-            mode: 0,
-            copy: 0,
-        };
-        // SAFETY: UFFDIO_COPY takes a pointer to a live `uffdio_copy`; `src` is 4 KiB of
-        // readable memory and `dst` a page of the registered range.
-        match check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY, &mut c) }) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            r => r,
+        let mut done = 0;
+        while done < len {
+            let mut c = UffdioCopy {
+                dst: dst + done,
+                src: pages[done as usize..].as_ptr() as u64,
+                len: len - done,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY takes a pointer to a live `uffdio_copy`; `src` is `len -
+            // done` bytes of readable memory (the rest of `pages`) and `dst` that many bytes of
+            // the registered range.
+            let r = check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY, &mut c) });
+            // `copy` says how much was placed before a stop (or is a negated errno).
+            let placed = u64::try_from(c.copy).unwrap_or(0);
+            match r {
+                Ok(()) => return Ok(()),
+                // A page that is there already: skip it, place the rest.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => done += placed + 4096,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => done += placed,
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     }
 
     /// The next faulting address, waiting at most `timeout_ms`; `None` when there is none.
