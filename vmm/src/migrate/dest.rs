@@ -87,8 +87,20 @@ enum Apply {
 }
 
 impl Applier {
-    /// Starts the thread writing into `mem`.
+    /// Starts the thread writing into `mem` (an arriving VM, not running yet).
     pub fn start(mem: GuestMem) -> std::io::Result<Applier> {
+        Applier::with(move |d| pages(&mem, d))
+    }
+
+    /// Starts the thread placing pushed pages of a post-copy VM through `uffd`.
+    pub fn postcopy(mem: GuestMem, uffd: Arc<Uffd>) -> std::io::Result<Applier> {
+        Applier::with(move |d| pages_postcopy(&mem, &uffd, d))
+    }
+
+    /// Starts the thread, which hands each payload (after the VM id) to `place`.
+    fn with(
+        mut place: impl FnMut(&mut Decoder<'_>) -> Result<(), WireError> + Send + 'static,
+    ) -> std::io::Result<Applier> {
         let (tx, rx) = channel::<Apply>();
         std::thread::Builder::new()
             .name("apply-pages".into())
@@ -98,7 +110,7 @@ impl Applier {
                     match work {
                         Apply::Pages(payload) if error.is_none() => {
                             let mut d = Decoder::new(&payload);
-                            let applied = d.u64().and_then(|_| pages(&mem, &mut d));
+                            let applied = d.u64().and_then(|_| place(&mut d));
                             error = applied.err().map(|e| e.to_string());
                         }
                         Apply::Pages(_) => {}

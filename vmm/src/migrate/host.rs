@@ -58,6 +58,8 @@ impl HostedVm {
 /// the source says every page was pushed.
 #[derive(Debug)]
 pub struct PostcopyIn {
+    /// Places the pushed pages (off the connection's reader thread).
+    applier: dest::Applier,
     uffd: Arc<Uffd>,
     mem: crate::memory::GuestMem,
     from: u32,
@@ -392,11 +394,13 @@ impl Host {
         if pin.from != m.from {
             return Err("post-copy pages from the wrong node".into());
         }
-        let mut d = Decoder::new(&m.payload);
-        let id = d.u64().map_err(|e| e.to_string())?;
+        let id = Decoder::new(&m.payload).u64().map_err(|e| e.to_string())?;
         if m.msg_type == msg::PAGES {
-            return dest::pages_postcopy(&pin.mem, &pin.uffd, &mut d).map_err(|e| e.to_string());
+            pin.applier.pages(std::mem::take(&mut m.payload));
+            return Ok(());
         }
+        // `DONE`: every pushed page must be in place before faults stop being caught.
+        pin.applier.flush()?;
         pin.done.store(true, Ordering::SeqCst);
         let _ = pin.uffd.unregister();
         lock(&self.postcopy_in).remove(&id);
@@ -549,9 +553,19 @@ impl Host {
                 drop(arriving);
                 let vm = a.prepared.take().ok_or("GO before COMMIT")?;
                 let shared = vm.shared();
+                // Post-copy: what places the pushed pages exists before the VM runs.
+                let postcopy = match a.uffd.take() {
+                    Some(uffd) => Some((
+                        dest::Applier::postcopy(a.mem.clone(), uffd.clone())
+                            .map_err(|e| e.to_string())?,
+                        uffd,
+                    )),
+                    None => None,
+                };
                 self.run_vm(id, a.meta.name.clone(), a.meta.home, vm);
-                if let Some(uffd) = a.uffd.take() {
+                if let Some((applier, uffd)) = postcopy {
                     let pin = Arc::new(PostcopyIn {
+                        applier,
                         uffd,
                         mem: a.mem.clone(),
                         from: a.from,
