@@ -93,9 +93,12 @@ impl Cluster {
         if wrong_secret {
             c.arg("--secret-file").arg(self.dir.path().join("other"));
         }
+        // Its stderr (warnings, panics) goes to a file, shown when a migration fails.
+        let log = std::fs::File::create(self.dir.path().join(format!("node{id}.log"))).unwrap();
         let child = c
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         self.nodes[id] = Some(Proc(child));
@@ -169,7 +172,18 @@ impl Cluster {
         args.push(&to);
         args.extend_from_slice(&["--id", &asked]);
         args.extend_from_slice(extra);
-        self.popvmm(&args)
+        let out = self.popvmm(&args);
+        if !out.status.success() {
+            for id in 0..4 {
+                if let Ok(log) =
+                    std::fs::read_to_string(self.dir.path().join(format!("node{id}.log")))
+                    && !log.is_empty()
+                {
+                    eprintln!("--- node {id}'s stderr:\n{log}");
+                }
+            }
+        }
+        out
     }
 }
 
@@ -215,8 +229,9 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     let mut c = Cluster::new();
     c.start(1, false);
     c.start(2, false);
-    // 30 iterations of 50 ms, a thread rewriting and checking 8 MiB, exit status 7.
-    let vm = c.launch(&["--memory", "64M"], "migrateme", &["30", "50", "8", "7"]);
+    // 80 iterations of 50 ms (long enough for four migrations on a loaded machine), a thread
+    // rewriting and checking 8 MiB, exit status 7.
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["80", "50", "8", "7"]);
     // Any node can be asked: here, in turn, one that is neither source nor destination, the
     // destination, the source, and the launching node.
     for (to, asked) in [(1, 2), (2, 2), (1, 2), (2, 0)] {
@@ -228,7 +243,7 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     }
     let (status, out, err) = finish(vm);
     assert_eq!(status, 7, "stderr: {err}");
-    let expected: String = (0..30).map(|i| format!("iteration {i}\n")).collect();
+    let expected: String = (0..80).map(|i| format!("iteration {i}\n")).collect();
     assert!(out.starts_with(&expected), "{out}");
     assert!(out.contains("writer ok after"), "{out}");
     assert!(out.ends_with("done\n"), "{out}");
@@ -334,7 +349,7 @@ fn a_write_heavy_vm_migrates_with_post_copy_and_back() {
     c.start(1, false);
     c.start(2, false);
     // A thread rewriting and checking 16 MiB; the other loop sleeps; exit status 5.
-    let vm = c.launch(&["--memory", "64M"], "migrateme", &["30", "50", "16", "5"]);
+    let vm = c.launch(&["--memory", "64M"], "migrateme", &["80", "50", "16", "5"]);
     for to in [1, 2, 1] {
         assert_migrated(&c.migrate("migrateme", to, &["--mode", "postcopy"]));
         let vms = c.vms();
@@ -343,7 +358,7 @@ fn a_write_heavy_vm_migrates_with_post_copy_and_back() {
     assert_migrated(&c.migrate("migrateme", 2, &[]));
     let (status, out, err) = finish(vm);
     assert_eq!(status, 5, "stderr: {err}");
-    let expected: String = (0..30).map(|i| format!("iteration {i}\n")).collect();
+    let expected: String = (0..80).map(|i| format!("iteration {i}\n")).collect();
     assert!(out.starts_with(&expected), "{out}");
     assert!(
         out.contains("writer ok after") && out.ends_with("done\n"),
@@ -370,7 +385,7 @@ fn a_migrated_vm_keeps_using_the_files_of_its_home() {
             "MIGRATEME_LOG=/data/log.txt",
         ],
         "migrateme",
-        &["40", "50"],
+        &["80", "50"],
     );
     // Away from home, back home (files served locally again), and away.
     for to in [1, 2, 0, 1] {
@@ -379,8 +394,8 @@ fn a_migrated_vm_keeps_using_the_files_of_its_home() {
     }
     let (status, out, err) = finish(vm);
     assert_eq!(status, 0, "stdout: {out}\nstderr: {err}");
-    assert!(out.contains("log ok: 40 lines"), "{out}");
-    let expected: String = (0..40).map(|i| format!("iteration {i}\n")).collect();
+    assert!(out.contains("log ok: 80 lines"), "{out}");
+    let expected: String = (0..80).map(|i| format!("iteration {i}\n")).collect();
     assert_eq!(
         std::fs::read_to_string(data.join("log.txt")).unwrap(),
         expected,

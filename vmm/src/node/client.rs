@@ -222,7 +222,13 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
     loop {
         let mut answer = String::new();
         match r.read_line(&mut answer) {
-            Ok(0) => return Err("the node closed the connection".into()),
+            Ok(0) => {
+                return Err(
+                    "the node closed the connection before answering (it stopped, or it was \
+                     the VM's launch and the VM ended)"
+                        .into(),
+                );
+            }
             Ok(_) => {}
             Err(e) => return Err(format!("reading the node's answer: {e}")),
         }
