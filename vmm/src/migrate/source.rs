@@ -320,7 +320,9 @@ fn send_pages(
         // Close the gap between the n addresses and the data (the header has room for all).
         let used_header = 12 + n * 8;
         payload[8..12].copy_from_slice(&(n as u32).to_le_bytes());
-        payload.copy_within(header..header + n * page, used_header);
+        if used_header < header {
+            payload.copy_within(header..header + n * page, used_header);
+        }
         let len = used_header + n * page;
         bytes += len as u64;
         pages += n as u64;
