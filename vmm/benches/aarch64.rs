@@ -6,6 +6,9 @@
 //! guest's first instruction (KVM setup and image load, from `popvmm launch --timings`), and
 //! thread spawn + join (medians of several runs).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::repo;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -15,13 +18,6 @@ use pop_toolchain::{ArchSelection, BuildOptions};
 
 /// Runs per figure.
 const RUNS: usize = 7;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn build_images(arch: &str) -> PathBuf {
     let options = BuildOptions {

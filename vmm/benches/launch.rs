@@ -6,19 +6,15 @@
 //! hello end to end, launch to `main`, thread spawn + join, a futex ping-pong round trip
 //! between two threads, and the speed-up of 4 threads over 1 on a CPU-bound prime count.
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::repo;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Runs per figure (the median is reported).
 const RUNS: usize = 15;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// How to start one app: as a unikernel under popvmm, or as a native process.
 #[derive(Clone, Copy, PartialEq)]

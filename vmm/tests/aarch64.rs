@@ -3,19 +3,14 @@
 //! (`edge-sim`: Debian's arm64 kernel under qemu-system-aarch64). Every app must give the same
 //! stdout and exit status as on x86-64, and faults must be reported the same way.
 
+mod common;
+use common::repo;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use edge_sim::{EdgeSim, Options};
 use pop_toolchain::{ArchSelection, BuildOptions};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Image paths by name for `arch`.
 fn images(arch: &str) -> HashMap<String, PathBuf> {

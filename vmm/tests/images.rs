@@ -2,18 +2,12 @@
 //! unikernels under `popvmm launch` on real KVM, checked against what a user would see (and
 //! against the same programs built natively for Linux).
 
+mod common;
+use common::repo;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-/// The repository root.
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Image paths by name, built once per test binary.
 fn images() -> &'static HashMap<String, PathBuf> {
