@@ -422,13 +422,7 @@ impl EdgeSim {
                 run_dir: self.run_dir.clone(),
                 forwards: forwards.clone(),
             };
-            if let Some(cache) = self.run_dir.parent().and_then(Path::parent)
-                && let Some(name) = self
-                    .run_dir
-                    .file_name()
-                    .and_then(OsStr::to_str)
-                    .and_then(|n| n.strip_prefix("board-"))
-            {
+            if let Some((cache, name)) = self.state_location() {
                 state.save(cache, name)?;
             }
         }
@@ -494,6 +488,18 @@ impl EdgeSim {
         }
     }
 
+    /// Where this board's state file is kept: the cache directory and the board's name
+    /// (its run directory is `CACHE/run/board-NAME`).
+    fn state_location(&self) -> Option<(&Path, &str)> {
+        let cache = self.run_dir.parent().and_then(Path::parent)?;
+        let name = self
+            .run_dir
+            .file_name()
+            .and_then(OsStr::to_str)?
+            .strip_prefix("board-")?;
+        Some((cache, name))
+    }
+
     /// Stops the board (kills QEMU) and removes its run directory and record.
     pub fn stop(self) {
         if let Process::Detached { pid, .. } = &self.process
@@ -501,13 +507,7 @@ impl EdgeSim {
         {
             // SAFETY: kill has no memory effects; the pid was checked to be this board's QEMU.
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
-            if let Some(cache) = self.run_dir.parent().and_then(Path::parent)
-                && let Some(name) = self
-                    .run_dir
-                    .file_name()
-                    .and_then(OsStr::to_str)
-                    .and_then(|n| n.strip_prefix("board-"))
-            {
+            if let Some((cache, name)) = self.state_location() {
                 let _ = std::fs::remove_file(BoardState::path(cache, name));
             }
             let _ = std::fs::remove_dir_all(&self.run_dir);

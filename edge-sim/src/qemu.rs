@@ -94,14 +94,20 @@ impl QemuConfig {
     }
 }
 
-/// Spawns QEMU detached from this process (its own session; it outlives us).
-pub fn spawn_detached(config: &QemuConfig) -> Result<Child> {
+/// QEMU's command for `config`, with no input, no output, and its stderr to the log file.
+fn quiet_command(config: &QemuConfig) -> Result<Command> {
     let mut cmd = config.command();
     let stderr = File::create(&config.stderr_log)
         .map_err(|e| Error::io("creating", &config.stderr_log, e))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
+    Ok(cmd)
+}
+
+/// Spawns QEMU detached from this process (its own session; it outlives us).
+pub fn spawn_detached(config: &QemuConfig) -> Result<Child> {
+    let mut cmd = quiet_command(config)?;
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -126,12 +132,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts QEMU with `config`.
     pub fn spawn(config: &QemuConfig) -> Result<Supervisor> {
-        let mut cmd = config.command();
-        let stderr = File::create(&config.stderr_log)
-            .map_err(|e| Error::io("creating", &config.stderr_log, e))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        let mut cmd = quiet_command(config)?;
         // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
         unsafe {
             let parent = libc::getpid();
