@@ -42,6 +42,9 @@ pub enum Error {
     /// A received frame was malformed.
     #[error("frame: {0}")]
     Frame(#[from] crate::frame::FrameError),
+    /// A bulk stream was used out of order (a program error of the caller).
+    #[error("bulk stream misuse: {0}")]
+    Misuse(&'static str),
     /// The node is shutting down.
     #[error("node is shut down")]
     Shutdown,

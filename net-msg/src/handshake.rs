@@ -1,11 +1,13 @@
 //! The handshake: mutual challenge-response proof of the cluster's shared secret.
 //!
 //! The node with the higher id dials (the *initiator*); the other answers (the *responder*).
+//! A bulk stream ([`crate::stream`]) is dialled by whichever node opens it, with its kind in
+//! the Hello (so in the transcript both MACs and the keys cover).
 //!
 //! ```text
 //! initiator -> responder  Hello  (56 bytes): magic "POPCNMSG", version u8, flags u8
-//!                         (bit 0: frame tags), 0u16, from u32, to u32, cluster size u32,
-//!                         nonce_i [32]
+//!                         (bit 0: frame tags), stream kind u16 (0: the mesh connection),
+//!                         from u32, to u32, cluster size u32, nonce_i [32]
 //! responder -> initiator  Reply  (80 bytes): magic, version u8, status u8, flags u8, 0u8,
 //!                         from u32, nonce_r [32], mac_r [32]
 //! initiator -> responder  Auth   (32 bytes): mac_i
@@ -106,6 +108,8 @@ pub struct Params<'a> {
 pub struct Session {
     /// The peer's (proven) id.
     pub peer: NodeId,
+    /// 0 for the mesh connection, else the kind of bulk stream the initiator opened.
+    pub stream_kind: u16,
     /// Tags our frames (None if frame authentication is off).
     pub send_mac: Option<FrameMac>,
     /// Checks the peer's frames.
@@ -155,7 +159,13 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn session_keys(p: &Params, peer: NodeId, t: &[&[u8]], initiator: bool) -> Session {
+fn session_keys(
+    p: &Params,
+    peer: NodeId,
+    stream_kind: u16,
+    t: &[&[u8]],
+    initiator: bool,
+) -> Session {
     let (i2r, r2i) = if p.frame_mac {
         (
             Some(FrameMac::new(key(
@@ -175,21 +185,34 @@ fn session_keys(p: &Params, peer: NodeId, t: &[&[u8]], initiator: bool) -> Sessi
     let (send_mac, recv_mac) = if initiator { (i2r, r2i) } else { (r2i, i2r) };
     Session {
         peer,
+        stream_kind,
         send_mac,
         recv_mac,
     }
 }
 
-/// Runs the initiator's side against node `peer`.
+/// Runs the initiator's side of the mesh connection to node `peer`.
 pub fn initiate<S: Read + Write>(
     s: &mut S,
     p: &Params,
     peer: NodeId,
 ) -> Result<Session, HandshakeError> {
+    initiate_stream(s, p, peer, 0)
+}
+
+/// Runs the initiator's side of a connection to node `peer`: the mesh connection if
+/// `stream_kind` is 0, else a bulk stream of that kind.
+pub fn initiate_stream<S: Read + Write>(
+    s: &mut S,
+    p: &Params,
+    peer: NodeId,
+    stream_kind: u16,
+) -> Result<Session, HandshakeError> {
     let mut hello = [0u8; HELLO_LEN];
     hello[..8].copy_from_slice(&MAGIC);
     hello[8] = PROTOCOL_VERSION;
     hello[9] = if p.frame_mac { FLAG_FRAME_MAC } else { 0 };
+    hello[10..12].copy_from_slice(&stream_kind.to_le_bytes());
     hello[12..16].copy_from_slice(&p.local.to_le_bytes());
     hello[16..20].copy_from_slice(&peer.to_le_bytes());
     hello[20..24].copy_from_slice(&p.nodes.to_le_bytes());
@@ -238,14 +261,15 @@ pub fn initiate<S: Read + Write>(
     if verdict[0] != status::OK {
         return Err(HandshakeError::Refused(refusal(verdict[0])));
     }
-    Ok(session_keys(p, peer, &[&hello, t_reply], true))
+    Ok(session_keys(p, peer, stream_kind, &[&hello, t_reply], true))
 }
 
-/// Runs the responder's side; `acceptable` says which claimed peer ids may connect.
+/// Runs the responder's side; `acceptable` says which claimed peer ids may connect, for the
+/// mesh connection (stream kind 0) or a bulk stream of the given kind.
 pub fn respond<S: Read + Write>(
     s: &mut S,
     p: &Params,
-    acceptable: impl Fn(NodeId) -> bool,
+    acceptable: impl Fn(NodeId, u16) -> bool,
 ) -> Result<Session, HandshakeError> {
     let mut hello = [0u8; HELLO_LEN];
     read_exact(s, &mut hello[..9])?;
@@ -270,7 +294,7 @@ pub fn respond<S: Read + Write>(
         });
     }
     read_exact(s, &mut hello[9..])?;
-    if hello[9] & !FLAG_FRAME_MAC != 0 || hello[10..12] != [0, 0] {
+    if hello[9] & !FLAG_FRAME_MAC != 0 {
         refuse(s, &mut reply, status::MISMATCH);
         return Err(HandshakeError::Malformed("reserved bits set"));
     }
@@ -282,7 +306,8 @@ pub fn respond<S: Read + Write>(
             p.local
         )));
     }
-    if !acceptable(from) {
+    let stream_kind = u16::from_le_bytes([hello[10], hello[11]]);
+    if !acceptable(from, stream_kind) {
         refuse(s, &mut reply, status::UNKNOWN_NODE);
         return Err(HandshakeError::UnknownNode(from));
     }
@@ -325,7 +350,7 @@ pub fn respond<S: Read + Write>(
     }
     s.write_all(&[status::OK])?;
     s.flush()?;
-    Ok(session_keys(p, from, &[&hello, t_reply], false))
+    Ok(session_keys(p, from, stream_kind, &[&hello, t_reply], false))
 }
 
 #[cfg(test)]
@@ -352,7 +377,7 @@ mod tests {
                 nodes: 3,
                 frame_mac: mac_r,
             };
-            respond(&mut b, &p, |id| id == 2)
+            respond(&mut b, &p, |id, kind| id == 2 && kind == 0)
         });
         let p = Params {
             secret: &si,
@@ -402,7 +427,7 @@ mod tests {
                 nodes: 3,
                 frame_mac: true,
             };
-            respond(&mut b, &p, |_| true)
+            respond(&mut b, &p, |_, _| true)
         });
         let mut hello = [0u8; HELLO_LEN];
         hello[..8].copy_from_slice(&MAGIC);

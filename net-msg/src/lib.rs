@@ -12,6 +12,8 @@
 //!   with an AEGIS-128L MAC tag per frame and implicit sequence numbers (the nonces).
 //! - `connection` (internal): per-priority send queues, one reader thread and one writer
 //!   thread per connection; idle connections are written directly by the caller.
+//! - [`stream`]: bulk streams, connections of their own for large transfers (records read
+//!   and written by the caller's thread, straight from and into the caller's memory).
 //! - [`stats`]: messages and bytes per message type.
 //! - [`transport`]: TCP and Unix-domain sockets.
 //!
@@ -25,6 +27,7 @@ pub mod frame;
 pub mod handshake;
 mod node;
 pub mod stats;
+pub mod stream;
 pub mod transport;
 
 pub use cluster::{Address, ClusterConfig, Isa, NodeSpec, Secret};
@@ -34,6 +37,7 @@ pub use node::{
     Handler, Incoming, Node, NodeOptions, PeerEvent, PeerInfo, PeerState, PendingReply, Responder,
 };
 pub use stats::{Counters, StatsSnapshot};
+pub use stream::{BulkStream, RecordHead, StreamCloser};
 
 /// A node's id: its index in the cluster file.
 pub type NodeId = u32;

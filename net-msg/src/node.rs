@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::frame::{self, FrameError, Header, Kind, Priority};
 use crate::handshake::{self, Params};
 use crate::stats::{Event, Stats, StatsSnapshot};
+use crate::stream::BulkStream;
 use crate::transport::{Listener, Stream};
 
 /// Most handshakes in progress at once (more connections are dropped unanswered).
@@ -273,7 +274,12 @@ struct Inner {
     handshakes: AtomicUsize,
     subscribers: Mutex<Vec<Sender<PeerEvent>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Takes the bulk streams peers open to this node (none accepted until set).
+    streams: OnceLock<StreamHandler>,
 }
+
+/// What [`Node::serve_streams`] installs.
+type StreamHandler = Arc<dyn Fn(BulkStream) + Send + Sync>;
 
 /// A running node. Dropping it shuts it down.
 pub struct Node {
@@ -331,6 +337,7 @@ impl Node {
             handshakes: AtomicUsize::new(0),
             subscribers: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
+            streams: OnceLock::new(),
             opts,
         });
         let waker = listener.try_clone()?;
@@ -354,6 +361,38 @@ impl Node {
             waker,
             main_threads,
         })
+    }
+
+    /// Opens a bulk stream of `kind` (not 0) to `peer`: a connection of its own, with a
+    /// handshake of its own (see [`crate::stream`]). The peer's stream handler gets the other
+    /// end. Reads and writes block without a time limit until
+    /// [`BulkStream::set_timeout`] sets one.
+    pub fn open_stream(&self, peer: NodeId, kind: u16) -> Result<BulkStream> {
+        if kind == 0 {
+            return Err(Error::Misuse("stream kind 0 is the mesh connection"));
+        }
+        if peer == self.inner.opts.id || peer as usize >= self.inner.slots.len() {
+            return Err(Error::NoSuchPeer(peer));
+        }
+        let addr = &self.inner.opts.cluster.nodes[peer as usize].address;
+        let mut s = Stream::connect(addr, self.inner.opts.connect_timeout)?;
+        s.set_timeouts(Some(self.inner.opts.handshake_timeout))?;
+        let session = handshake::initiate_stream(&mut s, &self.inner.params(), peer, kind)?;
+        s.set_timeouts(None)?;
+        Ok(BulkStream::new(
+            peer,
+            kind,
+            s,
+            session.send_mac,
+            session.recv_mac,
+        ))
+    }
+
+    /// Sets what takes the bulk streams peers open to this node: `handler` runs on a thread
+    /// of its own per stream, for as long as it likes. Until this is called (and after the
+    /// first call) streams are refused or go to the first handler.
+    pub fn serve_streams(&self, handler: impl Fn(BulkStream) + Send + Sync + 'static) {
+        let _ = self.inner.streams.set(Arc::new(handler));
     }
 
     /// This node's id.
@@ -696,8 +735,34 @@ fn respond(inner: &Arc<Inner>, mut stream: Stream) {
     let r = stream
         .set_timeouts(Some(inner.opts.handshake_timeout))
         .map_err(handshake::HandshakeError::Io)
-        .and_then(|_| handshake::respond(&mut stream, &inner.params(), |id| id > me && id < n));
+        .and_then(|_| {
+            handshake::respond(&mut stream, &inner.params(), |id, kind| match kind {
+                0 => id > me && id < n,
+                _ => id != me && id < n && inner.streams.get().is_some(),
+            })
+        });
     match r {
+        Ok(session) if session.stream_kind != 0 => {
+            inner.stats.count(Event::HandshakeOk);
+            let Some(handler) = inner.streams.get().cloned() else {
+                return;
+            };
+            let stream = BulkStream::new(
+                session.peer,
+                session.stream_kind,
+                stream,
+                session.send_mac,
+                session.recv_mac,
+            );
+            if let Err(e) = stream.set_timeout(None) {
+                tracing::warn!(node = me, "cannot set up a bulk stream: {e}");
+                return;
+            }
+            // Not tracked: the handler owns the stream and its thread (shutdown does not wait).
+            if let Err(e) = spawn("net-stream", move || handler(stream)) {
+                tracing::warn!(node = me, "cannot start a stream thread: {e}");
+            }
+        }
         Ok(session) => {
             inner.stats.count(Event::HandshakeOk);
             if let Err(e) = inner.install(session, stream) {

@@ -222,3 +222,46 @@ fn control_frames_overtake_queued_bulk_frames() {
         });
     }
 }
+
+#[test]
+fn bulk_streams_carry_records_both_ways_beside_the_mesh() {
+    for t in BOTH {
+        let c = TestCluster::start_all(3, t);
+        assert!(c.node(0).wait_all_up(Duration::from_secs(5)));
+        // Node 2 opens nothing yet: node 0 accepts streams only once it serves them.
+        let refused = c.node(1).open_stream(0, 9).unwrap_err();
+        assert!(matches!(refused, Error::Handshake(_)), "{t:?}: {refused}");
+        assert!(matches!(
+            c.node(1).open_stream(0, 0),
+            Err(Error::Misuse(_))
+        ));
+        assert!(matches!(
+            c.node(1).open_stream(1, 9),
+            Err(Error::NoSuchPeer(1))
+        ));
+        // An echo server that answers each record with its body reversed; any node, lower
+        // or higher id, may open a stream (unlike the mesh connection, dialled by the higher).
+        c.node(0).serve_streams(|mut s| {
+            let (peer, kind) = (s.peer(), s.kind());
+            while let Some((head, mut body)) = s.recv().unwrap() {
+                body.reverse();
+                let mut h = head.clone();
+                h.extend_from_slice(&[peer as u8, kind as u8]);
+                s.send(&h, &body).unwrap();
+            }
+        });
+        for from in [1, 2] {
+            let mut s = c.node(from).open_stream(0, 9).unwrap();
+            assert_eq!((s.peer(), s.kind()), (0, 9));
+            for len in [0usize, 1, 4096, 300_000] {
+                let body: Vec<u8> = (0..len).map(|i| (i * 13 + from) as u8).collect();
+                s.send(b"hi", &body).unwrap();
+                let (head, back) = s.recv().unwrap().unwrap();
+                assert_eq!(head, [b'h', b'i', from as u8, 9]);
+                assert_eq!(back, body.iter().rev().copied().collect::<Vec<_>>());
+            }
+        }
+        // The mesh is undisturbed.
+        assert!(c.node(1).is_up(0) && c.node(2).is_up(0));
+    }
+}

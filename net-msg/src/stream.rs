@@ -1,0 +1,414 @@
+//! Bulk streams: an authenticated connection of its own between two nodes, for one transfer
+//! of many bytes (a VM's memory), beside the mesh connection that keeps carrying messages.
+//!
+//! A stream is opened with [`crate::Node::open_stream`] and handed to the peer's stream
+//! handler ([`crate::Node::serve_streams`]). It runs the same handshake as a mesh connection
+//! (so fresh keys of its own) with the stream's *kind* in the Hello. Both directions then carry
+//! *records*, written and read by the caller's thread with no queue in between:
+//!
+//! ```text
+//! record = head_len u32 | body_len u32 | head | body | tag (16 bytes, if tags are on)
+//! tag    = AEGIS-128L MAC (direction's key, nonce = record number) over lengths, head, body
+//! ```
+//!
+//! The head is small (at most [`MAX_HEAD`]) and read first, so that the receiver can decide
+//! where the body goes (say, straight into guest memory) before reading it with one vectored
+//! read. The tag is checked after the body was read: a receiver that reads a body into memory
+//! it cares about must treat that memory as untrusted until [`BulkStream::recv_body`] returns
+//! `Ok`.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+
+use std::time::Duration;
+
+use crate::NodeId;
+use crate::error::{Error, Result};
+use crate::frame::{FrameError, FrameHasher, FrameMac, HEADER_LEN, TAG_LEN};
+use crate::transport::Stream;
+
+/// Largest record head accepted.
+pub const MAX_HEAD: usize = 64 << 10;
+/// Largest record body accepted.
+pub const MAX_BODY: usize = 16 << 20;
+/// Bytes read ahead past a body (the tag, the next record's lengths and head).
+const READ_AHEAD: usize = 4096;
+
+/// One end of a bulk stream (see the module documentation).
+pub struct BulkStream {
+    peer: NodeId,
+    kind: u16,
+    stream: Stream,
+    send_mac: Option<FrameMac>,
+    recv_mac: Option<FrameMac>,
+    /// Read-ahead buffer: `buf[at..filled]` is unread.
+    buf: Box<[u8]>,
+    at: usize,
+    filled: usize,
+    /// The record whose head was returned and whose body is still to be read.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    lens: [u8; 8],
+    body_len: usize,
+    hasher: Option<FrameHasher>,
+}
+
+impl std::fmt::Debug for BulkStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkStream")
+            .field("peer", &self.peer)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shuts a stream down from another thread (its reader then gets an error).
+#[derive(Debug)]
+pub struct StreamCloser(Stream);
+
+impl StreamCloser {
+    /// Shuts both directions down.
+    pub fn close(&self) {
+        self.0.shutdown();
+    }
+}
+
+/// The head of a record just received; its body comes next.
+#[derive(Debug)]
+pub struct RecordHead {
+    /// The head's bytes (not yet authenticated: see [`BulkStream::recv_body`]).
+    pub head: Vec<u8>,
+    /// Bytes of the body that follows.
+    pub body_len: usize,
+}
+
+fn lengths(head: usize, body: usize) -> [u8; 8] {
+    let mut l = [0u8; 8];
+    l[..4].copy_from_slice(&(head as u32).to_le_bytes());
+    l[4..].copy_from_slice(&(body as u32).to_le_bytes());
+    l
+}
+
+/// The record's lengths, padded to the frame header's size so that [`FrameMac`] tags them.
+fn tag_header(lengths: &[u8; 8]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(lengths);
+    h[8..12].copy_from_slice(b"BULK");
+    h
+}
+
+impl BulkStream {
+    pub(crate) fn new(
+        peer: NodeId,
+        kind: u16,
+        stream: Stream,
+        send_mac: Option<FrameMac>,
+        recv_mac: Option<FrameMac>,
+    ) -> BulkStream {
+        BulkStream {
+            peer,
+            kind,
+            stream,
+            send_mac,
+            recv_mac,
+            buf: vec![0u8; READ_AHEAD].into_boxed_slice(),
+            at: 0,
+            filled: 0,
+            pending: None,
+        }
+    }
+
+    /// The node at the other end (proven by the handshake).
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// What the stream is for (chosen by the side that opened it).
+    pub fn kind(&self) -> u16 {
+        self.kind
+    }
+
+    /// Sets the longest a read or a write may block (None: no limit).
+    pub fn set_timeout(&self, t: Option<Duration>) -> Result<()> {
+        Ok(self.stream.set_timeouts(t)?)
+    }
+
+    /// A handle that shuts this stream down from another thread.
+    pub fn closer(&self) -> Result<StreamCloser> {
+        Ok(StreamCloser(self.stream.try_clone()?))
+    }
+
+    /// Sends one record (one vectored write of lengths, head, body and tag).
+    pub fn send(&mut self, head: &[u8], body: &[u8]) -> Result<()> {
+        if head.len() > MAX_HEAD || body.len() > MAX_BODY {
+            return Err(Error::TooLarge(head.len().max(body.len())));
+        }
+        let lens = lengths(head.len(), body.len());
+        let tag = self.send_mac.as_mut().map(|mac| {
+            let mut h = mac.start();
+            h.update(head);
+            h.update(body);
+            mac.finish(h, &tag_header(&lens))
+        });
+        let tag: &[u8] = match &tag {
+            Some(t) => t,
+            None => &[],
+        };
+        let mut parts = [
+            IoSlice::new(&lens),
+            IoSlice::new(head),
+            IoSlice::new(body),
+            IoSlice::new(tag),
+        ];
+        let mut rest = &mut parts[..];
+        while !rest.is_empty() {
+            match self.stream.write_vectored(rest) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives the next record's head: `None` if the peer closed the stream between records.
+    /// The body must be read with [`BulkStream::recv_body`] before the next head.
+    pub fn recv_head(&mut self) -> Result<Option<RecordHead>> {
+        if self.pending.is_some() {
+            return Err(Error::Misuse("the last record's body was not read"));
+        }
+        let mut lens = [0u8; 8];
+        if !self.read_exact_buffered(&mut lens, true)? {
+            return Ok(None);
+        }
+        let head_len = u32::from_le_bytes(lens[..4].try_into().expect("4 bytes"));
+        let body_len = u32::from_le_bytes(lens[4..].try_into().expect("4 bytes"));
+        if head_len as usize > MAX_HEAD || body_len as usize > MAX_BODY {
+            return Err(FrameError::TooLong(head_len.max(body_len)).into());
+        }
+        let mut head = vec![0u8; head_len as usize];
+        self.read_exact_buffered(&mut head, false)?;
+        let hasher = self.recv_mac.as_ref().map(|mac| {
+            let mut h = mac.start();
+            h.update(&head);
+            h
+        });
+        self.pending = Some(Pending {
+            lens,
+            body_len: body_len as usize,
+            hasher,
+        });
+        Ok(Some(RecordHead {
+            head,
+            body_len: body_len as usize,
+        }))
+    }
+
+    /// Reads the body of the record whose head [`BulkStream::recv_head`] returned into
+    /// `parts` (whose lengths must add up to the body's), then checks the record's tag. On an
+    /// error, what was read into `parts` is not authentic.
+    pub fn recv_body(&mut self, parts: &mut [&mut [u8]]) -> Result<()> {
+        let Some(pending) = self.pending.take() else {
+            return Err(Error::Misuse("no record head was read"));
+        };
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total != pending.body_len {
+            return Err(Error::Misuse("body buffers do not match the record's length"));
+        }
+        // First what was read ahead, then straight from the socket. (part, offset in it)
+        let (mut i, mut off) = (0, 0);
+        while i < parts.len() && self.at < self.filled {
+            let n = (parts[i].len() - off).min(self.filled - self.at);
+            parts[i][off..off + n].copy_from_slice(&self.buf[self.at..self.at + n]);
+            self.at += n;
+            off += n;
+            if off == parts[i].len() {
+                (i, off) = (i + 1, 0);
+            }
+        }
+        while i < parts.len() {
+            let (first, later) = parts[i..].split_first_mut().expect("i < parts.len()");
+            let mut rest: Vec<IoSliceMut<'_>> = Vec::with_capacity(later.len() + 1);
+            rest.push(IoSliceMut::new(&mut first[off..]));
+            rest.extend(later.iter_mut().map(|p| IoSliceMut::new(p)));
+            let read = self.stream.read_vectored(&mut rest);
+            drop(rest);
+            let mut n = match read {
+                Ok(0) => return Err(FrameError::Truncated.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e.into()),
+            };
+            while n > 0 {
+                let k = n.min(parts[i].len() - off);
+                (n, off) = (n - k, off + k);
+                if off == parts[i].len() {
+                    (i, off) = (i + 1, 0);
+                }
+            }
+            while i < parts.len() && parts[i].is_empty() {
+                i += 1;
+            }
+        }
+        let Some(mut h) = pending.hasher else {
+            return Ok(());
+        };
+        // Hashed right after the read, while still in cache.
+        for p in parts.iter() {
+            h.update(p);
+        }
+        let mut tag = [0u8; TAG_LEN];
+        self.read_exact_buffered(&mut tag, false)?;
+        let mac = self.recv_mac.as_mut().expect("a hasher means tags are on");
+        if mac.verify_hashed(h, &tag_header(&pending.lens), &tag) {
+            Ok(())
+        } else {
+            Err(FrameError::BadTag.into())
+        }
+    }
+
+    /// Reads a whole record into memory (head and body) and checks it: `None` if the peer
+    /// closed the stream between records.
+    pub fn recv(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let Some(head) = self.recv_head()? else {
+            return Ok(None);
+        };
+        let mut body = vec![0u8; head.body_len];
+        self.recv_body(&mut [&mut body])?;
+        Ok(Some((head.head, body)))
+    }
+
+    /// Fills `out` from the read-ahead buffer, refilling it from the socket. With
+    /// `at_boundary`, a stream that ends before the first byte gives `Ok(false)`.
+    fn read_exact_buffered(&mut self, out: &mut [u8], at_boundary: bool) -> Result<bool> {
+        let mut done = 0;
+        while done < out.len() {
+            if self.at == self.filled {
+                self.at = 0;
+                self.filled = 0;
+                let n = loop {
+                    match self.stream.read(&mut self.buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        r => break r?,
+                    }
+                };
+                if n == 0 {
+                    if done == 0 && at_boundary {
+                        return Ok(false);
+                    }
+                    return Err(FrameError::Truncated.into());
+                }
+                self.filled = n;
+            }
+            let n = (out.len() - done).min(self.filled - self.at);
+            out[done..done + n].copy_from_slice(&self.buf[self.at..self.at + n]);
+            self.at += n;
+            done += n;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair(key_a: u8, key_b: u8) -> (BulkStream, BulkStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mac = |k: u8| Some(FrameMac::new([k; 32]));
+        (
+            BulkStream::new(1, 7, Stream::Unix(a), mac(key_a), mac(key_b)),
+            BulkStream::new(0, 7, Stream::Unix(b), mac(key_b), mac(key_a)),
+        )
+    }
+
+    #[test]
+    fn records_arrive_whole_into_scattered_buffers() {
+        let (mut a, mut b) = pair(1, 2);
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let t = std::thread::spawn(move || {
+            for i in 0..20u8 {
+                a.send(&[i; 9], &body[..body.len() - i as usize]).unwrap();
+            }
+            a.send(b"empty", &[]).unwrap();
+            body
+        });
+        for i in 0..20u8 {
+            let h = b.recv_head().unwrap().unwrap();
+            assert_eq!(h.head, [i; 9]);
+            let mut x = vec![0u8; 4096];
+            let mut y = vec![0u8; h.body_len - 4096];
+            b.recv_body(&mut [&mut x, &mut y])
+                .unwrap();
+            x.extend_from_slice(&y);
+            let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+            assert_eq!(x, body[..body.len() - i as usize]);
+        }
+        assert_eq!(b.recv().unwrap().unwrap(), (b"empty".to_vec(), vec![]));
+        t.join().unwrap();
+        assert!(b.recv().unwrap().is_none(), "clean end between records");
+    }
+
+    #[test]
+    fn a_record_under_another_key_is_refused() {
+        let (mut a, _) = pair(1, 2);
+        let (_, mut b) = pair(3, 3);
+        let (x, y) = UnixStream::pair().unwrap();
+        a.stream = Stream::Unix(x);
+        b.stream = Stream::Unix(y);
+        a.send(b"head", &[5; 1000]).unwrap();
+        assert!(matches!(b.recv(), Err(Error::Frame(FrameError::BadTag))));
+    }
+
+    #[test]
+    fn flipped_bits_truncation_and_oversize_are_refused() {
+        // One good record, captured, then altered.
+        let (mut a, _) = pair(1, 2);
+        let (x, mut y) = UnixStream::pair().unwrap();
+        a.stream = Stream::Unix(x);
+        a.send(b"head", &[5; 1000]).unwrap();
+        drop(a);
+        let mut wire = Vec::new();
+        y.read_to_end(&mut wire).unwrap();
+        let check = |bytes: &[u8]| {
+            let (_, mut b) = pair(1, 2);
+            let (mut x, y) = UnixStream::pair().unwrap();
+            b.stream = Stream::Unix(y);
+            x.write_all(bytes).unwrap();
+            drop(x);
+            b.recv()
+        };
+        assert!(check(&wire).unwrap().is_some());
+        for at in [0, 5, 9, 500, wire.len() - 1] {
+            let mut bad = wire.clone();
+            bad[at] ^= 0x10;
+            assert!(check(&bad).is_err(), "flipped byte {at} accepted");
+        }
+        assert!(matches!(
+            check(&wire[..wire.len() - 3]),
+            Err(Error::Frame(FrameError::Truncated))
+        ));
+        let mut huge = wire.clone();
+        huge[4..8].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            check(&huge),
+            Err(Error::Frame(FrameError::TooLong(_)))
+        ));
+    }
+
+    #[test]
+    fn bodies_must_be_read_in_order() {
+        let (mut a, mut b) = pair(1, 2);
+        assert!(matches!(
+            b.recv_body(&mut []),
+            Err(Error::Misuse(_))
+        ));
+        a.send(b"h", &[1; 10]).unwrap();
+        let h = b.recv_head().unwrap().unwrap();
+        assert_eq!(h.body_len, 10);
+        assert!(matches!(b.recv_head(), Err(Error::Misuse(_))));
+    }
+}
