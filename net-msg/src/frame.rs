@@ -234,6 +234,11 @@ impl FrameMac {
         FrameMac { key, seq: 0 }
     }
 
+    /// The session key (a bulk stream tags its records with a MAC of its own under it).
+    pub(crate) fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
     /// The tag of the next frame; advances the sequence number.
     pub fn tag(&mut self, header: &[u8; HEADER_LEN], payload: &[u8]) -> [u8; TAG_LEN] {
         let mut h = self.start();

@@ -350,7 +350,13 @@ pub fn respond<S: Read + Write>(
     }
     s.write_all(&[status::OK])?;
     s.flush()?;
-    Ok(session_keys(p, from, stream_kind, &[&hello, t_reply], false))
+    Ok(session_keys(
+        p,
+        from,
+        stream_kind,
+        &[&hello, t_reply],
+        false,
+    ))
 }
 
 #[cfg(test)]

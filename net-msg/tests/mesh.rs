@@ -231,10 +231,7 @@ fn bulk_streams_carry_records_both_ways_beside_the_mesh() {
         // Node 2 opens nothing yet: node 0 accepts streams only once it serves them.
         let refused = c.node(1).open_stream(0, 9).unwrap_err();
         assert!(matches!(refused, Error::Handshake(_)), "{t:?}: {refused}");
-        assert!(matches!(
-            c.node(1).open_stream(0, 0),
-            Err(Error::Misuse(_))
-        ));
+        assert!(matches!(c.node(1).open_stream(0, 0), Err(Error::Misuse(_))));
         assert!(matches!(
             c.node(1).open_stream(1, 9),
             Err(Error::NoSuchPeer(1))

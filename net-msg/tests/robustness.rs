@@ -86,9 +86,13 @@ fn a_node_with_the_wrong_secret_is_refused() {
         }
         echo_works(&c, 0, 2);
         // Bulk streams run the same handshake.
-        c.node(0).serve_streams(|_| panic!("a stream from a node without the secret"));
+        c.node(0)
+            .serve_streams(|_| panic!("a stream from a node without the secret"));
         let e = c.node(1).open_stream(0, 9).unwrap_err();
-        assert!(matches!(e, Error::Handshake(handshake::HandshakeError::BadMac)), "{e}");
+        assert!(
+            matches!(e, Error::Handshake(handshake::HandshakeError::BadMac)),
+            "{e}"
+        );
         let e = impersonate(&c, 1, 0, b"another wrong secret!!").unwrap_err();
         assert!(matches!(e, handshake::HandshakeError::BadMac), "{e}");
     }

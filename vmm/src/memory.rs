@@ -253,6 +253,42 @@ impl GuestMem {
         Ok(f(atomic))
     }
 
+    /// The guest pages at `addrs` (page-aligned, strictly increasing, inside guest memory), as
+    /// byte slices to fill in place: an arriving VM's memory read straight from a socket.
+    /// `EFAULT` if an address is outside guest memory, `EINVAL` if unaligned or not strictly
+    /// increasing (no two slices may overlap).
+    ///
+    /// # Safety
+    ///
+    /// Nothing else may read or write these pages while the slices live: the VM must not run
+    /// and no other thread may access them (an arriving VM, before it starts).
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "guest memory is shared by design; the caller's contract makes it exclusive"
+    )]
+    pub unsafe fn pages_mut(&self, addrs: &[u64]) -> Result<Vec<&mut [u8]>, i32> {
+        let mut last = None;
+        let mut pages = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            if !addr.is_multiple_of(PAGE_SIZE) || last.is_some_and(|l| addr <= l) {
+                return Err(EINVAL);
+            }
+            if !self.contains(addr, PAGE_SIZE) {
+                return Err(EFAULT);
+            }
+            last = Some(addr);
+            let host = self
+                .inner
+                .get_host_address(GuestAddress(addr))
+                .map_err(|_| EFAULT)?;
+            // SAFETY: the page lies inside one live mapping owned by `self` (checked by
+            // `contains`); the addresses strictly increase, so no two slices overlap; the
+            // caller guarantees nothing else accesses the pages while they live.
+            pages.push(unsafe { std::slice::from_raw_parts_mut(host, PAGE_SIZE as usize) });
+        }
+        Ok(pages)
+    }
+
     /// The underlying vm-memory object.
     pub fn inner(&self) -> &GuestMemoryMmap {
         &self.inner

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{Sender, channel};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use crate::output::Output;
 use crate::threads::ThreadTable;
 use crate::vm::{ParkedVcpu, Paused, Vm};
 use crate::wire::{Decoder, WireError};
+use net_msg::StreamCloser;
 
 /// Most vCPUs accepted.
 const MAX_VCPUS: u32 = 128;
@@ -71,74 +72,6 @@ pub struct CommitMeta {
     pub paused_realtime_ns: u64,
 }
 
-/// Writes arriving pages into guest memory on a thread of its own, so that the connection's
-/// reader goes on receiving (and checking) the next frames meanwhile.
-#[derive(Clone, Debug)]
-pub struct Applier {
-    tx: Sender<Apply>,
-}
-
-#[derive(Debug)]
-enum Apply {
-    /// A `PAGES` payload (VM id first).
-    Pages(Vec<u8>),
-    /// Answers once everything before it was applied: the first error, if any.
-    Flush(Sender<Result<(), String>>),
-}
-
-impl Applier {
-    /// Starts the thread writing into `mem` (an arriving VM, not running yet).
-    pub fn start(mem: GuestMem) -> std::io::Result<Applier> {
-        Applier::with(move |d| pages(&mem, d))
-    }
-
-    /// Starts the thread placing pushed pages of a post-copy VM through `uffd`.
-    pub fn postcopy(mem: GuestMem, uffd: Arc<Uffd>) -> std::io::Result<Applier> {
-        Applier::with(move |d| pages_postcopy(&mem, &uffd, d))
-    }
-
-    /// Starts the thread, which hands each payload (after the VM id) to `place`.
-    fn with(
-        mut place: impl FnMut(&mut Decoder<'_>) -> Result<(), WireError> + Send + 'static,
-    ) -> std::io::Result<Applier> {
-        let (tx, rx) = channel::<Apply>();
-        std::thread::Builder::new()
-            .name("apply-pages".into())
-            .spawn(move || {
-                let mut error: Option<String> = None;
-                for work in rx {
-                    match work {
-                        Apply::Pages(payload) if error.is_none() => {
-                            let mut d = Decoder::new(&payload);
-                            let applied = d.u64().and_then(|_| place(&mut d));
-                            error = applied.err().map(|e| e.to_string());
-                        }
-                        Apply::Pages(_) => {}
-                        Apply::Flush(done) => {
-                            let _ = done.send(error.clone().map_or(Ok(()), Err));
-                        }
-                    }
-                }
-            })?;
-        Ok(Applier { tx })
-    }
-
-    /// Queues a `PAGES` payload.
-    pub fn pages(&self, payload: Vec<u8>) {
-        let _ = self.tx.send(Apply::Pages(payload));
-    }
-
-    /// Waits until every queued page is in guest memory; the first error if one was bad.
-    pub fn flush(&self) -> Result<(), String> {
-        let (tx, rx) = channel();
-        self.tx
-            .send(Apply::Flush(tx))
-            .map_err(|_| "the page writer stopped".to_string())?;
-        rx.recv()
-            .map_err(|_| "the page writer stopped".to_string())?
-    }
-}
-
 /// A VM on its way here.
 #[derive(Debug)]
 pub struct Arriving {
@@ -146,10 +79,12 @@ pub struct Arriving {
     pub from: u32,
     /// Its metadata.
     pub meta: BeginMeta,
-    /// Its memory, filled by `PAGES`.
+    /// Its memory, filled by its page stream.
     pub mem: GuestMem,
-    /// Writes the pages of pre-copy `PAGES` messages into `mem`.
-    pub applier: Applier,
+    /// Held by the page stream while it writes `mem`; taken by `GO` before the VM starts.
+    pub writing: Arc<Mutex<()>>,
+    /// Closes its page stream (when the VM is dropped before it started).
+    pub closer: Option<StreamCloser>,
     image: Vec<u8>,
     vcpus: Vec<ParkedVcpu>,
     /// The VM built by `COMMIT`, started by `GO`.
@@ -190,9 +125,9 @@ pub fn begin(
         return Err(format!("VM {} is already arriving here", meta.vm));
     }
     let mem = GuestMem::new(meta.private_size, meta.shared_size).map_err(|e| e.to_string())?;
-    let applier = Applier::start(mem.clone()).map_err(|e| e.to_string())?;
     Ok(Arriving {
-        applier,
+        writing: Arc::new(Mutex::new(())),
+        closer: None,
         from,
         image: Vec::new(),
         vcpus: Vec::new(),
@@ -205,10 +140,8 @@ pub fn begin(
 }
 
 impl Arriving {
-    /// `IMAGE`: a chunk of the image at its offset.
-    pub fn image_chunk(&mut self, d: &mut Decoder<'_>) -> Result<(), WireError> {
-        let offset = d.u64()?;
-        let data = d.rest();
+    /// A chunk of the image at its offset.
+    pub fn image_chunk(&mut self, offset: u64, data: &[u8]) -> Result<(), WireError> {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&e| e <= self.meta.image_len)
@@ -312,78 +245,18 @@ impl Arriving {
     }
 }
 
-/// `PAGES` of a post-copy VM already running: fills the missing pages through `uffd` (pages
-/// the guest already fetched are left alone).
-pub fn pages_postcopy(mem: &GuestMem, uffd: &Uffd, d: &mut Decoder<'_>) -> Result<(), WireError> {
-    let base = mem.regions()[1];
-    let payload = d.rest();
-    // Runs of pages at consecutive addresses sit next to each other in the message too:
-    // each run is placed with one ioctl. A run: (first host address, offset in the message,
-    // bytes).
-    let mut run: Option<(u64, usize, usize)> = None;
-    let place = |(dst, at, len): (u64, usize, usize)| {
-        uffd.copy_run(dst, &payload[at..at + len])
-            .map_err(|_| WireError("cannot place a page"))
-    };
-    each_page(d, |addr, data| {
-        if !addr.is_multiple_of(PAGE_SIZE)
-            || !mem.contains(addr, PAGE_SIZE)
-            || addr < base.guest_addr
-        {
-            return Err(WireError("page address outside the shared region"));
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        if let Some(closer) = &self.closer {
+            closer.close();
         }
-        let dst = base.host_addr + (addr - base.guest_addr);
-        let at = data.as_ptr() as usize - payload.as_ptr() as usize;
-        match &mut run {
-            Some((start, from, len)) if *start + *len as u64 == dst && *from + *len == at => {
-                *len += data.len();
-                Ok(())
-            }
-            _ => {
-                let previous = run.replace((dst, at, data.len()));
-                previous.map_or(Ok(()), place)
-            }
-        }
-    })?;
-    run.map_or(Ok(()), place)
-}
-
-/// `PAGES`: writes the pages into `mem` (every address checked).
-pub fn pages(mem: &GuestMem, d: &mut Decoder<'_>) -> Result<(), WireError> {
-    each_page(d, |addr, data| {
-        if !addr.is_multiple_of(PAGE_SIZE) || !mem.contains(addr, PAGE_SIZE) {
-            return Err(WireError("page address outside guest memory"));
-        }
-        mem.write(addr, data)
-            .map_err(|_| WireError("page address outside guest memory"))
-    })
-}
-
-/// Reads the rest of a `PAGES` message (count, addresses, pages) and hands each page with
-/// its address to `place`, in order, stopping at the first error.
-fn each_page(
-    d: &mut Decoder<'_>,
-    mut place: impl FnMut(u64, &[u8]) -> Result<(), WireError>,
-) -> Result<(), WireError> {
-    let n = d.u32()? as usize;
-    if n > super::source::PAGES_PER_MESSAGE {
-        return Err(WireError("too many pages"));
     }
-    let mut addrs = Vec::with_capacity(n);
-    for _ in 0..n {
-        addrs.push(d.u64()?);
-    }
-    for addr in addrs {
-        place(addr, d.bytes(PAGE_SIZE as usize)?)?;
-    }
-    d.end()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::Encoder;
-    use pop_abi::layout::SHARED_BASE;
 
     fn meta(arch: &str, shared: u64) -> Vec<u8> {
         serde_json::to_vec(&BeginMeta {
@@ -415,25 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn malformed_pages_and_states_are_refused() {
-        let mem = GuestMem::new(2 << 20, 4 << 20).unwrap();
-        let page = |addr: u64, n: u32, data: usize| {
-            let mut e = Encoder::default();
-            e.u32(n).u64(addr).bytes(&vec![1; data]);
-            e.finish()
-        };
-        let ok = page(SHARED_BASE, 1, 4096);
-        assert!(pages(&mem, &mut Decoder::new(&ok)).is_ok());
-        for bad in [
-            page(SHARED_BASE, 1, 4095),        // truncated
-            page(SHARED_BASE, 1, 4097),        // trailing bytes
-            page(SHARED_BASE + 1, 1, 4096),    // unaligned
-            page(SHARED_BASE - 4096, 1, 4096), // outside memory
-            page(mem.shared_end(), 1, 4096),   // past the end
-            page(SHARED_BASE, 1000, 4096),     // too many
-        ] {
-            assert!(pages(&mem, &mut Decoder::new(&bad)).is_err());
-        }
+    fn malformed_states_are_refused() {
         let mut a = begin(1, &meta(crate::arch::NAME, 4 << 20), &HashMap::new()).unwrap();
         let mut e = Encoder::default();
         e.u32(0).u32(1).u8(2);
@@ -441,9 +296,8 @@ mod tests {
         let mut e = Encoder::default();
         e.u32(0).u32(1).u8(0).bytes(&[0; 100]);
         assert!(a.vcpu(&mut Decoder::new(&e.finish())).is_err());
-        let mut e = Encoder::default();
-        e.u64(50).bytes(&[0; 100]);
-        assert!(a.image_chunk(&mut Decoder::new(&e.finish())).is_err());
+        assert!(a.image_chunk(50, &[0; 100]).is_err());
+        assert!(a.image_chunk(0, &[0; 101]).is_err());
         let commit = serde_json::to_vec(&CommitMeta {
             vm: 7,
             threads: ThreadTable {

@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::dest::{self, Arriving};
 use super::files::{FileServer, RemoteFiles};
 use super::msg;
+use super::page_stream::{self, Target};
 use super::uffd::Uffd;
 use crate::fs::{FileService, HomeFiles};
+use crate::memory::PAGE_SIZE;
 use crate::output::{Output, Sink};
 use crate::vm::{Outcome, Vm, VmShared};
 use crate::wire::{Decoder, Encoder};
@@ -58,12 +60,39 @@ impl HostedVm {
 /// the source says every page was pushed.
 #[derive(Debug)]
 pub struct PostcopyIn {
-    /// Places the pushed pages (off the connection's reader thread).
-    applier: dest::Applier,
     uffd: Arc<Uffd>,
     mem: crate::memory::GuestMem,
     from: u32,
     done: AtomicBool,
+}
+
+impl PostcopyIn {
+    /// Places pushed pages (`data`: the pages at `addrs`, in order) that the guest has not
+    /// fetched meanwhile; runs of consecutive pages take one ioctl each.
+    pub fn place(&self, addrs: &[u64], data: &[u8]) -> Result<(), String> {
+        let base = self.mem.regions()[1];
+        let page = PAGE_SIZE as usize;
+        let mut i = 0;
+        while i < addrs.len() {
+            let mut n = 1;
+            while i + n < addrs.len() && addrs[i + n] == addrs[i] + (n * page) as u64 {
+                n += 1;
+            }
+            let addr = addrs[i];
+            if !addr.is_multiple_of(PAGE_SIZE)
+                || addr < base.guest_addr
+                || !self.mem.contains(addr, (n * page) as u64)
+            {
+                return Err("page address outside the shared region".into());
+            }
+            let dst = base.host_addr + (addr - base.guest_addr);
+            self.uffd
+                .copy_run(dst, &data[i * page..(i + n) * page])
+                .map_err(|e| format!("cannot place pages at {addr:#x}: {e}"))?;
+            i += n;
+        }
+        Ok(())
+    }
 }
 
 /// How an application ended, as its home learns it.
@@ -113,8 +142,15 @@ impl Host {
         }
     }
 
-    /// Attaches the started node, and starts dropping arriving VMs that were abandoned.
+    /// Attaches the started node, serves the page streams of arriving VMs, and starts
+    /// dropping arriving VMs that were abandoned.
     pub fn attach(self: &Arc<Self>, node: Arc<Node>) {
+        let host = Arc::downgrade(self);
+        node.serve_streams(move |stream| {
+            if let (Some(host), page_stream::KIND) = (host.upgrade(), stream.kind()) {
+                page_stream::serve(&host, stream);
+            }
+        });
         let _ = self.node.set(node);
         let host = Arc::downgrade(self);
         let _ = std::thread::Builder::new()
@@ -347,17 +383,9 @@ impl Host {
                 }
                 return;
             }
-            msg::PAGES | msg::DONE if self.postcopy_target(&m.payload).is_some() => {
-                self.postcopy_message(&mut m)
-            }
+            msg::DONE => self.postcopy_done(&mut m),
             msg::FETCH => self.fetch(&mut m),
-            msg::IMAGE
-            | msg::VCPU
-            | msg::PAGES
-            | msg::SYNC
-            | msg::ABORT
-            | msg::COMMIT
-            | msg::GO => self.arriving_message(&mut m),
+            msg::VCPU | msg::ABORT | msg::COMMIT | msg::GO => self.arriving_message(&mut m),
             msg::OUTPUT => self.home_output(&m.payload),
             msg::FILE => self.home_file(&mut m),
             msg::MIGRATE => self.relayed_migrate(&mut m),
@@ -383,24 +411,14 @@ impl Host {
         }
     }
 
-    fn postcopy_target(&self, payload: &[u8]) -> Option<Arc<PostcopyIn>> {
-        let id = Decoder::new(payload).u64().ok()?;
-        lock(&self.postcopy_in).get(&id).cloned()
-    }
-
-    /// `PAGES` and `DONE` of a post-copy VM running here.
-    fn postcopy_message(&self, m: &mut Incoming) -> Result<(), String> {
-        let pin = self.postcopy_target(&m.payload).expect("checked");
-        if pin.from != m.from {
-            return Err("post-copy pages from the wrong node".into());
-        }
+    /// `DONE` of a post-copy VM running here: every page was pushed (and is in place: the
+    /// source synced its page stream first), so faults need no catching any more.
+    fn postcopy_done(&self, m: &mut Incoming) -> Result<(), String> {
         let id = Decoder::new(&m.payload).u64().map_err(|e| e.to_string())?;
-        if m.msg_type == msg::PAGES {
-            pin.applier.pages(std::mem::take(&mut m.payload));
-            return Ok(());
-        }
-        // `DONE`: every pushed page must be in place before faults stop being caught.
-        pin.applier.flush()?;
+        let pin = match lock(&self.postcopy_in).get(&id) {
+            Some(pin) if pin.from == m.from => pin.clone(),
+            _ => return Err(format!("no post-copy VM {id:x} from node {}", m.from)),
+        };
         pin.done.store(true, Ordering::SeqCst);
         let _ = pin.uffd.unregister();
         lock(&self.postcopy_in).remove(&id);
@@ -409,6 +427,64 @@ impl Host {
         }
         let _ = m.take_responder().map(|r| r.respond(&[]));
         Ok(())
+    }
+
+    /// Where the pages of VM `id`'s page stream from node `from` go now.
+    pub(super) fn page_target(&self, id: u64, from: u32) -> Result<Target, String> {
+        if let Some(pin) = lock(&self.postcopy_in).get(&id)
+            && pin.from == from
+        {
+            return Ok(Target::Postcopy(pin.clone()));
+        }
+        let mut arriving = lock(&self.arriving);
+        match arriving.get_mut(&id) {
+            Some(a) if a.from == from => {
+                a.since = std::time::Instant::now();
+                Ok(Target::Arriving(a.mem.clone(), a.writing.clone()))
+            }
+            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
+        }
+    }
+
+    /// A piece of the image of VM `id`, arriving from node `from`.
+    pub(super) fn image_chunk(
+        &self,
+        id: u64,
+        from: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), String> {
+        match lock(&self.arriving).get_mut(&id) {
+            Some(a) if a.from == from => a.image_chunk(offset, data).map_err(|e| e.to_string()),
+            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
+        }
+    }
+
+    /// The page stream of VM `id` from node `from` opened; `closer` ends it if the VM is
+    /// dropped before it starts.
+    pub(super) fn stream_opened(
+        &self,
+        id: u64,
+        from: u32,
+        closer: net_msg::StreamCloser,
+    ) -> Result<(), String> {
+        match lock(&self.arriving).get_mut(&id) {
+            Some(a) if a.from == from && a.closer.is_none() => {
+                a.closer = Some(closer);
+                Ok(())
+            }
+            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
+        }
+    }
+
+    /// Forgets VM `id` arriving from node `from` if it has not started (a failed migration).
+    pub(super) fn drop_arriving(&self, id: u64, from: u32) {
+        let mut arriving = lock(&self.arriving);
+        if arriving.get(&id).is_some_and(|a| a.from == from) {
+            let a = arriving.remove(&id);
+            drop(arriving);
+            drop(a);
+        }
     }
 
     /// `FETCH` (on a post-copy source): one page of a VM that left.
@@ -500,7 +576,6 @@ impl Host {
         let payload = std::mem::take(&mut m.payload);
         let id = Decoder::new(&payload).u64().map_err(|e| e.to_string())?;
         test_hook(match m.msg_type {
-            msg::PAGES => "pages",
             msg::COMMIT => "commit",
             msg::GO => "go",
             _ => "",
@@ -511,22 +586,10 @@ impl Host {
             _ => return Err(format!("no VM {id:x} is arriving from node {}", m.from)),
         };
         a.since = std::time::Instant::now();
-        if m.msg_type == msg::PAGES {
-            a.applier.pages(payload);
-            return Ok(());
-        }
         let mut d = Decoder::new(&payload);
         d.u64().map_err(|e| e.to_string())?;
         match m.msg_type {
-            msg::IMAGE => a.image_chunk(&mut d).map_err(|e| e.to_string()),
             msg::VCPU => a.vcpu(&mut d).map_err(|e| e.to_string()),
-            msg::SYNC => {
-                let applier = a.applier.clone();
-                drop(arriving);
-                applier.flush()?;
-                let _ = m.take_responder().map(|r| r.respond(&[]));
-                Ok(())
-            }
             msg::ABORT => {
                 arriving.remove(&id);
                 Ok(())
@@ -536,10 +599,7 @@ impl Host {
                 let stdout = self.output(id, home, fd_out);
                 let stderr = self.output(id, home, fd_err);
                 let files = self.file_service(id, home);
-                let result = a
-                    .applier
-                    .flush()
-                    .and_then(|()| a.commit(d.rest(), stdout, stderr, files));
+                let result = a.commit(d.rest(), stdout, stderr, files);
                 if result.is_err() {
                     arriving.remove(&id);
                 }
@@ -551,27 +611,28 @@ impl Host {
             msg::GO => {
                 let mut a = arriving.remove(&id).expect("present");
                 drop(arriving);
+                // The page stream lives on (the source closes it); it writes no more pages
+                // straight into memory once the VM is no longer arriving.
+                a.closer = None;
+                let writing = a.writing.clone();
+                let _written = writing.lock().unwrap_or_else(|e| e.into_inner());
                 let vm = a.prepared.take().ok_or("GO before COMMIT")?;
                 let shared = vm.shared();
-                // Post-copy: what places the pushed pages exists before the VM runs.
-                let postcopy = match a.uffd.take() {
-                    Some(uffd) => Some((
-                        dest::Applier::postcopy(a.mem.clone(), uffd.clone())
-                            .map_err(|e| e.to_string())?,
-                        uffd,
-                    )),
-                    None => None,
-                };
-                self.run_vm(id, a.meta.name.clone(), a.meta.home, vm);
-                if let Some((applier, uffd)) = postcopy {
-                    let pin = Arc::new(PostcopyIn {
-                        applier,
+                // Post-copy: registered before the VM runs, so that pages pushed from now on
+                // go through userfaultfd.
+                let postcopy = a.uffd.take().map(|uffd| {
+                    Arc::new(PostcopyIn {
                         uffd,
                         mem: a.mem.clone(),
                         from: a.from,
                         done: AtomicBool::new(false),
-                    });
+                    })
+                });
+                if let Some(pin) = &postcopy {
                     lock(&self.postcopy_in).insert(id, pin.clone());
+                }
+                self.run_vm(id, a.meta.name.clone(), a.meta.home, vm);
+                if let Some(pin) = postcopy {
                     if let Some(v) = lock(&self.vms).get(&id) {
                         v.set_state("postcopy");
                     }
@@ -651,7 +712,7 @@ impl Host {
             // instruction after `GO`, before `postcopy_switch` returns.
             lock(&self.departed).insert(hvm.id, hvm.clone());
             let switched = super::source::postcopy_switch(self.node(), &hvm, to);
-            let (downtime, bytes) = switched.inspect_err(|_| {
+            let (downtime, bytes, mut stream) = switched.inspect_err(|_| {
                 lock(&self.departed).remove(&hvm.id);
             })?;
             self.forget(&hvm);
@@ -662,7 +723,7 @@ impl Host {
                 "bytes": bytes,
                 "downtime_ms": downtime.as_secs_f64() * 1e3,
             }));
-            let pushed = super::source::push_rest(self.node(), &hvm, to, progress);
+            let pushed = super::source::push_rest(self.node(), &mut stream, &hvm, to, progress);
             lock(&self.departed).remove(&hvm.id);
             let (pages, pushed_bytes) = pushed.map_err(|e| {
                 format!("the VM started on node {to}, but pushing its pages failed: {e}")
@@ -687,7 +748,7 @@ impl Host {
 /// For the tests of failures: with `POPVMM_TEST_DIE_ON=pages` (or `commit`, `go`) in its
 /// environment, a destination node process dies abruptly when that message arrives, as a
 /// crashed host would; with `push`, a post-copy source dies right after the switch-over.
-fn test_hook(point: &str) {
+pub(super) fn test_hook(point: &str) {
     static DIE_ON: OnceLock<Option<String>> = OnceLock::new();
     let die_on = DIE_ON.get_or_init(|| std::env::var("POPVMM_TEST_DIE_ON").ok());
     if die_on.as_deref() == Some(point) {

@@ -4,6 +4,7 @@
 //!   arriving), the mesh messages it answers, and `ps`;
 //! * [`source`]: the pre-copy driver on the node the VM leaves;
 //! * [`dest`]: assembling an arriving VM and starting it;
+//! * [`page_stream`]: the image and memory of a moving VM, on a bulk stream of its own;
 //! * [`dirty`]: which pages changed (KVM's dirty log plus the VMM's own writes);
 //! * [`clock`]: carrying the guest clock over;
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
@@ -22,6 +23,7 @@ pub mod dirty;
 pub mod files;
 pub mod home;
 pub mod host;
+pub mod page_stream;
 pub mod relay;
 pub mod source;
 pub mod uffd;
@@ -32,12 +34,7 @@ use clap::{Args, ValueEnum};
 pub mod msg {
     /// Request: a VM is about to arrive (JSON metadata). Answer: empty, or an error.
     pub const BEGIN: u16 = 10;
-    /// One-way: a chunk of the VM's image file.
-    pub const IMAGE: u16 = 11;
-    /// One-way: guest pages.
-    pub const PAGES: u16 = 12;
-    /// Request: answered once everything sent before it was applied.
-    pub const SYNC: u16 = 13;
+    // 11-13 (image, pages, sync) moved to the page stream (`super::page_stream`).
     /// One-way: one vCPU's state.
     pub const VCPU: u16 = 14;
     /// Request: the thread table and clock; the destination builds the VM and answers.
@@ -56,7 +53,8 @@ pub mod msg {
     pub const LOCATION: u16 = 23;
     /// Request (post-copy, page class): one page of the shared region, from the source.
     pub const FETCH: u16 = 24;
-    /// Request (post-copy): every page was pushed; the destination stops catching faults.
+    /// Request (post-copy): every page was pushed (and the page stream synced); the
+    /// destination stops catching faults.
     pub const DONE: u16 = 25;
     /// Request, to the home node: a file operation of a VM away from home.
     pub const FILE: u16 = 26;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::dest::{BeginMeta, CommitMeta};
 use super::host::HostedVm;
+use super::page_stream::PageSender;
 use super::{dirty, msg};
 use crate::memory::PAGE_SIZE;
 use crate::vm::{Paused, VmShared};
@@ -20,12 +21,8 @@ use crate::wire::Encoder;
 pub const MAX_ROUNDS: u32 = 30;
 /// Rounds in a row without progress after which the VM is stopped.
 pub const STALLED_ROUNDS: u32 = 2;
-/// Pages per `PAGES` message (each page: its address and 4 KiB, within net-msg's 256 KiB).
-pub const PAGES_PER_MESSAGE: usize = 63;
 /// Post-copy reports its push after every this many pages (64 MiB).
 const PUSH_STEP: usize = 16384;
-/// Bytes of image per `IMAGE` message.
-const IMAGE_CHUNK: usize = 192 * 1024;
 /// How long to wait for the destination to be connected.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the destination may take to answer a step.
@@ -42,14 +39,14 @@ pub fn precopy(
     progress: &mut dyn FnMut(Value),
 ) -> Result<Value, String> {
     let start = Instant::now();
-    begin_transfer(node, hvm, to, false)?;
+    let mut pages = begin_transfer(node, hvm, to, false)?;
     let vm = &hvm.vm;
     let abort = |why: String| {
         let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
         why
     };
     hvm.set_state("migrating");
-    let result = copy_and_switch(node, hvm, to, downtime_ms, start, progress);
+    let result = copy_and_switch(node, &mut pages, hvm, to, downtime_ms, start, progress);
     match result {
         Ok(summary) => Ok(summary),
         Err(e) => {
@@ -60,8 +57,13 @@ pub fn precopy(
     }
 }
 
-/// Checks, `BEGIN`, and the image.
-fn begin_transfer(node: &Node, hvm: &Arc<HostedVm>, to: u32, postcopy: bool) -> Result<(), String> {
+/// Checks, `BEGIN`, the page stream, and the image.
+fn begin_transfer(
+    node: &Node,
+    hvm: &Arc<HostedVm>,
+    to: u32,
+    postcopy: bool,
+) -> Result<PageSender, String> {
     let vm = &hvm.vm;
     check_destination(node, to)?;
     let meta = BeginMeta {
@@ -78,27 +80,26 @@ fn begin_transfer(node: &Node, hvm: &Arc<HostedVm>, to: u32, postcopy: bool) -> 
     let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
     node.request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
-    for (i, chunk) in vm.image.bytes.chunks(IMAGE_CHUNK).enumerate() {
-        let mut e = Encoder::with_capacity(chunk.len() + 16);
-        e.u64(hvm.id).u64((i * IMAGE_CHUNK) as u64).bytes(chunk);
-        if let Err(err) = node.send(to, msg::IMAGE, Priority::Bulk, &e.finish()) {
-            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
-            return Err(format!("sending the image to node {to}: {err}"));
-        }
-    }
-    Ok(())
+    let sent = PageSender::open(node, to, hvm.id).and_then(|mut pages| {
+        pages.image(&vm.image.bytes)?;
+        Ok(pages)
+    });
+    sent.inspect_err(|_| {
+        let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+    })
 }
 
 /// Post-copy, up to the switch-over: stops the VM at once, sends the private region, the
 /// vCPU states and the thread table, and starts the VM on `to`, which fetches the shared
-/// region's pages on demand. Returns (downtime, bytes sent). On error the VM runs on here.
-/// Afterwards the caller keeps the VM's memory to serve `FETCH` and calls [`push_rest`].
+/// region's pages on demand. Returns (downtime, bytes sent, the page stream). On error the
+/// VM runs on here. Afterwards the caller keeps the VM's memory to serve `FETCH` and calls
+/// [`push_rest`].
 pub fn postcopy_switch(
     node: &Node,
     hvm: &Arc<HostedVm>,
     to: u32,
-) -> Result<(Duration, u64), String> {
-    begin_transfer(node, hvm, to, true)?;
+) -> Result<(Duration, u64, PageSender), String> {
+    let mut pages = begin_transfer(node, hvm, to, true)?;
     let vm = &hvm.vm;
     let stop = Instant::now();
     let paused = match vm.pause(Duration::from_secs(5)) {
@@ -114,16 +115,24 @@ pub fn postcopy_switch(
             .into_iter()
             .filter(|&a| a < vm.mem.private_size())
             .collect();
-        let (_, bytes) = send_pages(node, to, vm, hvm.id, &private, true)?;
-        let state_bytes = hand_over(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
-        Ok(bytes + state_bytes)
+        pages.pages(&vm.mem, &private, true)?;
+        let state_bytes = hand_over(
+            node,
+            &mut pages,
+            to,
+            vm,
+            hvm.id,
+            &paused,
+            paused_realtime_ns,
+        )?;
+        Ok(pages.bytes + state_bytes)
     })();
     match result {
         Ok(bytes) => {
             let downtime = stop.elapsed();
             hvm.set_state("postcopy-source");
             vm.leave();
-            Ok((downtime, bytes))
+            Ok((downtime, bytes, pages))
         }
         Err(e) => {
             let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
@@ -134,10 +143,11 @@ pub fn postcopy_switch(
 }
 
 /// Post-copy, after the switch-over: pushes every page of the shared region the VM had
-/// touched, then `DONE`; `progress` hears how far it got every [`PUSH_STEP`] pages. Returns
-/// (pages, bytes).
+/// touched over `stream`, then `DONE`; `progress` hears how far it got every [`PUSH_STEP`]
+/// pages. Returns (pages, bytes).
 pub fn push_rest(
     node: &Node,
+    stream: &mut PageSender,
     hvm: &Arc<HostedVm>,
     to: u32,
     progress: &mut dyn FnMut(Value),
@@ -150,7 +160,7 @@ pub fn push_rest(
     let start = Instant::now();
     let mut sent = (0, 0);
     for (i, step) in shared.chunks(PUSH_STEP).enumerate() {
-        let (pages, bytes) = send_pages(node, to, vm, hvm.id, step, true)?;
+        let (pages, bytes) = stream.pages(&vm.mem, step, true)?;
         sent = (sent.0 + pages, sent.1 + bytes);
         let done = (i * PUSH_STEP + step.len()) as u64;
         if done < shared.len() as u64 {
@@ -163,6 +173,7 @@ pub fn push_rest(
             }));
         }
     }
+    stream.sync()?;
     node.request(
         to,
         msg::DONE,
@@ -208,6 +219,7 @@ fn check_destination(node: &Node, to: u32) -> Result<(), String> {
 
 fn copy_and_switch(
     node: &Node,
+    stream: &mut PageSender,
     hvm: &Arc<HostedVm>,
     to: u32,
     downtime_ms: u64,
@@ -218,16 +230,14 @@ fn copy_and_switch(
     dirty::start(vm)?;
     // Pages never touched are not resident and read as zero: the destination has them.
     let mut pages = dirty::resident_pages(vm);
-    let mut bytes_sent = 0u64;
     let mut round = 0;
     let mut rate = 0f64; // bytes per second
     let (mut previous, mut stalled) = (pages.len(), 0);
     loop {
         round += 1;
         let t = Instant::now();
-        let (sent, bytes) = send_pages(node, to, vm, hvm.id, &pages, round == 1)?;
-        sync(node, to, hvm.id)?;
-        bytes_sent += bytes;
+        let (sent, bytes) = stream.pages(&vm.mem, &pages, round == 1)?;
+        stream.sync()?;
         let secs = t.elapsed().as_secs_f64().max(1e-6);
         if bytes > 0 {
             rate = bytes as f64 / secs;
@@ -269,11 +279,11 @@ fn copy_and_switch(
         last.extend_from_slice(&pages);
         last.sort_unstable();
         last.dedup();
-        let (n_last, bytes) = send_pages(node, to, vm, hvm.id, &last, false)?;
-        let state_bytes = hand_over(node, to, vm, hvm.id, &paused, paused_realtime_ns)?;
-        Ok((n_last, bytes + state_bytes))
+        let (n_last, _) = stream.pages(&vm.mem, &last, false)?;
+        let state_bytes = hand_over(node, stream, to, vm, hvm.id, &paused, paused_realtime_ns)?;
+        Ok((n_last, state_bytes))
     })();
-    let (last_pages, last_bytes) = match result {
+    let (last_pages, state_bytes) = match result {
         Ok(r) => r,
         Err(e) => {
             vm.resume();
@@ -283,7 +293,6 @@ fn copy_and_switch(
     let downtime = stop.elapsed();
     hvm.set_state("moved");
     vm.leave();
-    bytes_sent += last_bytes;
     Ok(json!({
         "from": node.id(),
         "to": to,
@@ -291,96 +300,24 @@ fn copy_and_switch(
         "rounds": round,
         "total_ms": start.elapsed().as_secs_f64() * 1e3,
         "downtime_ms": downtime.as_secs_f64() * 1e3,
-        "bytes": bytes_sent,
+        "bytes": stream.bytes + state_bytes,
         "last_pages": last_pages,
         "vcpus": paused.vcpus.len(),
     }))
 }
 
-/// Sends the pages at `addrs` (skipping all-zero pages if `skip_zero`: the destination's
-/// memory starts zeroed). Returns (pages sent, bytes sent). Each page is read from guest
-/// memory straight into the message.
-fn send_pages(
-    node: &Node,
-    to: u32,
-    vm: &VmShared,
-    id: u64,
-    addrs: &[u64],
-    skip_zero: bool,
-) -> Result<(u64, u64), String> {
-    let page = PAGE_SIZE as usize;
-    let header = 12 + PAGES_PER_MESSAGE * 8;
-    let mut payload = vec![0u8; header + PAGES_PER_MESSAGE * page];
-    let (mut pages, mut bytes) = (0u64, 0u64);
-    let mut n = 0usize;
-    let mut flush = |payload: &mut Vec<u8>, n: usize| -> Result<(), String> {
-        if n == 0 {
-            return Ok(());
-        }
-        // Close the gap between the n addresses and the data (the header has room for all).
-        let used_header = 12 + n * 8;
-        payload[8..12].copy_from_slice(&(n as u32).to_le_bytes());
-        if used_header < header {
-            payload.copy_within(header..header + n * page, used_header);
-        }
-        let len = used_header + n * page;
-        bytes += len as u64;
-        pages += n as u64;
-        let result = node
-            .send(to, msg::PAGES, Priority::Bulk, &payload[..len])
-            .map_err(|e| format!("sending pages to node {to}: {e}"));
-        payload[..8].copy_from_slice(&id.to_le_bytes());
-        result
-    };
-    payload[..8].copy_from_slice(&id.to_le_bytes());
-    for &addr in addrs {
-        let slot = header + n * page;
-        vm.mem
-            .read_into(addr, &mut payload[slot..slot + page])
-            .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
-        if skip_zero && is_zero(&payload[slot..slot + page]) {
-            continue;
-        }
-        payload[12 + n * 8..20 + n * 8].copy_from_slice(&addr.to_le_bytes());
-        n += 1;
-        if n == PAGES_PER_MESSAGE {
-            // The next batch refills the slots after the header.
-            flush(&mut payload, n)?;
-            n = 0;
-        }
-    }
-    flush(&mut payload, n)?;
-    Ok((pages, bytes))
-}
-
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(8)
-        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
-}
-
-/// Waits until the destination has applied everything sent so far.
-fn sync(node: &Node, to: u32, id: u64) -> Result<(), String> {
-    node.request(
-        to,
-        msg::SYNC,
-        Priority::Bulk,
-        &id.to_le_bytes(),
-        STEP_TIMEOUT,
-    )
-    .map(|_| ())
-    .map_err(|e| format!("node {to} stopped answering: {e}"))
-}
-
-/// Sends every vCPU's state and the commit (thread table, clock), then `GO`: the VM starts on
-/// `to`. Returns the bytes sent.
+/// Waits until the pages sent are in place, sends every vCPU's state and the commit (thread
+/// table, clock), then `GO`: the VM starts on `to`. Returns the bytes sent.
 fn hand_over(
     node: &Node,
+    stream: &mut PageSender,
     to: u32,
     vm: &VmShared,
     id: u64,
     paused: &Paused,
     paused_realtime_ns: u64,
 ) -> Result<u64, String> {
+    stream.sync()?;
     let mut bytes = 0u64;
     for p in &paused.vcpus {
         let mut e = Encoder::with_capacity(8 << 10);
