@@ -195,6 +195,13 @@ fn main() {
                     raw.push(best * 1e3);
                     at = to;
                 }
+                // `POPVMM_BENCH_VERBOSE=1`: every migration's figures, not only the medians.
+                if std::env::var_os("POPVMM_BENCH_VERBOSE").is_some() {
+                    eprintln!(
+                        "{mib} MiB {} {mode}: total {total:.1?} ms, downtime {down:.2?} ms, raw {raw:.1?} ms",
+                        if busy { "busy" } else { "idle" }
+                    );
+                }
                 let (down, total, bytes, raw) =
                     (median(down), median(total), median(bytes), median(raw));
                 println!(

@@ -304,6 +304,32 @@ mod tests {
     }
 
     #[test]
+    fn pages_to_fill_in_place_are_checked_and_distinct() {
+        let m = mem();
+        let addrs = [0, 4096, SHARED_BASE, SHARED_BASE + 8192];
+        // SAFETY: nothing else uses `m` in this test.
+        let mut pages = unsafe { m.pages_mut(&addrs) }.unwrap();
+        for (i, p) in pages.iter_mut().enumerate() {
+            p.fill(i as u8 + 1);
+        }
+        drop(pages);
+        for (i, &a) in addrs.iter().enumerate() {
+            assert_eq!(m.read(a, 4096).unwrap(), vec![i as u8 + 1; 4096]);
+        }
+        for bad in [
+            &[4096, 4096][..],          // twice: two slices of one page
+            &[8192, 4096],              // not increasing
+            &[100],                     // unaligned
+            &[4 << 20],                 // past the private region
+            &[SHARED_BASE + (4 << 20)], // past the shared region
+            &[SHARED_BASE - 4096],      // in the gap
+        ] {
+            // SAFETY: as above.
+            assert!(unsafe { m.pages_mut(bad) }.is_err(), "{bad:x?}");
+        }
+    }
+
+    #[test]
     fn bounds_are_checked() {
         let m = mem();
         assert!(m.contains(0, 4 << 20));

@@ -348,8 +348,14 @@ fn a_write_heavy_vm_migrates_with_post_copy_and_back() {
     let mut c = Cluster::new();
     c.start(1, false);
     c.start(2, false);
-    // A thread rewriting and checking 16 MiB; the other loop sleeps; exit status 5.
-    let vm = c.launch(&["--memory", "64M"], "migrateme", &["80", "50", "16", "5"]);
+    // A thread rewriting and checking 16 MiB; the other loop sleeps; exit status 5; 12 MiB
+    // filled at the start and checked at the end (pushed whole blocks and partly fetched
+    // ones must both arrive intact).
+    let vm = c.launch(
+        &["--memory", "64M"],
+        "migrateme",
+        &["80", "50", "16", "5", "12"],
+    );
     for to in [1, 2, 1] {
         assert_migrated(&c.migrate("migrateme", to, &["--mode", "postcopy"]));
         let vms = c.vms();

@@ -81,8 +81,8 @@ pub struct Arriving {
     pub meta: BeginMeta,
     /// Its memory, filled by its page stream.
     pub mem: GuestMem,
-    /// Held by the page stream while it writes `mem`; taken by `GO` before the VM starts.
-    pub writing: Arc<Mutex<()>>,
+    /// Held by the page stream while it writes `mem`; set by `GO` before the VM starts.
+    pub started: Arc<Mutex<bool>>,
     /// Closes its page stream (when the VM is dropped before it started).
     pub closer: Option<StreamCloser>,
     image: Vec<u8>,
@@ -126,7 +126,7 @@ pub fn begin(
     }
     let mem = GuestMem::new(meta.private_size, meta.shared_size).map_err(|e| e.to_string())?;
     Ok(Arriving {
-        writing: Arc::new(Mutex::new(())),
+        started: Arc::new(Mutex::new(false)),
         closer: None,
         from,
         image: Vec::new(),

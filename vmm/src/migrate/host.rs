@@ -16,9 +16,8 @@ use super::dest::{self, Arriving};
 use super::files::{FileServer, RemoteFiles};
 use super::msg;
 use super::page_stream::{self, Target};
-use super::uffd::Uffd;
+use super::uffd::{Staging, Uffd};
 use crate::fs::{FileService, HomeFiles};
-use crate::memory::PAGE_SIZE;
 use crate::output::{Output, Sink};
 use crate::vm::{Outcome, Vm, VmShared};
 use crate::wire::{Decoder, Encoder};
@@ -67,31 +66,28 @@ pub struct PostcopyIn {
 }
 
 impl PostcopyIn {
-    /// Places pushed pages (`data`: the pages at `addrs`, in order) that the guest has not
-    /// fetched meanwhile; runs of consecutive pages take one ioctl each.
-    pub fn place(&self, addrs: &[u64], data: &[u8]) -> Result<(), String> {
+    /// Places the pushed pages of the 2 MiB block at guest address `block`, staged in
+    /// `staging` at their offsets (`present`; the other pages of the block are zero at the
+    /// source), except where the guest fetched a page meanwhile. `staging` is empty after.
+    pub fn place_block(
+        &self,
+        block: u64,
+        staging: &mut Staging,
+        present: &[u64],
+    ) -> Result<(), String> {
         let base = self.mem.regions()[1];
-        let page = PAGE_SIZE as usize;
-        let mut i = 0;
-        while i < addrs.len() {
-            let mut n = 1;
-            while i + n < addrs.len() && addrs[i + n] == addrs[i] + (n * page) as u64 {
-                n += 1;
-            }
-            let addr = addrs[i];
-            if !addr.is_multiple_of(PAGE_SIZE)
-                || addr < base.guest_addr
-                || !self.mem.contains(addr, (n * page) as u64)
-            {
-                return Err("page address outside the shared region".into());
-            }
-            let dst = base.host_addr + (addr - base.guest_addr);
-            self.uffd
-                .copy_run(dst, &data[i * page..(i + n) * page])
-                .map_err(|e| format!("cannot place pages at {addr:#x}: {e}"))?;
-            i += n;
+        let end = base.guest_addr + base.size;
+        if block < base.guest_addr || block >= end {
+            return Err("pushed pages outside the shared region".into());
         }
-        Ok(())
+        let len = (end - block).min(page_stream::BLOCK);
+        if present.last().is_some_and(|&o| o >= len) {
+            return Err("pushed pages outside the shared region".into());
+        }
+        let dst = base.host_addr + (block - base.guest_addr);
+        self.uffd
+            .move_in(dst, staging, len, present)
+            .map_err(|e| format!("cannot place pages at {block:#x}: {e}"))
     }
 }
 
@@ -440,7 +436,7 @@ impl Host {
         match arriving.get_mut(&id) {
             Some(a) if a.from == from => {
                 a.since = std::time::Instant::now();
-                Ok(Target::Arriving(a.mem.clone(), a.writing.clone()))
+                Ok(Target::Arriving(a.mem.clone(), a.started.clone()))
             }
             _ => Err(format!("no VM {id:x} is arriving from node {from}")),
         }
@@ -614,8 +610,8 @@ impl Host {
                 // The page stream lives on (the source closes it); it writes no more pages
                 // straight into memory once the VM is no longer arriving.
                 a.closer = None;
-                let writing = a.writing.clone();
-                let _written = writing.lock().unwrap_or_else(|e| e.into_inner());
+                let started = a.started.clone();
+                *started.lock().unwrap_or_else(|e| e.into_inner()) = true;
                 let vm = a.prepared.take().ok_or("GO before COMMIT")?;
                 let shared = vm.shared();
                 // Post-copy: registered before the VM runs, so that pages pushed from now on

@@ -4,15 +4,19 @@
 //! writes it as one record; the destination reads each record's page list, then its pages
 //! straight into the arriving VM's memory with one vectored read, and checks the record's tag
 //! (the VM does not run before every record was checked). Once a post-copy VM runs, pushed
-//! pages are read into a buffer, checked, and placed with `UFFDIO_COPY`.
+//! pages are read into a staging huge page, checked, and moved into the VM with
+//! `UFFDIO_MOVE` (a whole 2 MiB at once where the guest has not touched that block yet; no
+//! copy).
 //!
 //! Records (the head's first byte is its type; the stream's own framing carries lengths):
 //!
 //! ```text
 //! OPEN   head: 1, vm u64                                   body: empty
 //! IMAGE  head: 2, offset u64                               body: a piece of the image
-//! PAGES  head: 3, count u32, count x guest address u64     body: count x 4 KiB
-//!        (addresses page-aligned, strictly increasing)
+//! PAGES  head: 3, block u64, count u32, count x index u16  body: count x 4 KiB
+//!        (the pages of one 2 MiB-aligned block of guest memory, by index in the block,
+//!        strictly increasing; a post-copy push sends every non-zero page of a block in one
+//!        record, so the pages of the block it does not send are zero)
 //! SYNC   head: 4                                           body: empty
 //! ACK    head: 5 (destination -> source, answers SYNC: everything before it is in place)
 //! ERROR  head: 6 (destination -> source, then it closes)   body: the reason
@@ -25,14 +29,16 @@ use std::time::Duration;
 use net_msg::{BodyTag, BulkStream, Node};
 
 use super::host::Host;
+use super::uffd::Staging;
 use crate::memory::{GuestMem, PAGE_SIZE};
 use crate::wire::{Decoder, Encoder};
 
 /// The net-msg stream kind of a migration's page stream.
 pub const KIND: u16 = 1;
-/// Pages per `PAGES` record (1 MiB: fewer, larger reads and writes; still fits in cache
-/// between the copy and the tag).
-pub const PAGES_PER_RECORD: usize = 256;
+/// Bytes of guest memory a `PAGES` record covers (one huge page).
+pub const BLOCK: u64 = super::uffd::HUGE_PAGE;
+/// Most pages in a `PAGES` record.
+pub const PAGES_PER_RECORD: usize = (BLOCK / PAGE_SIZE) as usize;
 /// Bytes of image per `IMAGE` record.
 const IMAGE_CHUNK: usize = 1 << 20;
 /// How long either side waits for the other before giving up.
@@ -128,9 +134,19 @@ impl PageSender {
     ) -> Result<(u64, u64), String> {
         let (before, mut pages) = (self.bytes, 0u64);
         let page = PAGE_SIZE as usize;
-        let mut batch: Vec<u64> = Vec::with_capacity(PAGES_PER_RECORD);
+        // The block being filled, and its pages' indices.
+        let mut block: Option<u64> = None;
+        let mut batch: Vec<u16> = Vec::with_capacity(PAGES_PER_RECORD);
         let mut tag = self.stream.body_tag();
         for &addr in addrs {
+            let here = addr & !(BLOCK - 1);
+            if block.is_some_and(|b| b != here) && !batch.is_empty() {
+                self.flush_pages(block.unwrap_or(here), &batch, tag)?;
+                pages += batch.len() as u64;
+                batch.clear();
+                tag = self.stream.body_tag();
+            }
+            block = Some(here);
             let slot = DATA_OFFSET + batch.len() * page;
             let data = &mut self.buf[slot..slot + page];
             mem.read_into(addr, data)
@@ -140,26 +156,20 @@ impl PageSender {
             }
             // Hashed now, while the page is in cache.
             tag.update(data);
-            batch.push(addr);
-            if batch.len() == PAGES_PER_RECORD {
-                self.flush_pages(&batch, tag)?;
-                pages += batch.len() as u64;
-                batch.clear();
-                tag = self.stream.body_tag();
-            }
+            batch.push(((addr - here) / PAGE_SIZE) as u16);
         }
-        if !batch.is_empty() {
-            self.flush_pages(&batch, tag)?;
+        if let (Some(b), false) = (block, batch.is_empty()) {
+            self.flush_pages(b, &batch, tag)?;
             pages += batch.len() as u64;
         }
         Ok((pages, self.bytes - before))
     }
 
-    fn flush_pages(&mut self, batch: &[u64], tag: BodyTag) -> Result<(), String> {
-        let mut head = Encoder::with_capacity(5 + batch.len() * 8);
-        head.u8(rec::PAGES).u32(batch.len() as u32);
-        for &a in batch {
-            head.u64(a);
+    fn flush_pages(&mut self, block: u64, batch: &[u16], tag: BodyTag) -> Result<(), String> {
+        let mut head = Encoder::with_capacity(13 + batch.len() * 2);
+        head.u8(rec::PAGES).u64(block).u32(batch.len() as u32);
+        for &i in batch {
+            head.u16(i);
         }
         let head = head.finish();
         let len = batch.len() * PAGE_SIZE as usize;
@@ -192,9 +202,9 @@ fn is_zero(page: &[u8]) -> bool {
 
 /// Where the pages of a `PAGES` record go.
 pub enum Target {
-    /// An arriving VM, not running: straight into its memory, holding its lock (`GO` takes
-    /// it before the VM starts).
-    Arriving(GuestMem, Arc<Mutex<()>>),
+    /// An arriving VM, not running: straight into its memory, holding its lock (`GO` marks
+    /// the VM started under it before the VM starts).
+    Arriving(GuestMem, Arc<Mutex<bool>>),
     /// A post-copy VM running here: through userfaultfd, after the record was checked.
     Postcopy(Arc<super::host::PostcopyIn>),
 }
@@ -227,7 +237,8 @@ pub fn serve(host: &Arc<Host>, mut stream: BulkStream) {
 }
 
 fn receive(host: &Arc<Host>, stream: &mut BulkStream, from: u32, id: u64) -> Result<(), String> {
-    let mut buf = vec![0u8; DATA_OFFSET + PAGES_PER_RECORD * PAGE_SIZE as usize];
+    // Post-copy pushes go through here (made at the first).
+    let mut staging: Option<Staging> = None;
     let mut first_pages = true;
     loop {
         let Some(head) = stream.recv_head().map_err(|e| e.to_string())? else {
@@ -252,22 +263,39 @@ fn receive(host: &Arc<Host>, stream: &mut BulkStream, from: u32, id: u64) -> Res
                     super::host::test_hook("pages");
                     first_pages = false;
                 }
-                let addrs = page_list(&mut d, head.body_len)?;
+                let (block, indices) = page_list(&mut d, head.body_len)?;
                 match target {
-                    Target::Arriving(mem, writing) => {
-                        let _writing = writing.lock().unwrap_or_else(|e| e.into_inner());
-                        // SAFETY: an arriving VM does not run (`GO` takes `writing` before it
-                        // starts the VM, and afterwards this VM is no longer a
-                        // `Target::Arriving`), and this thread is the only one that writes its
-                        // memory.
+                    Target::Arriving(mem, started) => {
+                        let started = started.lock().unwrap_or_else(|e| e.into_inner());
+                        if *started {
+                            return Err("pages for a VM that started".into());
+                        }
+                        let addrs: Vec<u64> = indices.iter().map(|&i| block + i).collect();
+                        // SAFETY: an arriving VM does not run (`GO` marks it started under
+                        // this lock, held until the body is read, before it starts the VM),
+                        // and this thread is the only one that writes its memory.
                         let mut pages = unsafe { mem.pages_mut(&addrs) }
                             .map_err(|_| "page address outside guest memory".to_string())?;
                         stream.recv_body(&mut pages).map_err(|e| e.to_string())?;
                     }
                     Target::Postcopy(pin) => {
-                        let body = &mut buf[DATA_OFFSET..DATA_OFFSET + head.body_len];
-                        stream.recv_body(&mut [body]).map_err(|e| e.to_string())?;
-                        pin.place(&addrs, &buf[DATA_OFFSET..DATA_OFFSET + head.body_len])?;
+                        if staging.is_none() {
+                            staging = Some(Staging::new(BLOCK).map_err(|e| e.to_string())?);
+                        }
+                        let stage = staging.as_mut().expect("made above");
+                        // Each page at its offset in the block (the others stay zero).
+                        let mut pages: Vec<&mut [u8]> = Vec::with_capacity(indices.len());
+                        let mut rest = stage.bytes();
+                        let mut at = 0;
+                        for &offset in &indices {
+                            let (_, tail) = rest.split_at_mut((offset - at) as usize);
+                            let (page, tail) = tail.split_at_mut(PAGE_SIZE as usize);
+                            pages.push(page);
+                            rest = tail;
+                            at = offset + PAGE_SIZE;
+                        }
+                        stream.recv_body(&mut pages).map_err(|e| e.to_string())?;
+                        pin.place_block(block, stage, &indices)?;
                     }
                 }
             }
@@ -280,16 +308,56 @@ fn receive(host: &Arc<Host>, stream: &mut BulkStream, from: u32, id: u64) -> Res
     }
 }
 
-/// The addresses of a `PAGES` record, checked against the body's length.
-fn page_list(d: &mut Decoder<'_>, body_len: usize) -> Result<Vec<u64>, String> {
-    let n = d.u32().map_err(|e| e.to_string())? as usize;
-    if n > PAGES_PER_RECORD || body_len != n * PAGE_SIZE as usize {
-        return Err("PAGES record of a bad size".into());
+/// The block of a `PAGES` record and its pages' offsets in it (strictly increasing),
+/// checked against the body's length.
+fn page_list(d: &mut Decoder<'_>, body_len: usize) -> Result<(u64, Vec<u64>), String> {
+    let bad = |e: crate::wire::WireError| e.to_string();
+    let block = d.u64().map_err(bad)?;
+    let n = d.u32().map_err(bad)? as usize;
+    if !block.is_multiple_of(BLOCK) || n > PAGES_PER_RECORD || body_len != n * PAGE_SIZE as usize {
+        return Err("PAGES record of a bad size or block".into());
     }
-    let mut addrs = Vec::with_capacity(n);
+    let mut offsets: Vec<u64> = Vec::with_capacity(n);
     for _ in 0..n {
-        addrs.push(d.u64().map_err(|e| e.to_string())?);
+        let i = u64::from(d.u16().map_err(bad)?);
+        if i as usize >= PAGES_PER_RECORD || offsets.last().is_some_and(|&l| l >= i * PAGE_SIZE) {
+            return Err("PAGES record with bad page indices".into());
+        }
+        offsets.push(i * PAGE_SIZE);
     }
-    d.end().map_err(|e| e.to_string())?;
-    Ok(addrs)
+    d.end().map_err(bad)?;
+    Ok((block, offsets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(block: u64, indices: &[u16]) -> Vec<u8> {
+        let mut e = Encoder::default();
+        e.u64(block).u32(indices.len() as u32);
+        for &i in indices {
+            e.u16(i);
+        }
+        e.finish()
+    }
+
+    #[test]
+    fn page_lists_are_checked() {
+        let ok = head(BLOCK * 3, &[0, 5, 511]);
+        let (block, offsets) = page_list(&mut Decoder::new(&ok), 3 * 4096).unwrap();
+        assert_eq!((block, offsets), (BLOCK * 3, vec![0, 5 * 4096, 511 * 4096]));
+        for (bad, body) in [
+            (head(BLOCK * 3, &[0, 5]), 3 * 4096), // body of another length
+            (head(BLOCK + 4096, &[0]), 4096),     // unaligned block
+            (head(0, &[5, 5]), 2 * 4096),         // a page twice
+            (head(0, &[6, 5]), 2 * 4096),         // not increasing
+            (head(0, &[512]), 4096),              // outside the block
+        ] {
+            assert!(page_list(&mut Decoder::new(&bad), body).is_err());
+        }
+        let mut long = head(0, &[1]);
+        long.push(0);
+        assert!(page_list(&mut Decoder::new(&long), 4096).is_err());
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::dest::{BeginMeta, CommitMeta};
 use super::host::HostedVm;
-use super::page_stream::PageSender;
+use super::page_stream::{self, PageSender};
 use super::{dirty, msg};
 use crate::memory::PAGE_SIZE;
 use crate::vm::{Paused, VmShared};
@@ -159,10 +159,21 @@ pub fn push_rest(
         .collect();
     let start = Instant::now();
     let mut sent = (0, 0);
-    for (i, step) in shared.chunks(PUSH_STEP).enumerate() {
-        let (pages, bytes) = stream.pages(&vm.mem, step, true)?;
+    // Steps end at a block boundary: the destination takes a block's pages in one record
+    // (the pages of a block a record does not carry are zero).
+    let mut from = 0;
+    while from < shared.len() {
+        let mut to_page = (from + PUSH_STEP).min(shared.len());
+        while to_page < shared.len()
+            && shared[to_page] & !(page_stream::BLOCK - 1)
+                == shared[to_page - 1] & !(page_stream::BLOCK - 1)
+        {
+            to_page += 1;
+        }
+        let (pages, bytes) = stream.pages(&vm.mem, &shared[from..to_page], true)?;
         sent = (sent.0 + pages, sent.1 + bytes);
-        let done = (i * PUSH_STEP + step.len()) as u64;
+        from = to_page;
+        let done = from as u64;
         if done < shared.len() as u64 {
             progress(json!({
                 "phase": "push",

@@ -1,7 +1,8 @@
 //! userfaultfd(2) in MISSING mode over a range of the VMM's guest-memory mapping (post-copy:
 //! a page the guest or the VMM touches before it arrived blocks the toucher until
-//! [`Uffd::copy`] fills it). The `userfaultfd` crate's `-sys` part is not in this machine's
-//! crate cache, so the few ioctls are declared here.
+//! [`Uffd::copy`] fills it, or [`Uffd::move_in`] moves it in from a [`Staging`] block). The
+//! `userfaultfd` crate's `-sys` part is not in this machine's crate cache, so the few ioctls
+//! are declared here.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -12,7 +13,13 @@ const UFFDIO_API: libc::Ioctl = 0xc018_aa3f_u32 as libc::Ioctl;
 const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as libc::Ioctl;
 const UFFDIO_UNREGISTER: libc::Ioctl = 0x8010_aa01_u32 as libc::Ioctl;
 const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
+const UFFDIO_MOVE: libc::Ioctl = 0xc028_aa05_u32 as libc::Ioctl;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// `UFFDIO_MOVE` (Linux 6.8): move pages between two mappings of this process, no copy.
+const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
+/// Huge page size (x86-64 and aarch64 with 4 KiB pages).
+pub const HUGE_PAGE: u64 = 2 << 20;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 
 #[repr(C)]
@@ -36,6 +43,15 @@ struct UffdioRegister {
 }
 
 #[repr(C)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
+#[repr(C)]
 struct UffdioCopy {
     dst: u64,
     src: u64,
@@ -50,6 +66,8 @@ pub struct Uffd {
     fd: OwnedFd,
     start: u64,
     len: u64,
+    /// The kernel offers `UFFDIO_MOVE`.
+    can_move: bool,
 }
 
 fn check(r: libc::c_int) -> std::io::Result<()> {
@@ -64,18 +82,11 @@ impl Uffd {
     /// Registers `[start, start + len)` of this process's memory (a private anonymous
     /// mapping, page-aligned) for missing-page faults.
     pub fn register(start: u64, len: u64) -> std::io::Result<Uffd> {
-        // SAFETY: a plain system call with flags; it returns a new fd or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) } as i32;
-        check(raw)?;
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: 0,
-            ioctls: 0,
+        // Asks for `UFFDIO_MOVE`; a kernel without it refuses the feature (and that fd).
+        let (fd, can_move) = match Self::open(UFFD_FEATURE_MOVE) {
+            Ok(fd) => (fd, true),
+            Err(_) => (Self::open(0)?, false),
         };
-        // SAFETY: UFFDIO_API takes a pointer to a live `uffdio_api`.
-        check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) })?;
         let mut reg = UffdioRegister {
             range: UffdioRange { start, len },
             mode: UFFDIO_REGISTER_MODE_MISSING,
@@ -84,7 +95,94 @@ impl Uffd {
         // SAFETY: UFFDIO_REGISTER takes a pointer to a live `uffdio_register`; the range is
         // the caller's mapping.
         check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) })?;
-        Ok(Uffd { fd, start, len })
+        Ok(Uffd {
+            fd,
+            start,
+            len,
+            can_move,
+        })
+    }
+
+    /// A new userfaultfd with `features` enabled.
+    fn open(features: u64) -> std::io::Result<OwnedFd> {
+        // Non-blocking: a fault that `poll` reported may be resolved (by a pushed page) before
+        // it is read, and a blocking read would then wait for the next fault, which after
+        // `unregister` never comes.
+        // SAFETY: a plain system call with flags; it returns a new fd or -1.
+        let raw =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) }
+                as i32;
+        check(raw)?;
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API takes a pointer to a live `uffdio_api`.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) })?;
+        Ok(fd)
+    }
+
+    /// Fills the missing pages of `[dst, dst + len)` (page-aligned, in the range) with the
+    /// pages of `staging` at the same offsets, and wakes whoever waits on them. With
+    /// `UFFDIO_MOVE` the pages move without a copy (a whole huge page at once where both sides
+    /// are aligned); pages `staging` does not have stay missing. Without it, the pages at
+    /// `present` offsets are copied. Pages already present at `dst` are left alone. `staging`
+    /// is empty afterwards.
+    pub fn move_in(
+        &self,
+        dst: u64,
+        staging: &mut Staging,
+        len: u64,
+        present: &[u64],
+    ) -> std::io::Result<()> {
+        if len > staging.len
+            || !len.is_multiple_of(4096)
+            || !dst.is_multiple_of(4096)
+            || dst < self.start
+            || dst + len > self.start + self.len
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if !self.can_move {
+            for &offset in present {
+                self.copy_run(dst + offset, &staging.bytes()[offset as usize..][..4096])?;
+            }
+            return staging.clear();
+        }
+        let mut done = 0;
+        let mut left_behind = false;
+        while done < len {
+            let mut m = UffdioMove {
+                dst: dst + done,
+                src: staging.addr + done,
+                len: len - done,
+                mode: UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+                moved: 0,
+            };
+            // SAFETY: UFFDIO_MOVE takes a pointer to a live `uffdio_move`; `src` is the rest
+            // of the staging mapping (private, anonymous, owned by `staging`, which nothing
+            // else uses while it is borrowed here) and `dst` that many bytes of the registered
+            // range.
+            let r = check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_MOVE, &mut m) });
+            let moved = u64::try_from(m.moved).unwrap_or(0);
+            match r {
+                Ok(()) => break,
+                // A page that is there already: it stays; its staged copy is left behind.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    left_behind = true;
+                    done += moved + 4096;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => done += moved,
+                Err(e) => return Err(e),
+            }
+        }
+        if left_behind {
+            staging.clear()?;
+        }
+        Ok(())
     }
 
     /// Fills the missing page at `dst` (page-aligned, in the range) with `page` (4 KiB) and
@@ -163,5 +261,131 @@ impl Uffd {
         };
         // SAFETY: UFFDIO_UNREGISTER takes a pointer to a live `uffdio_range`.
         check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range) })
+    }
+}
+
+/// A private anonymous mapping aligned to [`HUGE_PAGE`], preferring transparent huge pages:
+/// where pushed pages are read and checked before [`Uffd::move_in`] moves them into a VM.
+#[derive(Debug)]
+pub struct Staging {
+    addr: u64,
+    len: u64,
+    /// The whole mapping (`addr` is the first huge-page boundary in it).
+    map: (u64, u64),
+}
+
+impl Staging {
+    /// Maps `len` bytes (a multiple of [`HUGE_PAGE`]).
+    pub fn new(len: u64) -> std::io::Result<Staging> {
+        let map_len = len + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping at an address of the kernel's choosing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let addr = (p as u64).next_multiple_of(HUGE_PAGE);
+        crate::sys::advise_huge_pages(addr, len);
+        Ok(Staging {
+            addr,
+            len,
+            map: (p as u64, map_len),
+        })
+    }
+
+    /// The staging bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `[addr, addr + len)` lies in the live mapping this value owns, and the
+        // mutable borrow of `self` makes the slice the only access to it.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len as usize) }
+    }
+
+    /// Empties it (every page reads as zero again).
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        // SAFETY: drops the pages of this value's own mapping.
+        check(unsafe {
+            libc::madvise(
+                self.addr as *mut libc::c_void,
+                self.len as usize,
+                libc::MADV_DONTNEED,
+            )
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping this value owns; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.map.0 as *mut libc::c_void, self.map.1 as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A huge-page-aligned mapping of `len` bytes registered for missing faults.
+    fn registered(len: u64) -> (Staging, Uffd) {
+        let target = Staging::new(len).unwrap();
+        let uffd = Uffd::register(target.addr, len).unwrap();
+        (target, uffd)
+    }
+
+    #[test]
+    fn staged_pages_move_in_and_present_pages_stay() {
+        let (target, uffd) = registered(2 * HUGE_PAGE);
+        assert!(uffd.can_move, "this kernel has UFFDIO_MOVE (Linux 6.8+)");
+        staged_pages_arrive(target, uffd);
+    }
+
+    #[test]
+    fn without_uffdio_move_staged_pages_are_copied() {
+        let (target, mut uffd) = registered(2 * HUGE_PAGE);
+        uffd.can_move = false;
+        staged_pages_arrive(target, uffd);
+    }
+
+    fn staged_pages_arrive(mut target: Staging, uffd: Uffd) {
+        // A page the guest fetched before the push: it must survive.
+        uffd.copy(target.addr + 3 * 4096, &[7; 4096]).unwrap();
+        let mut staging = Staging::new(HUGE_PAGE).unwrap();
+        let present: Vec<u64> = [0u64, 3, 4, 511].iter().map(|i| i * 4096).collect();
+        for &o in &present {
+            staging.bytes()[o as usize..][..4096].fill((o / 4096 % 200) as u8 + 1);
+        }
+        uffd.move_in(target.addr, &mut staging, HUGE_PAGE, &present)
+            .unwrap();
+        let t = target.bytes();
+        assert_eq!(t[0], 1);
+        assert_eq!(t[3 * 4096], 7, "a present page was overwritten");
+        assert_eq!(t[4 * 4096], 5);
+        assert_eq!(t[511 * 4096 + 4095], (511 % 200) as u8 + 1);
+        assert!(
+            staging.bytes().iter().all(|&b| b == 0),
+            "staging not emptied"
+        );
+        // The next block, from the now empty staging again.
+        staging.bytes()[..4096].fill(9);
+        uffd.move_in(target.addr + HUGE_PAGE, &mut staging, HUGE_PAGE, &[0])
+            .unwrap();
+        assert_eq!(target.bytes()[HUGE_PAGE as usize], 9);
+        // Outside the registered range, or too long for the staging area.
+        assert!(
+            uffd.move_in(target.addr + 2 * HUGE_PAGE, &mut staging, 4096, &[0])
+                .is_err()
+        );
+        assert!(
+            uffd.move_in(target.addr, &mut staging, 2 * HUGE_PAGE, &[0])
+                .is_err()
+        );
+        uffd.unregister().unwrap();
     }
 }
