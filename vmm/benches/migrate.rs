@@ -189,6 +189,10 @@ fn main() {
                     down.push(s["downtime_ms"].as_f64().unwrap());
                     total.push(s["total_ms"].as_f64().unwrap());
                     let b = s["bytes"].as_u64().unwrap();
+                    if std::env::var_os("POPVMM_BENCH_VERBOSE").is_some() && !s["phases"].is_null()
+                    {
+                        eprintln!("  phases (ms): {}", s["phases"]);
+                    }
                     bytes.push(b as f64);
                     // The best of three raw copies (the machine is shared and noisy).
                     let best = (0..3).map(|_| raw_tcp(b)).fold(f64::MAX, f64::min);

@@ -28,6 +28,48 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the destination may take to answer a step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Where a migration's time went: each step's milliseconds, in order (the summary's
+/// `phases`).
+#[derive(Debug)]
+pub struct Phases {
+    last: Instant,
+    steps: Vec<(String, f64)>,
+}
+
+impl Phases {
+    /// Starts timing.
+    pub fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name` (it began where the previous one ended).
+    pub fn mark(&mut self, name: impl Into<String>) {
+        let now = Instant::now();
+        let ms = (now - self.last).as_secs_f64() * 1e3;
+        self.steps.push((name.into(), ms));
+        self.last = now;
+    }
+
+    /// The steps as a JSON object.
+    pub fn json(&self) -> Value {
+        Value::Object(
+            self.steps
+                .iter()
+                .map(|(name, ms)| (name.clone(), json!((ms * 1e3).round() / 1e3)))
+                .collect(),
+        )
+    }
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases::new()
+    }
+}
+
 /// Moves `hvm` to node `to` with pre-copy. `progress` is called after each round with a JSON
 /// object (round, pages, bytes, MB/s, remaining pages, estimated downtime). Returns the
 /// summary; on error the VM runs on here.
@@ -39,14 +81,23 @@ pub fn precopy(
     progress: &mut dyn FnMut(Value),
 ) -> Result<Value, String> {
     let start = Instant::now();
-    let mut pages = begin_transfer(node, hvm, to, false)?;
+    let mut phases = Phases::new();
+    let mut pages = begin_transfer(node, hvm, to, false, &mut phases)?;
     let vm = &hvm.vm;
     let abort = |why: String| {
         let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
         why
     };
     hvm.set_state("migrating");
-    let result = copy_and_switch(node, &mut pages, hvm, to, downtime_ms, start, progress);
+    let result = copy_and_switch(
+        node,
+        &mut pages,
+        hvm,
+        to,
+        downtime_ms,
+        (start, &mut phases),
+        progress,
+    );
     match result {
         Ok(summary) => Ok(summary),
         Err(e) => {
@@ -63,6 +114,7 @@ fn begin_transfer(
     hvm: &Arc<HostedVm>,
     to: u32,
     postcopy: bool,
+    phases: &mut Phases,
 ) -> Result<PageSender, String> {
     let vm = &hvm.vm;
     check_destination(node, to)?;
@@ -80,8 +132,11 @@ fn begin_transfer(
     let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
     node.request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
+    phases.mark("begin");
     let sent = PageSender::open(node, to, hvm.id).and_then(|mut pages| {
+        phases.mark("page stream");
         pages.image(&vm.image.bytes)?;
+        phases.mark("image");
         Ok(pages)
     });
     sent.inspect_err(|_| {
@@ -99,7 +154,7 @@ pub fn postcopy_switch(
     hvm: &Arc<HostedVm>,
     to: u32,
 ) -> Result<(Duration, u64, PageSender), String> {
-    let mut pages = begin_transfer(node, hvm, to, true)?;
+    let mut pages = begin_transfer(node, hvm, to, true, &mut Phases::new())?;
     let vm = &hvm.vm;
     let stop = Instant::now();
     let paused = match vm.pause(Duration::from_secs(5)) {
@@ -234,13 +289,14 @@ fn copy_and_switch(
     hvm: &Arc<HostedVm>,
     to: u32,
     downtime_ms: u64,
-    start: Instant,
+    (start, phases): (Instant, &mut Phases),
     progress: &mut dyn FnMut(Value),
 ) -> Result<Value, String> {
     let vm = &hvm.vm;
     dirty::start(vm)?;
     // Pages never touched are not resident and read as zero: the destination has them.
     let mut pages = dirty::resident_pages(vm);
+    phases.mark("dirty log");
     let mut round = 0;
     let mut rate = 0f64; // bytes per second
     let (mut previous, mut stalled) = (pages.len(), 0);
@@ -254,6 +310,7 @@ fn copy_and_switch(
             rate = bytes as f64 / secs;
         }
         pages = dirty::take(vm)?;
+        phases.mark(format!("round {round}"));
         let remaining = pages.len() as u64 * (PAGE_SIZE + 8);
         let estimate_ms = if rate > 0.0 {
             remaining as f64 / rate * 1e3
@@ -302,9 +359,11 @@ fn copy_and_switch(
         }
     };
     let downtime = stop.elapsed();
+    phases.mark("stopped");
     hvm.set_state("moved");
     vm.leave();
     Ok(json!({
+        "phases": phases.json(),
         "from": node.id(),
         "to": to,
         "mode": "precopy",
