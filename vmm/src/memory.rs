@@ -42,6 +42,49 @@ pub struct GuestMem {
     private_size: u64,
     shared_size: u64,
     host_dirty: Arc<HostDirty>,
+    /// One per handle: counts the clones (see [`GuestMem::is_only_handle`]).
+    handles: Arc<()>,
+}
+
+/// A set of guest pages (one bit per 4 KiB page of each region).
+#[derive(Clone, Debug)]
+pub struct PageSet {
+    private: Vec<u64>,
+    shared: Vec<u64>,
+}
+
+impl PageSet {
+    /// An empty set for `mem`'s pages.
+    pub fn new(mem: &GuestMem) -> PageSet {
+        let words = |size: u64| vec![0u64; size.div_ceil(PAGE_SIZE * 64) as usize];
+        PageSet {
+            private: words(mem.private_size),
+            shared: words(mem.shared_size),
+        }
+    }
+
+    /// Adds the page at guest address `addr` (ignored outside guest memory).
+    pub fn insert(&mut self, addr: u64) {
+        let (bits, page) = if addr >= SHARED_BASE {
+            (&mut self.shared, (addr - SHARED_BASE) / PAGE_SIZE)
+        } else {
+            (&mut self.private, addr / PAGE_SIZE)
+        };
+        if let Some(w) = bits.get_mut((page / 64) as usize) {
+            *w |= 1 << (page % 64);
+        }
+    }
+
+    /// Whether the page at `addr` is in the set.
+    pub fn contains(&self, addr: u64) -> bool {
+        let (bits, page) = if addr >= SHARED_BASE {
+            (&self.shared, (addr - SHARED_BASE) / PAGE_SIZE)
+        } else {
+            (&self.private, addr / PAGE_SIZE)
+        };
+        bits.get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
 }
 
 /// Size of the pages dirty tracking counts in.
@@ -81,7 +124,47 @@ impl GuestMem {
             private_size,
             shared_size,
             host_dirty: Arc::new(HostDirty::new(private_size, shared_size)),
+            handles: Arc::new(()),
         })
+    }
+
+    /// Whether this is the only handle on this memory (no VM, thread or other clone uses it).
+    pub fn is_only_handle(&self) -> bool {
+        Arc::strong_count(&self.handles) == 1
+    }
+
+    /// Zeroes every page not in `keep`: memory that held another VM, made to read as fresh
+    /// memory except where the arriving VM's pages were written.
+    ///
+    /// # Safety
+    ///
+    /// Nothing else may access the memory meanwhile (an arriving VM, before it starts).
+    pub unsafe fn zero_except(&self, keep: &PageSet) {
+        for r in self.regions() {
+            let pages = r.size / PAGE_SIZE;
+            let mut page = 0;
+            while page < pages {
+                let addr = r.guest_addr + page * PAGE_SIZE;
+                if keep.contains(addr) {
+                    page += 1;
+                    continue;
+                }
+                let mut run = 1;
+                while page + run < pages && !keep.contains(addr + run * PAGE_SIZE) {
+                    run += 1;
+                }
+                // SAFETY: `[host_addr + page * 4 KiB, + run pages)` lies in the region's live
+                // mapping, and the caller guarantees nothing else accesses it.
+                unsafe {
+                    std::ptr::write_bytes(
+                        (r.host_addr + page * PAGE_SIZE) as *mut u8,
+                        0,
+                        (run * PAGE_SIZE) as usize,
+                    );
+                }
+                page += run;
+            }
+        }
     }
 
     /// Size of the shared region (from [`SHARED_BASE`]).
@@ -327,6 +410,32 @@ mod tests {
             // SAFETY: as above.
             assert!(unsafe { m.pages_mut(bad) }.is_err(), "{bad:x?}");
         }
+    }
+
+    #[test]
+    fn reused_memory_is_zeroed_except_the_pages_written() {
+        let m = mem();
+        for r in m.regions() {
+            m.write(r.guest_addr, &vec![0xee; r.size as usize]).unwrap();
+        }
+        let mut keep = PageSet::new(&m);
+        for a in [4096, SHARED_BASE, SHARED_BASE + (4 << 20) - 4096] {
+            keep.insert(a);
+        }
+        assert!(keep.contains(SHARED_BASE) && !keep.contains(SHARED_BASE + 4096));
+        // SAFETY: nothing else uses `m` in this test.
+        unsafe { m.zero_except(&keep) };
+        for r in m.regions() {
+            for page in 0..r.size / PAGE_SIZE {
+                let a = r.guest_addr + page * PAGE_SIZE;
+                let want = if keep.contains(a) { 0xee } else { 0 };
+                assert_eq!(m.read(a, 4096).unwrap(), vec![want; 4096], "page {a:#x}");
+            }
+        }
+        let other = m.clone();
+        assert!(!m.is_only_handle());
+        drop(other);
+        assert!(m.is_only_handle());
     }
 
     #[test]

@@ -230,12 +230,23 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     c.start(1, false);
     c.start(2, false);
     // 80 iterations of 50 ms (long enough for four migrations on a loaded machine), a thread
-    // rewriting and checking 8 MiB, exit status 7.
-    let vm = c.launch(&["--memory", "64M"], "migrateme", &["80", "50", "8", "7"]);
+    // rewriting and checking 8 MiB, exit status 7, 12 MiB filled at the start and checked at
+    // the end.
+    let vm = c.launch(
+        &["--memory", "64M"],
+        "migrateme",
+        &["80", "50", "8", "7", "12"],
+    );
     // Any node can be asked: here, in turn, one that is neither source nor destination, the
-    // destination, the source, and the launching node.
-    for (to, asked) in [(1, 2), (2, 2), (1, 2), (2, 0)] {
-        assert_migrated(&c.migrate_asking(asked, "migrateme", to, &[]));
+    // destination, the source, and the launching node. The third and fourth arrivals find
+    // the memory the VM left behind there (and must leave nothing of it but the VM's pages).
+    for (i, (to, asked)) in [(1, 2), (2, 2), (1, 2), (2, 0)].into_iter().enumerate() {
+        let out = c.migrate_asking(asked, "migrateme", to, &[]);
+        assert_migrated(&out);
+        if i >= 2 {
+            let said = text(&out.stdout);
+            assert!(said.contains("reused memory"), "{said}");
+        }
         let vms = c.vms();
         assert_eq!(vms.len(), 1, "{vms:?}");
         assert_eq!(vms[0]["node"], to, "ps shows where it runs");

@@ -13,7 +13,7 @@ use crate::arch::{HypercallRequest, VcpuState};
 use crate::config::VmConfig;
 use crate::fs::{FdTable, FileService, FileSystem, HomeFiles};
 use crate::image::{Image, ImageBytes};
-use crate::memory::{GuestMem, PAGE_SIZE};
+use crate::memory::{GuestMem, PAGE_SIZE, PageSet};
 use crate::output::Output;
 use crate::threads::ThreadTable;
 use crate::vm::{ParkedVcpu, Paused, Vm};
@@ -81,8 +81,8 @@ pub struct Arriving {
     pub meta: BeginMeta,
     /// Its memory, filled by its page stream.
     pub mem: GuestMem,
-    /// Held by the page stream while it writes `mem`; set by `GO` before the VM starts.
-    pub started: Arc<Mutex<bool>>,
+    /// Held by the page stream while it writes `mem`; `GO` marks the VM started under it.
+    pub fill: Arc<Mutex<Fill>>,
     /// Closes its page stream (when the VM is dropped before it started).
     pub closer: Option<StreamCloser>,
     image: Vec<u8>,
@@ -95,11 +95,34 @@ pub struct Arriving {
     pub since: Instant,
 }
 
-/// Validates `BEGIN` and maps the VM's memory.
+/// How far an arriving VM's memory is filled.
+#[derive(Debug)]
+pub struct Fill {
+    /// `GO` came: the VM runs, its page stream may no longer write its memory.
+    pub started: bool,
+    /// Memory reused from a VM that left ([`super::pool`]): the pages written so far. At the
+    /// first `SYNC` (the end of the first copy round, which sends every page the source
+    /// has) every other page is zeroed, and this becomes `None`.
+    pub written: Option<PageSet>,
+}
+
+impl Fill {
+    /// Zeroes the pages of reused memory that nothing was written to (once).
+    pub fn zero_unwritten(&mut self, mem: &GuestMem) {
+        if let Some(written) = self.written.take() {
+            // SAFETY: an arriving VM does not run before `GO`, and its memory is written only
+            // under this `Fill`'s lock, which the caller holds.
+            unsafe { mem.zero_except(&written) };
+        }
+    }
+}
+
+/// Validates `BEGIN` and maps the VM's memory (or reuses memory from `pool`).
 pub fn begin(
     from: u32,
     payload: &[u8],
     arriving: &HashMap<u64, Arriving>,
+    pool: &super::pool::MemoryPool,
 ) -> Result<Arriving, String> {
     let meta: BeginMeta = serde_json::from_slice(payload).map_err(|e| format!("bad BEGIN: {e}"))?;
     if meta.arch != crate::arch::NAME {
@@ -124,9 +147,24 @@ pub fn begin(
     if arriving.contains_key(&meta.vm) {
         return Err(format!("VM {} is already arriving here", meta.vm));
     }
-    let mem = GuestMem::new(meta.private_size, meta.shared_size).map_err(|e| e.to_string())?;
+    let reused = (!meta.postcopy)
+        .then(|| pool.take(meta.private_size, meta.shared_size))
+        .flatten();
+    let recycled = reused.is_some();
+    let mem = match reused {
+        Some(mem) => mem,
+        None => {
+            let mem =
+                GuestMem::new(meta.private_size, meta.shared_size).map_err(|e| e.to_string())?;
+            mem.prefer_huge_pages();
+            mem
+        }
+    };
     Ok(Arriving {
-        started: Arc::new(Mutex::new(false)),
+        fill: Arc::new(Mutex::new(Fill {
+            started: false,
+            written: recycled.then(|| PageSet::new(&mem)),
+        })),
         closer: None,
         from,
         image: Vec::new(),
@@ -276,20 +314,22 @@ mod tests {
     #[test]
     fn begin_checks_the_isa_and_the_sizes() {
         let none = HashMap::new();
-        let err = begin(1, &meta("riscv64", 4 << 20), &none).unwrap_err();
+        let pool = super::super::pool::MemoryPool::default();
+        let err = begin(1, &meta("riscv64", 4 << 20), &none, &pool).unwrap_err();
         assert!(err.contains("same ISA"), "{err}");
-        assert!(begin(1, &meta(crate::arch::NAME, 1 << 50), &none).is_err());
-        assert!(begin(1, &meta(crate::arch::NAME, 4097), &none).is_err());
-        assert!(begin(1, b"{not json", &none).is_err());
-        let a = begin(1, &meta(crate::arch::NAME, 4 << 20), &none).unwrap();
+        assert!(begin(1, &meta(crate::arch::NAME, 1 << 50), &none, &pool).is_err());
+        assert!(begin(1, &meta(crate::arch::NAME, 4097), &none, &pool).is_err());
+        assert!(begin(1, b"{not json", &none, &pool).is_err());
+        let a = begin(1, &meta(crate::arch::NAME, 4 << 20), &none, &pool).unwrap();
         let mut taken = HashMap::new();
         taken.insert(7, a);
-        assert!(begin(1, &meta(crate::arch::NAME, 4 << 20), &taken).is_err());
+        assert!(begin(1, &meta(crate::arch::NAME, 4 << 20), &taken, &pool).is_err());
     }
 
     #[test]
     fn malformed_states_are_refused() {
-        let mut a = begin(1, &meta(crate::arch::NAME, 4 << 20), &HashMap::new()).unwrap();
+        let pool = super::super::pool::MemoryPool::default();
+        let mut a = begin(1, &meta(crate::arch::NAME, 4 << 20), &HashMap::new(), &pool).unwrap();
         let mut e = Encoder::default();
         e.u32(0).u32(1).u8(2);
         assert!(a.vcpu(&mut Decoder::new(&e.finish())).is_err());

@@ -46,6 +46,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         id,
         secret_file: None,
         control: None,
+        keep_memory_secs: super::pool::KEEP.as_secs(),
     })?;
     let host = started.host.clone();
     std::thread::Builder::new()

@@ -116,6 +116,8 @@ pub struct Host {
     /// Post-copy destinations: VMs running here with pages still to come.
     postcopy_in: Mutex<HashMap<u64, Arc<PostcopyIn>>>,
     arriving: Mutex<HashMap<u64, Arriving>>,
+    /// Memory of VMs that left, for the next arrivals.
+    pool: super::pool::MemoryPool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,6 +162,11 @@ impl Host {
                     }
                 }
             });
+    }
+
+    /// How long the memory of a VM that left is kept for the next arrival (zero: not at all).
+    pub fn keep_memory(&self, keep: Duration) {
+        self.pool.set_keep(keep);
     }
 
     /// Migrations this node relays for `popvmm migrate` (see [`super::relay`]).
@@ -363,12 +370,15 @@ impl Host {
             msg::BEGIN => {
                 self.purge_stale();
                 let mut arriving = lock(&self.arriving);
-                match dest::begin(m.from, &m.payload, &arriving) {
+                match dest::begin(m.from, &m.payload, &arriving, &self.pool) {
                     Ok(a) => {
-                        a.mem.prefer_huge_pages();
+                        let reused = lock(&a.fill).written.is_some();
                         arriving.insert(a.meta.vm, a);
                         drop(arriving);
-                        let _ = m.respond(&[]);
+                        let _ = m.respond(
+                            &serde_json::to_vec(&json!({ "reused_memory": reused }))
+                                .unwrap_or_default(),
+                        );
                     }
                     Err(e) => {
                         drop(arriving);
@@ -436,7 +446,7 @@ impl Host {
         match arriving.get_mut(&id) {
             Some(a) if a.from == from => {
                 a.since = std::time::Instant::now();
-                Ok(Target::Arriving(a.mem.clone(), a.started.clone()))
+                Ok(Target::Arriving(a.mem.clone(), a.fill.clone()))
             }
             _ => Err(format!("no VM {id:x} is arriving from node {from}")),
         }
@@ -555,6 +565,7 @@ impl Host {
     /// Drops arriving VMs whose source went quiet for [`dest::STALE`] or was lost (a
     /// migration that failed before its switch-over leaves nothing behind here).
     fn purge_stale(&self) {
+        self.pool.purge();
         let peers = self.node().peers();
         lock(&self.arriving).retain(|id, a| {
             let lost = peers
@@ -595,6 +606,8 @@ impl Host {
                 let stdout = self.output(id, home, fd_out);
                 let stderr = self.output(id, home, fd_err);
                 let files = self.file_service(id, home);
+                // (The source syncs its page stream first, so this zeroes nothing in practice.)
+                lock(&a.fill).zero_unwritten(&a.mem);
                 let result = a.commit(d.rest(), stdout, stderr, files);
                 if result.is_err() {
                     arriving.remove(&id);
@@ -610,8 +623,8 @@ impl Host {
                 // The page stream lives on (the source closes it); it writes no more pages
                 // straight into memory once the VM is no longer arriving.
                 a.closer = None;
-                let started = a.started.clone();
-                *started.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                let fill = a.fill.clone();
+                lock(&fill).started = true;
                 let vm = a.prepared.take().ok_or("GO before COMMIT")?;
                 let shared = vm.shared();
                 // Post-copy: registered before the VM runs, so that pages pushed from now on
@@ -721,6 +734,7 @@ impl Host {
             }));
             let pushed = super::source::push_rest(self.node(), &mut stream, &hvm, to, progress);
             lock(&self.departed).remove(&hvm.id);
+            self.pool.left(hvm.vm.clone());
             let (pages, pushed_bytes) = pushed.map_err(|e| {
                 format!("the VM started on node {to}, but pushing its pages failed: {e}")
             })?;
@@ -737,6 +751,7 @@ impl Host {
         }
         let summary = super::source::precopy(self.node(), &hvm, to, downtime_ms, progress)?;
         self.forget(&hvm);
+        self.pool.left(hvm.vm.clone());
         Ok(summary)
     }
 }

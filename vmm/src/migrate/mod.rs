@@ -5,6 +5,7 @@
 //! * [`source`]: the pre-copy driver on the node the VM leaves;
 //! * [`dest`]: assembling an arriving VM and starting it;
 //! * [`page_stream`]: the image and memory of a moving VM, on a bulk stream of its own;
+//! * [`pool`]: memory of VMs that left, reused by the next arrival;
 //! * [`dirty`]: which pages changed (KVM's dirty log plus the VMM's own writes);
 //! * [`clock`]: carrying the guest clock over;
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
@@ -24,6 +25,7 @@ pub mod files;
 pub mod home;
 pub mod host;
 pub mod page_stream;
+pub mod pool;
 pub mod relay;
 pub mod source;
 pub mod uffd;

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use net_msg::{BodyTag, BulkStream, Node};
 
+use super::dest::Fill;
 use super::host::Host;
 use super::uffd::Staging;
 use crate::memory::{GuestMem, PAGE_SIZE};
@@ -204,7 +205,7 @@ fn is_zero(page: &[u8]) -> bool {
 pub enum Target {
     /// An arriving VM, not running: straight into its memory, holding its lock (`GO` marks
     /// the VM started under it before the VM starts).
-    Arriving(GuestMem, Arc<Mutex<bool>>),
+    Arriving(GuestMem, Arc<Mutex<Fill>>),
     /// A post-copy VM running here: through userfaultfd, after the record was checked.
     Postcopy(Arc<super::host::PostcopyIn>),
 }
@@ -265,12 +266,15 @@ fn receive(host: &Arc<Host>, stream: &mut BulkStream, from: u32, id: u64) -> Res
                 }
                 let (block, indices) = page_list(&mut d, head.body_len)?;
                 match target {
-                    Target::Arriving(mem, started) => {
-                        let started = started.lock().unwrap_or_else(|e| e.into_inner());
-                        if *started {
+                    Target::Arriving(mem, fill) => {
+                        let mut fill = fill.lock().unwrap_or_else(|e| e.into_inner());
+                        if fill.started {
                             return Err("pages for a VM that started".into());
                         }
                         let addrs: Vec<u64> = indices.iter().map(|&i| block + i).collect();
+                        if let Some(written) = &mut fill.written {
+                            addrs.iter().for_each(|&a| written.insert(a));
+                        }
                         // SAFETY: an arriving VM does not run (`GO` marks it started under
                         // this lock, held until the body is read, before it starts the VM),
                         // and this thread is the only one that writes its memory.
@@ -301,6 +305,13 @@ fn receive(host: &Arc<Host>, stream: &mut BulkStream, from: u32, id: u64) -> Res
             }
             rec::SYNC if head.body_len == 0 => {
                 stream.recv_body(&mut []).map_err(|e| e.to_string())?;
+                // The first round is complete: in reused memory, what it did not write is
+                // zeroed now.
+                if let Target::Arriving(mem, fill) = target {
+                    fill.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .zero_unwritten(&mem);
+                }
                 stream.send(&[rec::ACK], &[]).map_err(|e| e.to_string())?;
             }
             _ => return Err(format!("unexpected record of type {kind}")),

@@ -34,6 +34,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Phases {
     last: Instant,
     steps: Vec<(String, f64)>,
+    /// The destination reused memory of a VM that had left it ([`super::pool`]).
+    pub reused_memory: bool,
 }
 
 impl Phases {
@@ -42,6 +44,7 @@ impl Phases {
         Phases {
             last: Instant::now(),
             steps: Vec::new(),
+            reused_memory: false,
         }
     }
 
@@ -130,8 +133,11 @@ fn begin_transfer(
         postcopy,
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
-    node.request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
+    let answer = node
+        .request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
+    phases.reused_memory =
+        serde_json::from_slice::<Value>(&answer).is_ok_and(|v| v["reused_memory"] == true);
     phases.mark("begin");
     let sent = PageSender::open(node, to, hvm.id).and_then(|mut pages| {
         phases.mark("page stream");
@@ -364,6 +370,7 @@ fn copy_and_switch(
     vm.leave();
     Ok(json!({
         "phases": phases.json(),
+        "reused_memory": phases.reused_memory,
         "from": node.id(),
         "to": to,
         "mode": "precopy",

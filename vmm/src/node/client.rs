@@ -280,7 +280,7 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
         }
         let s = &v["summary"];
         return Ok(format!(
-            "migrated VM {} from node {} to node {} ({}): {:.1} ms in all, downtime {:.2} ms, {:.1} MB sent in {} rounds\n",
+            "migrated VM {} from node {} to node {} ({}): {:.1} ms in all, downtime {:.2} ms, {:.1} MB sent in {} rounds{}\n",
             a.vm,
             s["from"],
             s["to"],
@@ -289,6 +289,11 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
             s["downtime_ms"].as_f64().unwrap_or(0.0),
             s["bytes"].as_f64().unwrap_or(0.0) / 1e6,
             s["rounds"],
+            if s["reused_memory"] == true {
+                "; the destination reused memory a VM left there"
+            } else {
+                ""
+            },
         ));
     }
 }

@@ -83,6 +83,7 @@ pub fn start(args: &NodeArgs) -> Result<Started, String> {
         }
     };
     host.attach(node);
+    host.keep_memory(std::time::Duration::from_secs(args.keep_memory_secs));
     tracing::debug!(node = args.id, "control socket {}", control_path.display());
     Ok(Started {
         host,

@@ -38,6 +38,12 @@ pub struct NodeArgs {
     /// The local control socket (default: see `popvmm peers --help`).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+
+    /// How long to keep the memory of a VM that migrated away, for the next VM that arrives
+    /// with the same memory size (it then skips the kernel's zeroing of fresh memory); 0
+    /// releases it at once.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub keep_memory_secs: u64,
 }
 
 /// How a client finds the node to ask.
