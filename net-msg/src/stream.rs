@@ -36,6 +36,8 @@ use crate::transport::Stream;
 pub const MAX_HEAD: usize = 64 << 10;
 /// Largest record body accepted.
 pub const MAX_BODY: usize = 16 << 20;
+/// Socket buffer size asked for each way.
+const SOCKET_BUFFER: usize = 4 << 20;
 /// Bytes read ahead past a body (the tag, the next record's lengths and head).
 const READ_AHEAD: usize = 4096;
 
@@ -150,6 +152,9 @@ impl BulkStream {
         send_mac: Option<FrameMac>,
         recv_mac: Option<FrameMac>,
     ) -> BulkStream {
+        if let Err(e) = stream.set_buffer_sizes(SOCKET_BUFFER) {
+            tracing::debug!("bulk stream to node {peer}: socket buffers: {e}");
+        }
         BulkStream {
             peer,
             kind,

@@ -47,6 +47,18 @@ impl Stream {
         };
     }
 
+    /// Asks for socket buffers of `bytes` each way (the kernel caps them at its maximum):
+    /// a bulk transfer whose two ends alternate computing and copying keeps flowing while
+    /// one of them computes.
+    pub fn set_buffer_sizes(&self, bytes: usize) -> io::Result<()> {
+        let sock = match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+        };
+        sock.set_send_buffer_size(bytes)?;
+        sock.set_recv_buffer_size(bytes)
+    }
+
     /// Sets the read and write time-outs (None: block).
     pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
         match self {

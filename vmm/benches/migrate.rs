@@ -4,7 +4,7 @@
 //!
 //! Idle: `migrateme` holding three quarters of its memory filled, sleeping in its loop. Busy:
 //! the same without the filled memory, with a thread rewriting half of the guest's memory
-//! without pause. Four migrations per case (there and back, twice); medians.
+//! without pause. Eight migrations per case (there and back, four times); medians.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -82,7 +82,12 @@ fn raw_tcp(bytes: u64) -> f64 {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 fn main() {
@@ -179,7 +184,13 @@ fn main() {
             for mode in ["precopy", "postcopy"] {
                 let (mut down, mut total, mut bytes, mut raw) = (vec![], vec![], vec![], vec![]);
                 let mut at = 0;
-                for _ in 0..4 {
+                // `POPVMM_BENCH_MIGRATIONS=N`: migrations per case (default 8: the first ones
+                // into a node find fresh memory, which this machine's host takes back when it
+                // is freed, and run 2-5x slower; the median is of all of them).
+                let count: usize = std::env::var("POPVMM_BENCH_MIGRATIONS")
+                    .map(|v| v.parse().unwrap())
+                    .unwrap_or(8);
+                for _ in 0..count {
                     let to = 1 - at;
                     let req = json!({"cmd": "migrate", "vm": "migrateme", "to": to,
                                  "mode": mode, "downtime_ms": 5});
