@@ -258,6 +258,24 @@ impl GuestMem {
             .map_err(|_| EFAULT)
     }
 
+    /// Whether the 4 KiB page at `addr` (page-aligned) holds only zeros, read in place
+    /// (volatile reads: the guest may be writing it). `EFAULT` outside guest memory.
+    pub fn page_is_zero(&self, addr: u64) -> Result<bool, i32> {
+        if !addr.is_multiple_of(PAGE_SIZE) || !self.contains(addr, PAGE_SIZE) {
+            return Err(EFAULT);
+        }
+        let host = self
+            .inner
+            .get_host_address(GuestAddress(addr))
+            .map_err(|_| EFAULT)? as *const u64;
+        Ok((0..PAGE_SIZE as usize / 8).all(|i| {
+            // SAFETY: the page lies in a live mapping owned by `self` (checked above) and is
+            // 8-byte aligned; a volatile read of plain memory is sound even while the guest
+            // writes it (it may see either value).
+            unsafe { host.add(i).read_volatile() == 0 }
+        }))
+    }
+
     /// Copies `len` bytes of guest memory at `addr` into a new buffer.
     pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>, i32> {
         if !self.contains(addr, len as u64) {
@@ -432,6 +450,10 @@ mod tests {
                 assert_eq!(m.read(a, 4096).unwrap(), vec![want; 4096], "page {a:#x}");
             }
         }
+        assert_eq!(m.page_is_zero(SHARED_BASE + 4096), Ok(true));
+        assert_eq!(m.page_is_zero(SHARED_BASE), Ok(false));
+        assert!(m.page_is_zero(SHARED_BASE + 1).is_err());
+        assert!(m.page_is_zero(SHARED_BASE + (4 << 20)).is_err());
         let other = m.clone();
         assert!(!m.is_only_handle());
         drop(other);

@@ -148,13 +148,15 @@ impl PageSender {
                 tag = self.stream.body_tag();
             }
             block = Some(here);
+            // Zero pages are found in place (many are: huge pages and reused memory make
+            // whole blocks resident), and not copied.
+            if skip_zero && mem.page_is_zero(addr) == Ok(true) {
+                continue;
+            }
             let slot = DATA_OFFSET + batch.len() * page;
             let data = &mut self.buf[slot..slot + page];
             mem.read_into(addr, data)
                 .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
-            if skip_zero && is_zero(data) {
-                continue;
-            }
             // Hashed now, while the page is in cache.
             tag.update(data);
             batch.push(((addr - here) / PAGE_SIZE) as u16);
@@ -194,11 +196,6 @@ impl PageSender {
             Err(e) => Err(format!("node {} stopped answering: {e}", self.to)),
         }
     }
-}
-
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(8)
-        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
 }
 
 /// Where the pages of a `PAGES` record go.
