@@ -390,6 +390,32 @@ impl GuestMem {
         Ok(pages)
     }
 
+    /// The bytes of `[addr, addr + len)` (page-aligned, inside one region) to fill in place.
+    ///
+    /// # Safety
+    ///
+    /// As for [`GuestMem::pages_mut`]: nothing else may access these bytes while the slice
+    /// lives.
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "guest memory is shared by design; the caller's contract makes it exclusive"
+    )]
+    pub unsafe fn bytes_mut(&self, addr: u64, len: u64) -> Result<&mut [u8], i32> {
+        if !addr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(EINVAL);
+        }
+        if !self.contains(addr, len) {
+            return Err(EFAULT);
+        }
+        let host = self
+            .inner
+            .get_host_address(GuestAddress(addr))
+            .map_err(|_| EFAULT)?;
+        // SAFETY: the range lies inside one live mapping owned by `self` (checked by
+        // `contains`); the caller guarantees nothing else accesses it while the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts_mut(host, len as usize) })
+    }
+
     /// The underlying vm-memory object.
     pub fn inner(&self) -> &GuestMemoryMmap {
         &self.inner

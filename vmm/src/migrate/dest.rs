@@ -85,6 +85,9 @@ pub struct Arriving {
     pub fill: Arc<Mutex<Fill>>,
     /// Closes its page stream (when the VM is dropped before it started).
     pub closer: Option<StreamCloser>,
+    /// Post-copy: memory a VM of the same size left here ([`super::pool`]), whose pages the
+    /// pushed pages are read into and then moved into the VM (instead of fresh memory).
+    pub donor: Option<GuestMem>,
     image: Vec<u8>,
     vcpus: Vec<ParkedVcpu>,
     /// The VM built by `COMMIT`, started by `GO`.
@@ -147,9 +150,12 @@ pub fn begin(
     if arriving.contains_key(&meta.vm) {
         return Err(format!("VM {} is already arriving here", meta.vm));
     }
-    let reused = (!meta.postcopy)
-        .then(|| pool.take(meta.private_size, meta.shared_size))
-        .flatten();
+    let pooled = pool.take(meta.private_size, meta.shared_size);
+    let (reused, donor) = if meta.postcopy {
+        (None, pooled)
+    } else {
+        (pooled, None)
+    };
     let recycled = reused.is_some();
     let mem = match reused {
         Some(mem) => mem,
@@ -166,6 +172,7 @@ pub fn begin(
             written: recycled.then(|| PageSet::new(&mem)),
         })),
         closer: None,
+        donor,
         from,
         image: Vec::new(),
         vcpus: Vec::new(),

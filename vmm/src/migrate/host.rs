@@ -16,7 +16,7 @@ use super::dest::{self, Arriving};
 use super::files::{FileServer, RemoteFiles};
 use super::msg;
 use super::page_stream::{self, Target};
-use super::uffd::{Staging, Uffd};
+use super::uffd::Uffd;
 use crate::fs::{FileService, HomeFiles};
 use crate::output::{Output, Sink};
 use crate::vm::{Outcome, Vm, VmShared};
@@ -66,28 +66,25 @@ pub struct PostcopyIn {
 }
 
 impl PostcopyIn {
-    /// Places the pushed pages of the 2 MiB block at guest address `block`, staged in
-    /// `staging` at their offsets (`present`; the other pages of the block are zero at the
-    /// source), except where the guest fetched a page meanwhile. `staging` is empty after.
-    pub fn place_block(
-        &self,
-        block: u64,
-        staging: &mut Staging,
-        present: &[u64],
-    ) -> Result<(), String> {
+    /// Where the 2 MiB block at guest address `block` of the shared region is in this
+    /// process, and its length (the region's last block may be shorter).
+    pub fn block(&self, block: u64) -> Result<(u64, u64), String> {
         let base = self.mem.regions()[1];
         let end = base.guest_addr + base.size;
         if block < base.guest_addr || block >= end {
             return Err("pushed pages outside the shared region".into());
         }
         let len = (end - block).min(page_stream::BLOCK);
-        if present.last().is_some_and(|&o| o >= len) {
-            return Err("pushed pages outside the shared region".into());
-        }
-        let dst = base.host_addr + (block - base.guest_addr);
+        Ok((base.host_addr + (block - base.guest_addr), len))
+    }
+
+    /// Places the pushed pages of the block at host address `dst`, read into `src` at their
+    /// offsets (`present`; the other pages of `src` are zero, as the source's are), except
+    /// where the guest fetched a page meanwhile. Returns whether `src` still holds pages.
+    pub fn place_block(&self, dst: u64, src: &mut [u8], present: &[u64]) -> Result<bool, String> {
         self.uffd
-            .move_in(dst, staging, len, present)
-            .map_err(|e| format!("cannot place pages at {block:#x}: {e}"))
+            .move_in(dst, src, present)
+            .map_err(|e| format!("cannot place pushed pages: {e}"))
     }
 }
 
@@ -372,7 +369,7 @@ impl Host {
                 let mut arriving = lock(&self.arriving);
                 match dest::begin(m.from, &m.payload, &arriving, &self.pool) {
                     Ok(a) => {
-                        let reused = lock(&a.fill).written.is_some();
+                        let reused = lock(&a.fill).written.is_some() || a.donor.is_some();
                         arriving.insert(a.meta.vm, a);
                         drop(arriving);
                         let _ = m.respond(
@@ -468,16 +465,17 @@ impl Host {
 
     /// The page stream of VM `id` from node `from` opened; `closer` ends it if the VM is
     /// dropped before it starts.
+    /// Returns the memory its post-copy pushes go through, if the pool had some.
     pub(super) fn stream_opened(
         &self,
         id: u64,
         from: u32,
         closer: net_msg::StreamCloser,
-    ) -> Result<(), String> {
+    ) -> Result<Option<crate::memory::GuestMem>, String> {
         match lock(&self.arriving).get_mut(&id) {
             Some(a) if a.from == from && a.closer.is_none() => {
                 a.closer = Some(closer);
-                Ok(())
+                Ok(a.donor.take())
             }
             _ => Err(format!("no VM {id:x} is arriving from node {from}")),
         }
@@ -720,7 +718,9 @@ impl Host {
             // Serve its pages before the switch: the destination may fault on the first
             // instruction after `GO`, before `postcopy_switch` returns.
             lock(&self.departed).insert(hvm.id, hvm.clone());
-            let switched = super::source::postcopy_switch(self.node(), &hvm, to);
+            let mut phases = super::source::Phases::new();
+            let switched = super::source::postcopy_switch(self.node(), &hvm, to, &mut phases);
+            phases.mark("switched");
             let (downtime, bytes, mut stream) = switched.inspect_err(|_| {
                 lock(&self.departed).remove(&hvm.id);
             })?;
@@ -733,6 +733,7 @@ impl Host {
                 "downtime_ms": downtime.as_secs_f64() * 1e3,
             }));
             let pushed = super::source::push_rest(self.node(), &mut stream, &hvm, to, progress);
+            phases.mark("push");
             lock(&self.departed).remove(&hvm.id);
             self.pool.left(hvm.vm.clone());
             let (pages, pushed_bytes) = pushed.map_err(|e| {
@@ -743,6 +744,8 @@ impl Host {
                 "to": to,
                 "mode": "postcopy",
                 "rounds": 1,
+                "reused_memory": phases.reused_memory,
+                "phases": phases.json(),
                 "total_ms": start.elapsed().as_secs_f64() * 1e3,
                 "downtime_ms": downtime.as_secs_f64() * 1e3,
                 "bytes": bytes + pushed_bytes,

@@ -227,15 +227,22 @@ pub fn serve(host: &Arc<Host>, mut stream: BulkStream) {
         .closer()
         .map_err(|e| e.to_string())
         .and_then(|closer| host.stream_opened(id, from, closer));
-    if let Err(e) = opened.and_then(|()| receive(host, &mut stream, from, id)) {
+    if let Err(e) = opened.and_then(|donor| receive(host, &mut stream, from, id, donor)) {
         tracing::warn!("page stream of VM {id:x} from node {from}: {e}");
         host.drop_arriving(id, from);
         let _ = stream.send(&[rec::ERROR], e.as_bytes());
     }
 }
 
-fn receive(host: &Arc<Host>, stream: &mut BulkStream, from: u32, id: u64) -> Result<(), String> {
-    // Post-copy pushes go through here (made at the first).
+fn receive(
+    host: &Arc<Host>,
+    stream: &mut BulkStream,
+    from: u32,
+    id: u64,
+    donor: Option<GuestMem>,
+) -> Result<(), String> {
+    // Post-copy pushes are read into the same block of `donor` (memory a VM left here), or
+    // else into this staging huge page (made at the first).
     let mut staging: Option<Staging> = None;
     let mut first_pages = true;
     loop {
@@ -280,23 +287,56 @@ fn receive(host: &Arc<Host>, stream: &mut BulkStream, from: u32, id: u64) -> Res
                         stream.recv_body(&mut pages).map_err(|e| e.to_string())?;
                     }
                     Target::Postcopy(pin) => {
-                        if staging.is_none() {
-                            staging = Some(Staging::new(BLOCK).map_err(|e| e.to_string())?);
+                        let (dst, len) = pin.block(block)?;
+                        if indices.last().is_some_and(|&o| o + PAGE_SIZE > len) {
+                            return Err("pushed pages outside the shared region".into());
                         }
-                        let stage = staging.as_mut().expect("made above");
-                        // Each page at its offset in the block (the others stay zero).
+                        let src: &mut [u8] = match &donor {
+                            // SAFETY: the donor is this thread's alone (taken from the pool
+                            // for this VM and handed over at `OPEN`); each block of it is
+                            // used once.
+                            Some(d) => unsafe { d.bytes_mut(block, len) }
+                                .map_err(|_| "pushed pages outside guest memory".to_string())?,
+                            None => {
+                                let stage = match &mut staging {
+                                    Some(s) => s,
+                                    None => staging
+                                        .insert(Staging::new(BLOCK).map_err(|e| e.to_string())?),
+                                };
+                                &mut stage.bytes()[..len as usize]
+                            }
+                        };
+                        // Each page at its offset in the block; in the donor, the others
+                        // are zeroed (a staging page's are zero already).
                         let mut pages: Vec<&mut [u8]> = Vec::with_capacity(indices.len());
-                        let mut rest = stage.bytes();
+                        let mut rest: &mut [u8] = src;
                         let mut at = 0;
-                        for &offset in &indices {
-                            let (_, tail) = rest.split_at_mut((offset - at) as usize);
+                        for &offset in indices.iter().chain(std::iter::once(&len)) {
+                            let (gap, tail) = rest.split_at_mut((offset - at) as usize);
+                            if donor.is_some() {
+                                gap.fill(0);
+                            }
+                            if offset == len {
+                                break;
+                            }
                             let (page, tail) = tail.split_at_mut(PAGE_SIZE as usize);
                             pages.push(page);
                             rest = tail;
                             at = offset + PAGE_SIZE;
                         }
                         stream.recv_body(&mut pages).map_err(|e| e.to_string())?;
-                        pin.place_block(block, stage, &indices)?;
+                        drop(pages);
+                        let src: &mut [u8] = match (&donor, &mut staging) {
+                            // SAFETY: as above.
+                            (Some(d), _) => unsafe { d.bytes_mut(block, len) }
+                                .map_err(|_| "pushed pages outside guest memory".to_string())?,
+                            (None, Some(stage)) => &mut stage.bytes()[..len as usize],
+                            (None, None) => unreachable!("made above"),
+                        };
+                        let left = pin.place_block(dst, src, &indices)?;
+                        if let (true, Some(stage)) = (left, &mut staging) {
+                            stage.clear().map_err(|e| e.to_string())?;
+                        }
                     }
                 }
             }

@@ -159,8 +159,9 @@ pub fn postcopy_switch(
     node: &Node,
     hvm: &Arc<HostedVm>,
     to: u32,
+    phases: &mut Phases,
 ) -> Result<(Duration, u64, PageSender), String> {
-    let mut pages = begin_transfer(node, hvm, to, true, &mut Phases::new())?;
+    let mut pages = begin_transfer(node, hvm, to, true, phases)?;
     let vm = &hvm.vm;
     let stop = Instant::now();
     let paused = match vm.pause(Duration::from_secs(5)) {

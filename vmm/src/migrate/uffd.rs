@@ -125,52 +125,48 @@ impl Uffd {
         Ok(fd)
     }
 
-    /// Fills the missing pages of `[dst, dst + len)` (page-aligned, in the range) with the
-    /// pages of `staging` at the same offsets, and wakes whoever waits on them. With
-    /// `UFFDIO_MOVE` the pages move without a copy (a whole huge page at once where both sides
-    /// are aligned); pages `staging` does not have stay missing. Without it, the pages at
-    /// `present` offsets are copied. Pages already present at `dst` are left alone. `staging`
-    /// is empty afterwards.
-    pub fn move_in(
-        &self,
-        dst: u64,
-        staging: &mut Staging,
-        len: u64,
-        present: &[u64],
-    ) -> std::io::Result<()> {
-        if len > staging.len
-            || !len.is_multiple_of(4096)
+    /// Fills the missing pages of `[dst, dst + src.len())` (page-aligned, in the range) with
+    /// the pages of `src` (this process's private anonymous memory, page-aligned) at the same
+    /// offsets, and wakes whoever waits on them. With `UFFDIO_MOVE` the pages move without a
+    /// copy (a whole huge page at once where both sides are aligned) and `src` is left empty;
+    /// pages `src` does not have stay missing. Without it, the pages at `present` offsets are
+    /// copied. Pages already present at `dst` are left alone. Returns whether `src` still
+    /// holds pages (left behind, or copied).
+    pub fn move_in(&self, dst: u64, src: &mut [u8], present: &[u64]) -> std::io::Result<bool> {
+        let len = src.len() as u64;
+        if !len.is_multiple_of(4096)
             || !dst.is_multiple_of(4096)
+            || !(src.as_ptr() as u64).is_multiple_of(4096)
             || dst < self.start
             || dst + len > self.start + self.len
+            || present.iter().any(|&o| o + 4096 > len)
         {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
         if !self.can_move {
             for &offset in present {
-                self.copy_run(dst + offset, &staging.bytes()[offset as usize..][..4096])?;
+                self.copy_run(dst + offset, &src[offset as usize..][..4096])?;
             }
-            return staging.clear();
+            return Ok(true);
         }
         let mut done = 0;
         let mut left_behind = false;
         while done < len {
             let mut m = UffdioMove {
                 dst: dst + done,
-                src: staging.addr + done,
+                src: src.as_ptr() as u64 + done,
                 len: len - done,
                 mode: UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
                 moved: 0,
             };
             // SAFETY: UFFDIO_MOVE takes a pointer to a live `uffdio_move`; `src` is the rest
-            // of the staging mapping (private, anonymous, owned by `staging`, which nothing
-            // else uses while it is borrowed here) and `dst` that many bytes of the registered
-            // range.
+            // of `src` (private anonymous memory, borrowed mutably: nothing else accesses it)
+            // and `dst` that many bytes of the registered range.
             let r = check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_MOVE, &mut m) });
             let moved = u64::try_from(m.moved).unwrap_or(0);
             match r {
                 Ok(()) => break,
-                // A page that is there already: it stays; its staged copy is left behind.
+                // A page that is there already: it stays; the page in `src` is left behind.
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     left_behind = true;
                     done += moved + 4096;
@@ -179,10 +175,7 @@ impl Uffd {
                 Err(e) => return Err(e),
             }
         }
-        if left_behind {
-            staging.clear()?;
-        }
-        Ok(())
+        Ok(left_behind)
     }
 
     /// Fills the missing page at `dst` (page-aligned, in the range) with `page` (4 KiB) and
@@ -361,8 +354,12 @@ mod tests {
         for &o in &present {
             staging.bytes()[o as usize..][..4096].fill((o / 4096 % 200) as u8 + 1);
         }
-        uffd.move_in(target.addr, &mut staging, HUGE_PAGE, &present)
-            .unwrap();
+        if uffd
+            .move_in(target.addr, staging.bytes(), &present)
+            .unwrap()
+        {
+            staging.clear().unwrap();
+        }
         let t = target.bytes();
         assert_eq!(t[0], 1);
         assert_eq!(t[3 * 4096], 7, "a present page was overwritten");
@@ -374,16 +371,19 @@ mod tests {
         );
         // The next block, from the now empty staging again.
         staging.bytes()[..4096].fill(9);
-        uffd.move_in(target.addr + HUGE_PAGE, &mut staging, HUGE_PAGE, &[0])
+        uffd.move_in(target.addr + HUGE_PAGE, staging.bytes(), &[0])
             .unwrap();
         assert_eq!(target.bytes()[HUGE_PAGE as usize], 9);
-        // Outside the registered range, or too long for the staging area.
+        // Outside the registered range, or a present page outside the source.
+        let mut big = Staging::new(2 * HUGE_PAGE).unwrap();
+        let outside = target.addr + 2 * HUGE_PAGE;
         assert!(
-            uffd.move_in(target.addr + 2 * HUGE_PAGE, &mut staging, 4096, &[0])
+            uffd.move_in(outside, &mut staging.bytes()[..4096], &[0])
                 .is_err()
         );
+        assert!(uffd.move_in(target.addr + 4096, big.bytes(), &[0]).is_err());
         assert!(
-            uffd.move_in(target.addr, &mut staging, 2 * HUGE_PAGE, &[0])
+            uffd.move_in(target.addr, &mut staging.bytes()[..4096], &[4096])
                 .is_err()
         );
         uffd.unregister().unwrap();
