@@ -89,6 +89,9 @@ impl PageSet {
 
 /// Size of the pages dirty tracking counts in.
 pub const PAGE_SIZE: u64 = 4096;
+/// [`GuestMem::zero_except`] gives runs of at least this many pages back to the kernel
+/// instead of clearing them (1 MiB).
+const ZERO_BY_RELEASE: u64 = 256;
 
 /// Pages the VMM itself wrote (hypercall results, completion words, per-vCPU data) while
 /// tracking is on: KVM's dirty log only sees the guest's own writes.
@@ -153,14 +156,22 @@ impl GuestMem {
                 while page + run < pages && !keep.contains(addr + run * PAGE_SIZE) {
                     run += 1;
                 }
-                // SAFETY: `[host_addr + page * 4 KiB, + run pages)` lies in the region's live
-                // mapping, and the caller guarantees nothing else accesses it.
-                unsafe {
-                    std::ptr::write_bytes(
-                        (r.host_addr + page * PAGE_SIZE) as *mut u8,
-                        0,
-                        (run * PAGE_SIZE) as usize,
-                    );
+                let (start, len) = (r.host_addr + page * PAGE_SIZE, run * PAGE_SIZE);
+                // Long runs are given back (they read as zero at their next touch, which a
+                // guest's unused memory may never see); short ones are cleared in place.
+                // SAFETY: `[start, start + len)` lies in the region's live private mapping,
+                // and the caller guarantees nothing else accesses it.
+                let released = run >= ZERO_BY_RELEASE
+                    && unsafe {
+                        libc::madvise(
+                            start as *mut libc::c_void,
+                            len as usize,
+                            libc::MADV_DONTNEED,
+                        )
+                    } == 0;
+                if !released {
+                    // SAFETY: as above.
+                    unsafe { std::ptr::write_bytes(start as *mut u8, 0, len as usize) };
                 }
                 page += run;
             }
@@ -463,7 +474,8 @@ mod tests {
             m.write(r.guest_addr, &vec![0xee; r.size as usize]).unwrap();
         }
         let mut keep = PageSet::new(&m);
-        for a in [4096, SHARED_BASE, SHARED_BASE + (4 << 20) - 4096] {
+        // Runs to clear in place (short) and to give back (long) on both sides of these.
+        for a in [4096, 3 * 4096, SHARED_BASE, SHARED_BASE + (4 << 20) - 4096] {
             keep.insert(a);
         }
         assert!(keep.contains(SHARED_BASE) && !keep.contains(SHARED_BASE + 4096));
