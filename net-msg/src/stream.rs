@@ -204,10 +204,16 @@ impl BulkStream {
     /// Sends one record whose body went through `tag` (exactly those bytes, in order: else
     /// the peer refuses the record).
     pub fn send_tagged(&mut self, head: &[u8], body: &[u8], tag: BodyTag) -> Result<()> {
-        if head.len() > MAX_HEAD || body.len() > MAX_BODY {
-            return Err(Error::TooLarge(head.len().max(body.len())));
+        self.send_parts_tagged(head, &[body], tag)
+    }
+
+    /// [`BulkStream::send_tagged`] of a body in pieces (one vectored write of them all).
+    pub fn send_parts_tagged(&mut self, head: &[u8], body: &[&[u8]], tag: BodyTag) -> Result<()> {
+        let body_len: usize = body.iter().map(|p| p.len()).sum();
+        if head.len() > MAX_HEAD || body_len > MAX_BODY {
+            return Err(Error::TooLarge(head.len().max(body_len)));
         }
-        let lens = lengths(head.len(), body.len());
+        let lens = lengths(head.len(), body_len);
         let tag = match (self.send_mac.as_mut(), tag.0) {
             (Some(mac), Some(mut h)) => {
                 h.update(head);
@@ -219,12 +225,11 @@ impl BulkStream {
             Some(t) => t,
             None => &[],
         };
-        let mut parts = [
-            IoSlice::new(&lens),
-            IoSlice::new(head),
-            IoSlice::new(body),
-            IoSlice::new(tag),
-        ];
+        let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(body.len() + 3);
+        parts.push(IoSlice::new(&lens));
+        parts.push(IoSlice::new(head));
+        parts.extend(body.iter().map(|p| IoSlice::new(p)));
+        parts.push(IoSlice::new(tag));
         let mut rest = &mut parts[..];
         while !rest.is_empty() {
             match self.stream.write_vectored(rest) {
@@ -459,6 +464,37 @@ mod tests {
             check(&huge),
             Err(Error::Frame(FrameError::TooLong(_)))
         ));
+    }
+
+    #[test]
+    fn a_record_changed_on_the_way_is_refused_and_the_next_ones_still_arrive() {
+        let (mut a, _) = pair(1, 2);
+        let (x, mut y) = UnixStream::pair().unwrap();
+        a.stream = Stream::Unix(x);
+        for i in 0..3u8 {
+            a.send(&[i], &[i; 3000]).unwrap();
+        }
+        drop(a);
+        let mut wire = Vec::new();
+        y.read_to_end(&mut wire).unwrap();
+        // Inside the second record's body.
+        let record = wire.len() / 3;
+        wire[record + 100] ^= 1;
+        let (_, mut b) = pair(1, 2);
+        let (mut x, y) = UnixStream::pair().unwrap();
+        b.stream = Stream::Unix(y);
+        x.write_all(&wire).unwrap();
+        drop(x);
+        assert_eq!(b.recv().unwrap().unwrap().0, [0]);
+        let head = b.recv_head().unwrap().unwrap();
+        assert_eq!(head.head, [1]);
+        let mut body = vec![0; head.body_len];
+        assert!(matches!(
+            b.recv_body(&mut [&mut body]),
+            Err(Error::Frame(FrameError::BadTag))
+        ));
+        assert_eq!(b.recv().unwrap().unwrap(), (vec![2], vec![2; 3000]));
+        assert!(b.recv().unwrap().is_none());
     }
 
     #[test]

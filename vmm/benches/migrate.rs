@@ -202,7 +202,10 @@ fn main() {
                     let b = s["bytes"].as_u64().unwrap();
                     if std::env::var_os("POPVMM_BENCH_VERBOSE").is_some() && !s["phases"].is_null()
                     {
-                        eprintln!("  phases (ms): {}", s["phases"]);
+                        eprintln!(
+                            "  phases (ms): {}; memory reused: {}; pages sent again: {}",
+                            s["phases"], s["reused_memory"], s["resent_pages"]
+                        );
                     }
                     bytes.push(b as f64);
                     // The best of three raw copies (the machine is shared and noisy).

@@ -1,7 +1,7 @@
 //! The destination side: a VM arriving in pieces (metadata, image, pages, vCPU states, thread
 //! table), checked, assembled into a [`Vm`] when committed, and started on `GO`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -107,6 +107,9 @@ pub struct Fill {
     /// first `SYNC` (the end of the first copy round, which sends every page the source
     /// has) every other page is zeroed, and this becomes `None`.
     pub written: Option<PageSet>,
+    /// Pages whose last record arrived changed (see [`super::page_stream`]): their contents
+    /// are not trusted until they arrive again; the VM may not start before.
+    pub resend: BTreeSet<u64>,
 }
 
 impl Fill {
@@ -170,6 +173,7 @@ pub fn begin(
         fill: Arc::new(Mutex::new(Fill {
             started: false,
             written: recycled.then(|| PageSet::new(&mem)),
+            resend: BTreeSet::new(),
         })),
         closer: None,
         donor,

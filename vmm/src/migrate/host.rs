@@ -605,8 +605,16 @@ impl Host {
                 let stderr = self.output(id, home, fd_err);
                 let files = self.file_service(id, home);
                 // (The source syncs its page stream first, so this zeroes nothing in practice.)
-                lock(&a.fill).zero_unwritten(&a.mem);
-                let result = a.commit(d.rest(), stdout, stderr, files);
+                let resend = {
+                    let mut fill = lock(&a.fill);
+                    fill.zero_unwritten(&a.mem);
+                    fill.resend.len()
+                };
+                let result = if resend > 0 {
+                    Err(format!("{resend} pages of the VM did not arrive intact"))
+                } else {
+                    a.commit(d.rest(), stdout, stderr, files)
+                };
                 if result.is_err() {
                     arriving.remove(&id);
                 }
@@ -622,7 +630,11 @@ impl Host {
                 // straight into memory once the VM is no longer arriving.
                 a.closer = None;
                 let fill = a.fill.clone();
-                lock(&fill).started = true;
+                let mut fill = lock(&fill);
+                if !fill.resend.is_empty() {
+                    return Err("pages of the VM did not arrive intact".into());
+                }
+                fill.started = true;
                 let vm = a.prepared.take().ok_or("GO before COMMIT")?;
                 let shared = vm.shared();
                 // Post-copy: registered before the VM runs, so that pages pushed from now on

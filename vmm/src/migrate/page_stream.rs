@@ -8,6 +8,13 @@
 //! `UFFDIO_MOVE` (a whole 2 MiB at once where the guest has not touched that block yet; no
 //! copy).
 //!
+//! Pages are sent straight from guest memory, hashed from a copy in cache: a page the guest
+//! changes in between makes the record's tag check fail at the destination. Before the VM
+//! is stopped that is expected: the destination keeps such a record's pages as *to send
+//! again* (their contents are not trusted) and lists them in its next `ACK`; the source sends
+//! them again with the next round, and after the stop (nothing changes any more) from a copy.
+//! The destination refuses to start a VM with a page still to send again.
+//!
 //! Records (the head's first byte is its type; the stream's own framing carries lengths):
 //!
 //! ```text
@@ -19,6 +26,8 @@
 //!        record, so the pages of the block it does not send are zero)
 //! SYNC   head: 4                                           body: empty
 //! ACK    head: 5 (destination -> source, answers SYNC: everything before it is in place)
+//!                                                          body: u64 addresses of pages to
+//!                                                          send again (see below)
 //! ERROR  head: 6 (destination -> source, then it closes)   body: the reason
 //! ```
 
@@ -26,6 +35,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use net_msg::frame::FrameError;
 use net_msg::{BodyTag, BulkStream, Node};
 
 use super::dest::Fill;
@@ -67,6 +77,8 @@ pub struct PageSender {
     buf: Vec<u8>,
     /// Bytes sent (records, with their framing).
     pub bytes: u64,
+    /// Pages the destination asked for again (changed on the way).
+    pub resent: u64,
 }
 
 /// Bytes a record takes on the wire besides its head and body (lengths, tag).
@@ -86,6 +98,7 @@ impl PageSender {
             to,
             buf: vec![0u8; DATA_OFFSET + PAGES_PER_RECORD * PAGE_SIZE as usize],
             bytes: 0,
+            resent: 0,
         };
         let mut head = Encoder::default();
         head.u8(rec::OPEN).u64(vm);
@@ -133,6 +146,22 @@ impl PageSender {
         addrs: &[u64],
         skip_zero: bool,
     ) -> Result<(u64, u64), String> {
+        self.send_pages(mem, addrs, skip_zero, false)
+    }
+
+    /// [`PageSender::pages`] sent from a copy (nothing the guest does can change them on the
+    /// way): for pages sent again after the VM stopped.
+    pub fn pages_copied(&mut self, mem: &GuestMem, addrs: &[u64]) -> Result<(u64, u64), String> {
+        self.send_pages(mem, addrs, false, true)
+    }
+
+    fn send_pages(
+        &mut self,
+        mem: &GuestMem,
+        addrs: &[u64],
+        skip_zero: bool,
+        copied: bool,
+    ) -> Result<(u64, u64), String> {
         let (before, mut pages) = (self.bytes, 0u64);
         let page = PAGE_SIZE as usize;
         // The block being filled, and its pages' indices.
@@ -142,7 +171,7 @@ impl PageSender {
         for &addr in addrs {
             let here = addr & !(BLOCK - 1);
             if block.is_some_and(|b| b != here) && !batch.is_empty() {
-                self.flush_pages(block.unwrap_or(here), &batch, tag)?;
+                self.flush_pages(mem, block.unwrap_or(here), &batch, tag, copied)?;
                 pages += batch.len() as u64;
                 batch.clear();
                 tag = self.stream.body_tag();
@@ -153,7 +182,8 @@ impl PageSender {
             if skip_zero && mem.page_is_zero(addr) == Ok(true) {
                 continue;
             }
-            let slot = DATA_OFFSET + batch.len() * page;
+            // Hashed from a copy in cache; sent from guest memory itself, or from the copies.
+            let slot = DATA_OFFSET + if copied { batch.len() * page } else { 0 };
             let data = &mut self.buf[slot..slot + page];
             mem.read_into(addr, data)
                 .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
@@ -162,31 +192,63 @@ impl PageSender {
             batch.push(((addr - here) / PAGE_SIZE) as u16);
         }
         if let (Some(b), false) = (block, batch.is_empty()) {
-            self.flush_pages(b, &batch, tag)?;
+            self.flush_pages(mem, b, &batch, tag, copied)?;
             pages += batch.len() as u64;
         }
         Ok((pages, self.bytes - before))
     }
 
-    fn flush_pages(&mut self, block: u64, batch: &[u16], tag: BodyTag) -> Result<(), String> {
+    fn flush_pages(
+        &mut self,
+        mem: &GuestMem,
+        block: u64,
+        batch: &[u16],
+        tag: BodyTag,
+        copied: bool,
+    ) -> Result<(), String> {
         let mut head = Encoder::with_capacity(13 + batch.len() * 2);
         head.u8(rec::PAGES).u64(block).u32(batch.len() as u32);
         for &i in batch {
             head.u16(i);
         }
         let head = head.finish();
+        // Runs of consecutive pages, straight from guest memory.
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut i = 0;
+        while i < batch.len() {
+            let mut n = 1;
+            while i + n < batch.len() && batch[i + n] == batch[i] + n as u16 {
+                n += 1;
+            }
+            let addr = block + u64::from(batch[i]) * PAGE_SIZE;
+            // SAFETY: only the kernel reads these bytes (to send them); if the guest changed
+            // a page since it was hashed, the destination's tag check fails for this record.
+            let run = unsafe { mem.bytes(addr, n as u64 * PAGE_SIZE) }
+                .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
+            parts.push(run);
+            i += n;
+        }
         let len = batch.len() * PAGE_SIZE as usize;
+        if copied {
+            parts = vec![&self.buf[DATA_OFFSET..DATA_OFFSET + len]];
+        }
         self.bytes += RECORD_OVERHEAD + (head.len() + len) as u64;
-        let body = &self.buf[DATA_OFFSET..DATA_OFFSET + len];
-        let sent = self.stream.send_tagged(&head, body, tag);
+        let sent = self.stream.send_parts_tagged(&head, &parts, tag);
         sent.map_err(|e| self.failed(e))
     }
 
-    /// Waits until the destination has everything sent so far in place.
-    pub fn sync(&mut self) -> Result<(), String> {
+    /// Waits until the destination has everything sent so far in place; returns the pages it
+    /// wants again (their records arrived changed: the guest wrote them while they were sent).
+    pub fn sync(&mut self) -> Result<Vec<u64>, String> {
         self.send(&[rec::SYNC], &[])?;
         match self.stream.recv() {
-            Ok(Some((head, _))) if head == [rec::ACK] => Ok(()),
+            Ok(Some((head, body))) if head == [rec::ACK] && body.len() % 8 == 0 => {
+                self.resent += (body.len() / 8) as u64;
+                Ok(body
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+                    .collect())
+            }
             Ok(Some((head, body))) if head.first() == Some(&rec::ERROR) => Err(format!(
                 "node {} refused the VM's pages: {}",
                 self.to,
@@ -284,7 +346,16 @@ fn receive(
                         // and this thread is the only one that writes its memory.
                         let mut pages = unsafe { mem.pages_mut(&addrs) }
                             .map_err(|_| "page address outside guest memory".to_string())?;
-                        stream.recv_body(&mut pages).map_err(|e| e.to_string())?;
+                        match stream.recv_body(&mut pages) {
+                            Ok(()) => addrs.iter().for_each(|a| {
+                                fill.resend.remove(a);
+                            }),
+                            // Changed on the way (the guest wrote them): wanted again.
+                            Err(net_msg::Error::Frame(FrameError::BadTag)) => {
+                                fill.resend.extend(&addrs);
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
                     }
                     Target::Postcopy(pin) => {
                         let (dst, len) = pin.block(block)?;
@@ -344,12 +415,15 @@ fn receive(
                 stream.recv_body(&mut []).map_err(|e| e.to_string())?;
                 // The first round is complete: in reused memory, what it did not write is
                 // zeroed now.
+                let mut again = Vec::new();
                 if let Target::Arriving(mem, fill) = target {
-                    fill.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .zero_unwritten(&mem);
+                    let mut fill = fill.lock().unwrap_or_else(|e| e.into_inner());
+                    fill.zero_unwritten(&mem);
+                    again.extend(fill.resend.iter().flat_map(|a| a.to_le_bytes()));
                 }
-                stream.send(&[rec::ACK], &[]).map_err(|e| e.to_string())?;
+                stream
+                    .send(&[rec::ACK], &again)
+                    .map_err(|e| e.to_string())?;
             }
             _ => return Err(format!("unexpected record of type {kind}")),
         }

@@ -19,6 +19,8 @@ use crate::vm::VmShared;
 
 /// How long memory is kept by default.
 pub const KEEP: Duration = Duration::from_secs(30);
+/// How long [`MemoryPool::take`] waits for a VM that just left to let go of its memory.
+const WIND_DOWN: Duration = Duration::from_millis(100);
 /// Most bytes kept at once.
 const MAX_BYTES: u64 = 8 << 30;
 
@@ -60,16 +62,27 @@ impl MemoryPool {
         }
     }
 
-    /// Memory of exactly these sizes, if some is kept.
+    /// Memory of exactly these sizes, if some is kept. A VM of these sizes that just left
+    /// may still be winding down (its threads ending): it is waited for a little.
     pub fn take(&self, private_size: u64, shared_size: u64) -> Option<GuestMem> {
-        self.harvest();
-        let mut kept = lock(&self.kept);
-        let i = kept.iter().position(|(m, _)| {
-            m.private_size() == private_size && m.shared_size() == shared_size
-        })?;
-        let (mem, _) = kept.swap_remove(i);
-        // Only the pool held it (checked when kept; nothing can have cloned it since).
-        mem.is_only_handle().then_some(mem)
+        let fits =
+            |m: &GuestMem| m.private_size() == private_size && m.shared_size() == shared_size;
+        let start = Instant::now();
+        loop {
+            self.harvest();
+            let mut kept = lock(&self.kept);
+            if let Some(i) = kept.iter().position(|(m, _)| fits(m)) {
+                let (mem, _) = kept.swap_remove(i);
+                // Only the pool held it (checked when kept; nothing can have cloned it since).
+                return mem.is_only_handle().then_some(mem);
+            }
+            drop(kept);
+            let winding_down = lock(&self.leaving).iter().any(|(vm, _)| fits(&vm.mem));
+            if !winding_down || start.elapsed() > WIND_DOWN {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Moves the memory of VMs that nothing else holds any more into the pool.

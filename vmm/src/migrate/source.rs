@@ -246,7 +246,11 @@ pub fn push_rest(
             }));
         }
     }
-    stream.sync()?;
+    if !stream.sync()?.is_empty() {
+        return Err(format!(
+            "node {to} got pushed pages that did not arrive intact"
+        ));
+    }
     node.request(
         to,
         msg::DONE,
@@ -311,12 +315,19 @@ fn copy_and_switch(
         round += 1;
         let t = Instant::now();
         let (sent, bytes) = stream.pages(&vm.mem, &pages, round == 1)?;
-        stream.sync()?;
+        // Pages the guest changed while they were on their way go again with the next round
+        // (they are dirty anyway: the dirty log has them too).
+        let again = stream.sync()?;
         let secs = t.elapsed().as_secs_f64().max(1e-6);
         if bytes > 0 {
             rate = bytes as f64 / secs;
         }
         pages = dirty::take(vm)?;
+        if !again.is_empty() {
+            pages.extend(again);
+            pages.sort_unstable();
+            pages.dedup();
+        }
         phases.mark(format!("round {round}"));
         let remaining = pages.len() as u64 * (PAGE_SIZE + 8);
         let estimate_ms = if rate > 0.0 {
@@ -372,6 +383,7 @@ fn copy_and_switch(
     Ok(json!({
         "phases": phases.json(),
         "reused_memory": phases.reused_memory,
+        "resent_pages": stream.resent,
         "from": node.id(),
         "to": to,
         "mode": "precopy",
@@ -395,7 +407,18 @@ fn hand_over(
     paused: &Paused,
     paused_realtime_ns: u64,
 ) -> Result<u64, String> {
-    stream.sync()?;
+    // Anything that arrived changed goes again, from a copy: the VM is stopped.
+    let again = stream.sync()?;
+    if !again.is_empty() {
+        stream.pages_copied(&vm.mem, &again)?;
+        let still = stream.sync()?;
+        if !still.is_empty() {
+            return Err(format!(
+                "{} pages did not arrive intact at node {to}",
+                still.len()
+            ));
+        }
+    }
     let mut bytes = 0u64;
     for p in &paused.vcpus {
         let mut e = Encoder::with_capacity(8 << 10);
