@@ -51,8 +51,25 @@ pub fn take(vm: &VmShared) -> Result<Vec<u64>, String> {
 /// Every page of guest memory that the host has backed with memory (the others were never
 /// touched and read as zero); every page if the host cannot tell.
 pub fn resident_pages(vm: &VmShared) -> Vec<u64> {
+    resident_pages_of(vm, |_| true)
+}
+
+/// [`resident_pages`] of the private region only.
+pub fn resident_private_pages(vm: &VmShared) -> Vec<u64> {
+    resident_pages_of(vm, |r| r.guest_addr < vm.mem.private_size())
+}
+
+/// [`resident_pages`] of the shared region only.
+pub fn resident_shared_pages(vm: &VmShared) -> Vec<u64> {
+    resident_pages_of(vm, |r| r.guest_addr >= vm.mem.private_size())
+}
+
+fn resident_pages_of(
+    vm: &VmShared,
+    wanted: impl Fn(&crate::memory::RegionInfo) -> bool,
+) -> Vec<u64> {
     let mut pages = Vec::new();
-    for r in vm.mem.regions() {
+    for r in vm.mem.regions().iter().filter(|r| wanted(r)) {
         let n = (r.size / PAGE_SIZE) as usize;
         let mut residency = vec![0u8; n];
         // SAFETY: `[host_addr, host_addr + size)` is the region's live mapping (page-aligned,

@@ -515,14 +515,16 @@ impl Host {
     }
 
     /// Serves the missing-page faults of post-copy VM `id` by fetching from its source.
-    fn serve_faults(&self, id: u64, pin: Arc<PostcopyIn>, vm: Arc<VmShared>) {
+    fn serve_faults(&self, id: u64, pin: Arc<PostcopyIn>, vm: std::sync::Weak<VmShared>) {
         let node = self.node().clone();
         let _ = std::thread::Builder::new()
             .name(format!("uffd-{id:x}"))
             .spawn(move || {
                 let base = pin.mem.regions()[1];
                 while !pin.done.load(Ordering::SeqCst) {
-                    let host_addr = match pin.uffd.next_fault(100) {
+                    // A short wait: after `DONE` this thread lets go of the VM's memory soon
+                    // (the memory pool takes it once the VM leaves).
+                    let host_addr = match pin.uffd.next_fault(10) {
                         Ok(Some(a)) => a & !(crate::memory::PAGE_SIZE - 1),
                         Ok(None) => continue,
                         Err(_) => break,
@@ -547,6 +549,7 @@ impl Host {
                                 Err(e) => e.to_string(),
                                 Ok(_) => "a page of the wrong size".into(),
                             };
+                            let Some(vm) = vm.upgrade() else { break };
                             vm.finish(Outcome::Error(format!(
                                 "post-copy: node {} still held pages of this VM and did not \
                                  send one ({why}); the VM is lost",
@@ -655,7 +658,7 @@ impl Host {
                     if let Some(v) = lock(&self.vms).get(&id) {
                         v.set_state("postcopy");
                     }
-                    self.serve_faults(id, pin, shared);
+                    self.serve_faults(id, pin, Arc::downgrade(&shared));
                 }
                 let _ = m.take_responder().map(|r| r.respond(&[]));
                 Ok(())

@@ -173,11 +173,10 @@ pub fn postcopy_switch(
     };
     let result = (|| -> Result<u64, String> {
         let paused_realtime_ns = crate::sys::realtime_ns();
-        let private: Vec<u64> = dirty::resident_pages(vm)
-            .into_iter()
-            .filter(|&a| a < vm.mem.private_size())
-            .collect();
+        phases.mark("pause");
+        let private = dirty::resident_private_pages(vm);
         pages.pages(&vm.mem, &private, true)?;
+        phases.mark("private pages");
         let state_bytes = hand_over(
             node,
             &mut pages,
@@ -215,10 +214,7 @@ pub fn push_rest(
     progress: &mut dyn FnMut(Value),
 ) -> Result<(u64, u64), String> {
     let vm = &hvm.vm;
-    let shared: Vec<u64> = dirty::resident_pages(vm)
-        .into_iter()
-        .filter(|&a| a >= vm.mem.private_size())
-        .collect();
+    let shared = dirty::resident_shared_pages(vm);
     let start = Instant::now();
     let mut sent = (0, 0);
     // Steps end at a block boundary: the destination takes a block's pages in one record
