@@ -245,7 +245,7 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
         assert_migrated(&out);
         if i >= 2 {
             let said = text(&out.stdout);
-            assert!(said.contains("reused memory"), "{said}");
+            assert!(said.contains("had the image and reused memory"), "{said}");
         }
         let vms = c.vms();
         assert_eq!(vms.len(), 1, "{vms:?}");

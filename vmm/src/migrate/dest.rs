@@ -55,6 +55,9 @@ pub struct BeginMeta {
     /// Post-copy: the shared region's pages come after the VM started, on demand.
     #[serde(default)]
     pub postcopy: bool,
+    /// SHA-256 of the image (hex): a node that has it says so and is not sent it.
+    #[serde(default)]
+    pub image_sha256: Option<String>,
 }
 
 /// `COMMIT`: the thread table and the clock.
@@ -89,6 +92,8 @@ pub struct Arriving {
     /// pushed pages are read into and then moved into the VM (instead of fresh memory).
     pub donor: Option<GuestMem>,
     image: Vec<u8>,
+    /// The image, if this node had it already (then none is sent).
+    pub known_image: Option<Arc<ImageBytes>>,
     vcpus: Vec<ParkedVcpu>,
     /// The VM built by `COMMIT`, started by `GO`.
     pub prepared: Option<Vm>,
@@ -179,6 +184,12 @@ pub fn begin(
         donor,
         from,
         image: Vec::new(),
+        known_image: meta
+            .image_sha256
+            .as_deref()
+            .and_then(super::images::parse_hex)
+            .and_then(|d| super::images::find(&d))
+            .filter(|b| b.len() as u64 == meta.image_len),
         vcpus: Vec::new(),
         prepared: None,
         uffd: None,
@@ -258,10 +269,19 @@ impl Arriving {
         {
             return Err("COMMIT: vCPU states do not match the thread table".into());
         }
-        if self.image.len() as u64 != self.meta.image_len {
-            return Err("COMMIT: the image is incomplete".into());
-        }
-        let bytes = Arc::new(ImageBytes::from(std::mem::take(&mut self.image)));
+        let bytes = match self.known_image.clone() {
+            Some(known) => known,
+            None if self.image.len() as u64 == self.meta.image_len => {
+                let bytes = Arc::new(ImageBytes::from(std::mem::take(&mut self.image)));
+                // Its digest is worked out off the critical path, for its next arrival here.
+                let remembered = bytes.clone();
+                let _ = std::thread::Builder::new()
+                    .name("image-digest".into())
+                    .spawn(move || super::images::remember(&remembered));
+                bytes
+            }
+            None => return Err("COMMIT: the image is incomplete".into()),
+        };
         let image = Image::parse(self.meta.name.clone(), bytes).map_err(|e| e.to_string())?;
         if image.private_size() != self.meta.private_size {
             return Err("COMMIT: the image does not match the VM's memory".into());
@@ -318,6 +338,7 @@ mod tests {
             max_threads: 4,
             image_len: 100,
             postcopy: false,
+            image_sha256: None,
         })
         .unwrap()
     }

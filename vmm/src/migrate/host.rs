@@ -370,12 +370,11 @@ impl Host {
                 match dest::begin(m.from, &m.payload, &arriving, &self.pool) {
                     Ok(a) => {
                         let reused = lock(&a.fill).written.is_some() || a.donor.is_some();
+                        let have_image = a.known_image.is_some();
                         arriving.insert(a.meta.vm, a);
                         drop(arriving);
-                        let _ = m.respond(
-                            &serde_json::to_vec(&json!({ "reused_memory": reused }))
-                                .unwrap_or_default(),
-                        );
+                        let answer = json!({ "reused_memory": reused, "have_image": have_image });
+                        let _ = m.respond(&serde_json::to_vec(&answer).unwrap_or_default());
                     }
                     Err(e) => {
                         drop(arriving);
@@ -760,6 +759,7 @@ impl Host {
                 "mode": "postcopy",
                 "rounds": 1,
                 "reused_memory": phases.reused_memory,
+                "had_image": phases.had_image,
                 "phases": phases.json(),
                 "total_ms": start.elapsed().as_secs_f64() * 1e3,
                 "downtime_ms": downtime.as_secs_f64() * 1e3,

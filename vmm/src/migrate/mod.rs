@@ -6,6 +6,7 @@
 //! * [`dest`]: assembling an arriving VM and starting it;
 //! * [`page_stream`]: the image and memory of a moving VM, on a bulk stream of its own;
 //! * [`pool`]: memory of VMs that left, reused by the next arrival;
+//! * [`images`]: the images this process has, so that they are not sent again;
 //! * [`dirty`]: which pages changed (KVM's dirty log plus the VMM's own writes);
 //! * [`clock`]: carrying the guest clock over;
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
@@ -24,6 +25,7 @@ pub mod dirty;
 pub mod files;
 pub mod home;
 pub mod host;
+pub mod images;
 pub mod page_stream;
 pub mod pool;
 pub mod relay;

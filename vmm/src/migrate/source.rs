@@ -36,6 +36,8 @@ pub struct Phases {
     steps: Vec<(String, f64)>,
     /// The destination reused memory of a VM that had left it ([`super::pool`]).
     pub reused_memory: bool,
+    /// The destination had the image already ([`super::images`]).
+    pub had_image: bool,
 }
 
 impl Phases {
@@ -45,6 +47,7 @@ impl Phases {
             last: Instant::now(),
             steps: Vec::new(),
             reused_memory: false,
+            had_image: false,
         }
     }
 
@@ -131,18 +134,25 @@ fn begin_transfer(
         max_threads: vm.max_vcpus,
         image_len: vm.image.bytes.len() as u64,
         postcopy,
+        image_sha256: Some(super::images::hex(&super::images::digest_of(
+            &vm.image.bytes,
+        ))),
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
     let answer = node
         .request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
-    phases.reused_memory =
-        serde_json::from_slice::<Value>(&answer).is_ok_and(|v| v["reused_memory"] == true);
+    let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
+    phases.reused_memory = answer["reused_memory"] == true;
+    let have_image = answer["have_image"] == true;
+    phases.had_image = have_image;
     phases.mark("begin");
     let sent = PageSender::open(node, to, hvm.id).and_then(|mut pages| {
         phases.mark("page stream");
-        pages.image(&vm.image.bytes)?;
-        phases.mark("image");
+        if !have_image {
+            pages.image(&vm.image.bytes)?;
+            phases.mark("image");
+        }
         Ok(pages)
     });
     sent.inspect_err(|_| {
@@ -379,6 +389,7 @@ fn copy_and_switch(
     Ok(json!({
         "phases": phases.json(),
         "reused_memory": phases.reused_memory,
+        "had_image": phases.had_image,
         "resent_pages": stream.resent,
         "from": node.id(),
         "to": to,

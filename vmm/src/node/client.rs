@@ -289,10 +289,11 @@ pub fn migrate(a: &crate::migrate::MigrateArgs) -> Result<String, String> {
             s["downtime_ms"].as_f64().unwrap_or(0.0),
             s["bytes"].as_f64().unwrap_or(0.0) / 1e6,
             s["rounds"],
-            if s["reused_memory"] == true {
-                "; the destination reused memory a VM left there"
-            } else {
-                ""
+            match (s["reused_memory"] == true, s["had_image"] == true) {
+                (true, true) => "; the destination had the image and reused memory a VM left there",
+                (true, false) => "; the destination reused memory a VM left there",
+                (false, true) => "; the destination had the image",
+                (false, false) => "",
             },
         ));
     }
