@@ -113,6 +113,47 @@ fn raw_throughput(t: T, dir: &std::path::Path, pages: usize) -> f64 {
     (pages * PAGE) as f64 / 1e6 / (end - t0).as_secs_f64()
 }
 
+/// Bytes per record or write in the bulk rows.
+const BULK: usize = 2 << 20;
+
+/// Raw bulk throughput: `total` bytes in 2 MiB writes into a 2 MiB buffer. MB/s.
+fn raw_bulk(t: T, dir: &std::path::Path, total: usize) -> f64 {
+    let (mut c, mut s) = raw_pair(t, dir);
+    let server = std::thread::spawn(move || {
+        let mut buf = vec![0u8; BULK];
+        let mut n = 0;
+        while n < total {
+            n += s.read(&mut buf).unwrap();
+        }
+        s.write_all(b"k").unwrap();
+    });
+    let body = vec![5u8; BULK];
+    let t0 = Instant::now();
+    for _ in 0..total / BULK {
+        c.write_all(&body).unwrap();
+    }
+    let mut ack = [0u8];
+    c.read_exact(&mut ack).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    server.join().unwrap();
+    total as f64 / 1e6 / secs
+}
+
+/// Bulk stream throughput: `total` bytes in 2 MiB records, then an empty record that the
+/// peer answers once it read (and checked) everything. MB/s.
+fn stream_bulk(p: &Pair, total: usize) -> f64 {
+    let mut s = p.b.open_stream(0, 7).unwrap();
+    let body = vec![5u8; BULK];
+    let t0 = Instant::now();
+    for _ in 0..total / BULK {
+        s.send(&[1], &body).unwrap();
+    }
+    s.send(&[2], &[]).unwrap();
+    let (head, _) = s.recv().unwrap().unwrap();
+    assert_eq!(head, b"ok");
+    total as f64 / 1e6 / t0.elapsed().as_secs_f64()
+}
+
 /// A 2-node cluster: node 0 echoes requests and counts pages.
 struct Pair {
     _a: Node,
@@ -163,6 +204,18 @@ fn cluster(t: T, mac: bool) -> Pair {
     )
     .unwrap();
     assert!(a.wait_all_up(Duration::from_secs(10)) && b.wait_all_up(Duration::from_secs(10)));
+    // Bulk streams: read every record into one buffer; answer an empty one.
+    a.serve_streams(|mut s| {
+        let mut buf = vec![0u8; BULK];
+        while let Ok(Some(h)) = s.recv_head() {
+            if s.recv_body(&mut [&mut buf[..h.body_len]]).is_err() {
+                return;
+            }
+            if h.body_len == 0 {
+                let _ = s.send(b"ok", &[]);
+            }
+        }
+    });
     Pair {
         _a: a,
         b,
@@ -231,7 +284,12 @@ fn main() {
         // Interleave the contenders so that machine noise hits them alike.
         let (mut r_raw, mut r_on, mut r_off) = (vec![], vec![], vec![]);
         let (mut g_raw, mut g_on, mut g_off) = (vec![], vec![], vec![]);
+        let (mut b_raw, mut b_on, mut b_off) = (vec![], vec![], vec![]);
+        let bulk = (pages * PAGE * 8).next_multiple_of(BULK);
         for _ in 0..rounds {
+            b_raw.push(raw_bulk(t, dir.path(), bulk));
+            b_on.push(stream_bulk(&on, bulk));
+            b_off.push(stream_bulk(&off, bulk));
             r_raw.push(raw_rtt(t, dir.path(), iters / rounds));
             r_on.push(msg_rtt(&on, iters / rounds));
             r_off.push(msg_rtt(&off, iters / rounds));
@@ -250,6 +308,12 @@ fn main() {
             "| {name} | 4 KiB page throughput | {gr:.0} MB/s | {go:.0} MB/s | {:.0}% | {gf:.0} MB/s | {:.0}% |",
             go / gr * 100.0,
             gf / gr * 100.0
+        );
+        let (br, bo, bf) = (median(&mut b_raw), median(&mut b_on), median(&mut b_off));
+        println!(
+            "| {name} | bulk stream, 2 MiB records | {br:.0} MB/s | {bo:.0} MB/s | {:.0}% | {bf:.0} MB/s | {:.0}% |",
+            bo / br * 100.0,
+            bf / br * 100.0
         );
         drop(on);
         drop(off);
