@@ -207,9 +207,14 @@ fn cluster(t: T, mac: bool) -> Pair {
     // Bulk streams: read every record into one buffer; answer an empty one.
     a.serve_streams(|mut s| {
         let mut buf = vec![0u8; BULK];
-        while let Ok(Some(h)) = s.recv_head() {
-            if s.recv_body(&mut [&mut buf[..h.body_len]]).is_err() {
-                return;
+        loop {
+            let h = match s.recv_head() {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(e) => panic!("bulk stream: {e}"),
+            };
+            if let Err(e) = s.recv_body(&mut [&mut buf[..h.body_len]]) {
+                panic!("bulk stream: {e}");
             }
             if h.body_len == 0 {
                 let _ = s.send(b"ok", &[]);

@@ -294,7 +294,14 @@ impl BulkStream {
                 (i, off) = (i + 1, 0);
             }
         }
-        while i < parts.len() {
+        loop {
+            // Empty parts (and a part just filled) take no read.
+            while i < parts.len() && off == parts[i].len() {
+                (i, off) = (i + 1, 0);
+            }
+            if i == parts.len() {
+                break;
+            }
             let (first, later) = parts[i..].split_first_mut().expect("i < parts.len()");
             let mut rest: Vec<IoSliceMut<'_>> = Vec::with_capacity(later.len() + 1);
             rest.push(IoSliceMut::new(&mut first[off..]));
@@ -313,9 +320,6 @@ impl BulkStream {
                 if off == parts[i].len() {
                     (i, off) = (i + 1, 0);
                 }
-            }
-            while i < parts.len() && parts[i].is_empty() {
-                i += 1;
             }
         }
         let Some(mut h) = self.recv_mac.as_ref().map(RecordMac::start) else {
@@ -414,7 +418,10 @@ mod tests {
             let body: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
             assert_eq!(x, body[..body.len() - i as usize]);
         }
-        assert_eq!(b.recv().unwrap().unwrap(), (b"empty".to_vec(), vec![]));
+        let h = b.recv_head().unwrap().unwrap();
+        assert_eq!((h.head.as_slice(), h.body_len), (&b"empty"[..], 0));
+        // An empty buffer for an empty body, with nothing read ahead: no read at all.
+        b.recv_body(&mut [&mut []]).unwrap();
         t.join().unwrap();
         assert!(b.recv().unwrap().is_none(), "clean end between records");
     }
