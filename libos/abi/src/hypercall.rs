@@ -63,7 +63,7 @@ pub enum Hypercall {
     /// `lstat(path, stat: *mut Stat) -> 0`, not following a final symbolic link.
     Lstat = 10,
     /// `getdents64(fd, buf, len) -> bytes`: all entries of the directory at once, as
-    /// [`crate::dirent`] records; `-EINVAL` if `len` is too small for all of them.
+    /// [`crate::dirent`] records (then 0); `-EINVAL` if `len` is too small for all of them.
     Getdents64 = 11,
     /// `mkdir(path, mode) -> 0`.
     Mkdir = 12,

@@ -26,17 +26,18 @@ pub fn kind_of(file_type: std::fs::FileType) -> u8 {
     }
 }
 
-/// Encodes `entries` as consecutive 8-byte aligned `dirent64` records; `d_off` of each record
-/// is the offset of the next one.
-pub fn encode(entries: &[Entry]) -> Vec<u8> {
+/// Encodes `entries` (the directory's entries from number `first` on) as consecutive 8-byte
+/// aligned `dirent64` records; `d_off` of each record is the number of the entry after it
+/// (a cookie: where a listing continues).
+pub fn encode(entries: &[Entry], first: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.iter().map(|e| record_len(e.name.len())).sum());
-    for entry in entries {
+    for (i, entry) in entries.iter().enumerate() {
         let start = out.len();
         let len = record_len(entry.name.len());
         out.resize(start + len, 0);
         let rec = &mut out[start..];
         rec[0..8].copy_from_slice(&entry.ino.to_le_bytes());
-        rec[8..16].copy_from_slice(&((start + len) as i64).to_le_bytes());
+        rec[8..16].copy_from_slice(&((first + i + 1) as i64).to_le_bytes());
         rec[16..18].copy_from_slice(&(len as u16).to_le_bytes());
         rec[18] = entry.kind;
         rec[NAME_OFFSET..NAME_OFFSET + entry.name.len()].copy_from_slice(&entry.name);
@@ -62,10 +63,10 @@ mod tests {
                 name: b"hello".to_vec(),
             },
         ];
-        let bytes = encode(&entries);
+        let bytes = encode(&entries, 5);
         assert_eq!(bytes.len(), 24 + 32);
         assert_eq!(u64::from_le_bytes(bytes[0..8].try_into().unwrap()), 7);
-        assert_eq!(i64::from_le_bytes(bytes[8..16].try_into().unwrap()), 24);
+        assert_eq!(i64::from_le_bytes(bytes[8..16].try_into().unwrap()), 6);
         assert_eq!(u16::from_le_bytes([bytes[16], bytes[17]]), 24);
         assert_eq!(bytes[18], DT_REG);
         assert_eq!(&bytes[19..21], b"a\0");
@@ -73,6 +74,6 @@ mod tests {
         assert_eq!(u16::from_le_bytes([second[16], second[17]]), 32);
         assert_eq!(second[18], DT_DIR);
         assert_eq!(&second[19..25], b"hello\0");
-        assert_eq!(i64::from_le_bytes(second[8..16].try_into().unwrap()), 56);
+        assert_eq!(i64::from_le_bytes(second[8..16].try_into().unwrap()), 7);
     }
 }

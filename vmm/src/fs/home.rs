@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, DirEntryExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pop_abi::errno::{EBADF, EINVAL, EISDIR, EMFILE, ENOTDIR};
@@ -29,8 +29,9 @@ pub const MAX_OPEN: usize = 4096;
 struct Directory {
     file: File,
     path: PathBuf,
-    /// Whether its entries were returned already (the next getdents64 returns 0).
-    listed: AtomicBool,
+    /// The entries being listed (read when a listing starts) and whether the listing reached
+    /// its end.
+    listing: Mutex<Option<(Vec<Entry>, bool)>>,
 }
 
 /// What a handle refers to.
@@ -132,7 +133,9 @@ impl HomeFiles {
                     std::fs::symlink_metadata(&host)
                 })
             }
-            FileOp::Getdents64 { handle, len } => self.getdents64(handle, len as usize),
+            FileOp::Getdents64 { handle, len, from } => {
+                self.getdents64(handle, len as usize, from as usize)
+            }
             FileOp::Mkdir { path, mode } => {
                 let resolved = self.resolver.resolve(&path, Intent::Modify)?;
                 if resolved.is_mount_root {
@@ -174,7 +177,7 @@ impl HomeFiles {
             Open::Directory(Directory {
                 file,
                 path: resolved.host,
-                listed: false.into(),
+                listing: Mutex::new(None),
             })
         } else {
             Open::File(file)
@@ -233,44 +236,67 @@ impl HomeFiles {
                 .map(|p| Done::value(p as i64))
                 .map_err(|e| errno(&e)),
             Open::Directory(dir) if pos == SeekFrom::Start(0) => {
-                dir.listed.store(false, Ordering::SeqCst);
+                *dir.listing.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(Done::value(0))
             }
             Open::Directory(_) => Err(EINVAL),
         }
     }
 
-    fn getdents64(&self, handle: u64, len: usize) -> Reply {
+    fn getdents64(&self, handle: u64, len: usize, from: usize) -> Reply {
         let Target::Open(open) = self.target(handle)? else {
             return Err(ENOTDIR);
         };
         let Open::Directory(dir) = &*open else {
             return Err(ENOTDIR);
         };
-        if dir.listed.load(Ordering::SeqCst) {
-            return Ok(Done::value(0));
+        let mut listing = dir.listing.lock().unwrap_or_else(|e| e.into_inner());
+        if from == 0 {
+            if listing.as_ref().is_some_and(|(_, ended)| *ended) {
+                return Ok(Done::value(0));
+            }
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(&dir.path).map_err(|e| errno(&e))? {
+                let entry = entry.map_err(|e| errno(&e))?;
+                let kind = entry
+                    .file_type()
+                    .map(dirent::kind_of)
+                    .unwrap_or(pop_abi::dirent::DT_UNKNOWN);
+                entries.push(Entry {
+                    ino: entry.ino(),
+                    kind,
+                    name: entry.file_name().as_bytes().to_vec(),
+                });
+            }
+            let total: usize = entries
+                .iter()
+                .map(|e| pop_abi::dirent::record_len(e.name.len()))
+                .sum();
+            if total > len {
+                return Err(EINVAL);
+            }
+            *listing = Some((entries, false));
         }
-        let mut entries = Vec::new();
-        for entry in std::fs::read_dir(&dir.path).map_err(|e| errno(&e))? {
-            let entry = entry.map_err(|e| errno(&e))?;
-            let kind = entry
-                .file_type()
-                .map(dirent::kind_of)
-                .unwrap_or(pop_abi::dirent::DT_UNKNOWN);
-            entries.push(Entry {
-                ino: entry.ino(),
-                kind,
-                name: entry.file_name().as_bytes().to_vec(),
-            });
-        }
-        let data = dirent::encode(&entries);
-        if data.len() > len.min(MAX_DATA) {
+        let Some((entries, ended)) = listing.as_mut() else {
+            return Err(EINVAL);
+        };
+        if from > entries.len() {
             return Err(EINVAL);
         }
-        dir.listed.store(true, Ordering::SeqCst);
+        // As many whole records as one reply holds.
+        let (mut end, mut bytes) = (from, 0);
+        while end < entries.len() {
+            let more = pop_abi::dirent::record_len(entries[end].name.len());
+            if bytes + more > MAX_DATA {
+                break;
+            }
+            bytes += more;
+            end += 1;
+        }
+        *ended = end == entries.len();
         Ok(Done {
-            value: data.len() as i64,
-            data,
+            value: end as i64,
+            data: dirent::encode(&entries[from..end], from),
         })
     }
 }

@@ -16,6 +16,9 @@ pub const STDERR: u64 = 2;
 const MAX_PATH: usize = super::PATH_MAX;
 /// Most data one operation carries either way (the guest loops for more).
 pub const MAX_DATA: usize = 192 * 1024;
+/// Largest directory listing a guest may ask for at once (what its `std` grows its buffer
+/// to, doubling from 512 bytes); it arrives in pieces of at most [`MAX_DATA`].
+pub const MAX_LISTING: usize = 1 << 20;
 
 /// One file operation on the home's files.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,8 +45,12 @@ pub enum FileOp {
     Fstat { handle: u64 },
     /// Answers the guest `Stat` of `path` (`follow`: through a final symbolic link).
     Stat { path: Vec<u8>, follow: bool },
-    /// Answers every entry of a directory (at most `len` bytes of dirents), then nothing.
-    Getdents64 { handle: u64, len: u32 },
+    /// Answers the entries of a directory from number `from` on, as many as fit in one reply
+    /// (value: the number of the entry after the last one sent; no data at the end). From 0
+    /// it lists the directory afresh, and refuses with `EINVAL` if its entries would not all
+    /// fit in `len` bytes (the guest's buffer); a listing that reached its end is not given
+    /// again from 0 (nothing is answered) until the directory is rewound.
+    Getdents64 { handle: u64, len: u32, from: u32 },
     /// Creates a directory.
     Mkdir { path: Vec<u8>, mode: u32 },
     /// Removes a file (`dir` false) or an empty directory.
@@ -87,7 +94,7 @@ impl FileOp {
             } => e.u8(4).u64(*handle).u64(*offset as u64).u32(*whence as u32),
             FileOp::Fstat { handle } => e.u8(5).u64(*handle),
             FileOp::Stat { path, follow } => e.u8(6).u8(u8::from(*follow)).blob(path),
-            FileOp::Getdents64 { handle, len } => e.u8(7).u64(*handle).u32(*len),
+            FileOp::Getdents64 { handle, len, from } => e.u8(7).u64(*handle).u32(*len).u32(*from),
             FileOp::Mkdir { path, mode } => e.u8(8).u32(*mode).blob(path),
             FileOp::Remove { path, dir } => e.u8(9).u8(u8::from(*dir)).blob(path),
         };
@@ -138,7 +145,11 @@ impl FileOp {
             },
             7 => FileOp::Getdents64 {
                 handle: d.u64()?,
-                len: len(d)?,
+                len: match d.u32()? {
+                    n if n as usize <= MAX_LISTING => n,
+                    _ => return Err(WireError("directory buffer too large")),
+                },
+                from: d.u32()?,
             },
             8 => FileOp::Mkdir {
                 mode: d.u32()?,
@@ -216,7 +227,11 @@ mod tests {
                 path: b"/d".to_vec(),
                 follow: false,
             },
-            FileOp::Getdents64 { handle: 4, len: 99 },
+            FileOp::Getdents64 {
+                handle: 4,
+                len: 99,
+                from: 7,
+            },
             FileOp::Mkdir {
                 path: b"/d/e".to_vec(),
                 mode: 0o755,
