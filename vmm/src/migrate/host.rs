@@ -480,6 +480,13 @@ impl Host {
         }
     }
 
+    /// Whether VM `id` is arriving from node `from`.
+    pub(super) fn is_arriving(&self, id: u64, from: u32) -> bool {
+        lock(&self.arriving)
+            .get(&id)
+            .is_some_and(|a| a.from == from)
+    }
+
     /// Forgets VM `id` arriving from node `from` if it has not started (a failed migration).
     pub(super) fn drop_arriving(&self, id: u64, from: u32) {
         let mut arriving = lock(&self.arriving);

@@ -52,6 +52,8 @@ pub const BLOCK: u64 = super::uffd::HUGE_PAGE;
 pub const PAGES_PER_RECORD: usize = (BLOCK / PAGE_SIZE) as usize;
 /// Bytes of image per `IMAGE` record.
 const IMAGE_CHUNK: usize = 1 << 20;
+/// How long a stream that was opened waits for its VM's `BEGIN` to be taken.
+const OPEN_WAIT: Duration = Duration::from_secs(2);
 /// How long either side waits for the other before giving up.
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// Where page data starts in a buffer: not at a multiple of 4 KiB, because copying a whole
@@ -284,6 +286,11 @@ pub fn serve(host: &Arc<Host>, mut stream: BulkStream) {
         }
         _ => return,
     };
+    // The source opens its stream while this node takes its `BEGIN`: wait for it a little.
+    let since = std::time::Instant::now();
+    while !host.is_arriving(id, from) && since.elapsed() < OPEN_WAIT {
+        std::thread::sleep(Duration::from_micros(200));
+    }
     // Dropping the arriving VM (`ABORT`, silence) closes its stream.
     let opened = stream
         .closer()

@@ -139,16 +139,21 @@ fn begin_transfer(
         ))),
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
-    let answer = node
-        .request(to, msg::BEGIN, Priority::Control, &meta, STEP_TIMEOUT)
+    // The page stream's handshake goes on while the destination takes `BEGIN` (its stream
+    // thread waits for the VM to be arriving).
+    let begin = node
+        .start_request(to, msg::BEGIN, Priority::Control, &meta)
+        .map_err(|e| format!("node {to} refused the VM: {e}"))?;
+    let opened = PageSender::open(node, to, hvm.id);
+    let answer = begin
+        .wait(STEP_TIMEOUT)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
     let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
     phases.reused_memory = answer["reused_memory"] == true;
     let have_image = answer["have_image"] == true;
     phases.had_image = have_image;
     phases.mark("begin");
-    let sent = PageSender::open(node, to, hvm.id).and_then(|mut pages| {
-        phases.mark("page stream");
+    let sent = opened.and_then(|mut pages| {
         if !have_image {
             pages.image(&vm.image.bytes)?;
             phases.mark("image");
