@@ -80,6 +80,13 @@ pub struct VmShared {
     parked_cv: Condvar,
 }
 
+/// A KVM VM with guest memory registered, made before the VM it will run is restored.
+#[derive(Debug)]
+pub struct KvmVm {
+    vm_fd: VmFd,
+    arch: VmArch,
+}
+
 /// A vCPU stopped for a migration: its thread, its state, and the blocking hypercall it was
 /// in (to be issued again where it resumes: futex waits, sleeps and joins carry over).
 #[derive(Clone, Debug)]
@@ -373,19 +380,34 @@ impl Vm {
     /// A VM continuing a migrated one: `mem` holds all of its memory already; `paused` says
     /// which vCPUs run which threads; `counter` gives, from this host's counter frequency in
     /// kHz, the value every vCPU's counter starts from. Its vCPUs start with [`Vm::run`].
+    /// Makes the KVM VM of a VM to restore into `mem` (memory registered), ahead of
+    /// [`Vm::restore`]: an arriving VM's, while its pages arrive, so that it is not made
+    /// while the VM is stopped.
+    pub fn make_kvm_vm(mem: &GuestMem) -> Result<KvmVm, LaunchError> {
+        let kvm_error = |what: &'static str| move |source| LaunchError::Kvm { what, source };
+        let kvm = Kvm::new().map_err(LaunchError::NoKvm)?;
+        let vm_fd = kvm.create_vm().map_err(kvm_error("cannot create a VM"))?;
+        let arch = arch::setup_vm(&kvm, &vm_fd).map_err(kvm_error("cannot set up the VM"))?;
+        register_memory(&vm_fd, mem, 0).map_err(kvm_error("cannot add guest memory"))?;
+        Ok(KvmVm { vm_fd, arch })
+    }
+
+    /// Rebuilds a VM that stopped elsewhere: `kvm` from [`Vm::make_kvm_vm`] if it was made
+    /// ahead (else it is made here).
     pub fn restore(
         image: Image,
         config: &VmConfig,
         fs: FileSystem,
         mem: GuestMem,
         paused: Paused,
+        kvm: Option<KvmVm>,
         counter: &dyn Fn(u64) -> u64,
     ) -> Result<Vm, LaunchError> {
         let kvm_error = |what: &'static str| move |source| LaunchError::Kvm { what, source };
-        let kvm = Kvm::new().map_err(LaunchError::NoKvm)?;
-        let vm_fd = kvm.create_vm().map_err(kvm_error("cannot create a VM"))?;
-        let arch = arch::setup_vm(&kvm, &vm_fd).map_err(kvm_error("cannot set up the VM"))?;
-        register_memory(&vm_fd, &mem, 0).map_err(kvm_error("cannot add guest memory"))?;
+        let KvmVm { vm_fd, arch } = match kvm {
+            Some(made) => made,
+            None => Vm::make_kvm_vm(&mem)?,
+        };
         let timings = Arc::new(Timings::new(Instant::now()));
         let threads = Threads::restored(config.max_threads, &paused.threads);
         let shared = VmShared::new(image, config, fs, threads, (mem, vm_fd, arch), timings);

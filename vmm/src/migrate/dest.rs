@@ -16,7 +16,7 @@ use crate::image::{Image, ImageBytes};
 use crate::memory::{GuestMem, PAGE_SIZE, PageSet};
 use crate::output::Output;
 use crate::threads::ThreadTable;
-use crate::vm::{ParkedVcpu, Paused, Vm};
+use crate::vm::{KvmVm, ParkedVcpu, Paused, Vm};
 use crate::wire::{Decoder, WireError};
 use net_msg::StreamCloser;
 
@@ -101,6 +101,8 @@ pub struct Arriving {
     pub uffd: Option<Arc<Uffd>>,
     /// When its last message came.
     pub since: Instant,
+    /// Its KVM VM, being made meanwhile (not while the VM is stopped).
+    kvm: Option<std::thread::JoinHandle<Result<KvmVm, String>>>,
 }
 
 /// How far an arriving VM's memory is filled.
@@ -174,7 +176,13 @@ pub fn begin(
             mem
         }
     };
+    let made = mem.clone();
+    let kvm = std::thread::Builder::new()
+        .name("make-kvm-vm".into())
+        .spawn(move || Vm::make_kvm_vm(&made).map_err(|e| e.to_string()))
+        .ok();
     Ok(Arriving {
+        kvm,
         fill: Arc::new(Mutex::new(Fill {
             started: false,
             written: recycled.then(|| PageSet::new(&mem)),
@@ -299,9 +307,23 @@ impl Arriving {
             threads: commit.threads.clone(),
         };
         let mem = self.mem.clone();
-        let vm = Vm::restore(image, &config, fs, self.mem.clone(), paused, &|dest_khz| {
-            super::clock::carry(&mem, commit.counter, commit.paused_realtime_ns, dest_khz)
-        })
+        // Made while the pages arrived (an error there is met again, and reported, here).
+        let kvm = self
+            .kvm
+            .take()
+            .and_then(|made| made.join().ok())
+            .and_then(Result::ok);
+        let vm = Vm::restore(
+            image,
+            &config,
+            fs,
+            self.mem.clone(),
+            paused,
+            kvm,
+            &|dest_khz| {
+                super::clock::carry(&mem, commit.counter, commit.paused_realtime_ns, dest_khz)
+            },
+        )
         .map_err(|e| e.to_string())?;
         if self.meta.postcopy {
             let shared = self.mem.regions()[1];
