@@ -272,13 +272,10 @@ impl GuestMem {
     /// Whether the 4 KiB page at `addr` (page-aligned) holds only zeros, read in place
     /// (volatile reads: the guest may be writing it). `EFAULT` outside guest memory.
     pub fn page_is_zero(&self, addr: u64) -> Result<bool, i32> {
-        if !addr.is_multiple_of(PAGE_SIZE) || !self.contains(addr, PAGE_SIZE) {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(EFAULT);
         }
-        let host = self
-            .inner
-            .get_host_address(GuestAddress(addr))
-            .map_err(|_| EFAULT)? as *const u64;
+        let host = self.host_ptr(addr, PAGE_SIZE)? as *const u64;
         Ok((0..PAGE_SIZE as usize / 8).all(|i| {
             // SAFETY: the page lies in a live mapping owned by `self` (checked above) and is
             // 8-byte aligned; a volatile read of plain memory is sound even while the guest
@@ -385,16 +382,10 @@ impl GuestMem {
             if !addr.is_multiple_of(PAGE_SIZE) || last.is_some_and(|l| addr <= l) {
                 return Err(EINVAL);
             }
-            if !self.contains(addr, PAGE_SIZE) {
-                return Err(EFAULT);
-            }
+            let host = self.host_ptr(addr, PAGE_SIZE)?;
             last = Some(addr);
-            let host = self
-                .inner
-                .get_host_address(GuestAddress(addr))
-                .map_err(|_| EFAULT)?;
             // SAFETY: the page lies inside one live mapping owned by `self` (checked by
-            // `contains`); the addresses strictly increase, so no two slices overlap; the
+            // `host_ptr`); the addresses strictly increase, so no two slices overlap; the
             // caller guarantees nothing else accesses the pages while they live.
             pages.push(unsafe { std::slice::from_raw_parts_mut(host, PAGE_SIZE as usize) });
         }
@@ -410,15 +401,9 @@ impl GuestMem {
     /// on what it reads through it staying the same (a page stream checks what arrived with a
     /// tag computed from a copy, and sends again what changed).
     pub unsafe fn bytes(&self, addr: u64, len: u64) -> Result<&[u8], i32> {
-        if !self.contains(addr, len) {
-            return Err(EFAULT);
-        }
-        let host = self
-            .inner
-            .get_host_address(GuestAddress(addr))
-            .map_err(|_| EFAULT)?;
+        let host = self.host_ptr(addr, len)?;
         // SAFETY: the range lies inside one live mapping owned by `self` (checked by
-        // `contains`); the caller accepts that the guest may write it meanwhile.
+        // `host_ptr`); the caller accepts that the guest may write it meanwhile.
         Ok(unsafe { std::slice::from_raw_parts(host, len as usize) })
     }
 
@@ -436,6 +421,14 @@ impl GuestMem {
         if !addr.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
             return Err(EINVAL);
         }
+        let host = self.host_ptr(addr, len)?;
+        // SAFETY: the range lies inside one live mapping owned by `self` (checked by
+        // `host_ptr`); the caller guarantees nothing else accesses it while the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts_mut(host, len as usize) })
+    }
+
+    /// The host address of `[addr, addr + len)`, which must lie inside one region (`EFAULT`).
+    fn host_ptr(&self, addr: u64, len: u64) -> Result<*mut u8, i32> {
         if !self.contains(addr, len) {
             return Err(EFAULT);
         }
@@ -443,9 +436,7 @@ impl GuestMem {
             .inner
             .get_host_address(GuestAddress(addr))
             .map_err(|_| EFAULT)?;
-        // SAFETY: the range lies inside one live mapping owned by `self` (checked by
-        // `contains`); the caller guarantees nothing else accesses it while the slice lives.
-        Ok(unsafe { std::slice::from_raw_parts_mut(host, len as usize) })
+        Ok(host)
     }
 
     /// The underlying vm-memory object.
