@@ -384,33 +384,11 @@ fn receive(
                                 &mut stage.bytes()[..len as usize]
                             }
                         };
-                        // Each page at its offset in the block; in the donor, the others
-                        // are zeroed (a staging page's are zero already).
-                        let mut pages: Vec<&mut [u8]> = Vec::with_capacity(indices.len());
-                        let mut rest: &mut [u8] = src;
-                        let mut at = 0;
-                        for &offset in indices.iter().chain(std::iter::once(&len)) {
-                            let (gap, tail) = rest.split_at_mut((offset - at) as usize);
-                            if donor.is_some() {
-                                gap.fill(0);
-                            }
-                            if offset == len {
-                                break;
-                            }
-                            let (page, tail) = tail.split_at_mut(PAGE_SIZE as usize);
-                            pages.push(page);
-                            rest = tail;
-                            at = offset + PAGE_SIZE;
-                        }
+                        // In the donor the pages the record does not carry are zeroed (a
+                        // staging page's are zero already).
+                        let mut pages = pages_at(&mut *src, &indices, donor.is_some());
                         stream.recv_body(&mut pages).map_err(|e| e.to_string())?;
                         drop(pages);
-                        let src: &mut [u8] = match (&donor, &mut staging) {
-                            // SAFETY: as above.
-                            (Some(d), _) => unsafe { d.bytes_mut(block, len) }
-                                .map_err(|_| "pushed pages outside guest memory".to_string())?,
-                            (None, Some(stage)) => &mut stage.bytes()[..len as usize],
-                            (None, None) => unreachable!("made above"),
-                        };
                         let left = pin.place_block(dst, src, &indices)?;
                         if let (true, Some(stage)) = (left, &mut staging) {
                             stage.clear().map_err(|e| e.to_string())?;
@@ -435,6 +413,28 @@ fn receive(
             _ => return Err(format!("unexpected record of type {kind}")),
         }
     }
+}
+
+/// The pages at `offsets` (increasing, each inside) of `block`; with `zero_gaps`, the bytes
+/// between them are zeroed.
+fn pages_at<'a>(block: &'a mut [u8], offsets: &[u64], zero_gaps: bool) -> Vec<&'a mut [u8]> {
+    let mut pages = Vec::with_capacity(offsets.len());
+    let mut rest = block;
+    let mut at = 0;
+    for &offset in offsets {
+        let (gap, tail) = rest.split_at_mut((offset - at) as usize);
+        let (page, tail) = tail.split_at_mut(PAGE_SIZE as usize);
+        if zero_gaps {
+            gap.fill(0);
+        }
+        pages.push(page);
+        rest = tail;
+        at = offset + PAGE_SIZE;
+    }
+    if zero_gaps {
+        rest.fill(0);
+    }
+    pages
 }
 
 /// The block of a `PAGES` record and its pages' offsets in it (strictly increasing),
@@ -469,6 +469,22 @@ mod tests {
             e.u16(i);
         }
         e.finish()
+    }
+
+    #[test]
+    fn pages_are_cut_at_their_offsets_and_the_gaps_zeroed() {
+        let mut block = vec![7u8; 4 * 4096];
+        let mut pages = pages_at(&mut block, &[4096, 3 * 4096], true);
+        assert_eq!(pages.len(), 2);
+        pages[0].fill(1);
+        pages[1].fill(3);
+        drop(pages);
+        let page = |i: usize| block[i * 4096..(i + 1) * 4096].to_vec();
+        assert_eq!((page(0), page(1)), (vec![0; 4096], vec![1; 4096]));
+        assert_eq!((page(2), page(3)), (vec![0; 4096], vec![3; 4096]));
+        let mut kept = vec![7u8; 2 * 4096];
+        drop(pages_at(&mut kept, &[0], false));
+        assert!(kept.iter().all(|&b| b == 7));
     }
 
     #[test]
