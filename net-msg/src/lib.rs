@@ -37,7 +37,7 @@ pub use node::{
     Handler, Incoming, Node, NodeOptions, PeerEvent, PeerInfo, PeerState, PendingReply, Responder,
 };
 pub use stats::{Counters, StatsSnapshot};
-pub use stream::{BodyTag, BulkStream, RecordHead, StreamCloser};
+pub use stream::{BulkStream, RecordHead, StreamCloser};
 
 /// A node's id: its index in the cluster file.
 pub type NodeId = u32;

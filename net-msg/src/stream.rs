@@ -38,6 +38,9 @@ pub const MAX_HEAD: usize = 64 << 10;
 pub const MAX_BODY: usize = 16 << 20;
 /// Socket buffer size asked for each way.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// Bytes of body [`BulkStream::send_parts`] hashes before it writes them: inside a core's
+/// L2 cache, and few enough writes (64 KiB pieces were measured 20% slower).
+pub const SEND_CHUNK: usize = 256 << 10;
 /// Bytes read ahead past a body (the tag, the next record's lengths and head).
 const READ_AHEAD: usize = 4096;
 
@@ -82,24 +85,6 @@ impl StreamCloser {
     }
 }
 
-/// The tag of a record's body being computed (see [`BulkStream::body_tag`]).
-pub struct BodyTag(Option<Aegis128X2Mac<TAG_LEN>>);
-
-impl BodyTag {
-    /// Feeds the next piece of the body.
-    pub fn update(&mut self, piece: &[u8]) {
-        if let Some(h) = &mut self.0 {
-            h.update(piece);
-        }
-    }
-}
-
-impl std::fmt::Debug for BodyTag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BodyTag").finish_non_exhaustive()
-    }
-}
-
 /// The head of a record just received; its body comes next.
 #[derive(Debug)]
 pub struct RecordHead {
@@ -107,6 +92,23 @@ pub struct RecordHead {
     pub head: Vec<u8>,
     /// Bytes of the body that follows.
     pub body_len: usize,
+}
+
+/// Feeds `h` the bytes of `parts` from position `from` up to `to` (each a part and an
+/// offset in it); returns `to`.
+fn hash_between(
+    h: &mut Aegis128X2Mac<TAG_LEN>,
+    parts: &[&mut [u8]],
+    from: (usize, usize),
+    to: (usize, usize),
+) -> (usize, usize) {
+    let (mut i, mut off) = from;
+    while (i, off) < to {
+        let end = if i == to.0 { to.1 } else { parts[i].len() };
+        h.update(&parts[i][off..end]);
+        (i, off) = (i + 1, 0);
+    }
+    to
 }
 
 fn lengths(head: usize, body: usize) -> [u8; 8] {
@@ -178,6 +180,12 @@ impl BulkStream {
         self.kind
     }
 
+    /// Whether the stream can still carry records and the peer has sent nothing unread: for a
+    /// stream opened ahead of its use, checked (without blocking) before it is used.
+    pub fn is_usable(&self) -> bool {
+        self.pending.is_none() && self.at == self.filled && self.stream.is_quiet_open()
+    }
+
     /// Sets the longest a read or a write may block (None: no limit).
     pub fn set_timeout(&self, t: Option<Duration>) -> Result<()> {
         Ok(self.stream.set_timeouts(t)?)
@@ -188,49 +196,54 @@ impl BulkStream {
         Ok(StreamCloser(self.stream.try_clone()?))
     }
 
-    /// Sends one record (one vectored write of lengths, head, body and tag).
+    /// Sends one record.
     pub fn send(&mut self, head: &[u8], body: &[u8]) -> Result<()> {
-        let mut tag = self.body_tag();
-        tag.update(body);
-        self.send_tagged(head, body, tag)
+        self.send_parts(head, &[body])
     }
 
-    /// Starts the tag of the next record's body, for a sender that builds the body piece by
-    /// piece and hashes each piece while it is in cache; then [`BulkStream::send_tagged`].
-    pub fn body_tag(&self) -> BodyTag {
-        BodyTag(self.send_mac.as_ref().map(RecordMac::start))
-    }
-
-    /// Sends one record whose body went through `tag` (exactly those bytes, in order: else
-    /// the peer refuses the record).
-    pub fn send_tagged(&mut self, head: &[u8], body: &[u8], tag: BodyTag) -> Result<()> {
-        self.send_parts_tagged(head, &[body], tag)
-    }
-
-    /// [`BulkStream::send_tagged`] of a body in pieces (one vectored write of them all).
-    pub fn send_parts_tagged(&mut self, head: &[u8], body: &[&[u8]], tag: BodyTag) -> Result<()> {
+    /// Sends one record whose body is `body`'s pieces in order, hashing and writing it a
+    /// [`SEND_CHUNK`] at a time: each byte is read from memory once, by the hash, and is
+    /// still in cache when the kernel copies it. For bodies in memory that may change on the
+    /// way (guest memory): the peer then refuses the record, and the stream stays usable.
+    pub fn send_parts(&mut self, head: &[u8], body: &[&[u8]]) -> Result<()> {
         let body_len: usize = body.iter().map(|p| p.len()).sum();
         if head.len() > MAX_HEAD || body_len > MAX_BODY {
             return Err(Error::TooLarge(head.len().max(body_len)));
         }
         let lens = lengths(head.len(), body_len);
-        let tag = match (self.send_mac.as_mut(), tag.0) {
+        let mut h = self.send_mac.as_ref().map(RecordMac::start);
+        let mut chunk: Vec<IoSlice<'_>> = vec![IoSlice::new(&lens), IoSlice::new(head)];
+        let mut in_chunk = 0;
+        for piece in body {
+            for part in piece.chunks(SEND_CHUNK) {
+                if let Some(h) = &mut h {
+                    h.update(part);
+                }
+                chunk.push(IoSlice::new(part));
+                in_chunk += part.len();
+                if in_chunk >= SEND_CHUNK {
+                    self.write_all_vectored(&mut chunk)?;
+                    chunk.clear();
+                    in_chunk = 0;
+                }
+            }
+        }
+        let tag = match (self.send_mac.as_mut(), h) {
             (Some(mac), Some(mut h)) => {
                 h.update(head);
                 Some(mac.finish(h, &lens))
             }
             _ => None,
         };
-        let tag: &[u8] = match &tag {
-            Some(t) => t,
-            None => &[],
-        };
-        let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(body.len() + 3);
-        parts.push(IoSlice::new(&lens));
-        parts.push(IoSlice::new(head));
-        parts.extend(body.iter().map(|p| IoSlice::new(p)));
-        parts.push(IoSlice::new(tag));
-        let mut rest = &mut parts[..];
+        if let Some(tag) = &tag {
+            chunk.push(IoSlice::new(tag));
+        }
+        self.write_all_vectored(&mut chunk)
+    }
+
+    /// Writes all of `parts` (which it consumes).
+    fn write_all_vectored(&mut self, parts: &mut [IoSlice<'_>]) -> Result<()> {
+        let mut rest = parts;
         while !rest.is_empty() {
             match self.stream.write_vectored(rest) {
                 Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
@@ -283,6 +296,10 @@ impl BulkStream {
                 "body buffers do not match the record's length",
             ));
         }
+        // Each piece is hashed right after it arrives, while it is in cache.
+        let mut h = self.recv_mac.as_ref().map(RecordMac::start);
+        // Where hashing has got to, as (part, offset in it).
+        let mut hashed = (0, 0);
         // First what was read ahead, then straight from the socket. (part, offset in it)
         let (mut i, mut off) = (0, 0);
         while i < parts.len() && self.at < self.filled {
@@ -321,14 +338,14 @@ impl BulkStream {
                     (i, off) = (i + 1, 0);
                 }
             }
+            if let Some(h) = &mut h {
+                hashed = hash_between(h, parts, hashed, (i, off));
+            }
         }
-        let Some(mut h) = self.recv_mac.as_ref().map(RecordMac::start) else {
+        let Some(mut h) = h else {
             return Ok(());
         };
-        // Hashed right after the read, while still in cache.
-        for p in parts.iter() {
-            h.update(p);
-        }
+        hash_between(&mut h, parts, hashed, (parts.len(), 0));
         h.update(&pending.head);
         let mut tag = [0u8; TAG_LEN];
         self.read_exact_buffered(&mut tag, false)?;
@@ -471,6 +488,17 @@ mod tests {
             check(&huge),
             Err(Error::Frame(FrameError::TooLong(_)))
         ));
+    }
+
+    #[test]
+    fn a_stream_is_usable_until_the_peer_sends_or_closes() {
+        let (mut a, b) = pair(1, 1);
+        assert!(a.is_usable() && b.is_usable());
+        a.send(b"unasked", b"").unwrap();
+        assert!(!b.is_usable(), "a record waits to be read");
+        assert!(a.is_usable());
+        drop(b);
+        assert!(!a.is_usable(), "the peer closed it");
     }
 
     #[test]

@@ -51,12 +51,28 @@ impl Stream {
     /// a bulk transfer whose two ends alternate computing and copying keeps flowing while
     /// one of them computes.
     pub fn set_buffer_sizes(&self, bytes: usize) -> io::Result<()> {
-        let sock = match self {
-            Stream::Tcp(s) => socket2::SockRef::from(s),
-            Stream::Unix(s) => socket2::SockRef::from(s),
-        };
+        let sock = self.sock();
         sock.set_send_buffer_size(bytes)?;
         sock.set_recv_buffer_size(bytes)
+    }
+
+    /// Whether the socket is still open and has nothing to read: the peer has neither
+    /// closed it nor sent anything (checked without blocking).
+    pub fn is_quiet_open(&self) -> bool {
+        let sock = self.sock();
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        let peeked = sock
+            .set_nonblocking(true)
+            .and_then(|()| sock.peek(&mut byte));
+        let quiet = matches!(&peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        sock.set_nonblocking(false).is_ok() && quiet
+    }
+
+    fn sock(&self) -> socket2::SockRef<'_> {
+        match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s),
+            Stream::Unix(s) => socket2::SockRef::from(s),
+        }
     }
 
     /// Sets the read and write time-outs (None: block).

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use net_msg::{Incoming, Node, Priority};
 use serde_json::{Value, json};
@@ -113,9 +113,17 @@ pub struct Host {
     /// Post-copy destinations: VMs running here with pages still to come.
     postcopy_in: Mutex<HashMap<u64, Arc<PostcopyIn>>>,
     arriving: Mutex<HashMap<u64, Arriving>>,
+    /// VMs whose `BEGIN` was refused lately, with the node and when: their page streams
+    /// (opened while `BEGIN` was on its way) are refused at once.
+    refused: Mutex<HashMap<u64, (u32, Instant)>>,
     /// Memory of VMs that left, for the next arrivals.
     pool: super::pool::MemoryPool,
+    /// Page streams to the peers, opened ahead of migrations.
+    spares: page_stream::Spares,
 }
+
+/// How long a refused `BEGIN` is remembered (see [`Host::was_refused`]).
+const REFUSAL_KEPT: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -146,6 +154,7 @@ impl Host {
                 page_stream::serve(&host, stream);
             }
         });
+        self.open_spares(&node);
         let _ = self.node.set(node);
         let host = Arc::downgrade(self);
         let _ = std::thread::Builder::new()
@@ -156,6 +165,39 @@ impl Host {
                     match host.upgrade() {
                         Some(host) => host.purge_stale(),
                         None => return,
+                    }
+                }
+            });
+    }
+
+    /// Keeps a page stream open ahead to each peer of this ISA while it is up (whole-VM
+    /// migrations go only there).
+    fn open_spares(&self, node: &Arc<Node>) {
+        fn same_isa(node: &Node, p: u32) -> bool {
+            let spec = node.cluster().nodes.get(p as usize);
+            spec.is_some_and(|n| n.isa.name() == crate::arch::NAME)
+        }
+        let events = node.subscribe();
+        for (p, peer) in node.peers().iter().enumerate() {
+            if peer.state == net_msg::PeerState::Up && same_isa(node, p as u32) {
+                self.spares.refill(node, p as u32);
+            }
+        }
+        let (spares, weak) = (self.spares.clone(), Arc::downgrade(node));
+        let _ = std::thread::Builder::new()
+            .name("spare-streams".into())
+            .spawn(move || {
+                // Ends when the node is gone (its sender with it).
+                for event in events {
+                    let Some(node) = weak.upgrade() else { return };
+                    match event {
+                        net_msg::PeerEvent::Up(p) => {
+                            spares.forget(p);
+                            if same_isa(&node, p) {
+                                spares.refill(&node, p);
+                            }
+                        }
+                        net_msg::PeerEvent::Down(p) => spares.forget(p),
                     }
                 }
             });
@@ -378,6 +420,12 @@ impl Host {
                     }
                     Err(e) => {
                         drop(arriving);
+                        let vm = serde_json::from_slice::<Value>(&m.payload).ok();
+                        if let Some(id) = vm.and_then(|v| v["vm"].as_u64()) {
+                            let mut refused = lock(&self.refused);
+                            refused.retain(|_, (_, at)| at.elapsed() < REFUSAL_KEPT);
+                            refused.insert(id, (m.from, Instant::now()));
+                        }
                         if let Some(r) = m.take_responder() {
                             let _ = r.fail(&e);
                         }
@@ -485,6 +533,13 @@ impl Host {
         lock(&self.arriving)
             .get(&id)
             .is_some_and(|a| a.from == from)
+    }
+
+    /// Whether this node refused VM `id` from node `from` lately.
+    pub(super) fn was_refused(&self, id: u64, from: u32) -> bool {
+        lock(&self.refused)
+            .get(&id)
+            .is_some_and(|&(f, at)| f == from && at.elapsed() < REFUSAL_KEPT)
     }
 
     /// Forgets VM `id` arriving from node `from` if it has not started (a failed migration).
@@ -740,7 +795,9 @@ impl Host {
             // instruction after `GO`, before `postcopy_switch` returns.
             lock(&self.departed).insert(hvm.id, hvm.clone());
             let mut phases = super::source::Phases::new();
-            let switched = super::source::postcopy_switch(self.node(), &hvm, to, &mut phases);
+            let switched =
+                super::source::postcopy_switch((self.node(), &self.spares), &hvm, to, &mut phases);
+            self.spares.refill(self.node(), to);
             phases.mark("switched");
             let (downtime, bytes, mut stream) = switched.inspect_err(|_| {
                 lock(&self.departed).remove(&hvm.id);
@@ -774,7 +831,10 @@ impl Host {
                 "last_pages": pages,
             }));
         }
-        let summary = super::source::precopy(self.node(), &hvm, to, downtime_ms, progress)?;
+        let moved =
+            super::source::precopy((self.node(), &self.spares), &hvm, to, downtime_ms, progress);
+        self.spares.refill(self.node(), to);
+        let summary = moved?;
         self.forget(&hvm);
         self.pool.left(hvm.vm.clone());
         Ok(summary)

@@ -1,14 +1,14 @@
 //! The page stream: a VM's image and memory move over a net-msg bulk stream of their own
-//! (one per migration), not over the mesh connection. One thread on each side does all of it,
-//! with no queue or hand-off in between: the source copies a batch of pages into a buffer and
-//! writes it as one record; the destination reads each record's page list, then its pages
+//! (one per migration, connected ahead of it: [`Spares`]), not over the mesh connection. One thread on each side does all of it,
+//! with no queue or hand-off in between: the source hashes the pages of a block in place and
+//! hands them to the socket as one record; the destination reads each record's page list, then its pages
 //! straight into the arriving VM's memory with one vectored read, and checks the record's tag
 //! (the VM does not run before every record was checked). Once a post-copy VM runs, pushed
 //! pages are read into a staging huge page, checked, and moved into the VM with
 //! `UFFDIO_MOVE` (a whole 2 MiB at once where the guest has not touched that block yet; no
 //! copy).
 //!
-//! Pages are sent straight from guest memory, hashed from a copy in cache: a page the guest
+//! Pages are hashed in place and sent straight from guest memory: a page the guest
 //! changes in between makes the record's tag check fail at the destination. Before the VM
 //! is stopped that is expected: the destination keeps such a record's pages as *to send
 //! again* (their contents are not trusted) and lists them in its next `ACK`; the source sends
@@ -31,12 +31,12 @@
 //! ERROR  head: 6 (destination -> source, then it closes)   body: the reason
 //! ```
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use net_msg::frame::FrameError;
-use net_msg::{BodyTag, BulkStream, Node};
+use net_msg::{BulkStream, Node};
 
 use super::dest::Fill;
 use super::host::Host;
@@ -86,12 +86,73 @@ pub struct PageSender {
 /// Bytes a record takes on the wire besides its head and body (lengths, tag).
 const RECORD_OVERHEAD: u64 = 8 + 16;
 
+/// Page streams opened ahead of their use, at most one per peer: a migration takes its
+/// destination's (no connection and handshake on its way) and a new one is opened after it,
+/// and when a peer comes up. One that the peer closed meanwhile is not used.
+#[derive(Debug, Default, Clone)]
+pub struct Spares(Arc<Mutex<SpareSet>>);
+
+#[derive(Debug, Default)]
+struct SpareSet {
+    ready: HashMap<u32, BulkStream>,
+    opening: HashSet<u32>,
+}
+
+impl Spares {
+    fn set(&self) -> std::sync::MutexGuard<'_, SpareSet> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The spare stream to node `to`, if there is one still usable.
+    pub fn take(&self, to: u32) -> Option<BulkStream> {
+        let spare = self.set().ready.remove(&to)?;
+        spare.is_usable().then_some(spare)
+    }
+
+    /// Forgets the spare stream to node `to` (its connection went down).
+    pub fn forget(&self, to: u32) {
+        self.set().ready.remove(&to);
+    }
+
+    /// Opens a spare stream to node `to` on a thread of its own, unless there is one or one
+    /// is being opened.
+    pub fn refill(&self, node: &Arc<Node>, to: u32) {
+        {
+            let mut set = self.set();
+            if set.ready.contains_key(&to) || !set.opening.insert(to) {
+                return;
+            }
+        }
+        let (spares, node) = (self.clone(), node.clone());
+        let spawned = std::thread::Builder::new()
+            .name("spare-stream".into())
+            .spawn(move || {
+                let opened = node.open_stream(to, KIND);
+                let mut set = spares.set();
+                set.opening.remove(&to);
+                match opened {
+                    Ok(stream) => {
+                        set.ready.insert(to, stream);
+                    }
+                    Err(e) => tracing::debug!("no spare page stream to node {to}: {e}"),
+                }
+            });
+        if spawned.is_err() {
+            self.set().opening.remove(&to);
+        }
+    }
+}
+
 impl PageSender {
-    /// Opens the page stream of VM `vm` to node `to` (after `BEGIN` was accepted there).
-    pub fn open(node: &Node, to: u32, vm: u64) -> Result<PageSender, String> {
-        let stream = node
-            .open_stream(to, KIND)
-            .map_err(|e| format!("cannot open a page stream to node {to}: {e}"))?;
+    /// Opens the page stream of VM `vm` to node `to` (`to`'s spare from `spares` if it has
+    /// one), and says which VM it is for.
+    pub fn open(node: &Node, spares: &Spares, to: u32, vm: u64) -> Result<PageSender, String> {
+        let stream = match spares.take(to) {
+            Some(spare) => spare,
+            None => node
+                .open_stream(to, KIND)
+                .map_err(|e| format!("cannot open a page stream to node {to}: {e}"))?,
+        };
         stream
             .set_timeout(Some(TIMEOUT))
             .map_err(|e| e.to_string())?;
@@ -165,47 +226,40 @@ impl PageSender {
         copied: bool,
     ) -> Result<(u64, u64), String> {
         let (before, mut pages) = (self.bytes, 0u64);
-        let page = PAGE_SIZE as usize;
         // The block being filled, and its pages' indices.
         let mut block: Option<u64> = None;
         let mut batch: Vec<u16> = Vec::with_capacity(PAGES_PER_RECORD);
-        let mut tag = self.stream.body_tag();
         for &addr in addrs {
             let here = addr & !(BLOCK - 1);
             if block.is_some_and(|b| b != here) && !batch.is_empty() {
-                self.flush_pages(mem, block.unwrap_or(here), &batch, tag, copied)?;
+                self.flush_pages(mem, block.unwrap_or(here), &batch, copied)?;
                 pages += batch.len() as u64;
                 batch.clear();
-                tag = self.stream.body_tag();
             }
             block = Some(here);
             // Zero pages are found in place (many are: huge pages and reused memory make
-            // whole blocks resident), and not copied.
+            // whole blocks resident), and not sent.
             if skip_zero && mem.page_is_zero(addr) == Ok(true) {
                 continue;
             }
-            // Hashed from a copy in cache; sent from guest memory itself, or from the copies.
-            let slot = DATA_OFFSET + if copied { batch.len() * page } else { 0 };
-            let data = &mut self.buf[slot..slot + page];
-            mem.read_into(addr, data)
-                .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
-            // Hashed now, while the page is in cache.
-            tag.update(data);
             batch.push(((addr - here) / PAGE_SIZE) as u16);
         }
         if let (Some(b), false) = (block, batch.is_empty()) {
-            self.flush_pages(mem, b, &batch, tag, copied)?;
+            self.flush_pages(mem, b, &batch, copied)?;
             pages += batch.len() as u64;
         }
         Ok((pages, self.bytes - before))
     }
 
+    /// Sends the pages of `block` at `batch` (indices in it) as one `PAGES` record: straight
+    /// from guest memory, hashed in place a piece at a time right before the kernel copies
+    /// that piece (if the guest writes a page meanwhile, the record's tag check fails at the
+    /// destination, which asks for the page again); with `copied`, from copies.
     fn flush_pages(
         &mut self,
         mem: &GuestMem,
         block: u64,
         batch: &[u16],
-        tag: BodyTag,
         copied: bool,
     ) -> Result<(), String> {
         let mut head = Encoder::with_capacity(13 + batch.len() * 2);
@@ -214,6 +268,20 @@ impl PageSender {
             head.u16(i);
         }
         let head = head.finish();
+        let len = batch.len() * PAGE_SIZE as usize;
+        self.bytes += RECORD_OVERHEAD + (head.len() + len) as u64;
+        if copied {
+            let page = PAGE_SIZE as usize;
+            for (k, &i) in batch.iter().enumerate() {
+                let addr = block + u64::from(i) * PAGE_SIZE;
+                let slot = DATA_OFFSET + k * page;
+                mem.read_into(addr, &mut self.buf[slot..slot + page])
+                    .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
+            }
+            let body = &self.buf[DATA_OFFSET..DATA_OFFSET + len];
+            let sent = self.stream.send_parts(&head, &[body]);
+            return sent.map_err(|e| self.failed(e));
+        }
         // Runs of consecutive pages, straight from guest memory.
         let mut parts: Vec<&[u8]> = Vec::new();
         let mut i = 0;
@@ -223,19 +291,15 @@ impl PageSender {
                 n += 1;
             }
             let addr = block + u64::from(batch[i]) * PAGE_SIZE;
-            // SAFETY: only the kernel reads these bytes (to send them); if the guest changed
-            // a page since it was hashed, the destination's tag check fails for this record.
+            // SAFETY: only the hash (C code, through the pointer) and the kernel read these
+            // bytes; if the guest changes a page meanwhile, the destination's tag check fails
+            // for this record and it asks for the record's pages again.
             let run = unsafe { mem.bytes(addr, n as u64 * PAGE_SIZE) }
                 .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
             parts.push(run);
             i += n;
         }
-        let len = batch.len() * PAGE_SIZE as usize;
-        if copied {
-            parts = vec![&self.buf[DATA_OFFSET..DATA_OFFSET + len]];
-        }
-        self.bytes += RECORD_OVERHEAD + (head.len() + len) as u64;
-        let sent = self.stream.send_parts_tagged(&head, &parts, tag);
+        let sent = self.stream.send_parts(&head, &parts);
         sent.map_err(|e| self.failed(e))
     }
 
@@ -275,8 +339,11 @@ pub enum Target {
 /// with an `ERROR` record, and drop the arriving VM (the source then resumes it at home).
 pub fn serve(host: &Arc<Host>, mut stream: BulkStream) {
     let from = stream.peer();
+    // A stream opened ahead (a spare) waits for its migration as long as it takes.
+    let _ = stream.set_timeout(None);
+    let opening = stream.recv();
     let _ = stream.set_timeout(Some(super::dest::STALE));
-    let id = match stream.recv() {
+    let id = match opening {
         Ok(Some((head, _))) => {
             let mut d = Decoder::new(&head);
             match (d.u8(), d.u64()) {
@@ -288,7 +355,8 @@ pub fn serve(host: &Arc<Host>, mut stream: BulkStream) {
     };
     // The source opens its stream while this node takes its `BEGIN`: wait for it a little.
     let since = std::time::Instant::now();
-    while !host.is_arriving(id, from) && since.elapsed() < OPEN_WAIT {
+    while !host.is_arriving(id, from) && !host.was_refused(id, from) && since.elapsed() < OPEN_WAIT
+    {
         std::thread::sleep(Duration::from_micros(200));
     }
     // Dropping the arriving VM (`ABORT`, silence) closes its stream.
@@ -398,17 +466,21 @@ fn receive(
             }
             rec::SYNC if head.body_len == 0 => {
                 stream.recv_body(&mut []).map_err(|e| e.to_string())?;
-                // The first round is complete: in reused memory, what it did not write is
-                // zeroed now.
                 let mut again = Vec::new();
-                if let Target::Arriving(mem, fill) = target {
-                    let mut fill = fill.lock().unwrap_or_else(|e| e.into_inner());
-                    fill.zero_unwritten(&mem);
+                if let Target::Arriving(_, fill) = &target {
+                    let fill = fill.lock().unwrap_or_else(|e| e.into_inner());
                     again.extend(fill.resend.iter().flat_map(|a| a.to_le_bytes()));
                 }
                 stream
                     .send(&[rec::ACK], &again)
                     .map_err(|e| e.to_string())?;
+                // The first round is complete: in reused memory, what it did not write is
+                // zeroed now (after the answer, while the source decides what comes next; the
+                // next record is read after it).
+                if let Target::Arriving(mem, fill) = target {
+                    let mut fill = fill.lock().unwrap_or_else(|e| e.into_inner());
+                    fill.zero_unwritten(&mem);
+                }
             }
             _ => return Err(format!("unexpected record of type {kind}")),
         }

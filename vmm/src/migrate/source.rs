@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net_msg::{Node, Priority};
+use net_msg::{Node, PendingReply, Priority};
 use serde_json::{Value, json};
 
 use super::dest::{BeginMeta, CommitMeta};
 use super::host::HostedVm;
-use super::page_stream::{self, PageSender};
+use super::page_stream::{self, PageSender, Spares};
 use super::{dirty, msg};
 use crate::memory::PAGE_SIZE;
 use crate::vm::{Paused, VmShared};
@@ -80,7 +80,7 @@ impl Default for Phases {
 /// object (round, pages, bytes, MB/s, remaining pages, estimated downtime). Returns the
 /// summary; on error the VM runs on here.
 pub fn precopy(
-    node: &Node,
+    (node, spares): (&Node, &Spares),
     hvm: &Arc<HostedVm>,
     to: u32,
     downtime_ms: u64,
@@ -88,16 +88,32 @@ pub fn precopy(
 ) -> Result<Value, String> {
     let start = Instant::now();
     let mut phases = Phases::new();
-    let mut pages = begin_transfer(node, hvm, to, false, &mut phases)?;
     let vm = &hvm.vm;
     let abort = |why: String| {
         let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
         why
     };
+    // Dirty logging starts while `BEGIN` is on its way.
+    let begun = begin_transfer((node, spares), hvm, to, false, || {
+        // Pages never touched are not resident and read as zero: the destination has them.
+        dirty::start(vm).map(|()| dirty::resident_pages(vm))
+    });
+    let (mut pages, answer, resident) = match begun {
+        Ok((pages, answer, Ok(resident))) => (pages, answer, resident),
+        Ok((_, _, Err(e))) => {
+            dirty::stop(vm);
+            return Err(abort(e));
+        }
+        Err(e) => {
+            dirty::stop(vm);
+            return Err(e);
+        }
+    };
+    phases.mark("begin");
     hvm.set_state("migrating");
     let result = copy_and_switch(
         node,
-        &mut pages,
+        (&mut pages, answer, resident),
         hvm,
         to,
         downtime_ms,
@@ -114,14 +130,17 @@ pub fn precopy(
     }
 }
 
-/// Checks, `BEGIN`, the page stream, and the image.
-fn begin_transfer(
-    node: &Node,
+/// Checks, sends `BEGIN`, opens the page stream while `BEGIN` is on its way, then runs
+/// `meanwhile`. Returns the stream, `BEGIN`'s answer
+/// to come (see [`begun`]) and what `meanwhile` returned. On error (after `BEGIN` was
+/// sent: `ABORT` sent too) nothing was sent on the stream.
+fn begin_transfer<T>(
+    (node, spares): (&Node, &Spares),
     hvm: &Arc<HostedVm>,
     to: u32,
     postcopy: bool,
-    phases: &mut Phases,
-) -> Result<PageSender, String> {
+    meanwhile: impl FnOnce() -> T,
+) -> Result<(PageSender, PendingReply, T), String> {
     let vm = &hvm.vm;
     check_destination(node, to)?;
     let meta = BeginMeta {
@@ -141,28 +160,44 @@ fn begin_transfer(
     let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
     // The page stream's handshake goes on while the destination takes `BEGIN` (its stream
     // thread waits for the VM to be arriving).
-    let begin = node
+    let answer = node
         .start_request(to, msg::BEGIN, Priority::Control, &meta)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
-    let opened = PageSender::open(node, to, hvm.id);
-    let answer = begin
+    // With a spare stream this takes a few tens of microseconds: less than a thread's start.
+    let opened = PageSender::open(node, spares, to, hvm.id);
+    let done = meanwhile();
+    match opened {
+        Ok(pages) => Ok((pages, answer, done)),
+        Err(e) => {
+            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+            // The destination's own refusal says more than the stream that failed.
+            Err(match answer.wait(STEP_TIMEOUT) {
+                Err(refused) => format!("node {to} refused the VM: {refused}"),
+                Ok(_) => e,
+            })
+        }
+    }
+}
+
+/// Waits for `BEGIN`'s answer (pages may already be on their way: the destination reads
+/// them once it took `BEGIN`), then sends the VM's image unless the destination has it.
+fn begun(
+    pages: &mut PageSender,
+    answer: PendingReply,
+    hvm: &HostedVm,
+    to: u32,
+    phases: &mut Phases,
+) -> Result<(), String> {
+    let answer = answer
         .wait(STEP_TIMEOUT)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
     let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
     phases.reused_memory = answer["reused_memory"] == true;
-    let have_image = answer["have_image"] == true;
-    phases.had_image = have_image;
-    phases.mark("begin");
-    let sent = opened.and_then(|mut pages| {
-        if !have_image {
-            pages.image(&vm.image.bytes)?;
-            phases.mark("image");
-        }
-        Ok(pages)
-    });
-    sent.inspect_err(|_| {
-        let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
-    })
+    phases.had_image = answer["have_image"] == true;
+    if !phases.had_image {
+        pages.image(&hvm.vm.image.bytes)?;
+    }
+    Ok(())
 }
 
 /// Post-copy, up to the switch-over: stops the VM at once, sends the private region, the
@@ -171,12 +206,17 @@ fn begin_transfer(
 /// VM runs on here. Afterwards the caller keeps the VM's memory to serve `FETCH` and calls
 /// [`push_rest`].
 pub fn postcopy_switch(
-    node: &Node,
+    (node, spares): (&Node, &Spares),
     hvm: &Arc<HostedVm>,
     to: u32,
     phases: &mut Phases,
 ) -> Result<(Duration, u64, PageSender), String> {
-    let mut pages = begin_transfer(node, hvm, to, true, phases)?;
+    let (mut pages, answer, ()) = begin_transfer((node, spares), hvm, to, true, || ())?;
+    if let Err(e) = begun(&mut pages, answer, hvm, to, phases) {
+        let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+        return Err(e);
+    }
+    phases.mark("begin");
     let vm = &hvm.vm;
     let stop = Instant::now();
     let paused = match vm.pause(Duration::from_secs(5)) {
@@ -305,9 +345,11 @@ fn check_destination(node: &Node, to: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The rounds, the stop and the switch-over; `stream`'s first round goes out before `BEGIN`'s
+/// `answer` is awaited; `pages` are those of the first round.
 fn copy_and_switch(
     node: &Node,
-    stream: &mut PageSender,
+    (stream, answer, mut pages): (&mut PageSender, PendingReply, Vec<u64>),
     hvm: &Arc<HostedVm>,
     to: u32,
     downtime_ms: u64,
@@ -315,17 +357,19 @@ fn copy_and_switch(
     progress: &mut dyn FnMut(Value),
 ) -> Result<Value, String> {
     let vm = &hvm.vm;
-    dirty::start(vm)?;
-    // Pages never touched are not resident and read as zero: the destination has them.
-    let mut pages = dirty::resident_pages(vm);
-    phases.mark("dirty log");
+    let mut answer = Some(answer);
     let mut round = 0;
     let mut rate = 0f64; // bytes per second
     let (mut previous, mut stalled) = (pages.len(), 0);
     loop {
         round += 1;
         let t = Instant::now();
-        let (sent, bytes) = stream.pages(&vm.mem, &pages, round == 1)?;
+        let sent = stream.pages(&vm.mem, &pages, round == 1);
+        // (A refused `BEGIN` says more than the page stream it closed.)
+        if let Some(answer) = answer.take() {
+            begun(stream, answer, hvm, to, phases)?;
+        }
+        let (sent, bytes) = sent?;
         // Pages the guest changed while they were on their way go again with the next round
         // (they are dirty anyway: the dirty log has them too).
         let again = stream.sync()?;
