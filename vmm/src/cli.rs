@@ -61,6 +61,11 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "N", default_value = "64", value_parser = config::parse_max_threads)]
     pub max_threads: u32,
 
+    /// Run only on these CPUs (numbers and ranges: `0`, `2-3`, `0,4-7`), the VMM and the
+    /// guest's threads alike.
+    #[arg(long, value_name = "LIST", value_parser = config::parse_cpus)]
+    pub cpus: Option<config::CpuList>,
+
     /// Print the time of each launch phase to stderr when the guest exits.
     #[arg(long)]
     pub timings: bool,

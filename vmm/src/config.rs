@@ -167,9 +167,48 @@ pub fn parse_max_threads(text: &str) -> Result<u32, String> {
     }
 }
 
+/// CPUs a process may be given (`--cpus`): numbers below this.
+pub const MAX_CPUS: usize = 1024;
+
+/// A set of CPUs, as `--cpus` gives it: numbers and ranges, comma-separated (`0`, `2-3`,
+/// `0,4-7`), in increasing order without repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// Parses `--cpus`.
+pub fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    let bad =
+        || format!("expected CPU numbers or ranges such as 0,2-3 (below {MAX_CPUS}), got '{text}'");
+    let mut cpus: Vec<usize> = Vec::new();
+    for part in text.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part.trim(), part.trim()),
+        };
+        let (first, last) = match (first.parse::<usize>(), last.parse::<usize>()) {
+            (Ok(a), Ok(b)) if a <= b && b < MAX_CPUS => (a, b),
+            _ => return Err(bad()),
+        };
+        cpus.extend(first..=last);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(CpuList(cpus))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_parse_numbers_and_ranges() {
+        assert_eq!(parse_cpus("1"), Ok(CpuList(vec![1])));
+        assert_eq!(parse_cpus("0,2-4"), Ok(CpuList(vec![0, 2, 3, 4])));
+        assert_eq!(parse_cpus("3,1-3"), Ok(CpuList(vec![1, 2, 3])));
+        for bad in ["", "a", "3-1", "1,", "-1", "1024", "0-5000"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_parse_with_suffixes() {

@@ -22,6 +22,21 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(&first_line(&e.render().to_string())),
     };
+    let cpus = match &cli.command {
+        Command::Launch(args) => args.cpus.as_ref(),
+        Command::Node(args) => args.cpus.as_ref(),
+        _ => None,
+    };
+    if let Some(cpus) = cpus
+        && let Err(e) = vmm::sys::run_on_cpus(&cpus.0)
+    {
+        let list: Vec<String> = cpus.0.iter().map(|c| c.to_string()).collect();
+        let why = match e.raw_os_error() {
+            Some(libc::EINVAL) => "this machine has none of them".to_string(),
+            _ => e.to_string(),
+        };
+        fail(&format!("cannot run on CPUs {}: {why}", list.join(",")));
+    }
     match cli.command {
         Command::Launch(args) if args.cluster.is_some() => {
             std::process::exit(vmm::migrate::home::launch_at_home(&args, process_start))

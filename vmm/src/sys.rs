@@ -174,3 +174,23 @@ pub fn advise_huge_pages(addr: u64, len: u64) {
         libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_HUGEPAGE);
     }
 }
+
+/// Lets the calling thread, and every thread it starts afterwards, run only on `cpus` (called
+/// first thing, before the process has other threads).
+pub fn run_on_cpus(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: `cpu` is below the set's size (checked above).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid `cpu_set_t` of the size passed; the call only reads it.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

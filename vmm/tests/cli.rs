@@ -139,6 +139,67 @@ fn option_errors_are_one_line() {
         "--no-such-option",
     );
     assert_error(&popvmm(&["launch"]), "IMAGE");
+    assert_error(
+        &popvmm(&["launch", "--cpus", "2-1", "/bin/true"]),
+        "CPU numbers or ranges",
+    );
+    // A CPU this machine does not have (the set cannot be below 1024 CPUs here).
+    assert_error(
+        &popvmm(&["launch", "--cpus", "1023", "/bin/true"]),
+        "cannot run on CPUs 1023: this machine has none of them",
+    );
+    assert_error(
+        &popvmm(&["node", "--cpus", "1023", "--cluster", "/x", "--id", "0"]),
+        "cannot run on CPUs 1023",
+    );
+}
+
+#[test]
+fn cpus_confine_a_launch_and_a_node_to_them() {
+    let dir = scratch("cpus");
+    let image = hello_image(&dir, b"on CPU 0\n", 3);
+    let out = popvmm(&["launch", "--cpus", "0", &image]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.stdout, b"on CPU 0\n");
+
+    // A node's threads (those it starts later too) may run on CPU 0 only.
+    write_file(&dir, "secret", b"the cpus test's secret\n");
+    let cluster = write_file(
+        &dir,
+        "cluster.toml",
+        format!(
+            "secret_file = \"secret\"\n[[node]]\nid = 0\naddress = \"unix:{}\"\nisa = \"x86_64\"\n",
+            dir.join("n0.sock").display()
+        )
+        .as_bytes(),
+    );
+    let mut node = Command::new(env!("CARGO_BIN_EXE_popvmm"))
+        .args(["node", "--cpus", "0", "--cluster", &cluster, "--id", "0"])
+        .args(["--control", &dir.join("control.sock").display().to_string()])
+        .spawn()
+        .unwrap();
+    let tasks = format!("/proc/{}/task", node.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut allowed = Vec::new();
+    while allowed.len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        allowed = std::fs::read_dir(&tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .filter_map(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("Cpus_allowed_list:")
+                        .map(|v| v.trim().to_string())
+                })
+            })
+            .collect();
+    }
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(allowed.len() >= 3, "the node's threads: {allowed:?}");
+    assert!(allowed.iter().all(|a| a == "0"), "{allowed:?}");
 }
 
 /// An image that writes `text` to stdout and exits with `status`.

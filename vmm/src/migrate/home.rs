@@ -47,6 +47,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         secret_file: None,
         control: None,
         keep_memory_secs: super::pool::KEEP.as_secs(),
+        cpus: None,
     })?;
     let host = started.host.clone();
     std::thread::Builder::new()

@@ -44,6 +44,11 @@ pub struct NodeArgs {
     /// releases it at once.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub keep_memory_secs: u64,
+
+    /// Run only on these CPUs (numbers and ranges: `0`, `2-3`, `0,4-7`), the node and the
+    /// VMs that arrive alike.
+    #[arg(long, value_name = "LIST", value_parser = crate::config::parse_cpus)]
+    pub cpus: Option<crate::config::CpuList>,
 }
 
 /// How a client finds the node to ask.
