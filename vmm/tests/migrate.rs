@@ -84,7 +84,34 @@ impl Cluster {
 
     /// [`Cluster::start`], the node dying when the message `die_on` arrives.
     fn start_with(&mut self, id: usize, wrong_secret: bool, die_on: Option<&str>) {
+        self.start_limited(id, wrong_secret, die_on, None);
+    }
+
+    /// [`Cluster::start_with`], the node's address space limited to `limit` bytes.
+    fn start_limited(
+        &mut self,
+        id: usize,
+        wrong_secret: bool,
+        die_on: Option<&str>,
+        limit: Option<u64>,
+    ) {
         let mut c = self.command();
+        if let Some(bytes) = limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only `setrlimit`, which is async-signal-safe, runs in the child.
+            unsafe {
+                c.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(m) = die_on {
             c.env("POPVMM_TEST_DIE_ON", m);
         }
@@ -340,6 +367,30 @@ fn migrations_to_another_isa_or_a_node_with_a_wrong_secret_are_refused() {
     let (status, out, _) = finish(vm);
     assert_eq!(status, 0);
     assert!(out.ends_with("done\n"));
+}
+
+#[test]
+fn a_vm_the_destination_refuses_runs_on_and_the_reason_is_one_line() {
+    let mut c = Cluster::new();
+    // Node 1 cannot map 2 GiB more: it refuses the VM's `BEGIN` while the source, which
+    // does not wait for the answer, is already sending pages.
+    c.start_limited(1, false, None, Some(1 << 30));
+    let vm = c.launch(
+        &["--memory", "2G"],
+        "migrateme",
+        &["60", "50", "0", "6", "8"],
+    );
+    let out = c.migrate("migrateme", 1, &[]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("node 1 refused the VM") && err.contains("cannot map"),
+        "{err}"
+    );
+    let (status, out, _) = finish(vm);
+    assert_eq!(status, 6, "{out}");
+    assert!(out.ends_with("done\n"), "{out}");
 }
 
 #[test]

@@ -130,10 +130,10 @@ pub fn precopy(
     }
 }
 
-/// Checks, sends `BEGIN`, opens the page stream while `BEGIN` is on its way, then runs
-/// `meanwhile`. Returns the stream, `BEGIN`'s answer
-/// to come (see [`begun`]) and what `meanwhile` returned. On error (after `BEGIN` was
-/// sent: `ABORT` sent too) nothing was sent on the stream.
+/// Checks, sends `BEGIN`, takes the page stream (a spare one if there is) while `BEGIN` is
+/// on its way, then runs `meanwhile`. Returns the stream, `BEGIN`'s answer to come (see
+/// [`begun`]) and what `meanwhile` returned. On error (after `BEGIN` was sent: `ABORT` sent
+/// too) nothing was sent on the stream.
 fn begin_transfer<T>(
     (node, spares): (&Node, &Spares),
     hvm: &Arc<HostedVm>,
@@ -158,8 +158,8 @@ fn begin_transfer<T>(
         ))),
     };
     let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
-    // The page stream's handshake goes on while the destination takes `BEGIN` (its stream
-    // thread waits for the VM to be arriving).
+    // The destination takes `BEGIN` while the stream's `OPEN` and the first pages come (its
+    // stream thread waits for the VM to be arriving).
     let answer = node
         .start_request(to, msg::BEGIN, Priority::Control, &meta)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
