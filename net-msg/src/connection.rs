@@ -65,11 +65,6 @@ impl ReplySlot {
         }
     }
 
-    /// Whether a reply was delivered.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
     /// Waits until `deadline`; None on time-out. Spins for [`REPLY_SPIN`] first (a response
     /// that comes quickly then costs no sleep and wake-up; `sched_yield` between polls was
     /// measured slower here), then parks.

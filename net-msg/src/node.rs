@@ -129,12 +129,6 @@ pub struct PendingReply {
 }
 
 impl PendingReply {
-    /// Whether the response (or the connection's loss) has come: [`PendingReply::wait`]
-    /// then returns at once.
-    pub fn is_ready(&self) -> bool {
-        self.slot.is_ready()
-    }
-
     /// Waits at most `timeout` for the response.
     pub fn wait(mut self, timeout: Duration) -> Result<Vec<u8>> {
         self.waited = true;

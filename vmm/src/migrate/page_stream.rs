@@ -1,7 +1,8 @@
 //! The page stream: a VM's image and memory move over a net-msg bulk stream of their own
-//! (one per migration, connected ahead of it: [`Spares`]), not over the mesh connection. One thread on each side does all of it,
-//! with no queue or hand-off in between: the source hashes the pages of a block in place and
-//! hands them to the socket as one record; the destination reads each record's page list, then its pages
+//! (one per migration, connected ahead of it: [`Spares`]), not over the mesh connection. One
+//! thread on each side does all of it, with no queue or hand-off in between: the source
+//! hashes the pages of a block in place and hands them to the socket as one record; the
+//! destination reads each record's page list, then its pages
 //! straight into the arriving VM's memory with one vectored read, and checks the record's tag
 //! (the VM does not run before every record was checked). Once a post-copy VM runs, pushed
 //! pages are read into a staging huge page, checked, and moved into the VM with
