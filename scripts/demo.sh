@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
-rustup toolchain install "$channel" --profile minimal -c rust-src >/dev/null
+# The pinned toolchain, and a check of /dev/kvm (the demo needs no aarch64 board).
+bash scripts/setup.sh --no-board
 
 echo "== building popvmm and cargo-pop"
 cargo build --release -p vmm -p pop-toolchain

@@ -323,7 +323,7 @@ impl EdgeSim {
             if left.is_zero() {
                 return Err(Error::BootTimeout {
                     secs: timeout.as_secs(),
-                    console: self.console_log.display().to_string(),
+                    detail: qemu::failure_detail(&self.stderr_log, &self.console_log),
                 });
             }
             let wait = left.min(Duration::from_secs(30));

@@ -18,19 +18,20 @@ pub enum Error {
         source: io::Error,
     },
     /// The board did not answer on its command channel before the boot timeout.
-    #[error("board not ready after {secs} s (console log: {console})")]
+    #[error("board not ready after {secs} s{detail}")]
     BootTimeout {
         /// The timeout in seconds.
         secs: u64,
-        /// Where the board's serial console was written.
-        console: String,
+        /// The last lines of QEMU's stderr and of the console, with the logs' paths.
+        detail: String,
     },
     /// QEMU stopped, during boot or afterwards.
     #[error("QEMU exited ({status}){detail}")]
     QemuExited {
         /// QEMU's exit status.
         status: String,
-        /// QEMU's last error line, or the console's last line, with the log's path.
+        /// QEMU's last error line (or the console's), then the last lines of both logs with
+        /// their paths.
         detail: String,
     },
     /// The command channel to the board's agent failed.

@@ -373,12 +373,20 @@ fn output_within(cmd: &mut Command, timeout: Duration) -> std::io::Result<Option
     }))
 }
 
-/// The last non-empty line of `text`.
-pub fn last_line(text: &str) -> String {
-    text.lines()
+/// The last `n` non-empty lines of `text`, trimmed, oldest first.
+pub fn last_lines(text: &str, n: usize) -> Vec<&str> {
+    let mut lines: Vec<&str> = text
+        .lines()
         .rev()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-        .to_string()
+        .filter(|l| !l.is_empty())
+        .take(n)
+        .collect();
+    lines.reverse();
+    lines
+}
+
+/// The last non-empty line of `text`, trimmed.
+pub fn last_line(text: &str) -> String {
+    last_lines(text, 1).concat()
 }

@@ -82,7 +82,9 @@ impl QemuConfig {
             .arg(&self.initramfs)
             .args(["-append", &append])
             .args(["-netdev", &netdev])
-            .args(["-device", "virtio-net-pci,netdev=n0"])
+            // No option ROM: the kernel is loaded directly and never boots from the NIC, and the ROM
+            // (`efi-virtio.rom`) is in a package that a minimal QEMU install leaves out.
+            .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
             .arg("-fsdev")
             .arg(format!(
                 "local,id=payload,path={},security_model=none,readonly=on",
@@ -217,17 +219,35 @@ impl Drop for Supervisor {
     }
 }
 
-/// The last line of QEMU's stderr log, or of the console log, for error messages.
+/// How many lines of each log a failure shows.
+const TAIL_LINES: usize = 8;
+
+/// What a failed or silent board left in its logs, for error messages: after a colon, the last
+/// line of QEMU's stderr (or, if it is empty, of the console), then on the following lines the
+/// last [`TAIL_LINES`] lines of each log under its path.
 pub fn failure_detail(stderr_log: &Path, console_log: &Path) -> String {
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let qemu = crate::host::last_line(&read(stderr_log));
-    let console = crate::host::last_line(&read(console_log));
+    let (qemu, console) = (read(stderr_log), read(console_log));
     let mut detail = String::new();
-    if !qemu.is_empty() {
-        detail.push_str(&format!(": {qemu}"));
-    } else if !console.is_empty() {
-        detail.push_str(&format!(": console: {console}"));
+    let headline = match crate::host::last_line(&qemu) {
+        l if l.is_empty() => crate::host::last_line(&console),
+        l => l,
+    };
+    if !headline.is_empty() {
+        detail.push_str(&format!(": {headline}"));
     }
-    detail.push_str(&format!(" (console log: {})", console_log.display()));
+    for (what, path, text) in [
+        ("QEMU stderr", stderr_log, &qemu),
+        ("console", console_log, &console),
+    ] {
+        detail.push_str(&format!("\n  {what} ({}):", path.display()));
+        let tail = crate::host::last_lines(text, TAIL_LINES);
+        if tail.is_empty() {
+            detail.push_str(" (empty)");
+        }
+        for line in tail {
+            detail.push_str(&format!("\n    {line}"));
+        }
+    }
     detail
 }

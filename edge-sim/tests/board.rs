@@ -216,3 +216,35 @@ fn board_runs_commands_with_kvm_and_forwards_ports() {
         "QEMU still runs after the board was dropped"
     );
 }
+
+/// A board QEMU refuses to start fails at once, and the error carries what QEMU said and the
+/// tail of both logs (not only their paths).
+#[test]
+fn board_that_cannot_start_shows_its_logs() {
+    let err = EdgeSim::start(&Options {
+        cpus: 4096,
+        ..Options::default()
+    })
+    .err()
+    .expect("QEMU refuses 4096 vCPUs");
+    let text = err.to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap();
+    assert!(
+        first.starts_with("QEMU exited (exit status: 1): qemu-system-aarch64:"),
+        "{text}"
+    );
+    assert!(first.contains("CPUs"), "{text}");
+    let rest: Vec<&str> = lines.collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("  QEMU stderr (") && l.ends_with("):")),
+        "{text}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.trim_start().starts_with("qemu-system-aarch64:")),
+        "{text}"
+    );
+    assert!(rest.iter().any(|l| l.starts_with("  console (")), "{text}");
+}

@@ -304,7 +304,7 @@ pub struct X86FaultFrame {
 /// Register state saved by the libos's exception vectors on aarch64, handed to the VMM by
 /// [`Hypercall::Fault`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Aarch64FaultFrame {
     /// x0 to x30 at the exception (x29 is the frame pointer, x30 the link register).
     pub x: [u64; 31],
@@ -321,20 +321,6 @@ pub struct Aarch64FaultFrame {
     /// Which vector: 0 synchronous, 1 IRQ, 2 FIQ, 3 SError, plus 4 times the source group
     /// (0 current EL with SP_EL0, 1 current EL with SP_ELx, 2 lower EL AArch64, 3 AArch32).
     pub kind: u64,
-}
-
-impl Default for Aarch64FaultFrame {
-    fn default() -> Self {
-        Aarch64FaultFrame {
-            x: [0; 31],
-            sp: 0,
-            elr: 0,
-            spsr: 0,
-            esr: 0,
-            far: 0,
-            kind: 0,
-        }
-    }
 }
 
 /// Exit status of `popvmm launch` when the guest aborts (`abort`, a panic): as a shell

@@ -71,7 +71,7 @@ unsafe extern "C" fn sys_mmap(size: usize, _prot_flags: u32, ret: *mut *mut u8) 
 
 #[unsafe(no_mangle)]
 unsafe extern "C" fn sys_munmap(ptr: *mut u8, size: usize) -> i32 {
-    if ptr.is_null() || ptr as usize % PAGE_SIZE as usize != 0 {
+    if ptr.is_null() || !(ptr as usize).is_multiple_of(PAGE_SIZE as usize) {
         return fail(EINVAL) as i32;
     }
     // SAFETY: the caller unmaps a whole mapping from sys_mmap, which used this layout.

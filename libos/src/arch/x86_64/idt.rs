@@ -24,9 +24,9 @@ unsafe extern "C" {
 /// points every vCPU's IDTR at it).
 pub fn install() {
     let idt = IDT_ADDR as *mut [u64; 2];
-    for vector in 0..EXCEPTIONS {
-        // SAFETY: the stub table is immutable data emitted below.
-        let handler = unsafe { libos_exception_stubs[vector] };
+    // SAFETY: the stub table is immutable data emitted below.
+    let stubs = unsafe { &libos_exception_stubs };
+    for (vector, &handler) in stubs.iter().enumerate() {
         let low = (handler & 0xffff)
             | (u64::from(KERNEL_CODE_SELECTOR) << 16)
             | (u64::from(IST_INDEX) << 32)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# rustfmt and clippy (warnings are errors) on every workspace: the host crates, the libos (for
+# both hermit targets, as it is built), the example images, and the board's test probe (for
+# the board's target). Run by CI; needs the toolchain scripts/setup.sh installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lint_dir="$PWD/target/lint"
+
+echo "== lint: host workspace"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== lint: libos"
+(
+    cd libos
+    cargo fmt --all -- --check
+    for arch in x86_64 aarch64; do
+        cargo clippy --target "$arch-unknown-hermit" -Zbuild-std=core,alloc \
+            --target-dir "$lint_dir" -- -D warnings
+    done
+    # The ABI crate's own tests run on the host.
+    cargo clippy -p pop-abi --all-targets --target-dir "$lint_dir" -- -D warnings
+)
+
+echo "== lint: images"
+(
+    cd images
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --target-dir "$lint_dir" -- -D warnings
+)
+
+echo "== lint: the board's test probe"
+(
+    cd edge-sim/tests/probe
+    cargo fmt -- --check
+    cargo clippy --target aarch64-unknown-linux-musl -Zbuild-std=std,panic_abort \
+        --target-dir "$lint_dir" -- -D warnings
+)
