@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --no-board
 
 echo "== building popvmm and cargo-pop"
-cargo build --release -p vmm -p pop-toolchain
+cargo build --release -p popvmm -p pop-toolchain
 export PATH="$PWD/target/release:$PATH"
 
 echo "== cargo pop build (the apps' sources and Cargo.toml are unmodified std code)"

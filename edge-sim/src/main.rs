@@ -37,7 +37,7 @@ Examples:
   edge-sim run -b default -- cat /proc/cpuinfo
   edge-sim put target/aarch64-unknown-linux-musl/release/popvmm
   edge-sim stop
-  edge-sim cargo-build -p vmm --bin popvmm   # -> target/aarch64-unknown-linux-musl/release/popvmm";
+  edge-sim cargo-build -p popvmm --bin popvmm   # -> target/aarch64-unknown-linux-musl/release/popvmm";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -64,7 +64,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct CargoBuildArgs {
-    /// Arguments for cargo build, e.g. `-p vmm --bin popvmm`.
+    /// Arguments for cargo build, e.g. `-p popvmm --bin popvmm`.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,

@@ -1,5 +1,6 @@
-//! `popvmm`: a small KVM virtual machine monitor that runs one Rust `std` application linked
-//! with the pop library OS (`libos`).
+//! Runs one VM on one host: a Rust `std` application linked with the pop library OS
+//! (`libos`), on KVM. No command line and no cluster here: `popvmm` (the binary crate) and
+//! `pop-migrate` (moving VMs between nodes) are built on this library.
 //!
 //! The guest/host contract lives in the [`pop_abi`] crate; this crate implements the host side
 //! of it:
@@ -11,14 +12,12 @@
 //! * [`threads`] maps guest threads onto a pool of vCPUs (one host thread each),
 //! * [`hypercall`] serves the guest's requests, with [`fs`] for files and directories,
 //! * [`fault`] turns a guest crash into a symbolized report,
-//! * [`node`] runs a cluster node (`popvmm node`) and its clients (`peers`, `stat`, `ping`),
 //! * [`arch`] holds everything specific to an instruction set (x86-64 for now).
 //!
-//! The `popvmm` binary (`src/main.rs`) is a thin command-line front end over [`launch`].
+//! [`testing`] (with the `testing` feature) holds helpers for the test suites.
 
 pub mod arch;
 pub mod boot;
-pub mod cli;
 pub mod config;
 pub mod fault;
 pub mod fs;
@@ -26,16 +25,14 @@ pub mod hypercall;
 pub mod image;
 pub mod launch;
 pub mod memory;
-pub mod migrate;
-pub mod node;
 pub mod output;
 pub mod paging;
 pub mod sys;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod threads;
 pub mod timings;
 pub mod vm;
-pub mod wire;
 
 pub use config::VmConfig;
 pub use launch::{LaunchError, launch};

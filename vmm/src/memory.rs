@@ -34,6 +34,9 @@ pub struct RegionInfo {
     pub host_addr: u64,
 }
 
+/// The KVM slot (and index in [`GuestMem::regions`]) of the shared region.
+pub const SHARED_SLOT: u32 = 1;
+
 /// The guest's memory: private `[0, private_size)` and shared
 /// `[SHARED_BASE, SHARED_BASE + shared_size)`. Cheap to clone (the mappings are shared).
 #[derive(Clone, Debug)]
@@ -225,6 +228,12 @@ impl GuestMem {
     }
 
     /// The regions, for registering them with KVM.
+    /// The shared region (application-writable memory, the only memory nodes ever share).
+    pub fn shared_region(&self) -> RegionInfo {
+        self.regions()[SHARED_SLOT as usize]
+    }
+
+    /// Both regions: the private one (slot 0), then the shared one ([`SHARED_SLOT`]).
     pub fn regions(&self) -> Vec<RegionInfo> {
         self.inner
             .iter()

@@ -1,16 +1,15 @@
 //! Hand-assembled guests exercising the hypercall path, threads and crash reports, without a
 //! libos.
 
-mod common;
-
 use std::time::Instant;
 
-use common::{Asm, Reg, captured, text, u64_at};
 use pop_abi::errno::{EAGAIN, EFAULT, EINVAL, ENOENT, ENOSYS, ESRCH, ETIMEDOUT};
 use pop_abi::layout::{BOOT_INFO_ADDR, IMAGE_BASE, SHARED_BASE};
 use pop_abi::{BOOT_INFO_MAGIC, Hypercall, hypercall::NO_TIMEOUT};
 use vmm::Outcome;
+use vmm::testing::asm::{Asm, Reg};
 use vmm::testing::run_code;
+use vmm::testing::{captured, text, u64_at};
 
 const DATA: usize = 0x800;
 const SCRATCH: u32 = SHARED_BASE as u32 + 0x10_0000;

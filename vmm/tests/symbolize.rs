@@ -2,14 +2,12 @@
 //! by the host's `gcc` (skipped when there is none), linked at the image base with the ABI
 //! note, that writes through a null pointer two calls deep.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{captured, text};
 use vmm::Outcome;
 use vmm::image::Image;
+use vmm::testing::{captured, text};
 
 const PROGRAM: &str = r#"
 struct note { char magic[8]; unsigned version, arch; };

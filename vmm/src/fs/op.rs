@@ -2,7 +2,7 @@
 //! guest's files (its home), and the answer. A VM at home calls [`super::HomeFiles`] with them
 //! directly; a VM that migrated away sends them to its home node, encoded here.
 
-use crate::wire::{Decoder, Encoder, WireError};
+use pop_wire::{Decoder, Encoder, WireError};
 
 /// Handle of the home's standard input (always open).
 pub const STDIN: u64 = 0;

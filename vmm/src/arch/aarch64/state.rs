@@ -2,7 +2,7 @@
 //! only for now). The type exists so that the migration code is architecture-neutral; saving
 //! fails with `ENOSYS`, so `popvmm migrate` reports a clean error on aarch64 hosts.
 
-use crate::wire::{Decoder, Encoder, WireError};
+use pop_wire::{Decoder, Encoder, WireError};
 
 /// The state of an AArch64 vCPU (empty until the backend implements saving it).
 #[derive(Clone, Debug)]

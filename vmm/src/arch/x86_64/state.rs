@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VcpuFd;
 
-use crate::wire::{Decoder, Encoder, WireError};
+use pop_wire::{Decoder, Encoder, WireError};
 
 /// `IA32_TIME_STAMP_COUNTER`.
 pub const MSR_TSC: u32 = 0x10;

@@ -1,0 +1,393 @@
+//! userfaultfd(2) in MISSING mode over a range of the VMM's guest-memory mapping (post-copy:
+//! a page the guest or the VMM touches before it arrived blocks the toucher until
+//! [`Uffd::copy`] fills it, or [`Uffd::move_in`] moves it in from a [`Staging`] block). The
+//! `userfaultfd` crate's `-sys` part is not in this machine's crate cache, so the few ioctls
+//! are declared here.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const UFFD_API: u64 = 0xaa;
+// `ioctl`'s request is a `c_ulong` with glibc and a `c_int` with musl (`libc::Ioctl`): the
+// values are the kernel's 32-bit request numbers either way.
+const UFFDIO_API: libc::Ioctl = 0xc018_aa3f_u32 as libc::Ioctl;
+const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as libc::Ioctl;
+const UFFDIO_UNREGISTER: libc::Ioctl = 0x8010_aa01_u32 as libc::Ioctl;
+const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
+const UFFDIO_MOVE: libc::Ioctl = 0xc028_aa05_u32 as libc::Ioctl;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+/// `UFFDIO_MOVE` (Linux 6.8): move pages between two mappings of this process, no copy.
+const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
+/// Huge page size (x86-64 and aarch64 with 4 KiB pages).
+pub const HUGE_PAGE: u64 = 2 << 20;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// A userfaultfd registered over one range.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+    start: u64,
+    len: u64,
+    /// The kernel offers `UFFDIO_MOVE`.
+    can_move: bool,
+}
+
+fn check(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl Uffd {
+    /// Registers `[start, start + len)` of this process's memory (a private anonymous
+    /// mapping, page-aligned) for missing-page faults.
+    pub fn register(start: u64, len: u64) -> std::io::Result<Uffd> {
+        // Asks for `UFFDIO_MOVE`; a kernel without it refuses the feature (and that fd).
+        let (fd, can_move) = match Self::open(UFFD_FEATURE_MOVE) {
+            Ok(fd) => (fd, true),
+            Err(_) => (Self::open(0)?, false),
+        };
+        let mut reg = UffdioRegister {
+            range: UffdioRange { start, len },
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER takes a pointer to a live `uffdio_register`; the range is
+        // the caller's mapping.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) })?;
+        Ok(Uffd {
+            fd,
+            start,
+            len,
+            can_move,
+        })
+    }
+
+    /// A new userfaultfd with `features` enabled.
+    fn open(features: u64) -> std::io::Result<OwnedFd> {
+        // Non-blocking: a fault that `poll` reported may be resolved (by a pushed page) before
+        // it is read, and a blocking read would then wait for the next fault, which after
+        // `unregister` never comes.
+        // SAFETY: a plain system call with flags; it returns a new fd or -1.
+        let raw =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) }
+                as i32;
+        check(raw)?;
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API takes a pointer to a live `uffdio_api`.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) })?;
+        Ok(fd)
+    }
+
+    /// Fills the missing pages of `[dst, dst + src.len())` (page-aligned, in the range) with
+    /// the pages of `src` (this process's private anonymous memory, page-aligned) at the same
+    /// offsets, and wakes whoever waits on them. With `UFFDIO_MOVE` the pages move without a
+    /// copy (a whole huge page at once where both sides are aligned) and `src` is left empty;
+    /// pages `src` does not have stay missing. Without it, the pages at `present` offsets are
+    /// copied. Pages already present at `dst` are left alone. Returns whether `src` still
+    /// holds pages (left behind, or copied).
+    pub fn move_in(&self, dst: u64, src: &mut [u8], present: &[u64]) -> std::io::Result<bool> {
+        let len = src.len() as u64;
+        if !len.is_multiple_of(4096)
+            || !dst.is_multiple_of(4096)
+            || !(src.as_ptr() as u64).is_multiple_of(4096)
+            || dst < self.start
+            || dst + len > self.start + self.len
+            || present.iter().any(|&o| o + 4096 > len)
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        if !self.can_move {
+            for &offset in present {
+                self.copy_run(dst + offset, &src[offset as usize..][..4096])?;
+            }
+            return Ok(true);
+        }
+        let mut done = 0;
+        let mut left_behind = false;
+        while done < len {
+            let mut m = UffdioMove {
+                dst: dst + done,
+                src: src.as_ptr() as u64 + done,
+                len: len - done,
+                mode: UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+                moved: 0,
+            };
+            // SAFETY: UFFDIO_MOVE takes a pointer to a live `uffdio_move`; `src` is the rest
+            // of `src` (private anonymous memory, borrowed mutably: nothing else accesses it)
+            // and `dst` that many bytes of the registered range.
+            let r = check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_MOVE, &mut m) });
+            let moved = u64::try_from(m.moved).unwrap_or(0);
+            match r {
+                Ok(()) => break,
+                // A page that is there already: it stays; the page in `src` is left behind.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    left_behind = true;
+                    done += moved + 4096;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => done += moved,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(left_behind)
+    }
+
+    /// Fills the missing page at `dst` (page-aligned, in the range) with `page` (4 KiB) and
+    /// wakes whoever waits on it. A page already present is left alone (not an error).
+    pub fn copy(&self, dst: u64, page: &[u8]) -> std::io::Result<()> {
+        self.copy_run(dst, page)
+    }
+
+    /// Fills the missing pages of `[dst, dst + pages.len())` (page-aligned, in the range) from
+    /// `pages` (whole 4 KiB pages) with as few ioctls as it can, and wakes whoever waits on
+    /// them. Pages already present are left alone (not an error).
+    pub fn copy_run(&self, dst: u64, pages: &[u8]) -> std::io::Result<()> {
+        let len = pages.len() as u64;
+        if len == 0
+            || !len.is_multiple_of(4096)
+            || !dst.is_multiple_of(4096)
+            || dst < self.start
+            || dst + len > self.start + self.len
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut done = 0;
+        while done < len {
+            let mut c = UffdioCopy {
+                dst: dst + done,
+                src: pages[done as usize..].as_ptr() as u64,
+                len: len - done,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: UFFDIO_COPY takes a pointer to a live `uffdio_copy`; `src` is `len -
+            // done` bytes of readable memory (the rest of `pages`) and `dst` that many bytes of
+            // the registered range.
+            let r = check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY, &mut c) });
+            // `copy` says how much was placed before a stop (or is a negated errno).
+            let placed = u64::try_from(c.copy).unwrap_or(0);
+            match r {
+                Ok(()) => return Ok(()),
+                // A page that is there already: skip it, place the rest.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => done += placed + 4096,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => done += placed,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next faulting address, waiting at most `timeout_ms`; `None` when there is none.
+    pub fn next_fault(&self, timeout_ms: i32) -> std::io::Result<Option<u64>> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n <= 0 {
+            return Ok(None);
+        }
+        let mut msg = [0u8; 32];
+        // SAFETY: reads at most 32 bytes into `msg` (one `uffd_msg`).
+        let r = unsafe { libc::read(self.fd.as_raw_fd(), msg.as_mut_ptr().cast(), 32) };
+        if r != 32 || msg[0] != UFFD_EVENT_PAGEFAULT {
+            return Ok(None);
+        }
+        Ok(Some(u64::from_le_bytes(
+            msg[16..24].try_into().expect("8 bytes"),
+        )))
+    }
+
+    /// Stops catching faults: missing pages become ordinary zero-filled ones.
+    pub fn unregister(&self) -> std::io::Result<()> {
+        let mut range = UffdioRange {
+            start: self.start,
+            len: self.len,
+        };
+        // SAFETY: UFFDIO_UNREGISTER takes a pointer to a live `uffdio_range`.
+        check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range) })
+    }
+}
+
+/// A private anonymous mapping aligned to [`HUGE_PAGE`], preferring transparent huge pages:
+/// where pushed pages are read and checked before [`Uffd::move_in`] moves them into a VM.
+#[derive(Debug)]
+pub struct Staging {
+    addr: u64,
+    len: u64,
+    /// The whole mapping (`addr` is the first huge-page boundary in it).
+    map: (u64, u64),
+}
+
+impl Staging {
+    /// Maps `len` bytes (a multiple of [`HUGE_PAGE`]).
+    pub fn new(len: u64) -> std::io::Result<Staging> {
+        let map_len = len + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping at an address of the kernel's choosing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let addr = (p as u64).next_multiple_of(HUGE_PAGE);
+        // SAFETY: MADV_HUGEPAGE changes no contents or permissions of this new mapping; it is
+        // only a hint (an error, e.g. no THP, is ignored).
+        unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_HUGEPAGE) };
+        Ok(Staging {
+            addr,
+            len,
+            map: (p as u64, map_len),
+        })
+    }
+
+    /// The staging bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `[addr, addr + len)` lies in the live mapping this value owns, and the
+        // mutable borrow of `self` makes the slice the only access to it.
+        unsafe { std::slice::from_raw_parts_mut(self.addr as *mut u8, self.len as usize) }
+    }
+
+    /// Empties it (every page reads as zero again).
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        // SAFETY: drops the pages of this value's own mapping.
+        check(unsafe {
+            libc::madvise(
+                self.addr as *mut libc::c_void,
+                self.len as usize,
+                libc::MADV_DONTNEED,
+            )
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping this value owns; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.map.0 as *mut libc::c_void, self.map.1 as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A huge-page-aligned mapping of `len` bytes registered for missing faults.
+    fn registered(len: u64) -> (Staging, Uffd) {
+        let target = Staging::new(len).unwrap();
+        let uffd = Uffd::register(target.addr, len).unwrap();
+        (target, uffd)
+    }
+
+    #[test]
+    fn staged_pages_move_in_and_present_pages_stay() {
+        let (target, uffd) = registered(2 * HUGE_PAGE);
+        assert!(uffd.can_move, "this kernel has UFFDIO_MOVE (Linux 6.8+)");
+        staged_pages_arrive(target, uffd);
+    }
+
+    #[test]
+    fn without_uffdio_move_staged_pages_are_copied() {
+        let (target, mut uffd) = registered(2 * HUGE_PAGE);
+        uffd.can_move = false;
+        staged_pages_arrive(target, uffd);
+    }
+
+    fn staged_pages_arrive(mut target: Staging, uffd: Uffd) {
+        // A page the guest fetched before the push: it must survive.
+        uffd.copy(target.addr + 3 * 4096, &[7; 4096]).unwrap();
+        let mut staging = Staging::new(HUGE_PAGE).unwrap();
+        let present: Vec<u64> = [0u64, 3, 4, 511].iter().map(|i| i * 4096).collect();
+        for &o in &present {
+            staging.bytes()[o as usize..][..4096].fill((o / 4096 % 200) as u8 + 1);
+        }
+        if uffd
+            .move_in(target.addr, staging.bytes(), &present)
+            .unwrap()
+        {
+            staging.clear().unwrap();
+        }
+        let t = target.bytes();
+        assert_eq!(t[0], 1);
+        assert_eq!(t[3 * 4096], 7, "a present page was overwritten");
+        assert_eq!(t[4 * 4096], 5);
+        assert_eq!(t[511 * 4096 + 4095], (511 % 200) as u8 + 1);
+        assert!(
+            staging.bytes().iter().all(|&b| b == 0),
+            "staging not emptied"
+        );
+        // The next block, from the now empty staging again.
+        staging.bytes()[..4096].fill(9);
+        uffd.move_in(target.addr + HUGE_PAGE, staging.bytes(), &[0])
+            .unwrap();
+        assert_eq!(target.bytes()[HUGE_PAGE as usize], 9);
+        // Outside the registered range, or a present page outside the source.
+        let mut big = Staging::new(2 * HUGE_PAGE).unwrap();
+        let outside = target.addr + 2 * HUGE_PAGE;
+        assert!(
+            uffd.move_in(outside, &mut staging.bytes()[..4096], &[0])
+                .is_err()
+        );
+        assert!(uffd.move_in(target.addr + 4096, big.bytes(), &[0]).is_err());
+        assert!(
+            uffd.move_in(target.addr, &mut staging.bytes()[..4096], &[4096])
+                .is_err()
+        );
+        uffd.unregister().unwrap();
+    }
+}

@@ -1,0 +1,94 @@
+//! The images this process has (of VMs it launched or that arrived here), by SHA-256 digest,
+//! so that a VM moving to a node that already has its image does not send it again (a VM
+//! moving back and forth sends it once).
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use sha2::{Digest, Sha256};
+
+use vmm::image::ImageBytes;
+
+/// Images kept (the most recently used).
+const KEPT: usize = 8;
+
+/// A SHA-256 digest.
+pub type Sha = [u8; 32];
+
+/// Images by digest, the most recently used first.
+type Kept = Mutex<Vec<(Sha, Arc<ImageBytes>)>>;
+
+fn images() -> &'static Kept {
+    static IMAGES: OnceLock<Kept> = OnceLock::new();
+    IMAGES.get_or_init(Mutex::default)
+}
+
+fn keep(digest: Sha, bytes: &Arc<ImageBytes>) {
+    let mut images = images().lock().unwrap_or_else(|e| e.into_inner());
+    images.retain(|(d, _)| *d != digest);
+    images.insert(0, (digest, bytes.clone()));
+    images.truncate(KEPT);
+}
+
+/// The digest of `bytes` (computed once per image, then remembered with it).
+pub fn digest_of(bytes: &Arc<ImageBytes>) -> Sha {
+    let known = images()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(_, b)| Arc::ptr_eq(b, bytes))
+        .map(|(d, _)| *d);
+    known.unwrap_or_else(|| {
+        let digest: Sha = Sha256::digest(&bytes[..]).into();
+        keep(digest, bytes);
+        digest
+    })
+}
+
+/// Remembers an image that arrived (its digest is computed here, not taken on trust).
+pub fn remember(bytes: &Arc<ImageBytes>) {
+    digest_of(bytes);
+}
+
+/// The image with this digest, if this process has it.
+pub fn find(digest: &Sha) -> Option<Arc<ImageBytes>> {
+    images()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(d, _)| d == digest)
+        .map(|(_, b)| b.clone())
+}
+
+/// Hex form (for JSON).
+pub fn hex(digest: &Sha) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// From hex form.
+pub fn parse_hex(s: &str) -> Option<Sha> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, byte) in d.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_found_by_their_own_digest() {
+        let a = Arc::new(ImageBytes::from(b"an image".to_vec()));
+        let d = digest_of(&a);
+        let expected: Sha = Sha256::digest(b"an image").into();
+        assert_eq!(d, expected);
+        assert!(Arc::ptr_eq(&find(&d).unwrap(), &a));
+        assert_eq!(parse_hex(&hex(&d)), Some(d));
+        assert_eq!(parse_hex("zz"), None);
+        assert!(find(&[7; 32]).is_none());
+    }
+}

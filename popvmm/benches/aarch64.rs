@@ -1,0 +1,207 @@
+//! `cargo bench -p popvmm --bench aarch64`: popvmm on aarch64 KVM inside the simulated edge board
+//! (`edge-sim`: qemu-system-aarch64 under TCG, so every figure is *emulated* and slow), beside
+//! the same figures for popvmm on this x86-64 host, measured in the same run.
+//!
+//! Prints a Markdown table for BENCHMARKS.md: hello end to end, the VMM's setup before the
+//! guest's first instruction (KVM setup and image load, from `popvmm launch --timings`), and
+//! thread spawn + join (medians of several runs).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::repo;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use edge_sim::{EdgeSim, Options};
+use pop_toolchain::{ArchSelection, BuildOptions};
+
+/// Runs per figure.
+const RUNS: usize = 7;
+
+fn build_images(arch: &str) -> PathBuf {
+    let options = BuildOptions {
+        release: true,
+        arch: arch.parse::<ArchSelection>().unwrap(),
+        manifest_path: Some(repo().join("images/Cargo.toml")),
+        ..Default::default()
+    };
+    let images = pop_toolchain::build(&options).expect("cargo pop build --release");
+    images[0].parent().unwrap().to_path_buf()
+}
+
+fn popvmm_aarch64() -> PathBuf {
+    let root = repo();
+    let recipe = edge_sim::musl::Recipe::for_dir(&root, None, true).expect("aarch64 recipe");
+    let status = recipe
+        .cargo_build(&root.join("Cargo.toml"), &root.join("target"))
+        .args(["--quiet", "-p", "popvmm", "--bin", "popvmm"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    root.join("target/aarch64-unknown-linux-musl/release/popvmm")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn field(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// KVM setup plus image load, in ns, from the `popvmm: timings: kvm X ms, load Y ms, ...` line
+/// that `popvmm launch --timings` prints on stderr.
+fn setup_ns(stderr: &str) -> f64 {
+    let ms = |key: &str| -> f64 {
+        stderr
+            .split(key)
+            .nth(1)
+            .and_then(|rest| rest.trim().split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {stderr}"))
+    };
+    (ms("kvm") + ms("load")) * 1e6
+}
+
+fn fmt(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.1} ms", ns / 1e6)
+    } else {
+        format!("{:.1} µs", ns / 1e3)
+    }
+}
+
+/// The three figures for one architecture.
+struct Figures {
+    hello: f64,
+    to_main: f64,
+    spawn_join: f64,
+}
+
+fn x86(images: &Path) -> Figures {
+    let launch = |app: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_popvmm"))
+            .arg("launch")
+            .arg(images.join(app))
+            .arg("--")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    Figures {
+        hello: median(
+            (0..RUNS)
+                .map(|_| {
+                    let t = Instant::now();
+                    launch("hello", &[]);
+                    t.elapsed().as_nanos() as f64
+                })
+                .collect(),
+        ),
+        to_main: median(
+            (0..RUNS)
+                .map(|_| {
+                    let out = Command::new(env!("CARGO_BIN_EXE_popvmm"))
+                        .args(["launch", "--timings"])
+                        .arg(images.join("hello"))
+                        .output()
+                        .unwrap();
+                    setup_ns(&String::from_utf8_lossy(&out.stderr))
+                })
+                .collect(),
+        ),
+        spawn_join: median(
+            (0..RUNS)
+                .map(|_| field(&launch("checks", &["threads", "50"]), "spawn_join_ns"))
+                .collect(),
+        ),
+    }
+}
+
+fn aarch64(board: &EdgeSim) -> Figures {
+    // The board's shell has no nanosecond clock, so hello is timed from the host through the
+    // board's command agent, minus the agent's own round trip (running `true`).
+    let timed = |argv: &[&str]| {
+        let t = Instant::now();
+        let out = board.run(argv).expect("run on the board");
+        assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            t.elapsed().as_nanos() as f64,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let agent = median((0..RUNS).map(|_| timed(&["true"]).0).collect());
+    let hello = median(
+        (0..RUNS)
+            .map(|_| timed(&["popvmm", "launch", "/payload/hello"]).0 - agent)
+            .collect(),
+    );
+    // popvmm's own account of the phases up to the guest's first instruction.
+    let to_main = median(
+        (0..RUNS)
+            .map(|_| {
+                let out = board
+                    .run(&["popvmm", "launch", "--timings", "/payload/hello"])
+                    .unwrap();
+                setup_ns(&String::from_utf8_lossy(&out.stderr))
+            })
+            .collect(),
+    );
+    let spawn_join = median(
+        (0..RUNS)
+            .map(|_| {
+                let (_, out) =
+                    timed(&["popvmm", "launch", "/payload/checks", "--", "threads", "50"]);
+                field(&out, "spawn_join_ns")
+            })
+            .collect(),
+    );
+    Figures {
+        hello,
+        to_main,
+        spawn_join,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let x86_images = build_images("x86_64");
+    let arm_images = build_images("aarch64");
+    let mut payload = vec![(popvmm_aarch64(), "popvmm".to_string())];
+    for app in ["hello", "checks"] {
+        payload.push((arm_images.join(app), app.to_string()));
+    }
+    let board = EdgeSim::start(&Options {
+        payload,
+        ..Options::default()
+    })
+    .expect("start the board");
+    let arm = aarch64(&board);
+    let x86 = x86(&x86_images);
+    println!(
+        "| what (release images, median of {RUNS}) | aarch64 in the simulated board (emulated, TCG) | x86-64 on this host | ratio |"
+    );
+    println!("|---|---|---|---|");
+    for (what, a, b) in [
+        ("hello, end to end", arm.hello, x86.hello),
+        (
+            "KVM setup + image load (`--timings`)",
+            arm.to_main,
+            x86.to_main,
+        ),
+        ("thread spawn + join", arm.spawn_join, x86.spawn_join),
+    ] {
+        println!("| {what} | {} | {} | {:.0}x |", fmt(a), fmt(b), a / b);
+    }
+}

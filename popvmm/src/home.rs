@@ -1,0 +1,92 @@
+//! `popvmm launch --cluster FILE --id N`: the launching process joins the cluster as node N
+//! (serving the same control socket as `popvmm node`), runs the VM there, and stays the VM's
+//! home wherever it migrates: output arrives here and the process exits with the
+//! application's status.
+
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use crate::cli::LaunchArgs;
+use crate::node::NodeArgs;
+use crate::node::daemon;
+use pop_migrate::host::new_vm_id;
+use vmm::image::Image;
+use vmm::launch::EXIT_VMM_ERROR;
+use vmm::timings::Timings;
+use vmm::vm::Vm;
+
+/// Runs the launch; returns the exit status (errors are printed as one line).
+pub fn launch_at_home(args: &LaunchArgs, process_start: Instant) -> i32 {
+    match run(args, process_start) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("popvmm: error: {}", e.replace('\n', " "));
+            EXIT_VMM_ERROR
+        }
+    }
+}
+
+fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
+    let (Some(cluster), Some(id)) = (&args.cluster, args.id) else {
+        return Err("--cluster and --id go together".into());
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        daemon::init_logging();
+    }
+    let config = args.to_config();
+    let timings = std::sync::Arc::new(Timings::new(process_start));
+    let image = Image::from_file(&args.image).map_err(|e| e.to_string())?;
+    let name = image.name.clone();
+    let vm = Vm::new(image, &config, timings).map_err(|e| e.to_string())?;
+    // A VM in a cluster may move: huge pages make its bulk copies (and its TLB reach under
+    // nested paging) much cheaper. Plain launches keep 4 KiB pages: they start faster.
+    vm.shared().mem.prefer_huge_pages();
+    let started = daemon::start(&NodeArgs {
+        cluster: cluster.clone(),
+        id,
+        secret_file: None,
+        control: None,
+        keep_memory_secs: pop_migrate::pool::KEEP.as_secs(),
+        cpus: None,
+    })?;
+    let host = started.host.clone();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || daemon::serve_control(started))
+        .map_err(|e| e.to_string())?;
+    let vm_id = new_vm_id(id);
+    let files = vm
+        .shared()
+        .fs
+        .home_files()
+        .ok_or("a new VM has its files at home")?;
+    let ended = host.add_home(vm_id, files);
+    host.run_vm(vm_id, name, id, vm);
+    // Wait for the end, wherever the VM runs; if the node running it is lost, say so.
+    let ended = loop {
+        match ended.recv_timeout(Duration::from_millis(200)) {
+            Ok(ended) => break ended,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err("the VM vanished without an exit status".into());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let node = host.node();
+        if let Some(at) = host.location(vm_id)
+            && at != id
+            && node
+                .peers()
+                .get(at as usize)
+                .is_some_and(|p| p.state == net_msg::PeerState::Down)
+        {
+            return Err(format!(
+                "node {at}, where the VM ran, was lost; the application is gone"
+            ));
+        }
+    };
+    host.end_home(vm_id);
+    if let Some(e) = ended.error {
+        eprintln!("popvmm: error: {e}");
+    }
+    Ok(ended.status)
+}
