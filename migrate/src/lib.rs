@@ -3,69 +3,65 @@
 //! status wherever it runs). Built on `vmm` (one VM on one host), `pop-dsm` (page coherence)
 //! and `net-msg` (the mesh); the `popvmm` binary routes the mesh's messages here.
 //!
-//! * [`host`]: what a node process hosts (VMs running here, VMs whose home is here, VMs
-//!   arriving), the mesh messages it answers, and `ps`;
-//! * [`source`]: the pre-copy driver on the node the VM leaves;
-//! * [`dest`]: assembling an arriving VM and starting it;
-//! * [`page_stream`]: the image and memory of a moving VM, on a bulk stream of its own;
-//! * [`pool`]: memory of VMs that left, reused by the next arrival;
-//! * [`images`]: the images this process has, so that they are not sent again;
-//! * [`dirty`]: which pages changed (KVM's dirty log plus the VMM's own writes);
-//! * [`clock`]: carrying the guest clock over;
-//! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
-//! * [`files`]: file hypercalls of a VM away from home, served by its home node.
+//! * [`msg`]: every message type between nodes, one number range per service, with typed
+//!   payloads;
+//! * [`host`]: the services of one node process, and running a VM here;
+//! * [`registry`]: the VMs running here (`LIST`, `ps`);
+//! * [`home`]: the home of a VM: its output, exit status, location and files;
+//! * [`vm`]: whole-VM pre-copy and post-copy (source, destination, page stream, memory pool);
+//! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM.
 //!
-//! The messages are encoded with [`pop_wire`].
-//!
-//! This is a module tree of `vmm` rather than the `migrate/` crate of DESIGN.md for now: the
-//! driver pauses vCPUs and rebuilds a VM from `vmm`'s own internals (`VmShared`, `Threads`,
-//! `Vcpu`), so a crate boundary would first need those split into a crate of their own. The
-//! protocol lives only here, so moving it out later changes no other module.
+//! Per-thread migration (`thread/`), the scheduler (`sched/`) and cross-ISA state (`xisa/`)
+//! will be modules beside these, with message ranges of their own (see [`msg`]).
 
-pub mod clock;
-pub mod dest;
-pub mod dirty;
-pub mod files;
+pub mod home;
 pub mod host;
-pub mod images;
-pub mod page_stream;
-pub mod pool;
+pub mod msg;
+pub mod registry;
 pub mod relay;
-pub mod source;
+pub mod vm;
 
-/// Message types of migration and home traffic on the mesh (the node's ping is 1).
-pub mod msg {
-    /// Request: a VM is about to arrive (JSON metadata). Answer: empty, or an error.
-    pub const BEGIN: u16 = 10;
-    // 11-13 (image, pages, sync) moved to the page stream (`super::page_stream`).
-    /// One-way: one vCPU's state.
-    pub const VCPU: u16 = 14;
-    /// Request: the thread table and clock; the destination builds the VM and answers.
-    pub const COMMIT: u16 = 15;
-    /// Request: start the prepared VM (the switch-over).
-    pub const GO: u16 = 16;
-    /// One-way: forget an arriving VM.
-    pub const ABORT: u16 = 17;
-    /// One-way, to the home node: guest output.
-    pub const OUTPUT: u16 = 20;
-    /// One-way, to the home node: the application ended.
-    pub const EXIT: u16 = 21;
-    /// Request: the VMs running on a node (JSON).
-    pub const LIST: u16 = 22;
-    /// One-way, to the home node: the VM now runs on the sending node.
-    pub const LOCATION: u16 = 23;
-    /// Request (post-copy, page class): one page of the shared region, from the source.
-    pub const FETCH: u16 = 24;
-    /// Request (post-copy): every page was pushed (and the page stream synced); the
-    /// destination stops catching faults.
-    pub const DONE: u16 = 25;
-    /// Request, to the home node: a file operation of a VM away from home.
-    pub const FILE: u16 = 26;
-    /// Request: move a VM running on the receiving node (a relayed `popvmm migrate`).
-    pub const MIGRATE: u16 = 27;
-    /// One-way: progress of a relayed migration, to the node that relayed it.
-    pub const PROGRESS: u16 = 28;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use net_msg::Incoming;
+
+/// A service of the mesh: handles the messages of its range of [`msg::MsgType`]s.
+pub trait Service: Send + Sync {
+    /// Handles message `m` of type `t`. An error is logged and, for a request, sent back as
+    /// its answer.
+    fn handle(
+        &self,
+        host: &Arc<host::Host>,
+        t: msg::MsgType,
+        m: &mut Incoming,
+    ) -> Result<(), String>;
 }
+
+/// Locks `m`, going on with the data of a thread that panicked while holding it (every
+/// lock here guards plain maps and flags that stay consistent between statements).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// For the tests of failures (built with the `testing` feature only): with
+/// `POPVMM_TEST_DIE_ON=pages` (or `commit`, `go`) in its environment, a destination node
+/// process dies abruptly when that message arrives, as a crashed host would; with `push`, a
+/// post-copy source dies right after the switch-over.
+#[cfg(feature = "testing")]
+pub(crate) fn test_hook(point: &str) {
+    static DIE_ON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let die_on = DIE_ON.get_or_init(|| std::env::var("POPVMM_TEST_DIE_ON").ok());
+    if die_on.as_deref() == Some(point) {
+        // SAFETY: `_exit` ends the process at once, which is the point: no cleanup, like a
+        // crash.
+        unsafe { libc::_exit(137) };
+    }
+}
+
+/// Without the `testing` feature there are no failure hooks.
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+pub(crate) fn test_hook(_point: &str) {}
 
 /// How a VM moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -10,27 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use net_msg::{Incoming, Priority};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::host::{Host, matches_key};
-use super::{Mode, msg};
-use pop_wire::{Decoder, Encoder};
+use crate::host::Host;
+use crate::msg::{MigrateRequest, MsgType, Progress};
+use crate::registry::{VmStatus, matches_key};
+use crate::{Mode, lock};
 
 /// How long to look for a VM in the cluster.
 const LOCATE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a relayed migration may take (post-copy pushes of large guests included).
 const RELAY_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// `MIGRATE`: what to move, and the token its progress is sent back with.
-#[derive(Debug, Serialize, Deserialize)]
-struct MigrateRequest {
-    token: u64,
-    vm: String,
-    to: u32,
-    mode: Mode,
-    downtime_ms: u64,
-}
 
 /// What a relayed migration reports to the asking node.
 enum Event {
@@ -45,12 +35,6 @@ pub struct Relays {
     next: AtomicU64,
 }
 
-impl Relays {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Sender<Event>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 impl Host {
     /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets one
     /// JSON object per step. Returns the summary.
@@ -62,13 +46,13 @@ impl Host {
         downtime_ms: u64,
         progress: &mut dyn FnMut(Value),
     ) -> Result<Value, String> {
-        if self.find(key).is_some() {
-            return self.migrate(key, to, mode, downtime_ms, progress);
+        if self.registry().find(key).is_some() {
+            return self.migrate(key, to, (mode, downtime_ms), progress);
         }
         let at = self.locate(key)?;
         if at == self.node().id() {
             // It arrived here meanwhile.
-            return self.migrate(key, to, mode, downtime_ms, progress);
+            return self.migrate(key, to, (mode, downtime_ms), progress);
         }
         let relays = self.relays();
         let token = relays.next.fetch_add(1, Ordering::Relaxed);
@@ -79,14 +63,14 @@ impl Host {
             mode,
             downtime_ms,
         };
-        let payload = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        let payload = pop_wire::to_bytes(&request);
         // Progress (sent by the mesh handler, in arrival order) and the answer (after all of
         // it on the same connection) meet in one channel.
         let (events, done) = channel::<Event>();
-        relays.lock().insert(token, events.clone());
-        let pending = self
-            .node()
-            .start_request(at, msg::MIGRATE, Priority::Control, &payload);
+        lock(&relays.open).insert(token, events.clone());
+        let pending =
+            self.node()
+                .start_request(at, MsgType::Migrate.number(), Priority::Control, &payload);
         let result = pending.map_err(|e| e.to_string()).map(|pending| {
             std::thread::spawn(move || {
                 let answer = pending
@@ -103,7 +87,7 @@ impl Host {
                 }
             }
         });
-        relays.lock().remove(&token);
+        lock(&relays.open).remove(&token);
         result?
     }
 
@@ -112,15 +96,12 @@ impl Host {
     fn locate(&self, key: &str) -> Result<u32, String> {
         let deadline = Instant::now() + LOCATE_TIMEOUT;
         loop {
-            let found = self.cluster_list().iter().find_map(|v| {
-                let id = v["id"].as_u64().unwrap_or(0);
-                let name = v["name"].as_str().unwrap_or("");
-                (matches_key(id, name, key) && v["state"] != "postcopy-source")
-                    .then(|| v["node"].as_u64())
-                    .flatten()
+            let found = self.cluster_vms().iter().find_map(|v| {
+                (matches_key(v.id, &v.name, key) && v.state != VmStatus::PostcopySource)
+                    .then_some(v.node)
             });
             match found {
-                Some(at) => return Ok(at as u32),
+                Some(at) => return Ok(at),
                 None if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -128,31 +109,34 @@ impl Host {
             }
         }
     }
+}
 
+impl Relays {
     /// `MIGRATE` (from the node a user asked): drives the migration on a thread of its own,
     /// streaming `PROGRESS` back, and answers with the summary.
-    pub(super) fn relayed_migrate(self: &Arc<Self>, m: &mut Incoming) -> Result<(), String> {
+    fn relayed_migrate(&self, host: &Arc<Host>, m: &mut Incoming) -> Result<(), String> {
         let request: MigrateRequest =
-            serde_json::from_slice(&m.payload).map_err(|e| format!("bad MIGRATE: {e}"))?;
+            pop_wire::from_bytes(&m.payload).map_err(|e| format!("bad MIGRATE: {e}"))?;
         let responder = m.take_responder().ok_or("MIGRATE must be a request")?;
-        let (host, asker) = (self.clone(), m.from);
+        let (host, asker) = (host.clone(), m.from);
         std::thread::spawn(move || {
             let node = host.node().clone();
             let mut progress = |p: Value| {
-                let mut e = Encoder::default();
-                e.u64(request.token)
-                    .bytes(&serde_json::to_vec(&p).unwrap_or_default());
-                let _ = node.send(asker, msg::PROGRESS, Priority::Control, &e.finish());
+                let step = Progress {
+                    token: request.token,
+                    json: p.to_string(),
+                };
+                let _ = node.send(
+                    asker,
+                    MsgType::Progress.number(),
+                    Priority::Control,
+                    &pop_wire::to_bytes(&step),
+                );
             };
-            let result = host.migrate(
-                &request.vm,
-                request.to,
-                request.mode,
-                request.downtime_ms,
-                &mut progress,
-            );
+            let how = (request.mode, request.downtime_ms);
+            let result = host.migrate(&request.vm, request.to, how, &mut progress);
             let _ = match result {
-                Ok(summary) => responder.respond(&serde_json::to_vec(&summary).unwrap_or_default()),
+                Ok(summary) => responder.respond(summary.to_string().as_bytes()),
                 Err(e) => responder.fail(&e),
             };
         });
@@ -160,13 +144,22 @@ impl Host {
     }
 
     /// `PROGRESS` of a migration this node relayed.
-    pub(super) fn relayed_progress(&self, payload: &[u8]) -> Result<(), String> {
-        let mut d = Decoder::new(payload);
-        let token = d.u64().map_err(|e| e.to_string())?;
-        let p: Value = serde_json::from_slice(d.rest()).map_err(|e| e.to_string())?;
-        if let Some(tx) = self.relays().lock().get(&token) {
+    fn relayed_progress(&self, payload: &[u8]) -> Result<(), String> {
+        let step: Progress = pop_wire::from_bytes(payload).map_err(|e| e.to_string())?;
+        let p: Value = serde_json::from_str(&step.json).map_err(|e| e.to_string())?;
+        if let Some(tx) = lock(&self.open).get(&step.token) {
             let _ = tx.send(Event::Progress(p));
         }
         Ok(())
+    }
+}
+
+impl crate::Service for Relays {
+    fn handle(&self, host: &Arc<Host>, t: MsgType, m: &mut Incoming) -> Result<(), String> {
+        match t {
+            MsgType::Migrate => self.relayed_migrate(host, m),
+            MsgType::Progress => self.relayed_progress(&m.payload),
+            _ => Err(format!("{t:?} is not a relay message")),
+        }
     }
 }

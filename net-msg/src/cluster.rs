@@ -25,6 +25,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pop_abi::Isa;
 use serde::Deserialize;
 
 use crate::NodeId;
@@ -71,41 +72,6 @@ impl fmt::Display for Address {
             Address::Tcp(a) => write!(f, "{a}"),
             Address::Unix(p) => write!(f, "unix:{}", p.display()),
         }
-    }
-}
-
-/// A node's instruction set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Isa {
-    /// x86-64.
-    X86_64,
-    /// AArch64.
-    Aarch64,
-}
-
-impl Isa {
-    /// The ISA of this build.
-    pub fn host() -> Isa {
-        if cfg!(target_arch = "aarch64") {
-            Isa::Aarch64
-        } else {
-            Isa::X86_64
-        }
-    }
-
-    /// `x86_64` or `aarch64`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::X86_64 => "x86_64",
-            Isa::Aarch64 => "aarch64",
-        }
-    }
-}
-
-impl fmt::Display for Isa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -190,7 +156,7 @@ struct RawCluster {
 struct RawNode {
     id: NodeId,
     address: String,
-    isa: Isa,
+    isa: String,
 }
 
 impl ClusterConfig {
@@ -223,13 +189,19 @@ impl ClusterConfig {
                 )));
             }
             let address = Address::parse(&n.address)?;
+            let isa = Isa::from_name(&n.isa).ok_or_else(|| {
+                Error::Config(format!(
+                    "node {i}: unknown isa {:?} (x86_64 or aarch64)",
+                    n.isa
+                ))
+            })?;
             if nodes.iter().any(|m: &NodeSpec| m.address == address) {
                 return Err(Error::Config(format!("address {address} used twice")));
             }
             nodes.push(NodeSpec {
                 id: n.id,
                 address,
-                isa: n.isa,
+                isa,
             });
         }
         let heartbeat_ms = raw.heartbeat_ms.unwrap_or(500);
@@ -330,7 +302,7 @@ mod tests {
             ),
             (
                 node(0, "127.0.0.1:1").replace("x86_64", "mips"),
-                "unknown variant",
+                "unknown isa \"mips\"",
             ),
         ] {
             let e = ClusterConfig::parse(&text, d).unwrap_err().to_string();

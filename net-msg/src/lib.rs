@@ -30,12 +30,13 @@ pub mod stats;
 pub mod stream;
 pub mod transport;
 
-pub use cluster::{Address, ClusterConfig, Isa, NodeSpec, Secret};
+pub use cluster::{Address, ClusterConfig, NodeSpec, Secret};
 pub use error::{Error, Result};
 pub use frame::Priority;
 pub use node::{
     Handler, Incoming, Node, NodeOptions, PeerEvent, PeerInfo, PeerState, PendingReply, Responder,
 };
+pub use pop_abi::Isa;
 pub use stats::{Counters, StatsSnapshot};
 pub use stream::{BulkStream, RecordHead, StreamCloser};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::cli::LaunchArgs;
 use crate::node::NodeArgs;
 use crate::node::daemon;
-use pop_migrate::host::new_vm_id;
+use pop_migrate::registry::new_vm_id;
 use vmm::image::Image;
 use vmm::launch::EXIT_VMM_ERROR;
 use vmm::timings::Timings;
@@ -46,7 +46,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         id,
         secret_file: None,
         control: None,
-        keep_memory_secs: pop_migrate::pool::KEEP.as_secs(),
+        keep_memory_secs: pop_migrate::vm::pool::KEEP.as_secs(),
         cpus: None,
     })?;
     let host = started.host.clone();
@@ -60,7 +60,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         .fs
         .home_files()
         .ok_or("a new VM has its files at home")?;
-    let ended = host.add_home(vm_id, files);
+    let ended = host.homes().add(vm_id, files);
     host.run_vm(vm_id, name, id, vm);
     // Wait for the end, wherever the VM runs; if the node running it is lost, say so.
     let ended = loop {
@@ -72,7 +72,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
             Err(RecvTimeoutError::Timeout) => {}
         }
         let node = host.node();
-        if let Some(at) = host.location(vm_id)
+        if let Some(at) = host.homes().location(vm_id)
             && at != id
             && node
                 .peers()
@@ -84,7 +84,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
             ));
         }
     };
-    host.end_home(vm_id);
+    host.homes().remove(vm_id);
     if let Some(e) = ended.error {
         eprintln!("popvmm: error: {e}");
     }

@@ -5,6 +5,7 @@
 mod cli;
 mod home;
 mod node;
+mod router;
 
 use std::process::ExitCode;
 use std::time::Instant;

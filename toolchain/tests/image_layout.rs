@@ -83,7 +83,7 @@ fn hello_image_follows_the_memory_map() {
         .expect("a whole AbiNote");
     assert_eq!(note.magic, pop_abi::ABI_MAGIC);
     assert_eq!(note.version, pop_abi::ABI_VERSION);
-    assert_eq!(note.arch, pop_abi::arch::X86_64);
+    assert_eq!(note.arch, pop_abi::Isa::X86_64.abi());
 
     for name in ["sys_write", "sys_exit", "runtime_entry", "pop_current_nid"] {
         assert!(symbol(&elf, name).is_some(), "{name} missing");

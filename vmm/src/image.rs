@@ -196,7 +196,7 @@ impl Image {
                 name,
                 article,
                 arch,
-                host: arch::NAME,
+                host: pop_abi::Isa::NATIVE.name(),
             });
         }
         if header.e_type != ET_EXEC && header.e_type != ET_DYN {
@@ -414,11 +414,11 @@ fn check_note(name: &str, elf: &goblin::elf::Elf<'_>, bytes: &[u8]) -> Result<()
             note.version
         )));
     }
-    if note.arch != arch::ABI_ARCH {
+    if note.arch != pop_abi::Isa::NATIVE.abi() {
         return Err(bad(format!(
             "a libos built for {}, but this popvmm runs {} images",
             abi_arch_name(note.arch),
-            arch::NAME
+            pop_abi::Isa::NATIVE
         )));
     }
     Ok(())
@@ -440,12 +440,11 @@ fn machine_name(machine: u16) -> (&'static str, String) {
     (article, name.to_string())
 }
 
-/// A human name for a [`pop_abi::arch`] value.
+/// A human name for an [`pop_abi::AbiNote::arch`] value.
 fn abi_arch_name(arch: u32) -> String {
-    match arch {
-        pop_abi::arch::X86_64 => "x86_64".into(),
-        pop_abi::arch::AARCH64 => "aarch64".into(),
-        other => format!("unknown architecture {other}"),
+    match pop_abi::Isa::from_abi(arch) {
+        Some(isa) => isa.name().into(),
+        None => format!("unknown architecture {arch}"),
     }
 }
 

@@ -42,6 +42,9 @@ pub enum LaunchError {
     /// The main thread's vCPU cannot be created.
     #[error("cannot create the first vCPU")]
     Vcpu,
+    /// A saved VM state cannot be restored here.
+    #[error("the VM's state cannot be restored here: {0}")]
+    BadState(pop_wire::WireError),
 }
 
 /// Runs the image at `image_path` with `config` until the guest ends. `process_start` is when

@@ -12,12 +12,15 @@
 //! * [`threads`] maps guest threads onto a pool of vCPUs (one host thread each),
 //! * [`hypercall`] serves the guest's requests, with [`fs`] for files and directories,
 //! * [`fault`] turns a guest crash into a symbolized report,
+//! * [`persist`] is the one save/restore pattern of what migrates ([`persist::Persist`],
+//!   the aggregate [`persist::VmState`]), with [`clock`] for the guest clock,
 //! * [`arch`] holds everything specific to an instruction set (x86-64 for now).
 //!
 //! [`testing`] (with the `testing` feature) holds helpers for the test suites.
 
 pub mod arch;
 pub mod boot;
+pub mod clock;
 pub mod config;
 pub mod fault;
 pub mod fs;
@@ -27,6 +30,7 @@ pub mod launch;
 pub mod memory;
 pub mod output;
 pub mod paging;
+pub mod persist;
 pub mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,6 +1,9 @@
 //! Guest threads on vCPUs (design decision 2): thread ids, the pool of idle vCPUs whose host
 //! threads wait for a new guest thread, and joining.
 
+use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
+
+use crate::persist::Persist;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -191,9 +194,27 @@ impl Threads {
         self.exited.notify_all();
     }
 
+    /// Adds a re-created vCPU's host thread; `idle` if no guest thread runs on it.
+    pub fn add_restored(&self, mailbox: Arc<Mailbox>, handle: JoinHandle<()>, idle: bool) {
+        let mut t = self.table();
+        t.vcpus += 1;
+        if idle {
+            t.idle.push(mailbox.clone());
+        }
+        t.mailboxes.push(mailbox);
+        t.handles.push(handle);
+    }
+}
+
+impl Persist for Threads {
+    type State = ThreadTable;
+    /// The most vCPUs of the VM.
+    type Args<'a> = u32;
+    type Error = std::convert::Infallible;
+
     /// The table as it migrates: the last tid given out, every known thread with whether it
     /// has exited (and not been joined yet), and the number of vCPUs.
-    pub fn snapshot(&self) -> ThreadTable {
+    fn save(&self) -> Result<ThreadTable, Self::Error> {
         let t = self.table();
         let mut threads: Vec<(u32, bool)> = t
             .states
@@ -201,16 +222,16 @@ impl Threads {
             .map(|(&tid, &state)| (tid, state == State::Exited))
             .collect();
         threads.sort_unstable();
-        ThreadTable {
+        Ok(ThreadTable {
             last_tid: t.last_tid,
             threads,
             vcpus: t.vcpus,
-        }
+        })
     }
 
     /// A table continuing `table` (on the destination of a migration); the vCPUs are added
     /// with [`Threads::add_restored`].
-    pub fn restored(max_vcpus: u32, table: &ThreadTable) -> Threads {
+    fn restore(max_vcpus: u32, table: &ThreadTable) -> Result<Threads, Self::Error> {
         let threads = Threads::new(max_vcpus);
         {
             let mut t = threads.table();
@@ -227,23 +248,15 @@ impl Threads {
                 }
             }
         }
-        threads
-    }
-
-    /// Adds a re-created vCPU's host thread; `idle` if no guest thread runs on it.
-    pub fn add_restored(&self, mailbox: Arc<Mailbox>, handle: JoinHandle<()>, idle: bool) {
-        let mut t = self.table();
-        t.vcpus += 1;
-        if idle {
-            t.idle.push(mailbox.clone());
-        }
-        t.mailboxes.push(mailbox);
-        t.handles.push(handle);
+        Ok(threads)
     }
 }
 
-/// The thread table of a migrating VM (see [`Threads::snapshot`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Most entries of a [`ThreadTable`] from the network.
+pub const MAX_TABLE_THREADS: usize = 1 << 16;
+
+/// The thread table of a migrating VM (see [`Threads`]' [`Persist`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ThreadTable {
     /// The last thread id given out.
     pub last_tid: u32,
@@ -251,6 +264,36 @@ pub struct ThreadTable {
     pub threads: Vec<(u32, bool)>,
     /// vCPUs created (indices `0..vcpus`).
     pub vcpus: u32,
+}
+
+impl Encode for ThreadTable {
+    fn encode(&self, e: &mut Encoder) {
+        e.u32(self.last_tid).u32(self.threads.len() as u32);
+        for &(tid, exited) in &self.threads {
+            e.u32(tid);
+            exited.encode(e);
+        }
+        e.u32(self.vcpus);
+    }
+}
+
+impl Decode for ThreadTable {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+        let last_tid = d.u32()?;
+        let n = d.u32()? as usize;
+        if n > MAX_TABLE_THREADS {
+            return Err(WireError("thread table too long"));
+        }
+        let mut threads = Vec::with_capacity(n.min(d.rest().len() / 5));
+        for _ in 0..n {
+            threads.push((d.u32()?, bool::decode(d)?));
+        }
+        Ok(ThreadTable {
+            last_tid,
+            threads,
+            vcpus: d.u32()?,
+        })
+    }
 }
 
 #[cfg(test)]

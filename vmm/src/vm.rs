@@ -10,8 +10,9 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use pop_abi::layout::BOOT_INFO_ADDR;
 
-use crate::arch::{self, Exit, HypercallRequest, ThreadStart, Vcpu, VcpuState, VmArch};
+use crate::arch::{self, Exit, HypercallRequest, ThreadStart, Vcpu, VcpuArgs, VcpuState, VmArch};
 use crate::boot;
+use crate::clock::{ClockArgs, GuestClock};
 use crate::config::VmConfig;
 use crate::fault;
 use crate::fs::FileSystem;
@@ -20,6 +21,7 @@ use crate::image::Image;
 use crate::launch::LaunchError;
 use crate::memory::GuestMem;
 use crate::output::Output;
+use crate::persist::{Persist, VmState};
 use crate::threads::{MAIN_TID, Mailbox, ThreadTable, Threads};
 use crate::timings::Timings;
 
@@ -196,7 +198,10 @@ impl VmShared {
                     // Nothing can change now: every running thread is parked.
                     return Ok(Paused {
                         vcpus: p.parked.clone(),
-                        threads: self.threads.snapshot(),
+                        threads: match self.threads.save() {
+                            Ok(table) => table,
+                            Err(never) => match never {},
+                        },
                     });
                 }
             }
@@ -234,7 +239,7 @@ impl VmShared {
 
     /// Parks the calling vCPU thread (see [`VmShared::pause`]) until a decision.
     fn park_here(&self, vcpu: &mut Vcpu, tid: u32, pending: Option<HypercallRequest>) -> ParkEnd {
-        let saved = vcpu.save_state();
+        let saved = vcpu.complete_pending().and_then(|()| vcpu.save());
         let mut p = self.park_lock();
         let epoch = p.epoch;
         match saved {
@@ -377,9 +382,6 @@ impl Vm {
         })
     }
 
-    /// A VM continuing a migrated one: `mem` holds all of its memory already; `paused` says
-    /// which vCPUs run which threads; `counter` gives, from this host's counter frequency in
-    /// kHz, the value every vCPU's counter starts from. Its vCPUs start with [`Vm::run`].
     /// Makes the KVM VM of a VM to restore into `mem` (memory registered), ahead of
     /// [`Vm::restore`]: an arriving VM's, while its pages arrive, so that it is not made
     /// while the VM is stopped.
@@ -392,42 +394,66 @@ impl Vm {
         Ok(KvmVm { vm_fd, arch })
     }
 
-    /// Rebuilds a VM that stopped elsewhere: `kvm` from [`Vm::make_kvm_vm`] if it was made
-    /// ahead (else it is made here).
+    /// Rebuilds a VM that stopped elsewhere from its saved `state`: `mem` holds all of its
+    /// memory already (post-copy: its private region), `fs` its restored file system; `kvm`
+    /// from [`Vm::make_kvm_vm`] if it was made ahead (else it is made here). The clock is
+    /// re-anchored on this host. Its vCPUs start with [`Vm::run`].
     pub fn restore(
         image: Image,
         config: &VmConfig,
         fs: FileSystem,
         mem: GuestMem,
-        paused: Paused,
+        state: &VmState,
         kvm: Option<KvmVm>,
-        counter: &dyn Fn(u64) -> u64,
     ) -> Result<Vm, LaunchError> {
+        state.header.check_native().map_err(LaunchError::BadState)?;
+        state
+            .check(config.max_threads)
+            .map_err(LaunchError::BadState)?;
         let kvm_error = |what: &'static str| move |source| LaunchError::Kvm { what, source };
         let KvmVm { vm_fd, arch } = match kvm {
             Some(made) => made,
             None => Vm::make_kvm_vm(&mem)?,
         };
         let timings = Arc::new(Timings::new(Instant::now()));
-        let threads = Threads::restored(config.max_threads, &paused.threads);
+        let threads = match Threads::restore(config.max_threads, &state.table) {
+            Ok(threads) => threads,
+            Err(never) => match never {},
+        };
         let shared = VmShared::new(image, config, fs, threads, (mem, vm_fd, arch), timings);
-        let mut vcpus = Vec::new();
-        let mut start_counter = None;
-        for index in 0..paused.threads.vcpus.min(config.max_threads) {
-            let mut vcpu = Vcpu::new(&shared.vm_fd, &shared.arch, index, shared.max_vcpus)
+        let mut fresh = Vec::new();
+        for index in 0..state.table.vcpus.min(config.max_threads) {
+            let vcpu = Vcpu::new(&shared.vm_fd, &shared.arch, index, shared.max_vcpus)
                 .map_err(|_| LaunchError::Vcpu)?;
-            let counter =
-                *start_counter.get_or_insert_with(|| counter(vcpu.counter_khz().unwrap_or(0)));
-            let begin = match paused.vcpus.iter().find(|p| p.index == index) {
+            fresh.push(vcpu);
+        }
+        let counter_khz = fresh.first().map_or(0, |v| v.counter_khz().unwrap_or(0));
+        let clock_args = ClockArgs {
+            mem: &shared.mem,
+            counter_khz,
+        };
+        let clock = match GuestClock::restore(clock_args, &state.clock) {
+            Ok(clock) => clock,
+            Err(never) => match never {},
+        };
+        let mut vcpus = Vec::new();
+        for vcpu in fresh {
+            let index = vcpu.index();
+            let (vcpu, begin) = match state.threads.iter().find(|p| p.index == index) {
                 Some(p) => {
-                    vcpu.restore_state(&p.state, counter)
+                    let args = VcpuArgs {
+                        vcpu,
+                        counter: clock.counter(),
+                    };
+                    let vcpu = Vcpu::restore(args, &p.state)
                         .map_err(kvm_error("cannot restore a vCPU"))?;
-                    Begin::Resume {
+                    let begin = Begin::Resume {
                         tid: p.tid,
                         pending: p.pending,
-                    }
+                    };
+                    (vcpu, begin)
                 }
-                None => Begin::Idle,
+                None => (vcpu, Begin::Idle),
             };
             vcpus.push((vcpu, begin));
         }

@@ -25,12 +25,56 @@ pub const ABI_MAGIC: [u8; 8] = *b"POPLIBOS";
 /// not linked with the libos and is refused by the VMM.
 pub const ABI_SECTION: &str = ".pop_abi";
 
-/// Architecture identifiers used in [`AbiNote::arch`].
-pub mod arch {
+/// An instruction set: the one type for it in the whole project (images, cluster files, VM
+/// states). Its number ([`Isa::abi`]) is what [`AbiNote::arch`] and saved states carry.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
     /// x86-64 (long mode).
-    pub const X86_64: u32 = 1;
+    X86_64 = 1,
     /// AArch64 (EL1).
-    pub const AARCH64: u32 = 2;
+    Aarch64 = 2,
+}
+
+impl Isa {
+    /// Every ISA.
+    pub const ALL: [Isa; 2] = [Isa::X86_64, Isa::Aarch64];
+
+    /// The ISA this code was compiled for.
+    #[cfg(target_arch = "aarch64")]
+    pub const NATIVE: Isa = Isa::Aarch64;
+    /// The ISA this code was compiled for.
+    #[cfg(not(target_arch = "aarch64"))]
+    pub const NATIVE: Isa = Isa::X86_64;
+
+    /// Its number in [`AbiNote::arch`] and on the wire.
+    pub const fn abi(self) -> u32 {
+        self as u32
+    }
+
+    /// The ISA numbered `n`, if there is one.
+    pub fn from_abi(n: u32) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.abi() == n)
+    }
+
+    /// `x86_64` or `aarch64` (as Rust's `target_arch`, and in cluster files).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Isa::X86_64 => "x86_64",
+            Isa::Aarch64 => "aarch64",
+        }
+    }
+
+    /// The ISA called `name` (see [`Isa::name`]).
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
+impl core::fmt::Display for Isa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The marker the libos links into every image (section [`ABI_SECTION`]).
@@ -350,10 +394,12 @@ mod tests {
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&ABI_MAGIC);
         raw[8..12].copy_from_slice(&ABI_VERSION.to_le_bytes());
-        raw[12..16].copy_from_slice(&arch::X86_64.to_le_bytes());
+        raw[12..16].copy_from_slice(&Isa::X86_64.abi().to_le_bytes());
         let note = AbiNote::from_bytes(&raw).unwrap();
         assert_eq!(note.version, ABI_VERSION);
-        assert_eq!(note.arch, arch::X86_64);
+        assert_eq!(Isa::from_abi(note.arch), Some(Isa::X86_64));
+        assert_eq!(Isa::from_name("aarch64"), Some(Isa::Aarch64));
+        assert_eq!(Isa::from_abi(0), None);
         assert!(AbiNote::from_bytes(&raw[..15]).is_none());
     }
 }

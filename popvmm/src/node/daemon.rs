@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use net_msg::{ClusterConfig, Node, NodeOptions, Priority, Secret};
 use serde_json::{Value, json};
 
+use super::NodeArgs;
 use super::control::{self, MAX_LINE, Request};
-use super::{NodeArgs, msg};
 use pop_migrate::host::Host;
 
 /// Sets up logging to stderr (`RUST_LOG` overrides the default `info`).
@@ -75,16 +75,7 @@ pub fn start(args: &NodeArgs) -> Result<Started, String> {
     std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| e.to_string())?;
     let host = Host::new();
-    let migration = host.handler();
-    let handler = move |mut m: net_msg::Incoming| {
-        if m.msg_type == msg::PING && m.is_request() {
-            let p = std::mem::take(&mut m.payload);
-            let _ = m.respond(&p);
-        } else {
-            migration(m);
-        }
-    };
-    let node = match Node::start(opts, handler) {
+    let node = match Node::start(opts, crate::router::handler(Arc::downgrade(&host))) {
         Ok(node) => Arc::new(node),
         Err(e) => {
             let _ = std::fs::remove_file(&control_path);
@@ -92,7 +83,8 @@ pub fn start(args: &NodeArgs) -> Result<Started, String> {
         }
     };
     host.attach(node);
-    host.keep_memory(std::time::Duration::from_secs(args.keep_memory_secs));
+    host.migrations()
+        .keep_memory(std::time::Duration::from_secs(args.keep_memory_secs));
     tracing::debug!(node = args.id, "control socket {}", control_path.display());
     Ok(Started {
         host,
@@ -205,7 +197,7 @@ fn answer(node: &Node, req: Request, stop: &AtomicBool) -> Value {
                 let t0 = Instant::now();
                 match node.request(
                     to,
-                    msg::PING,
+                    pop_migrate::msg::MsgType::Ping.number(),
                     Priority::Control,
                     &payload,
                     Duration::from_secs(5),

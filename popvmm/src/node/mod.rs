@@ -14,12 +14,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-/// Message types the node daemon uses on the mesh.
-pub mod msg {
-    /// A request answered with its own payload (`popvmm ping`).
-    pub const PING: u16 = 1;
-}
-
 /// Options of `popvmm node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {

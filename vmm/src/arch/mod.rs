@@ -8,13 +8,18 @@ pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "aarch64")]
-pub use self::aarch64::{
-    ABI_ARCH, ELF_MACHINE, Entries, NAME, Vcpu, VcpuState, VmArch, setup_vm, write_tables,
-};
+pub use self::aarch64::{ELF_MACHINE, Entries, Vcpu, VcpuState, VmArch, setup_vm, write_tables};
 #[cfg(target_arch = "x86_64")]
-pub use self::x86_64::{
-    ABI_ARCH, ELF_MACHINE, Entries, NAME, Vcpu, VcpuState, VmArch, setup_vm, write_tables,
-};
+pub use self::x86_64::{ELF_MACHINE, Entries, Vcpu, VcpuState, VmArch, setup_vm, write_tables};
+
+/// What restoring a vCPU needs on this host (see [`crate::persist::Persist`]).
+#[derive(Debug)]
+pub struct VcpuArgs {
+    /// A fresh vCPU (from [`Vcpu::new`]) at the saved vCPU's index.
+    pub vcpu: Vcpu,
+    /// The value its counter continues from.
+    pub counter: u64,
+}
 
 /// A hypercall a vCPU made: its number and its five argument registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The guest's file descriptor table: stdio at 0..=2, then the lowest free number.
 
 use pop_abi::errno::{EBADF, EMFILE};
-use serde::{Deserialize, Serialize};
+use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 
 use super::op::STDIN;
 
@@ -10,7 +10,7 @@ pub const MAX_FDS: usize = 1024;
 
 /// What a guest file descriptor refers to. Descriptors made by `dup` share the handle (and
 /// its offset).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fd {
     /// The guest's standard output (the VM's output path).
     Stdout,
@@ -21,23 +21,43 @@ pub enum Fd {
 }
 
 /// File descriptor numbers to what they refer to. It moves with the VM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FdTable {
     slots: Vec<Option<Fd>>,
 }
 
-impl<'de> Deserialize<'de> for FdTable {
+impl Encode for FdTable {
+    fn encode(&self, e: &mut Encoder) {
+        e.u32(self.slots.len() as u32);
+        for slot in &self.slots {
+            match slot {
+                None => e.u8(0),
+                Some(Fd::Stdout) => e.u8(1),
+                Some(Fd::Stderr) => e.u8(2),
+                Some(Fd::Home(handle)) => e.u8(3).u64(*handle),
+            };
+        }
+    }
+}
+
+impl Decode for FdTable {
     /// Refuses a table longer than [`MAX_FDS`] (it comes from the network).
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FdTable, D::Error> {
-        #[derive(Deserialize)]
-        struct Raw {
-            slots: Vec<Option<Fd>>,
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+        let n = d.u32()? as usize;
+        if n > MAX_FDS {
+            return Err(WireError("descriptor table too long"));
         }
-        let raw = Raw::deserialize(d)?;
-        if raw.slots.len() > MAX_FDS {
-            return Err(serde::de::Error::custom("descriptor table too long"));
+        let mut slots = Vec::with_capacity(n.min(d.rest().len()));
+        for _ in 0..n {
+            slots.push(match d.u8()? {
+                0 => None,
+                1 => Some(Fd::Stdout),
+                2 => Some(Fd::Stderr),
+                3 => Some(Fd::Home(d.u64()?)),
+                _ => return Err(WireError("bad descriptor")),
+            });
         }
-        Ok(FdTable { slots: raw.slots })
+        Ok(FdTable { slots })
     }
 }
 
@@ -114,9 +134,11 @@ mod tests {
         assert_eq!(t.insert(Fd::Stderr), Err(EMFILE));
         assert_eq!(t.get(1), Ok(Fd::Stdout));
         assert!(t.refers_to(9));
-        let json = serde_json::to_string(&t).unwrap();
-        assert_eq!(serde_json::from_str::<FdTable>(&json).unwrap(), t);
-        let long = format!("{{\"slots\":[{}null]}}", "null,".repeat(MAX_FDS));
-        assert!(serde_json::from_str::<FdTable>(&long).is_err());
+        let bytes = pop_wire::to_bytes(&t);
+        assert_eq!(pop_wire::from_bytes::<FdTable>(&bytes).unwrap(), t);
+        let mut long = (MAX_FDS as u32 + 1).to_le_bytes().to_vec();
+        long.resize(long.len() + MAX_FDS + 1, 0);
+        assert!(pop_wire::from_bytes::<FdTable>(&long).is_err());
+        assert!(pop_wire::from_bytes::<FdTable>(&[1, 0, 0, 0, 9]).is_err());
     }
 }

@@ -12,6 +12,7 @@ pub mod op;
 pub mod path;
 mod stat;
 
+use crate::persist::Persist;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,6 +89,41 @@ pub fn host_open_options(flags: i32, mode: u32) -> Result<OpenOptions, i32> {
     Ok(options)
 }
 
+/// What restoring a VM's file system needs on this host.
+#[derive(Debug)]
+pub struct FsArgs {
+    /// Who serves the host files: the VM's home files, here or over the mesh.
+    pub service: Arc<dyn FileService>,
+    /// The home files, if this process is the VM's home.
+    pub home: Option<Arc<HomeFiles>>,
+    /// Where the guest's standard output goes.
+    pub stdout: Output,
+    /// Where its standard error goes.
+    pub stderr: Output,
+}
+
+impl Persist for FileSystem {
+    /// The descriptor table (host files stay open at the VM's home).
+    type State = FdTable;
+    type Args<'a> = FsArgs;
+    type Error = std::convert::Infallible;
+
+    fn save(&self) -> Result<FdTable, Self::Error> {
+        Ok(self.fds().clone())
+    }
+
+    /// The file system of a VM that moved here, with its descriptor table.
+    fn restore(args: FsArgs, fds: &FdTable) -> Result<FileSystem, Self::Error> {
+        Ok(FileSystem {
+            service: args.service,
+            home: args.home,
+            fds: Mutex::new(fds.clone()),
+            stdout: args.stdout,
+            stderr: args.stderr,
+        })
+    }
+}
+
 impl FileSystem {
     /// A file system at home showing `mounts`, with the guest's fd 1 and 2 going to
     /// `stdout`/`stderr`.
@@ -102,32 +138,9 @@ impl FileSystem {
         }
     }
 
-    /// The file system of a VM that moved: its descriptor table `fds`, host files served by
-    /// `service` (its home's), and `home` if that is this process.
-    pub fn moved(
-        service: Arc<dyn FileService>,
-        home: Option<Arc<HomeFiles>>,
-        fds: FdTable,
-        stdout: Output,
-        stderr: Output,
-    ) -> FileSystem {
-        FileSystem {
-            service,
-            home,
-            fds: Mutex::new(fds),
-            stdout,
-            stderr,
-        }
-    }
-
     /// The VM's home files, if this process is its home.
     pub fn home_files(&self) -> Option<Arc<HomeFiles>> {
         self.home.clone()
-    }
-
-    /// A copy of the descriptor table (to move the VM).
-    pub fn fd_table(&self) -> FdTable {
-        self.fds().clone()
     }
 
     fn fds(&self) -> MutexGuard<'_, FdTable> {

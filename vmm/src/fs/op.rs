@@ -2,7 +2,7 @@
 //! guest's files (its home), and the answer. A VM at home calls [`super::HomeFiles`] with them
 //! directly; a VM that migrated away sends them to its home node, encoded here.
 
-use pop_wire::{Decoder, Encoder, WireError};
+use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 
 /// Handle of the home's standard input (always open).
 pub const STDIN: u64 = 0;
@@ -79,9 +79,8 @@ impl Done {
 /// The answer to a [`FileOp`]: done, or an errno.
 pub type Reply = Result<Done, i32>;
 
-impl FileOp {
-    /// Appends the operation to `e`.
-    pub fn encode(&self, e: &mut Encoder) {
+impl Encode for FileOp {
+    fn encode(&self, e: &mut Encoder) {
         match self {
             FileOp::Open { path, flags, mode } => e.u8(0).u32(*flags as u32).u32(*mode).blob(path),
             FileOp::Close { handle } => e.u8(1).u64(*handle),
@@ -99,9 +98,11 @@ impl FileOp {
             FileOp::Remove { path, dir } => e.u8(9).u8(u8::from(*dir)).blob(path),
         };
     }
+}
 
+impl Decode for FileOp {
     /// Reads an operation (the whole rest of `d`).
-    pub fn decode(d: &mut Decoder<'_>) -> Result<FileOp, WireError> {
+    fn decode(d: &mut Decoder<'_>) -> Result<FileOp, WireError> {
         let path =
             |d: &mut Decoder<'_>| -> Result<Vec<u8>, WireError> { Ok(d.blob(MAX_PATH)?.to_vec()) };
         let len = |d: &mut Decoder<'_>| -> Result<u32, WireError> {

@@ -79,7 +79,7 @@ fn rejects_images_without_the_libos() {
         with(abi_note_bytes(
             b"NOTPOPOS",
             ABI_VERSION,
-            crate::arch::ABI_ARCH
+            pop_abi::Isa::NATIVE.abi()
         ))
         .contains("magic")
     );
@@ -87,7 +87,7 @@ fn rejects_images_without_the_libos() {
         with(abi_note_bytes(
             &ABI_MAGIC,
             ABI_VERSION + 1,
-            crate::arch::ABI_ARCH
+            pop_abi::Isa::NATIVE.abi()
         ))
         .contains(&format!("version {}", ABI_VERSION + 1))
     );
@@ -95,7 +95,7 @@ fn rejects_images_without_the_libos() {
         with(abi_note_bytes(
             &ABI_MAGIC,
             ABI_VERSION,
-            pop_abi::arch::AARCH64
+            pop_abi::Isa::Aarch64.abi()
         ))
         .contains("built for aarch64")
     );

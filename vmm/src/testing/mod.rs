@@ -114,7 +114,7 @@ impl ElfBuilder {
     pub fn abi_note(self) -> Self {
         self.section(
             ABI_SECTION,
-            &abi_note_bytes(&ABI_MAGIC, ABI_VERSION, crate::arch::ABI_ARCH),
+            &abi_note_bytes(&ABI_MAGIC, ABI_VERSION, pop_abi::Isa::NATIVE.abi()),
         )
     }
 

@@ -8,7 +8,7 @@ pub mod tls;
 mod vectors;
 
 /// The architecture id recorded in the image's ABI note.
-pub const ABI_ARCH: u32 = pop_abi::arch::AARCH64;
+pub const ABI_ARCH: u32 = pop_abi::Isa::Aarch64.abi();
 
 /// One-time CPU setup on the boot vCPU: installs the exception vectors.
 pub fn init_cpu() {

@@ -6,7 +6,7 @@ mod start;
 pub mod tls;
 
 /// The architecture id recorded in the image's ABI note.
-pub const ABI_ARCH: u32 = pop_abi::arch::X86_64;
+pub const ABI_ARCH: u32 = pop_abi::Isa::X86_64.abi();
 
 /// One-time CPU setup on the boot vCPU, before anything can fault: installs the exception
 /// handlers shared by all vCPUs.

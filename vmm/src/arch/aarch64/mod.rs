@@ -20,10 +20,6 @@ pub use vcpu::Vcpu;
 
 /// ELF `e_machine` of the images this backend runs.
 pub const ELF_MACHINE: u16 = goblin::elf::header::EM_AARCH64;
-/// Human name of the architecture.
-pub const NAME: &str = "aarch64";
-/// The [`pop_abi::arch`] value of the images this backend runs.
-pub const ABI_ARCH: u32 = pop_abi::arch::AARCH64;
 
 /// VM-wide architecture state shared by all vCPUs.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! only for now). The type exists so that the migration code is architecture-neutral; saving
 //! fails with `ENOSYS`, so `popvmm migrate` reports a clean error on aarch64 hosts.
 
-use pop_wire::{Decoder, Encoder, WireError};
+use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 
 /// The state of an AArch64 vCPU (empty until the backend implements saving it).
 #[derive(Clone, Debug)]
@@ -11,14 +11,14 @@ pub struct VcpuState {
     pub tsc: u64,
 }
 
-impl VcpuState {
-    /// Appends the wire form.
-    pub fn encode(&self, e: &mut Encoder) {
+impl Encode for VcpuState {
+    fn encode(&self, e: &mut Encoder) {
         e.u64(self.tsc);
     }
+}
 
-    /// Reads the wire form.
-    pub fn decode(_d: &mut Decoder<'_>) -> Result<VcpuState, WireError> {
+impl Decode for VcpuState {
+    fn decode(_d: &mut Decoder<'_>) -> Result<VcpuState, WireError> {
         Err(WireError("aarch64 vCPU states cannot be restored yet"))
     }
 }

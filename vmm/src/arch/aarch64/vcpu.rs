@@ -2,6 +2,8 @@
 //! `KVM_RUN`, and exit decoding. A hypercall's store carries the address of its argument
 //! block, so serving it costs no register ioctl; the result goes back into the block.
 
+use crate::arch::VcpuArgs;
+use crate::persist::Persist;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use pop_abi::hypercall::HypercallBlock;
 use pop_abi::layout::{
@@ -46,18 +48,10 @@ impl Vcpu {
         })
     }
 
-    /// Saving the state is not implemented on aarch64 yet.
-    pub fn save_state(&mut self) -> Result<super::VcpuState, kvm_ioctls::Error> {
-        Err(kvm_ioctls::Error::new(libc::ENOSYS))
-    }
-
-    /// Restoring a state is not implemented on aarch64 yet.
-    pub fn restore_state(
-        &mut self,
-        _state: &super::VcpuState,
-        _counter: u64,
-    ) -> Result<(), kvm_ioctls::Error> {
-        Err(kvm_ioctls::Error::new(libc::ENOSYS))
+    /// Completes what the last exit left pending before the state is saved (nothing to do
+    /// until saving is implemented on aarch64).
+    pub fn complete_pending(&mut self) -> Result<(), kvm_ioctls::Error> {
+        Ok(())
     }
 
     /// Index of the vCPU.
@@ -236,4 +230,20 @@ impl Vcpu {
 /// Whether a store to `addr` is a hypercall (see [`pop_abi::hypercall`]).
 fn is_hypercall_page(addr: u64) -> bool {
     (HYPERCALL_MMIO_ADDR..HYPERCALL_MMIO_ADDR + HYPERCALL_MMIO_SIZE).contains(&addr)
+}
+
+impl Persist for Vcpu {
+    type State = super::VcpuState;
+    type Args<'a> = VcpuArgs;
+    type Error = kvm_ioctls::Error;
+
+    /// Saving the state is not implemented on aarch64 yet.
+    fn save(&self) -> Result<super::VcpuState, kvm_ioctls::Error> {
+        Err(kvm_ioctls::Error::new(libc::ENOSYS))
+    }
+
+    /// Restoring a state is not implemented on aarch64 yet.
+    fn restore(_args: VcpuArgs, _state: &super::VcpuState) -> Result<Vcpu, kvm_ioctls::Error> {
+        Err(kvm_ioctls::Error::new(libc::ENOSYS))
+    }
 }

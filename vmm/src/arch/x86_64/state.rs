@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VcpuFd;
 
-use pop_wire::{Decoder, Encoder, WireError};
+use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 
 /// `IA32_TIME_STAMP_COUNTER`.
 pub const MSR_TSC: u32 = 0x10;
@@ -168,9 +168,10 @@ impl VcpuState {
         fd.set_vcpu_events(&self.events)?;
         fd.set_mp_state(self.mp_state)
     }
+}
 
-    /// Appends the wire form.
-    pub fn encode(&self, e: &mut Encoder) {
+impl Encode for VcpuState {
+    fn encode(&self, e: &mut Encoder) {
         put(e, &self.regs);
         put(e, &self.sregs);
         put(e, &self.fpu);
@@ -190,9 +191,11 @@ impl VcpuState {
             e.u32(index).u64(value);
         }
     }
+}
 
+impl Decode for VcpuState {
     /// Reads the wire form (every length checked).
-    pub fn decode(d: &mut Decoder<'_>) -> Result<VcpuState, WireError> {
+    fn decode(d: &mut Decoder<'_>) -> Result<VcpuState, WireError> {
         let regs = get(d)?;
         let sregs = get(d)?;
         let fpu = get(d)?;

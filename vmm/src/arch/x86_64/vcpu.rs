@@ -2,6 +2,8 @@
 //! decoding. Hypercall arguments and results travel through KVM's synchronized registers in
 //! the shared `kvm_run` page, so answering a hypercall costs no ioctl besides `KVM_RUN`.
 
+use crate::arch::VcpuArgs;
+use crate::persist::Persist;
 use kvm_bindings::{Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use pop_abi::layout::gdt::{USER_CODE_SELECTOR, USER_DATA_SELECTOR, tss_selector};
@@ -79,26 +81,6 @@ impl Vcpu {
             Err(e) if e.errno() != libc::EINTR && e.errno() != libc::EAGAIN => Err(e),
             _ => Ok(()),
         }
-    }
-
-    /// Saves the vCPU's whole state (completing any pending exit first).
-    pub fn save_state(&mut self) -> Result<VcpuState, kvm_ioctls::Error> {
-        self.complete_pending()?;
-        VcpuState::save(&self.fd)
-    }
-
-    /// Loads a saved state into this (fresh) vCPU, with its counter set to `counter`.
-    pub fn restore_state(
-        &mut self,
-        state: &VcpuState,
-        counter: u64,
-    ) -> Result<(), kvm_ioctls::Error> {
-        self.fd.clear_sync_dirty_reg(SyncReg::Register);
-        state.restore(&self.fd, counter)?;
-        // A hypercall result is written into the synchronized registers, which KVM copies
-        // whole into the vCPU: they must hold the restored registers, not this fresh vCPU's.
-        self.fd.sync_regs_mut().regs = state.regs;
-        Ok(())
     }
 
     /// Index of the vCPU.
@@ -313,4 +295,25 @@ fn long_mode_sregs(mut sregs: kvm_sregs, index: u32, max_vcpus: u32) -> kvm_sreg
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     sregs.efer = EFER_LME | EFER_LMA;
     sregs
+}
+
+impl Persist for Vcpu {
+    type State = VcpuState;
+    type Args<'a> = VcpuArgs;
+    type Error = kvm_ioctls::Error;
+
+    /// The whole state. Call [`Vcpu::complete_pending`] first (KVM asks for it).
+    fn save(&self) -> Result<VcpuState, kvm_ioctls::Error> {
+        VcpuState::save(&self.fd)
+    }
+
+    fn restore(args: VcpuArgs, state: &VcpuState) -> Result<Vcpu, kvm_ioctls::Error> {
+        let mut vcpu = args.vcpu;
+        vcpu.fd.clear_sync_dirty_reg(SyncReg::Register);
+        state.restore(&vcpu.fd, args.counter)?;
+        // A hypercall result is written into the synchronized registers, which KVM copies
+        // whole into the vCPU: they must hold the restored registers, not this fresh vCPU's.
+        vcpu.fd.sync_regs_mut().regs = state.regs;
+        Ok(vcpu)
+    }
 }

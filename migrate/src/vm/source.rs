@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use net_msg::{Node, PendingReply, Priority};
 use serde_json::{Value, json};
 
-use super::dest::{BeginMeta, CommitMeta};
-use super::host::HostedVm;
+use super::dirty;
 use super::page_stream::{self, PageSender, Spares};
-use super::{dirty, msg};
-use pop_wire::Encoder;
+use crate::msg::{Begin, BeginReply, Commit, MsgType, VmRef};
+use crate::registry::{HostedVm, VmStatus};
+use vmm::clock::GuestClock;
 use vmm::memory::PAGE_SIZE;
+use vmm::persist::{Persist, StateHeader, VmState};
 use vmm::vm::{Paused, VmShared};
 
 /// Most copy rounds before the VM is stopped whatever is left.
@@ -90,7 +91,7 @@ pub fn precopy(
     let mut phases = Phases::new();
     let vm = &hvm.vm;
     let abort = |why: String| {
-        let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+        abort_at(node, to, hvm.id);
         why
     };
     // Dirty logging starts while `BEGIN` is on its way.
@@ -110,7 +111,7 @@ pub fn precopy(
         }
     };
     phases.mark("begin");
-    hvm.set_state("migrating");
+    hvm.set_status(VmStatus::Migrating);
     let result = copy_and_switch(
         node,
         (&mut pages, answer, resident),
@@ -124,7 +125,7 @@ pub fn precopy(
         Ok(summary) => Ok(summary),
         Err(e) => {
             dirty::stop(vm);
-            hvm.set_state("running");
+            hvm.set_status(VmStatus::Running);
             Err(abort(e))
         }
     }
@@ -143,25 +144,22 @@ fn begin_transfer<T>(
 ) -> Result<(PageSender, PendingReply, T), String> {
     let vm = &hvm.vm;
     check_destination(node, to)?;
-    let meta = BeginMeta {
-        vm: hvm.id,
+    let meta = Begin {
+        header: StateHeader::native(hvm.id),
         name: hvm.name.clone(),
         home: hvm.home,
-        arch: vmm::arch::NAME.to_string(),
         private_size: vm.mem.private_size(),
         shared_size: vm.mem.shared_size(),
         max_threads: vm.max_vcpus,
         image_len: vm.image.bytes.len() as u64,
         postcopy,
-        image_sha256: Some(super::images::hex(&super::images::digest_of(
-            &vm.image.bytes,
-        ))),
+        image_sha256: super::images::digest_of(&vm.image.bytes),
     };
-    let meta = serde_json::to_vec(&meta).map_err(|e| e.to_string())?;
+    let meta = pop_wire::to_bytes(&meta);
     // The destination takes `BEGIN` while the stream's `OPEN` and the first pages come (its
     // stream thread waits for the VM to be arriving).
     let answer = node
-        .start_request(to, msg::BEGIN, Priority::Control, &meta)
+        .start_request(to, MsgType::Begin.number(), Priority::Control, &meta)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
     // With a spare stream this takes a few tens of microseconds: less than a thread's start.
     let opened = PageSender::open(node, spares, to, hvm.id);
@@ -169,7 +167,7 @@ fn begin_transfer<T>(
     match opened {
         Ok(pages) => Ok((pages, answer, done)),
         Err(e) => {
-            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+            abort_at(node, to, hvm.id);
             // The destination's own refusal says more than the stream that failed.
             Err(match answer.wait(STEP_TIMEOUT) {
                 Err(refused) => format!("node {to} refused the VM: {refused}"),
@@ -191,9 +189,10 @@ fn begun(
     let answer = answer
         .wait(STEP_TIMEOUT)
         .map_err(|e| format!("node {to} refused the VM: {e}"))?;
-    let answer: Value = serde_json::from_slice(&answer).unwrap_or_default();
-    phases.reused_memory = answer["reused_memory"] == true;
-    phases.had_image = answer["have_image"] == true;
+    let answer: BeginReply =
+        pop_wire::from_bytes(&answer).map_err(|e| format!("node {to} answered BEGIN with {e}"))?;
+    phases.reused_memory = answer.reused_memory;
+    phases.had_image = answer.have_image;
     if !phases.had_image {
         pages.image(&hvm.vm.image.bytes)?;
     }
@@ -213,7 +212,7 @@ pub fn postcopy_switch(
 ) -> Result<(Duration, u64, PageSender), String> {
     let (mut pages, answer, ()) = begin_transfer((node, spares), hvm, to, true, || ())?;
     if let Err(e) = begun(&mut pages, answer, hvm, to, phases) {
-        let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+        abort_at(node, to, hvm.id);
         return Err(e);
     }
     phases.mark("begin");
@@ -222,36 +221,28 @@ pub fn postcopy_switch(
     let paused = match vm.pause(Duration::from_secs(5)) {
         Ok(p) => p,
         Err(e) => {
-            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+            abort_at(node, to, hvm.id);
             return Err(e);
         }
     };
     let result = (|| -> Result<u64, String> {
-        let paused_realtime_ns = vmm::sys::realtime_ns();
+        let clock = GuestClock::paused(counter_of(&paused));
         phases.mark("pause");
         let private = dirty::resident_private_pages(vm);
         pages.pages(&vm.mem, &private, true)?;
         phases.mark("private pages");
-        let state_bytes = hand_over(
-            node,
-            &mut pages,
-            to,
-            vm,
-            hvm.id,
-            &paused,
-            paused_realtime_ns,
-        )?;
+        let state_bytes = hand_over(node, &mut pages, to, vm, hvm.id, &paused, clock)?;
         Ok(pages.bytes + state_bytes)
     })();
     match result {
         Ok(bytes) => {
             let downtime = stop.elapsed();
-            hvm.set_state("postcopy-source");
+            hvm.set_status(VmStatus::PostcopySource);
             vm.leave();
             Ok((downtime, bytes, pages))
         }
         Err(e) => {
-            let _ = node.send(to, msg::ABORT, Priority::Control, &hvm.id.to_le_bytes());
+            abort_at(node, to, hvm.id);
             vm.resume();
             Err(e)
         }
@@ -304,9 +295,9 @@ pub fn push_rest(
     }
     node.request(
         to,
-        msg::DONE,
+        MsgType::Done.number(),
         Priority::Bulk,
-        &hvm.id.to_le_bytes(),
+        &pop_wire::to_bytes(&VmRef { vm: hvm.id }),
         STEP_TIMEOUT,
     )
     .map_err(|e| format!("node {to} did not confirm the last pages: {e}"))?;
@@ -321,11 +312,11 @@ fn check_destination(node: &Node, to: u32) -> Result<(), String> {
     let Some(spec) = node.cluster().nodes.get(to as usize) else {
         return Err(format!("there is no node {to} in the cluster"));
     };
-    if spec.isa.name() != vmm::arch::NAME {
+    if spec.isa != pop_abi::Isa::NATIVE {
         return Err(format!(
             "node {to} is {}, this VM is {}: whole-VM migration needs the same ISA",
-            spec.isa.name(),
-            vmm::arch::NAME
+            spec.isa,
+            pop_abi::Isa::NATIVE
         ));
     }
     // A node that just started may not have been dialled back yet.
@@ -415,13 +406,13 @@ fn copy_and_switch(
     let stop = Instant::now();
     let paused = vm.pause(Duration::from_secs(5))?;
     let result = (|| -> Result<(u64, u64), String> {
-        let paused_realtime_ns = vmm::sys::realtime_ns();
+        let clock = GuestClock::paused(counter_of(&paused));
         let mut last = dirty::take(vm)?;
         last.extend_from_slice(&pages);
         last.sort_unstable();
         last.dedup();
         let (n_last, _) = stream.pages(&vm.mem, &last, false)?;
-        let state_bytes = hand_over(node, stream, to, vm, hvm.id, &paused, paused_realtime_ns)?;
+        let state_bytes = hand_over(node, stream, to, vm, hvm.id, &paused, clock)?;
         Ok((n_last, state_bytes))
     })();
     let (last_pages, state_bytes) = match result {
@@ -433,7 +424,7 @@ fn copy_and_switch(
     };
     let downtime = stop.elapsed();
     phases.mark("stopped");
-    hvm.set_state("moved");
+    hvm.set_status(VmStatus::Moved);
     vm.leave();
     Ok(json!({
         "phases": phases.json(),
@@ -461,7 +452,7 @@ fn hand_over(
     vm: &VmShared,
     id: u64,
     paused: &Paused,
-    paused_realtime_ns: u64,
+    clock: GuestClock,
 ) -> Result<u64, String> {
     // Anything that arrived changed goes again, from a copy: the VM is stopped.
     let again = stream.sync()?;
@@ -475,48 +466,48 @@ fn hand_over(
             ));
         }
     }
-    let mut bytes = 0u64;
-    for p in &paused.vcpus {
-        let mut e = Encoder::with_capacity(8 << 10);
-        e.u64(id).u32(p.index).u32(p.tid);
-        match &p.pending {
-            Some(r) => {
-                e.u8(1).u16(r.nr);
-                for a in r.args {
-                    e.u64(a);
-                }
-            }
-            None => {
-                e.u8(0);
-            }
-        }
-        p.state.encode(&mut e);
-        let payload = e.finish();
-        bytes += payload.len() as u64;
-        node.send(to, msg::VCPU, Priority::Bulk, &payload)
-            .map_err(|e| format!("sending vCPU state to node {to}: {e}"))?;
-    }
-    let commit = CommitMeta {
-        vm: id,
-        threads: paused.threads.clone(),
-        fds: vm.fs.fd_table(),
-        counter: paused.vcpus.iter().map(|p| p.state.tsc).max().unwrap_or(0),
-        paused_realtime_ns,
+    let (Ok(clock), Ok(fds)) = (clock.save(), vm.fs.save());
+    let commit = Commit {
+        state: VmState {
+            header: StateHeader::native(id),
+            threads: paused.vcpus.clone(),
+            table: paused.threads.clone(),
+            fds,
+            clock,
+        },
     };
-    let mut e = Encoder::default();
-    e.u64(id)
-        .bytes(&serde_json::to_vec(&commit).map_err(|e| e.to_string())?);
-    let payload = e.finish();
-    bytes += payload.len() as u64;
-    node.request(to, msg::COMMIT, Priority::Bulk, &payload, STEP_TIMEOUT)
-        .map_err(|e| format!("node {to} could not take the VM: {e}"))?;
+    let payload = pop_wire::to_bytes(&commit);
+    let bytes = payload.len() as u64;
     node.request(
         to,
-        msg::GO,
+        MsgType::Commit.number(),
+        Priority::Bulk,
+        &payload,
+        STEP_TIMEOUT,
+    )
+    .map_err(|e| format!("node {to} could not take the VM: {e}"))?;
+    node.request(
+        to,
+        MsgType::Go.number(),
         Priority::Control,
-        &id.to_le_bytes(),
+        &pop_wire::to_bytes(&VmRef { vm: id }),
         STEP_TIMEOUT,
     )
     .map_err(|e| format!("node {to} did not start the VM: {e}"))?;
     Ok(bytes)
+}
+
+/// The counter a paused VM's clock stopped at: the largest of its vCPUs'.
+fn counter_of(paused: &Paused) -> u64 {
+    paused.vcpus.iter().map(|p| p.state.tsc).max().unwrap_or(0)
+}
+
+/// Tells node `to` to forget VM `id`, which is not coming after all.
+fn abort_at(node: &Node, to: u32, id: u64) {
+    let _ = node.send(
+        to,
+        MsgType::Abort.number(),
+        Priority::Control,
+        &pop_wire::to_bytes(&VmRef { vm: id }),
+    );
 }

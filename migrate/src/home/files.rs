@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use net_msg::{Node, Priority, Responder};
 
-use super::msg;
-use pop_wire::Encoder;
+use crate::msg::{FileRequest, MsgType};
 use vmm::fs::op::{self, FileOp, Reply};
 use vmm::fs::{FileService, HomeFiles};
 
@@ -35,14 +34,12 @@ pub struct RemoteFiles {
 
 impl FileService for RemoteFiles {
     fn call(&self, op: FileOp) -> Reply {
-        let mut e = Encoder::default();
-        e.u64(self.id);
-        op.encode(&mut e);
+        let request = pop_wire::to_bytes(&FileRequest { vm: self.id, op });
         let answer = self.node.request(
             self.home,
-            msg::FILE,
+            MsgType::File.number(),
             Priority::Control,
-            &e.finish(),
+            &request,
             CALL_TIMEOUT,
         );
         match answer {

@@ -39,8 +39,8 @@ use std::time::Duration;
 use net_msg::frame::FrameError;
 use net_msg::{BulkStream, Node};
 
+use super::Migrations;
 use super::dest::Fill;
-use super::host::Host;
 use pop_dsm::uffd::Staging;
 use pop_wire::{Decoder, Encoder};
 use vmm::memory::{GuestMem, PAGE_SIZE};
@@ -333,12 +333,12 @@ pub enum Target {
     /// the VM started under it before the VM starts).
     Arriving(GuestMem, Arc<Mutex<Fill>>),
     /// A post-copy VM running here: through userfaultfd, after the record was checked.
-    Postcopy(Arc<super::host::PostcopyIn>),
+    Postcopy(Arc<super::PostcopyIn>),
 }
 
 /// The destination's end: serves one page stream until the source closes it. Errors end it
 /// with an `ERROR` record, and drop the arriving VM (the source then resumes it at home).
-pub fn serve(host: &Arc<Host>, mut stream: BulkStream) {
+pub fn serve(host: &Migrations, mut stream: BulkStream) {
     let from = stream.peer();
     // A stream opened ahead (a spare) waits for its migration as long as it takes.
     let _ = stream.set_timeout(None);
@@ -373,7 +373,7 @@ pub fn serve(host: &Arc<Host>, mut stream: BulkStream) {
 }
 
 fn receive(
-    host: &Arc<Host>,
+    host: &Migrations,
     stream: &mut BulkStream,
     from: u32,
     id: u64,
@@ -403,7 +403,7 @@ fn receive(
             }
             rec::PAGES => {
                 if first_pages {
-                    super::host::test_hook("pages");
+                    crate::test_hook("pages");
                     first_pages = false;
                 }
                 let (block, indices) = page_list(&mut d, head.body_len)?;

@@ -59,23 +59,6 @@ pub fn find(digest: &Sha) -> Option<Arc<ImageBytes>> {
         .map(|(_, b)| b.clone())
 }
 
-/// Hex form (for JSON).
-pub fn hex(digest: &Sha) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// From hex form.
-pub fn parse_hex(s: &str) -> Option<Sha> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut d = [0u8; 32];
-    for (i, byte) in d.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,8 +70,6 @@ mod tests {
         let expected: Sha = Sha256::digest(b"an image").into();
         assert_eq!(d, expected);
         assert!(Arc::ptr_eq(&find(&d).unwrap(), &a));
-        assert_eq!(parse_hex(&hex(&d)), Some(d));
-        assert_eq!(parse_hex("zz"), None);
         assert!(find(&[7; 32]).is_none());
     }
 }

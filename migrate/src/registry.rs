@@ -1,0 +1,219 @@
+//! The VMs a node process runs, and the post-copy sources it still serves pages of; `LIST`
+//! answers with them (what `popvmm ps` shows).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use net_msg::Incoming;
+use serde_json::{Value, json};
+use vmm::vm::VmShared;
+
+use crate::host::Host;
+use crate::lock;
+use crate::msg::{MsgType, VmInfo, VmList};
+
+/// What a VM is doing, as `popvmm ps` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VmStatus {
+    /// Running here.
+    Running = 1,
+    /// Being copied to another node (pre-copy) while it runs.
+    Migrating = 2,
+    /// Stopped here: it runs on another node now.
+    Moved = 3,
+    /// Running here while its pages still arrive from its source (post-copy).
+    Postcopy = 4,
+    /// Running elsewhere; this node still serves the pages it has not pushed yet.
+    PostcopySource = 5,
+}
+
+impl VmStatus {
+    /// Every status.
+    const ALL: [VmStatus; 5] = [
+        VmStatus::Running,
+        VmStatus::Migrating,
+        VmStatus::Moved,
+        VmStatus::Postcopy,
+        VmStatus::PostcopySource,
+    ];
+
+    /// The status numbered `n` on the wire.
+    pub fn from_u8(n: u8) -> Option<VmStatus> {
+        VmStatus::ALL.into_iter().find(|s| *s as u8 == n)
+    }
+
+    /// Its name in `ps`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmStatus::Running => "running",
+            VmStatus::Migrating => "migrating",
+            VmStatus::Moved => "moved",
+            VmStatus::Postcopy => "postcopy",
+            VmStatus::PostcopySource => "postcopy-source",
+        }
+    }
+}
+
+/// A VM running on this node.
+#[derive(Debug)]
+pub struct HostedVm {
+    /// Cluster-wide id: home node in the high 32 bits, a per-home number below.
+    pub id: u64,
+    /// Name (the image's).
+    pub name: String,
+    /// Home node.
+    pub home: u32,
+    /// The running VM.
+    pub vm: Arc<VmShared>,
+    status: Mutex<VmStatus>,
+}
+
+impl HostedVm {
+    /// A VM that starts running here.
+    pub fn new(id: u64, name: String, home: u32, vm: Arc<VmShared>) -> HostedVm {
+        HostedVm {
+            id,
+            name,
+            home,
+            vm,
+            status: Mutex::new(VmStatus::Running),
+        }
+    }
+
+    /// Sets what `ps` shows as its state.
+    pub fn set_status(&self, status: VmStatus) {
+        *lock(&self.status) = status;
+    }
+
+    /// What it is doing.
+    pub fn status(&self) -> VmStatus {
+        *lock(&self.status)
+    }
+
+    fn info(&self, node: u32) -> VmInfo {
+        VmInfo {
+            id: self.id,
+            name: self.name.clone(),
+            node,
+            home: self.home,
+            threads: self.vm.threads.running(),
+            memory: self.vm.mem.shared_size(),
+            state: self.status(),
+        }
+    }
+}
+
+impl VmInfo {
+    /// As the control socket's `ps` shows it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "node": self.node,
+            "home": self.home,
+            "threads": self.threads,
+            "memory": self.memory,
+            "state": self.state.name(),
+        })
+    }
+}
+
+/// The VMs of this node process.
+#[derive(Debug, Default)]
+pub struct Registry {
+    vms: Mutex<HashMap<u64, Arc<HostedVm>>>,
+    /// Post-copy sources: VMs that left but whose memory still serves `FETCH`.
+    departed: Mutex<HashMap<u64, Arc<HostedVm>>>,
+}
+
+impl Registry {
+    /// Adds a VM that runs here now.
+    pub fn add(&self, hosted: Arc<HostedVm>) {
+        lock(&self.vms).insert(hosted.id, hosted);
+    }
+
+    /// Removes `hosted` from the VMs running here (unless it came back meanwhile: then the
+    /// entry is another one).
+    pub fn remove(&self, hosted: &Arc<HostedVm>) {
+        let mut vms = lock(&self.vms);
+        if vms.get(&hosted.id).is_some_and(|v| Arc::ptr_eq(v, hosted)) {
+            vms.remove(&hosted.id);
+        }
+    }
+
+    /// The VM `id` if it runs here.
+    pub fn get(&self, id: u64) -> Option<Arc<HostedVm>> {
+        lock(&self.vms).get(&id).cloned()
+    }
+
+    /// The VM `key` (an id, in decimal or hex, or a name) if it runs here.
+    pub fn find(&self, key: &str) -> Option<Arc<HostedVm>> {
+        lock(&self.vms)
+            .values()
+            .find(|v| matches_key(v.id, &v.name, key))
+            .cloned()
+    }
+
+    /// Keeps serving the pages of `hosted`, which is leaving in post-copy.
+    pub fn depart(&self, hosted: Arc<HostedVm>) {
+        lock(&self.departed).insert(hosted.id, hosted);
+    }
+
+    /// Stops serving the pages of VM `id`.
+    pub fn departed_done(&self, id: u64) {
+        lock(&self.departed).remove(&id);
+    }
+
+    /// A post-copy source's VM `id`, whose pages are served from here.
+    pub fn departed(&self, id: u64) -> Option<Arc<HostedVm>> {
+        lock(&self.departed).get(&id).cloned()
+    }
+
+    /// The VMs running here (and post-copy sources), as `ps` shows them; `node` is this one.
+    pub fn list(&self, node: u32) -> VmList {
+        let vms = lock(&self.vms);
+        let mut list: Vec<VmInfo> = vms.values().map(|v| v.info(node)).collect();
+        list.extend(
+            lock(&self.departed)
+                .values()
+                .filter(|v| !vms.contains_key(&v.id))
+                .map(|v| v.info(node)),
+        );
+        drop(vms);
+        list.sort_by_key(|v| v.id);
+        VmList(list)
+    }
+}
+
+impl crate::Service for Registry {
+    fn handle(&self, host: &Arc<Host>, t: MsgType, m: &mut Incoming) -> Result<(), String> {
+        match t {
+            MsgType::List => {
+                let list = self.list(host.node().id());
+                m.take_responder()
+                    .ok_or("LIST must be a request")?
+                    .respond(&pop_wire::to_bytes(&list))
+                    .map_err(|e| e.to_string())
+            }
+            _ => Err(format!("{t:?} is not a registry message")),
+        }
+    }
+}
+
+/// Whether a VM with `id` and `name` is the one the user named with `key`.
+pub fn matches_key(id: u64, name: &str, key: &str) -> bool {
+    key == name
+        || key.parse::<u64>() == Ok(id)
+        || u64::from_str_radix(key.trim_start_matches("0x"), 16) == Ok(id)
+        || std::path::Path::new(name)
+            .file_name()
+            .is_some_and(|f| f.to_str() == Some(key))
+}
+
+/// A VM id for a VM launched on `node` by this process.
+pub fn new_vm_id(node: u32) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (u64::from(node) << 32) | u64::from(std::process::id().wrapping_mul(16).wrapping_add(n))
+}
