@@ -21,7 +21,7 @@ pub mod registry;
 pub mod relay;
 pub mod vm;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use net_msg::Incoming;
 
@@ -37,11 +37,7 @@ pub trait Service: Send + Sync {
     ) -> Result<(), String>;
 }
 
-/// Locks `m`, going on with the data of a thread that panicked while holding it (every
-/// lock here guards plain maps and flags that stay consistent between statements).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use vmm::sync::lock;
 
 /// For the tests of failures (built with the `testing` feature only): with
 /// `POPVMM_TEST_DIE_ON=pages` (or `commit`, `go`) in its environment, a destination node

@@ -33,7 +33,8 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
     if std::env::var_os("RUST_LOG").is_some() {
         daemon::init_logging();
     }
-    let config = args.to_config();
+    let mut config = args.to_config();
+    config.node_id = id;
     let timings = std::sync::Arc::new(Timings::new(process_start));
     let image = Image::from_file(&args.image).map_err(|e| e.to_string())?;
     let name = image.name.clone();

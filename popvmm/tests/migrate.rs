@@ -285,6 +285,24 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     assert!(out.starts_with(&expected), "{out}");
     assert!(out.contains("writer ok after"), "{out}");
     assert!(out.ends_with("done\n"), "{out}");
+    // The guest knows where it runs (`pop::current_nid()`): node 0 at first, node 2 at the
+    // end, and only the nodes it was moved to in between, in that order.
+    let nodes: Vec<u32> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("migrateme: on node "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(nodes.first(), Some(&0), "{err}");
+    assert_eq!(nodes.last(), Some(&2), "{err}");
+    assert!(nodes.windows(2).all(|w| w[0] != w[1]), "{err}");
+    let moves = [0, 1, 2, 1, 2];
+    let mut next = 0;
+    for n in &nodes {
+        while moves.get(next) != Some(n) {
+            next += 1;
+            assert!(next < moves.len(), "unexpected node order: {nodes:?}");
+        }
+    }
 }
 
 #[test]
@@ -490,7 +508,11 @@ fn losing_a_post_copy_source_before_it_pushed_everything_loses_the_vm_with_one_l
     assert!(!out.status.success(), "{}", text(&out.stdout));
     let (status, _, err) = finish(vm);
     assert_ne!(status, 0);
-    let lines: Vec<&str> = err.lines().collect();
+    // (`migrateme` itself reports the nodes it runs on.)
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("migrateme: on node"))
+        .collect();
     assert_eq!(lines.len(), 1, "one line: {err}");
     assert!(
         err.contains("post-copy: node 1 still held pages") && err.contains("the VM is lost"),

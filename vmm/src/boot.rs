@@ -9,13 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use pop_abi::layout::{BOOT_ARGS_ADDR, BOOT_ARGS_SIZE, BOOT_INFO_ADDR, SHARED_BASE, percpu_data};
 use pop_abi::{ABI_VERSION, BOOT_INFO_MAGIC, BootInfo, PerCpu};
 
-use crate::image::Image;
+use crate::image::{Image, MAIN_STACK_SIZE};
 use crate::memory::GuestMem;
 
-/// Size of the main thread's stack, at the top of application memory.
-pub const MAIN_STACK_SIZE: u64 = 8 << 20;
-/// Least heap an image must get.
-pub const MIN_HEAP_SIZE: u64 = 1 << 20;
 /// The process id every guest sees.
 pub const GUEST_PID: u32 = 1;
 
@@ -85,13 +81,13 @@ pub fn boot_info(
     args: ArgsBlock,
     parallelism: u32,
     max_vcpus: u32,
-    counter_khz: u64,
+    node_id: u32,
 ) -> BootInfo {
     let tls = image.tls.unwrap_or_default();
     BootInfo {
         magic: BOOT_INFO_MAGIC,
         abi_version: ABI_VERSION,
-        node_id: 0,
+        node_id,
         argc: args.argc,
         argv: args.argv,
         envp: args.envp,
@@ -103,7 +99,7 @@ pub fn boot_info(
         tls_filesz: tls.filesz,
         tls_memsz: tls.memsz,
         tls_align: tls.align.max(1),
-        counter_khz,
+        counter_khz: 0,
         boot_counter: 0,
         boot_realtime_ns: 0,
         boot_monotonic_ns: 0,
@@ -183,6 +179,14 @@ pub fn write_clock_reference(mem: &GuestMem, counter: u64, realtime_ns: u64, mon
         mem.write_u64(base + offset as u64, value)
             .expect("BootInfo is in private memory");
     }
+}
+
+/// Records in the [`BootInfo`] that the VM now runs on node `node` (at boot, and where a
+/// migrated VM resumes): what `pop::current_nid()` answers.
+pub fn write_node_id(mem: &GuestMem, node: u32) {
+    let addr = BOOT_INFO_ADDR + offset_of!(BootInfo, node_id) as u64;
+    mem.write(addr, &node.to_le_bytes())
+        .expect("BootInfo is in private memory");
 }
 
 /// Writes the [`PerCpu`] of vCPU `vcpu`, now running thread `tid`.

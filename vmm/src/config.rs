@@ -2,11 +2,12 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use pop_abi::layout::{LARGE_PAGE_SIZE, MAX_SHARED_SIZE, MAX_VCPUS};
 
 use crate::fs::path::normalize;
+use crate::hooks::{Hooks, LocalHooks};
 use crate::output::Output;
 
 /// Default application memory (`--memory`).
@@ -33,6 +34,10 @@ pub struct VmConfig {
     pub stdout: Output,
     /// Where the guest's fd 2 (and VMM reports about the guest) go.
     pub stderr: Output,
+    /// The node the VM runs on (what `pop::current_nid()` answers in the guest; 0 alone).
+    pub node_id: u32,
+    /// Where threads run and how futexes work ([`LocalHooks`]: all here, host futexes).
+    pub hooks: Arc<dyn Hooks>,
 }
 
 impl Default for VmConfig {
@@ -46,24 +51,41 @@ impl Default for VmConfig {
             timings: false,
             stdout: Output::Stdout,
             stderr: Output::Stderr,
+            node_id: 0,
+            hooks: Arc::new(LocalHooks),
         }
     }
 }
 
-/// A host directory made visible to the guest (`--mount HOST_DIR:GUEST_DIR[:rw]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// The host directory, canonicalized (symbolic links resolved).
-    pub host_dir: PathBuf,
-    /// Where the guest sees it: absolute and normalized (`/data`, or `/`).
-    pub guest_dir: String,
-    /// Whether the guest may modify it.
-    pub writable: bool,
+pub use crate::fs::Mount;
+
+/// A command-line value that does not describe a valid VM: which option, and why (one line).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A memory size (`--memory`).
+    #[error("{0}")]
+    Size(String),
+    /// An environment variable (`--env`).
+    #[error("{0}")]
+    Env(String),
+    /// A mount (`--mount`).
+    #[error("{0}")]
+    Mount(String),
+    /// A thread limit (`--max-threads`).
+    #[error("{0}")]
+    MaxThreads(String),
+    /// A CPU list (`--cpus`).
+    #[error("{0}")]
+    Cpus(String),
 }
 
 /// Parses a memory size: a number of bytes with an optional `K`, `M` or `G` suffix (powers
 /// of 1024, optionally followed by `B` or `iB`), rounded up to a multiple of 2 MiB.
-pub fn parse_memory(text: &str) -> Result<u64, String> {
+pub fn parse_memory(text: &str) -> Result<u64, ConfigError> {
+    parse_memory_text(text).map_err(ConfigError::Size)
+}
+
+fn parse_memory_text(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     if size == 0 {
         return Err("memory size must not be zero".into());
@@ -79,7 +101,7 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
 
 /// Parses a size: a number of bytes with an optional `K`, `M` or `G` suffix (powers of 1024,
 /// optionally followed by `B` or `iB`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+fn parse_size(text: &str) -> Result<u64, String> {
     let bad =
         || format!("invalid size '{text}': expected a number with an optional K, M or G suffix");
     let trimmed = text.trim();
@@ -111,7 +133,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Parses `--env KEY=VALUE`.
-pub fn parse_env(text: &str) -> Result<OsString, String> {
+pub fn parse_env(text: &str) -> Result<OsString, ConfigError> {
+    parse_env_text(text).map_err(ConfigError::Env)
+}
+
+fn parse_env_text(text: &str) -> Result<OsString, String> {
     match text.split_once('=') {
         Some((key, _)) if !key.is_empty() && !key.contains('\0') && !text.contains('\0') => {
             Ok(OsString::from(text))
@@ -123,7 +149,11 @@ pub fn parse_env(text: &str) -> Result<OsString, String> {
 }
 
 /// Parses `--mount HOST_DIR:GUEST_DIR[:rw]` (also accepts `:ro`); the host directory must exist.
-pub fn parse_mount(text: &str) -> Result<Mount, String> {
+pub fn parse_mount(text: &str) -> Result<Mount, ConfigError> {
+    parse_mount_text(text).map_err(ConfigError::Mount)
+}
+
+fn parse_mount_text(text: &str) -> Result<Mount, String> {
     let syntax = || format!("expected HOST_DIR:GUEST_DIR[:rw], got '{text}'");
     let (rest, writable) = if let Some(rest) = text.strip_suffix(":rw") {
         (rest, true)
@@ -158,7 +188,11 @@ pub fn parse_mount(text: &str) -> Result<Mount, String> {
 }
 
 /// Parses `--max-threads`.
-pub fn parse_max_threads(text: &str) -> Result<u32, String> {
+pub fn parse_max_threads(text: &str) -> Result<u32, ConfigError> {
+    parse_max_threads_text(text).map_err(ConfigError::MaxThreads)
+}
+
+fn parse_max_threads_text(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
         Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
         _ => Err(format!(
@@ -176,7 +210,11 @@ pub const MAX_CPUS: usize = 1024;
 pub struct CpuList(pub Vec<usize>);
 
 /// Parses `--cpus`.
-pub fn parse_cpus(text: &str) -> Result<CpuList, String> {
+pub fn parse_cpus(text: &str) -> Result<CpuList, ConfigError> {
+    parse_cpus_text(text).map_err(ConfigError::Cpus)
+}
+
+fn parse_cpus_text(text: &str) -> Result<CpuList, String> {
     let bad =
         || format!("expected CPU numbers or ranges such as 0,2-3 (below {MAX_CPUS}), got '{text}'");
     let mut cpus: Vec<usize> = Vec::new();

@@ -14,8 +14,12 @@ use pop_abi::layout::{
 use pop_abi::{ABI_MAGIC, ABI_SECTION, ABI_VERSION, AbiNote};
 
 use crate::arch;
-use crate::boot::{MAIN_STACK_SIZE, MIN_HEAP_SIZE};
 use crate::memory::GuestMem;
+
+/// Size of the main thread's stack, at the top of application memory.
+pub const MAIN_STACK_SIZE: u64 = 8 << 20;
+/// Least heap an image must get.
+pub const MIN_HEAP_SIZE: u64 = 1 << 20;
 
 /// Why an image cannot run. Every message names the image as the user gave it.
 #[derive(Debug, thiserror::Error)]

@@ -4,48 +4,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::boot::ArgsTooLarge;
 use crate::config::VmConfig;
-use crate::image::{Image, ImageError};
-use crate::memory::MapError;
+use crate::image::Image;
+use crate::outcome::Outcome;
 use crate::timings::Timings;
-use crate::vm::{Outcome, Vm};
+use crate::vm::Vm;
 
-/// Exit status of `popvmm` when it cannot run the guest at all (like `docker run`), so that
-/// it differs from the application's own statuses.
-pub const EXIT_VMM_ERROR: i32 = 125;
-
-/// Why a guest could not be launched.
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    /// The image is unusable.
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    /// `/dev/kvm` cannot be opened.
-    #[error("cannot open /dev/kvm: {0}; is KVM available?")]
-    NoKvm(#[source] kvm_ioctls::Error),
-    /// A KVM call failed while setting up the VM.
-    #[error("KVM: {what}: {source}")]
-    Kvm {
-        /// What was being done.
-        what: &'static str,
-        /// What KVM said.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-    /// Guest memory cannot be mapped.
-    #[error(transparent)]
-    Memory(#[from] MapError),
-    /// The arguments and environment are too large.
-    #[error(transparent)]
-    Args(#[from] ArgsTooLarge),
-    /// The main thread's vCPU cannot be created.
-    #[error("cannot create the first vCPU")]
-    Vcpu,
-    /// A saved VM state cannot be restored here.
-    #[error("the VM's state cannot be restored here: {0}")]
-    BadState(pop_wire::WireError),
-}
+pub use crate::error::LaunchError;
+pub use crate::outcome::EXIT_VMM_ERROR;
 
 /// Runs the image at `image_path` with `config` until the guest ends. `process_start` is when
 /// the process started (for `--timings`).

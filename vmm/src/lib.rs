@@ -5,16 +5,21 @@
 //! The guest/host contract lives in the [`pop_abi`] crate; this crate implements the host side
 //! of it:
 //!
+//! * [`config`] is what a VM is launched with, and [`launch`] launches it;
 //! * [`image`] validates and describes the application's ELF image,
 //! * [`memory`] owns guest memory and checks every guest pointer,
 //! * [`boot`] writes the [`pop_abi::BootInfo`] and the argument/environment block,
-//! * [`vm`] creates the KVM virtual machine and runs it until the guest exits,
+//! * [`vm`] creates the KVM virtual machine, runs its vCPUs, serves hypercalls and pauses it,
 //! * [`threads`] maps guest threads onto a pool of vCPUs (one host thread each),
-//! * [`hypercall`] serves the guest's requests, with [`fs`] for files and directories,
+//! * [`hooks`] is where the distributed crates decide where threads run and how futexes work,
+//! * [`fs`] serves files and directories,
 //! * [`fault`] turns a guest crash into a symbolized report,
 //! * [`persist`] is the one save/restore pattern of what migrates ([`persist::Persist`],
 //!   the aggregate [`persist::VmState`]), with [`clock`] for the guest clock,
-//! * [`arch`] holds everything specific to an instruction set (x86-64 for now).
+//! * [`outcome`] says how a VM ended and holds every exit status; [`error`] why it could not
+//!   start,
+//! * [`arch`] holds everything specific to an instruction set, in mirrored trees;
+//! * [`sys`] and [`sync`] are the few host calls and the lock helper.
 //!
 //! [`testing`] (with the `testing` feature) holds helpers for the test suites.
 
@@ -22,15 +27,18 @@ pub mod arch;
 pub mod boot;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod fault;
 pub mod fs;
-pub mod hypercall;
+pub mod hooks;
 pub mod image;
 pub mod launch;
 pub mod memory;
+pub mod outcome;
 pub mod output;
 pub mod paging;
 pub mod persist;
+pub mod sync;
 pub mod sys;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -39,5 +47,6 @@ pub mod timings;
 pub mod vm;
 
 pub use config::VmConfig;
-pub use launch::{LaunchError, launch};
-pub use vm::Outcome;
+pub use error::LaunchError;
+pub use launch::launch;
+pub use outcome::Outcome;

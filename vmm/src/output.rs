@@ -40,10 +40,7 @@ impl Output {
             Output::Stdout => crate::sys::stdout().write(bytes),
             Output::Stderr => crate::sys::stderr().write(bytes),
             Output::Capture(buffer) => {
-                buffer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(bytes);
+                crate::sync::lock(buffer).extend_from_slice(bytes);
                 Ok(bytes.len())
             }
             Output::Sink(sink) => sink.write(bytes),

@@ -24,18 +24,18 @@ pub struct Mailbox {
 
 impl Mailbox {
     fn post(&self, start: ThreadStart) {
-        *self.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+        *crate::sync::lock(&self.next) = Some(start);
         self.ready.notify_one();
     }
 
     fn wake(&self) {
-        let _guard = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = crate::sync::lock(&self.next);
         self.ready.notify_one();
     }
 
     /// Blocks until a guest thread is posted (`Some`) or `stopping()` holds (`None`).
     pub fn wait(&self, stopping: impl Fn() -> bool) -> Option<ThreadStart> {
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = crate::sync::lock(&self.next);
         loop {
             if let Some(start) = next.take() {
                 return Some(start);
@@ -66,15 +66,6 @@ struct Table {
     closed: bool,
 }
 
-/// How [`Threads::spawn`] places a new guest thread.
-pub enum Placement {
-    /// On an idle vCPU, whose host thread has been handed the thread already.
-    Reused,
-    /// On a new vCPU with this index: the caller creates it and its host thread with
-    /// [`Threads::add_vcpu`].
-    NewVcpu(u32),
-}
-
 /// All guest threads of a VM.
 #[derive(Debug, Default)]
 pub struct Threads {
@@ -93,7 +84,7 @@ impl Threads {
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.table)
     }
 
     /// Registers a new thread and places it on a vCPU; `start` is completed with the new tid.
@@ -179,6 +170,11 @@ impl Threads {
     /// Number of guest threads running (not exited).
     pub fn running(&self) -> u32 {
         self.table().running
+    }
+
+    /// Whether guest thread `tid` exists and has not exited.
+    pub fn is_running(&self, tid: u32) -> bool {
+        self.table().states.get(&tid) == Some(&State::Running)
     }
 
     /// Interrupts every vCPU host thread (out of `KVM_RUN` or a blocking host call), and

@@ -37,34 +37,28 @@ impl Timings {
 
     /// Marks the first `KVM_RUN`.
     pub fn mark_boot(&self) {
-        self.boot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(Instant::now);
+        crate::sync::lock(&self.boot).get_or_insert_with(Instant::now);
     }
 
     /// Marks the end of the guest.
     pub fn mark_exit(&self) {
-        self.exit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(Instant::now);
+        crate::sync::lock(&self.exit).get_or_insert_with(Instant::now);
     }
 
     /// The one-line summary: `popvmm: timings: kvm 0.4 ms, load 0.8 ms, boot-to-exit 2.1 ms,
     /// total 3.5 ms`.
     pub fn summary(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let boot = *self.boot.lock().unwrap_or_else(|e| e.into_inner());
-        let exit = *self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        let boot = *crate::sync::lock(&self.boot);
+        let exit = *crate::sync::lock(&self.exit);
         let boot_to_exit = match (boot, exit) {
             (Some(b), Some(e)) => e.saturating_duration_since(b),
             _ => Duration::ZERO,
         };
         format!(
             "popvmm: timings: kvm {:.1} ms, load {:.1} ms, boot-to-exit {:.1} ms, total {:.1} ms",
-            ms(*self.kvm.lock().unwrap_or_else(|e| e.into_inner())),
-            ms(*self.load.lock().unwrap_or_else(|e| e.into_inner())),
+            ms(*crate::sync::lock(&self.kvm)),
+            ms(*crate::sync::lock(&self.load)),
             ms(boot_to_exit),
             ms(self.process_start.elapsed()),
         )
@@ -74,6 +68,6 @@ impl Timings {
 fn time<T>(total: &Mutex<Duration>, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
     let result = f();
-    *total.lock().unwrap_or_else(|e| e.into_inner()) += start.elapsed();
+    *crate::sync::lock(total) += start.elapsed();
     result
 }

@@ -354,3 +354,94 @@ fn compute_loop_speed() {
     let _ = run_code(&a.code, &config).unwrap();
     eprintln!("10M-iteration loop: {:?}", started.elapsed());
 }
+
+/// Pausing one thread stops just that thread; the others run on; it resumes where it was.
+/// Pausing the whole VM then stops every thread.
+#[test]
+fn one_thread_pauses_while_the_others_run() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use vmm::image::Image;
+    use vmm::timings::Timings;
+    use vmm::vm::{PauseError, Vm};
+
+    const THREAD: usize = 0x400;
+    let (main_counter, thread_counter) = (u64::from(SCRATCH), u64::from(SCRATCH) + 8);
+    // inc qword [disp32]; jmp back to it
+    let spin = |a: &mut Asm, addr: u64| {
+        a.bytes(&[0x48, 0xff, 0x04, 0x25])
+            .bytes(&(addr as u32).to_le_bytes())
+            .bytes(&[0xeb, 0xf6]);
+    };
+    let mut a = Asm::new();
+    a.hypercall(
+        Hypercall::Spawn as u16,
+        &[
+            IMAGE_BASE + THREAD as u64,
+            0,
+            0,
+            u64::from(SCRATCH) + 0x8000,
+            0,
+        ],
+    );
+    spin(&mut a, main_counter);
+    a.pad_to(THREAD);
+    spin(&mut a, thread_counter);
+    let (config, _out, err) = captured();
+    let vm = Vm::new(
+        Image::raw_code(&a.code),
+        &config,
+        Arc::new(Timings::new(Instant::now())),
+    )
+    .unwrap();
+    let shared = vm.shared();
+    let runner = std::thread::spawn(move || vm.run());
+    let read = |addr| shared.mem.read_u64(addr).unwrap();
+    let moving = |addr| {
+        let before = read(addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            if read(addr) != before {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(
+        moving(main_counter) && moving(thread_counter),
+        "{}",
+        text(&err)
+    );
+
+    let parked = shared.pause_thread(2, Duration::from_secs(10)).unwrap();
+    assert_eq!((parked.tid, parked.index), (2, 1));
+    assert!(parked.pending.is_none(), "it was computing, not blocked");
+    let stopped_at = read(thread_counter);
+    assert!(moving(main_counter), "the main thread runs on");
+    assert_eq!(
+        read(thread_counter),
+        stopped_at,
+        "the paused thread stays stopped"
+    );
+    assert_eq!(
+        shared.pause(Duration::from_millis(200)).unwrap_err(),
+        PauseError::Busy
+    );
+    shared.resume();
+    assert!(moving(thread_counter), "the thread resumed");
+    assert_eq!(
+        shared.pause_thread(9, Duration::from_secs(1)).unwrap_err(),
+        PauseError::NoThread(9)
+    );
+
+    let paused = shared.pause(Duration::from_secs(10)).unwrap();
+    assert_eq!(paused.vcpus.len(), 2);
+    let (m, t) = (read(main_counter), read(thread_counter));
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!((read(main_counter), read(thread_counter)), (m, t));
+    shared.resume();
+    assert!(moving(main_counter));
+    shared.finish(Outcome::Exit(0));
+    assert_eq!(runner.join().unwrap().unwrap(), Outcome::Exit(0));
+}

@@ -14,6 +14,9 @@
 //! reads the file back through a new descriptor, finds it in its directory's listing, and
 //! prints `log ok: N lines`.
 //!
+//! Whenever the node it runs on changes (`pop::current_nid()`), it says so on stderr
+//! (`migrateme: on node N`).
+//!
 //! Usage: `migrateme [ITERATIONS [SLEEP_MS [WRITE_MIB [STATUS [FILL_MIB]]]]]` (defaults 30,
 //! 1000, 0, 0, 0): it exits with `STATUS` when all went well.
 
@@ -102,7 +105,13 @@ fn main() {
     });
     let start = Instant::now();
     let mut last = start;
+    let mut node = None;
     for i in 0..iterations {
+        let here = pop::current_nid();
+        if node != Some(here) {
+            eprintln!("migrateme: on node {here}");
+            node = Some(here);
+        }
         println!("iteration {i}");
         if let Some(log) = &mut log {
             writeln!(log, "iteration {i}").unwrap_or_else(|e| fail(&format!("log: {e}")));

@@ -47,8 +47,12 @@ unsafe extern "C" fn sys_read_entropy(buf: *mut u8, len: usize, _flags: u32) -> 
     hc(Hypercall::Entropy, buf as u64, len as u64, 0, 0, 0) as isize
 }
 
-/// The id of the node this VM runs on (for the `pop` crate).
+/// The id of the node this VM runs on (for the `pop` crate). The VMM rewrites it where a
+/// migrated VM resumes, so it is read afresh each time.
 #[unsafe(no_mangle)]
 extern "C" fn pop_current_nid() -> u32 {
-    boot::info().node_id
+    let info: *const pop_abi::BootInfo = boot::info();
+    // SAFETY: the boot information is mapped for the VM's whole life; the VMM changes this
+    // field only while every vCPU is stopped.
+    unsafe { core::ptr::addr_of!((*info).node_id).read_volatile() }
 }

@@ -85,7 +85,7 @@ impl Default for FileServer {
 impl FileServer {
     /// Queues `op` on `files`; the answer goes to `responder`.
     pub fn serve(&self, files: Arc<HomeFiles>, op: FileOp, responder: Responder) {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs = vmm::sync::lock(&self.jobs);
         let tx = jobs.get_or_insert_with(start_workers);
         // The workers live as long as the process (they hold the receiver), so this cannot
         // fail; if it did, the requester would see the connection's loss or its timeout.
@@ -111,7 +111,7 @@ fn start_workers() -> Sender<Job> {
 
 fn work(rx: &Mutex<Receiver<Job>>) {
     loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        let job = match vmm::sync::lock(rx).recv() {
             Ok(job) => job,
             Err(_) => return,
         };

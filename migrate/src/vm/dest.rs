@@ -175,10 +175,11 @@ impl Arriving {
     }
 
     /// `COMMIT`: checks that everything arrived and builds the VM from `state` (not
-    /// started). Its output goes to `outputs` (stdout, stderr); its host files are served by
-    /// `files`: its home's, here or over the mesh.
+    /// started) to run on node `node` (this one). Its output goes to `outputs` (stdout,
+    /// stderr); its host files are served by `files`: its home's, here or over the mesh.
     pub fn commit(
         &mut self,
+        node: u32,
         state: &VmState,
         (stdout, stderr): (Output, Output),
         files: (Arc<dyn FileService>, Option<Arc<HomeFiles>>),
@@ -211,6 +212,7 @@ impl Arriving {
             max_threads: self.begin.max_threads,
             stdout: stdout.clone(),
             stderr: stderr.clone(),
+            node_id: node,
             ..VmConfig::default()
         };
         let args = FsArgs {
@@ -325,14 +327,14 @@ mod tests {
         let home: Arc<HomeFiles> = Arc::new(HomeFiles::new(Vec::new()));
         let outputs = (Output::Stdout, Output::Stderr);
         let err = a
-            .commit(&state, outputs.clone(), (home.clone(), None))
+            .commit(1, &state, outputs.clone(), (home.clone(), None))
             .unwrap_err();
         assert!(err.contains("do not match"), "{err}");
         let other = VmState {
             header: StateHeader::native(8),
             ..state
         };
-        let err = a.commit(&other, outputs, (home, None)).unwrap_err();
+        let err = a.commit(1, &other, outputs, (home, None)).unwrap_err();
         assert!(err.contains("another VM"), "{err}");
     }
 }

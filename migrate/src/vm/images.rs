@@ -23,7 +23,7 @@ fn images() -> &'static Kept {
 }
 
 fn keep(digest: Sha, bytes: &Arc<ImageBytes>) {
-    let mut images = images().lock().unwrap_or_else(|e| e.into_inner());
+    let mut images = vmm::sync::lock(images());
     images.retain(|(d, _)| *d != digest);
     images.insert(0, (digest, bytes.clone()));
     images.truncate(KEPT);
@@ -31,9 +31,7 @@ fn keep(digest: Sha, bytes: &Arc<ImageBytes>) {
 
 /// The digest of `bytes` (computed once per image, then remembered with it).
 pub fn digest_of(bytes: &Arc<ImageBytes>) -> Sha {
-    let known = images()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    let known = vmm::sync::lock(images())
         .iter()
         .find(|(_, b)| Arc::ptr_eq(b, bytes))
         .map(|(d, _)| *d);
@@ -51,9 +49,7 @@ pub fn remember(bytes: &Arc<ImageBytes>) {
 
 /// The image with this digest, if this process has it.
 pub fn find(digest: &Sha) -> Option<Arc<ImageBytes>> {
-    images()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    vmm::sync::lock(images())
         .iter()
         .find(|(d, _)| d == digest)
         .map(|(_, b)| b.clone())

@@ -286,7 +286,7 @@ impl Migrations {
                 let result = if resend > 0 {
                     Err(format!("{resend} pages of the VM did not arrive intact"))
                 } else {
-                    a.commit(&commit.state, outputs, files)
+                    a.commit(node.id(), &commit.state, outputs, files)
                 };
                 if result.is_err() {
                     arriving.remove(&id);

@@ -101,7 +101,7 @@ struct SpareSet {
 
 impl Spares {
     fn set(&self) -> std::sync::MutexGuard<'_, SpareSet> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        vmm::sync::lock(&self.0)
     }
 
     /// The spare stream to node `to`, if there is one still usable.
@@ -409,7 +409,7 @@ fn receive(
                 let (block, indices) = page_list(&mut d, head.body_len)?;
                 match target {
                     Target::Arriving(mem, fill) => {
-                        let mut fill = fill.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut fill = vmm::sync::lock(&fill);
                         if fill.started {
                             return Err("pages for a VM that started".into());
                         }
@@ -473,7 +473,7 @@ fn receive(
                 stream.recv_body(&mut []).map_err(|e| e.to_string())?;
                 let mut again = Vec::new();
                 if let Target::Arriving(_, fill) = &target {
-                    let fill = fill.lock().unwrap_or_else(|e| e.into_inner());
+                    let fill = vmm::sync::lock(fill);
                     again.extend(fill.resend.iter().flat_map(|a| a.to_le_bytes()));
                 }
                 stream
@@ -483,7 +483,7 @@ fn receive(
                 // zeroed now (after the answer, while the source decides what comes next; the
                 // next record is read after it).
                 if let Target::Arriving(mem, fill) = target {
-                    let mut fill = fill.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut fill = vmm::sync::lock(&fill);
                     fill.zero_unwritten(&mem);
                 }
             }

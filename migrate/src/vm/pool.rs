@@ -45,7 +45,7 @@ impl Default for MemoryPool {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    vmm::sync::lock(m)
 }
 
 impl MemoryPool {

@@ -222,7 +222,7 @@ pub fn postcopy_switch(
         Ok(p) => p,
         Err(e) => {
             abort_at(node, to, hvm.id);
-            return Err(e);
+            return Err(e.to_string());
         }
     };
     let result = (|| -> Result<u64, String> {
@@ -404,7 +404,9 @@ fn copy_and_switch(
     }
     // Stop and copy the rest.
     let stop = Instant::now();
-    let paused = vm.pause(Duration::from_secs(5))?;
+    let paused = vm
+        .pause(Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
     let result = (|| -> Result<(u64, u64), String> {
         let clock = GuestClock::paused(counter_of(&paused));
         let mut last = dirty::take(vm)?;

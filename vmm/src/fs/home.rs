@@ -15,11 +15,11 @@ use pop_abi::errno::{EBADF, EINVAL, EISDIR, EMFILE, ENOTDIR};
 use pop_abi::open_flags as guest;
 use pop_abi::whence::{SEEK_CUR, SEEK_END, SEEK_SET};
 
+use super::Mount;
 use super::dirent::{self, Entry};
 use super::op::{Done, FileOp, MAX_DATA, Reply, STDERR, STDIN, STDOUT};
 use super::path::{Intent, Resolver, errno};
 use super::stat;
-use crate::config::Mount;
 
 /// Most host files one VM may hold open at its home.
 pub const MAX_OPEN: usize = 4096;
@@ -77,7 +77,7 @@ impl HomeFiles {
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Open>>> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.open)
     }
 
     fn target(&self, handle: u64) -> Result<Target, i32> {
@@ -236,7 +236,7 @@ impl HomeFiles {
                 .map(|p| Done::value(p as i64))
                 .map_err(|e| errno(&e)),
             Open::Directory(dir) if pos == SeekFrom::Start(0) => {
-                *dir.listing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *crate::sync::lock(&dir.listing) = None;
                 Ok(Done::value(0))
             }
             Open::Directory(_) => Err(EINVAL),
@@ -250,7 +250,7 @@ impl HomeFiles {
         let Open::Directory(dir) = &*open else {
             return Err(ENOTDIR);
         };
-        let mut listing = dir.listing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut listing = crate::sync::lock(&dir.listing);
         if from == 0 {
             if listing.as_ref().is_some_and(|(_, ended)| *ended) {
                 return Ok(Done::value(0));

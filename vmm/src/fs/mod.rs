@@ -23,11 +23,22 @@ use pop_abi::open_flags as guest;
 pub use dirent::{Entry, encode as encode_dirents};
 pub use fd_table::{Fd, FdTable, MAX_FDS};
 pub use home::HomeFiles;
+
 use op::{FileOp, Reply};
 
-use crate::config::Mount;
 use crate::memory::GuestMem;
 use crate::output::Output;
+
+/// A host directory made visible to the guest (`--mount HOST_DIR:GUEST_DIR[:rw]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// The host directory, canonicalized (symbolic links resolved).
+    pub host_dir: std::path::PathBuf,
+    /// Where the guest sees it: absolute and normalized (`/data`, or `/`).
+    pub guest_dir: String,
+    /// Whether the guest may modify it.
+    pub writable: bool,
+}
 
 /// Longest path the guest may pass, NUL included.
 pub const PATH_MAX: usize = 4096;
@@ -144,7 +155,7 @@ impl FileSystem {
     }
 
     fn fds(&self) -> MutexGuard<'_, FdTable> {
-        self.fds.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.fds)
     }
 
     fn fd(&self, fd: u64) -> Result<Fd, i32> {

@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use pop_abi::errno::{EACCES, ENOENT, EROFS};
 
-use crate::config::Mount;
+use super::Mount;
 
 /// Normalizes a guest path lexically: relative paths are taken from `/`, `.` is dropped and
 /// `..` removes the previous component (never going above `/`). The result is absolute.

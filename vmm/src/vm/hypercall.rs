@@ -10,10 +10,10 @@ use pop_abi::Hypercall;
 use pop_abi::errno::{EAGAIN, EFAULT, ENOSYS, ETIMEDOUT};
 use pop_abi::hypercall::NO_TIMEOUT;
 
+use super::{Outcome, VmShared};
 use crate::arch::{HypercallRequest, ThreadStart};
 use crate::fs::IO_CHUNK;
 use crate::sys::{self, FutexWait};
-use crate::vm::{Outcome, VmShared};
 
 /// What the vCPU does after a hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,8 +66,10 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
         Hypercall::Rmdir => vm.fs.remove(mem, a0, true),
         Hypercall::Dup => vm.fs.dup(a0),
         Hypercall::FutexWait => futex_wait(vm, a0, a1 as u32, a2),
-        Hypercall::FutexWake => mem.with_atomic_u32(a0, |word| sys::futex_wake(word, a1 as i32)),
-        Hypercall::Sleep => match sleep(vm, a0) {
+        Hypercall::FutexWake => {
+            mem.with_atomic_u32(a0, |word| vm.hooks.futex_wake(a0, word, a1 as i32))
+        }
+        Hypercall::Sleep => match sleep(vm, tid, a0) {
             0 => Ok(0),
             left => {
                 return Flow::Pending(HypercallRequest {
@@ -94,8 +96,8 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
         Hypercall::Join => {
             let result = vm
                 .threads
-                .join(a0 as u32, tid, || vm.stopping() || vm.park_requested());
-            if result == -i64::from(pop_abi::errno::EINTR) && vm.park_requested() {
+                .join(a0 as u32, tid, || vm.stopping() || vm.park_requested(tid));
+            if result == -i64::from(pop_abi::errno::EINTR) && vm.park_requested(tid) {
                 return Flow::Pending(request);
             }
             Ok(result)
@@ -108,9 +110,9 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
 /// `futex_wait(addr, expected, timeout_ns)` on the host address of the guest word.
 fn futex_wait(vm: &VmShared, addr: u64, expected: u32, timeout_ns: u64) -> Result<i64, i32> {
     let timeout = (timeout_ns != NO_TIMEOUT).then(|| Duration::from_nanos(timeout_ns));
-    let outcome = vm
-        .mem
-        .with_atomic_u32(addr, |word| sys::futex_wait(word, expected, timeout))?;
+    let outcome = vm.mem.with_atomic_u32(addr, |word| {
+        vm.hooks.futex_wait(addr, word, expected, timeout)
+    })?;
     match outcome {
         FutexWait::Woken | FutexWait::Interrupted => Ok(0),
         FutexWait::ValueChanged => Err(EAGAIN),
@@ -120,7 +122,7 @@ fn futex_wait(vm: &VmShared, addr: u64, expected: u32, timeout_ns: u64) -> Resul
 
 /// `sleep(ns)`: sleeps on a private futex word, so that a stopping VM can interrupt it.
 /// Returns 0 when done, or the nanoseconds left (at least 1) when a pause interrupted it.
-fn sleep(vm: &VmShared, ns: u64) -> u64 {
+fn sleep(vm: &VmShared, tid: u32, ns: u64) -> u64 {
     let deadline = Instant::now().checked_add(Duration::from_nanos(ns));
     let word = AtomicU32::new(0);
     loop {
@@ -131,7 +133,7 @@ fn sleep(vm: &VmShared, ns: u64) -> u64 {
         if remaining.is_zero() || vm.stopping() {
             return 0;
         }
-        if vm.park_requested() {
+        if vm.park_requested(tid) {
             return (remaining.as_nanos().min(u128::from(u64::MAX)) as u64).max(1);
         }
         let timeout = (remaining != Duration::MAX).then_some(remaining);

@@ -1,0 +1,61 @@
+//! Where the distributed crates plug into one VM: where a new guest thread runs, and how a
+//! futex wait or wake is carried out. [`LocalHooks`] is a VM on one host: every thread runs
+//! here, and a futex is the host futex on the host address of the guest word (so a wake from
+//! any vCPU, or a store followed by a wake, behaves as between host threads). The DSM replaces
+//! them to run threads on other nodes and to make futexes work across nodes.
+
+use std::fmt;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use pop_abi::errno::ENOSYS;
+
+use crate::arch::ThreadStart;
+use crate::sys::{self, FutexWait};
+
+/// Where a new guest thread is to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On a vCPU of this VM, on this host.
+    Here,
+    /// On node `n` ([`Hooks::start_remote`] starts it there).
+    Node(u32),
+}
+
+/// The decisions a VM leaves to whoever runs it.
+pub trait Hooks: Send + Sync + fmt::Debug {
+    /// Where the new thread `start` (its tid not assigned yet) runs.
+    fn place_thread(&self, _start: &ThreadStart) -> Placement {
+        Placement::Here
+    }
+
+    /// Starts `start` on node `node` (after [`Hooks::place_thread`] said so), giving it a
+    /// tid of the VM's thread table; returns the tid, or an errno for the guest.
+    fn start_remote(&self, _node: u32, _start: ThreadStart) -> Result<u32, i32> {
+        Err(ENOSYS)
+    }
+
+    /// Blocks while the guest word at `addr` (mapped here at `word`) holds `expected`, until
+    /// a wake, `timeout`, or a signal.
+    fn futex_wait(
+        &self,
+        _addr: u64,
+        word: &AtomicU32,
+        expected: u32,
+        timeout: Option<Duration>,
+    ) -> FutexWait {
+        sys::futex_wait(word, expected, timeout)
+    }
+
+    /// Wakes up to `count` threads waiting on the guest word at `addr` (mapped at `word`);
+    /// returns how many woke (or a negated errno).
+    fn futex_wake(&self, _addr: u64, word: &AtomicU32, count: i32) -> i64 {
+        sys::futex_wake(word, count)
+    }
+}
+
+/// A VM on one host: threads run here, futexes are host futexes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalHooks;
+
+impl Hooks for LocalHooks {}
