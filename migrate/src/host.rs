@@ -1,59 +1,67 @@
-//! What one node process hosts, as services of the mesh: the VMs running here
-//! ([`Registry`]), the VMs whose home is here ([`Homes`]), whole-VM migrations to and from
-//! here ([`Migrations`]) and relayed `popvmm migrate` requests ([`Relays`]). `popvmm`'s router
-//! hands each message to the service of its type's range ([`Host::service`]).
+//! The services of one node process, put together: the VMs running here and those whose home
+//! is here ([`Local`]), whole-VM migrations ([`Migrations`]) and relayed `popvmm migrate`
+//! requests ([`Relays`]). `popvmm`'s router hands each message to the service of its type's
+//! range ([`Host::service`]).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use net_msg::{Node, Priority};
+use net_msg::Node;
 use serde_json::Value;
-use vmm::launch::EXIT_VMM_ERROR;
-use vmm::vm::{Outcome, Vm};
+use vmm::vm::Vm;
 
 use crate::Service;
-use crate::home::{Ended, Homes};
-use crate::msg::{self, Location, MsgType, VmInfo, VmList};
+use crate::error::Result;
+use crate::home::Homes;
+use crate::local::Local;
+use crate::msg::{self, VmInfo};
 use crate::registry::{HostedVm, Registry};
 use crate::relay::Relays;
 use crate::vm::{Migrations, page_stream};
 
 /// The services of one node process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Host {
     node: OnceLock<Arc<Node>>,
-    registry: Registry,
-    homes: Homes,
-    vms: Migrations,
-    relays: Relays,
+    local: Arc<Local>,
+    vms: Arc<Migrations>,
+    relays: Arc<Relays>,
 }
 
 impl Host {
     /// A host not yet on the mesh; [`Host::attach`] it to its node.
     pub fn new() -> Arc<Host> {
-        Arc::new(Host::default())
+        let local = Arc::new(Local::default());
+        let vms = Arc::new(Migrations::new(local.clone()));
+        let relays = Arc::new(Relays::new(local.clone(), vms.clone()));
+        Arc::new(Host {
+            node: OnceLock::new(),
+            local,
+            vms,
+            relays,
+        })
     }
 
     /// Attaches the started node, serves the page streams of arriving VMs, and starts
     /// dropping arriving VMs that were abandoned.
-    pub fn attach(self: &Arc<Self>, node: Arc<Node>) {
-        let host = Arc::downgrade(self);
+    pub fn attach(&self, node: Arc<Node>) {
+        let vms = Arc::downgrade(&self.vms);
         node.serve_streams(move |stream| {
-            if let (Some(host), page_stream::KIND) = (host.upgrade(), stream.kind()) {
-                page_stream::serve(&host.vms, stream);
+            if let (Some(vms), page_stream::KIND) = (vms.upgrade(), stream.kind()) {
+                page_stream::serve(&*vms, stream);
             }
         });
         self.vms.open_spares(&node);
+        let (vms, weak) = (Arc::downgrade(&self.vms), Arc::downgrade(&node));
         let _ = self.node.set(node);
-        let host = Arc::downgrade(self);
         let _ = std::thread::Builder::new()
             .name("arrivals".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(Duration::from_millis(500));
-                    match host.upgrade() {
-                        Some(host) => host.vms.purge_stale(host.node()),
-                        None => return,
+                    match (vms.upgrade(), weak.upgrade()) {
+                        (Some(vms), Some(node)) => vms.purge_stale(&node),
+                        _ => return,
                     }
                 }
             });
@@ -66,12 +74,12 @@ impl Host {
 
     /// The VMs running here.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.local.registry
     }
 
     /// The VMs whose home is here.
     pub fn homes(&self) -> &Homes {
-        &self.homes
+        &self.local.homes
     }
 
     /// Whole-VM migrations.
@@ -79,86 +87,27 @@ impl Host {
         &self.vms
     }
 
-    /// Relayed migrations.
-    pub fn relays(&self) -> &Relays {
-        &self.relays
-    }
-
     /// The service that handles messages of `service`'s range (`None` for the node's own,
     /// which the node daemon answers).
     pub fn service(&self, service: msg::Service) -> Option<&dyn Service> {
         match service {
             msg::Service::Node => None,
-            msg::Service::Vm => Some(&self.vms),
-            msg::Service::Home => Some(&self.homes),
-            msg::Service::Registry => Some(&self.registry),
+            msg::Service::Vm => Some(&*self.vms),
+            msg::Service::Home => Some(&self.local.homes),
+            msg::Service::Registry => Some(&self.local.registry),
             msg::Service::Relay => Some(&self.relays),
         }
     }
 
-    /// Runs `vm` here (on a thread of its own) until it ends or moves away, and tells its
-    /// home where it runs.
-    pub fn run_vm(self: &Arc<Self>, id: u64, name: String, home: u32, vm: Vm) -> Arc<HostedVm> {
-        let me = self.node().id();
-        if home == me {
-            self.homes.set_location(id, me);
-        } else {
-            let at = pop_wire::to_bytes(&Location { vm: id, node: me });
-            let sent = self
-                .node()
-                .send(home, MsgType::Location.number(), Priority::Control, &at);
-            if let Err(err) = sent {
-                tracing::warn!("cannot tell node {home} where VM {id:x} runs: {err}");
-            }
-        }
-        let hosted = Arc::new(HostedVm::new(id, name, home, vm.shared()));
-        self.registry.add(hosted.clone());
-        let (host, running) = (self.clone(), hosted.clone());
-        let _ = std::thread::Builder::new()
-            .name(format!("vm-{id:x}"))
-            .spawn(move || {
-                let outcome = vm.run();
-                host.registry.remove(&running);
-                let ended = match outcome {
-                    Ok(Outcome::Moved) => return,
-                    Ok(Outcome::Error(e)) => Ended {
-                        status: EXIT_VMM_ERROR,
-                        error: Some(e),
-                    },
-                    Ok(o) => Ended {
-                        status: o.status(),
-                        error: None,
-                    },
-                    Err(e) => Ended {
-                        status: EXIT_VMM_ERROR,
-                        error: Some(e.to_string()),
-                    },
-                };
-                host.report_end(id, home, ended);
-            });
-        hosted
+    /// Runs `vm` (VM `id` called `name`, whose home is node `home`) here until it ends or
+    /// moves away.
+    pub fn run_vm(&self, id: u64, name: String, home: u32, vm: Vm) -> Arc<HostedVm> {
+        self.local.run_vm(self.node(), (id, name, home), vm)
     }
 
-    /// Tells the home of VM `id` how it ended.
-    fn report_end(&self, id: u64, home: u32, ended: Ended) {
-        if home == self.node().id() {
-            let _ = self.homes.ended(id, ended);
-            return;
-        }
-        let exit = msg::Exit {
-            vm: id,
-            status: ended.status,
-            error: ended.error,
-        };
-        let sent = self.node().send(
-            home,
-            MsgType::Exit.number(),
-            Priority::Control,
-            &pop_wire::to_bytes(&exit),
-        );
-        if let Err(err) = sent {
-            tracing::warn!("cannot tell node {home} that VM {id:x} ended: {err}");
-        }
+    /// The VMs of every node this one reaches.
+    pub fn cluster_vms(&self) -> Vec<VmInfo> {
+        self.local.cluster_vms(self.node())
     }
 
     /// The VMs of every node this one reaches, as the control socket's `ps` shows them.
@@ -166,39 +115,16 @@ impl Host {
         self.cluster_vms().iter().map(VmInfo::to_json).collect()
     }
 
-    /// The VMs of every node this one reaches.
-    pub fn cluster_vms(&self) -> Vec<VmInfo> {
-        let node = self.node();
-        let mut list = self.registry.list(node.id()).0;
-        let pending: Vec<_> = (0..node.cluster().nodes.len() as u32)
-            .filter(|&n| n != node.id())
-            .filter_map(|n| {
-                node.start_request(n, MsgType::List.number(), Priority::Control, &[])
-                    .ok()
-            })
-            .collect();
-        for p in pending {
-            if let Ok(bytes) = p.wait(Duration::from_secs(2))
-                && let Ok(VmList(vms)) = pop_wire::from_bytes(&bytes)
-            {
-                list.extend(vms);
-            }
-        }
-        list
-    }
-
-    /// Moves VM `key` (running here) to node `to`; `progress` gets one JSON object per round.
-    pub fn migrate(
-        self: &Arc<Self>,
+    /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets one
+    /// JSON object per step. Returns the summary.
+    pub fn migrate_anywhere(
+        &self,
         key: &str,
         to: u32,
         how: (crate::Mode, u64),
         progress: &mut dyn FnMut(Value),
-    ) -> Result<Value, String> {
-        let hvm = self
-            .registry
-            .find(key)
-            .ok_or_else(|| format!("no VM {key} runs on node {}", self.node().id()))?;
-        self.vms.migrate(self, hvm, to, how, progress)
+    ) -> Result<Value> {
+        self.relays
+            .migrate_anywhere(self.node(), key, to, how, progress)
     }
 }

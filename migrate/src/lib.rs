@@ -5,17 +5,21 @@
 //!
 //! * [`msg`]: every message type between nodes, one number range per service, with typed
 //!   payloads;
-//! * [`host`]: the services of one node process, and running a VM here;
 //! * [`registry`]: the VMs running here (`LIST`, `ps`);
 //! * [`home`]: the home of a VM: its output, exit status, location and files;
+//! * [`local`]: both of those, with running a VM here (what the services below build on);
 //! * [`vm`]: whole-VM pre-copy and post-copy (source, destination, page stream, memory pool);
-//! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM.
+//! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
+//! * [`host`]: the services of one node process put together;
+//! * [`error`]: failures by kind.
 //!
 //! Per-thread migration (`thread/`), the scheduler (`sched/`) and cross-ISA state (`xisa/`)
 //! will be modules beside these, with message ranges of their own (see [`msg`]).
 
+pub mod error;
 pub mod home;
 pub mod host;
+pub mod local;
 pub mod msg;
 pub mod registry;
 pub mod relay;
@@ -23,18 +27,15 @@ pub mod vm;
 
 use std::sync::Arc;
 
-use net_msg::Incoming;
+use net_msg::{Incoming, Node};
+
+pub use error::{Error, Result};
 
 /// A service of the mesh: handles the messages of its range of [`msg::MsgType`]s.
 pub trait Service: Send + Sync {
-    /// Handles message `m` of type `t`. An error is logged and, for a request, sent back as
-    /// its answer.
-    fn handle(
-        &self,
-        host: &Arc<host::Host>,
-        t: msg::MsgType,
-        m: &mut Incoming,
-    ) -> Result<(), String>;
+    /// Handles message `m` of type `t`, arrived at `node` (this one). An error is logged
+    /// and, for a request, sent back as its answer.
+    fn handle(&self, node: &Arc<Node>, t: msg::MsgType, m: &mut Incoming) -> Result<()>;
 }
 
 pub(crate) use vmm::sync::lock;
@@ -83,7 +84,7 @@ impl Mode {
 impl std::str::FromStr for Mode {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Mode, String> {
+    fn from_str(s: &str) -> std::result::Result<Mode, String> {
         match s {
             "precopy" => Ok(Mode::Precopy),
             "postcopy" => Ok(Mode::Postcopy),

@@ -15,7 +15,7 @@
 
 use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 use vmm::fs::op::FileOp;
-use vmm::persist::{StateHeader, VmState};
+use vmm::vm::state::{StateHeader, VmState};
 
 /// A message type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,7 +47,7 @@ pub enum MsgType {
     /// Request: the VMs running on a node. Answer: [`VmList`].
     List = 40,
     /// Request ([`MigrateRequest`]): move a VM running on the receiving node (a relayed
-    /// `popvmm migrate`). Answer: the summary (JSON, shown to the user as is).
+    /// `popvmm migrate`). Answer: [`MigrateAnswer`].
     Migrate = 50,
     /// One-way ([`Progress`]): progress of a relayed migration, to the node that relayed it.
     Progress = 51,
@@ -400,6 +400,49 @@ impl Decode for FileRequest {
     }
 }
 
+/// What a VM is doing, as `popvmm ps` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VmStatus {
+    /// Running here.
+    Running = 1,
+    /// Being copied to another node (pre-copy) while it runs.
+    Migrating = 2,
+    /// Stopped here: it runs on another node now.
+    Moved = 3,
+    /// Running here while its pages still arrive from its source (post-copy).
+    Postcopy = 4,
+    /// Running elsewhere; this node still serves the pages it has not pushed yet.
+    PostcopySource = 5,
+}
+
+impl VmStatus {
+    /// Every status.
+    const ALL: [VmStatus; 5] = [
+        VmStatus::Running,
+        VmStatus::Migrating,
+        VmStatus::Moved,
+        VmStatus::Postcopy,
+        VmStatus::PostcopySource,
+    ];
+
+    /// The status numbered `n` on the wire.
+    pub fn from_u8(n: u8) -> Option<VmStatus> {
+        VmStatus::ALL.into_iter().find(|s| *s as u8 == n)
+    }
+
+    /// Its name in `ps`.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmStatus::Running => "running",
+            VmStatus::Migrating => "migrating",
+            VmStatus::Moved => "moved",
+            VmStatus::Postcopy => "postcopy",
+            VmStatus::PostcopySource => "postcopy-source",
+        }
+    }
+}
+
 /// What `ps` shows of a VM: one entry of a `LIST` answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmInfo {
@@ -416,7 +459,7 @@ pub struct VmInfo {
     /// Shared memory size in bytes.
     pub memory: u64,
     /// Its state.
-    pub state: crate::registry::VmStatus,
+    pub state: VmStatus,
 }
 
 impl Encode for VmInfo {
@@ -440,7 +483,7 @@ impl Decode for VmInfo {
             home: d.u32()?,
             threads: d.u32()?,
             memory: d.u64()?,
-            state: crate::registry::VmStatus::from_u8(d.u8()?).ok_or(WireError("bad VM state"))?,
+            state: VmStatus::from_u8(d.u8()?).ok_or(WireError("bad VM state"))?,
         })
     }
 }
@@ -505,6 +548,36 @@ impl Decode for MigrateRequest {
     }
 }
 
+/// The answer to `MIGRATE`: the summary, or why it failed (by kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MigrateAnswer {
+    /// The migration's summary (JSON text, shown as is).
+    Done(String),
+    /// It failed: [`crate::Error::kind`] and the reason.
+    Failed(u8, String),
+}
+
+impl Encode for MigrateAnswer {
+    fn encode(&self, e: &mut Encoder) {
+        match self {
+            MigrateAnswer::Done(json) => e.u8(0).string(json),
+            MigrateAnswer::Failed(kind, text) => {
+                e.u8(1).u8(*kind).string(truncated(text, MAX_ERROR))
+            }
+        };
+    }
+}
+
+impl Decode for MigrateAnswer {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+        match d.u8()? {
+            0 => Ok(MigrateAnswer::Done(d.string(MAX_JSON)?)),
+            1 => Ok(MigrateAnswer::Failed(d.u8()?, d.string(MAX_ERROR)?)),
+            _ => Err(WireError("bad migration answer")),
+        }
+    }
+}
+
 /// `PROGRESS`: one step of a relayed migration, as the JSON object the user sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Progress {
@@ -529,12 +602,14 @@ impl Decode for Progress {
     }
 }
 
-/// Decodes the payload of a message of type `t` as what that type carries, for checking
-/// (the fuzz target runs every type through this): `Ok` if it is well-formed.
+/// Decodes `payload` as the request or one-way message of type `t` (the fuzz target runs
+/// every type through this and [`check_answer`]): `Ok` if it is well-formed. `PING` carries
+/// any bytes; `LIST` carries nothing.
 pub fn check_payload(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
     use pop_wire::from_bytes;
     match t {
         MsgType::Ping => Ok(()),
+        MsgType::List => Decoder::new(payload).end(),
         MsgType::Begin => from_bytes::<Begin>(payload).map(drop),
         MsgType::Commit => from_bytes::<Commit>(payload).map(drop),
         MsgType::Go | MsgType::Abort | MsgType::Done => from_bytes::<VmRef>(payload).map(drop),
@@ -543,9 +618,22 @@ pub fn check_payload(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         MsgType::Exit => from_bytes::<Exit>(payload).map(drop),
         MsgType::Location => from_bytes::<Location>(payload).map(drop),
         MsgType::File => from_bytes::<FileRequest>(payload).map(drop),
-        MsgType::List => from_bytes::<VmList>(payload).map(drop),
         MsgType::Migrate => from_bytes::<MigrateRequest>(payload).map(drop),
         MsgType::Progress => from_bytes::<Progress>(payload).map(drop),
+    }
+}
+
+/// Decodes `payload` as the answer to a request of type `t`, for the types whose answer has
+/// a form of its own (`BEGIN`, `LIST`, `MIGRATE`); the others' answers are empty, a page
+/// (`FETCH`), the ping's bytes, or a file reply (`vmm::fs::op::decode_reply`).
+pub fn check_answer(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
+    use pop_wire::from_bytes;
+    match t {
+        MsgType::Begin => from_bytes::<BeginReply>(payload).map(drop),
+        MsgType::List => from_bytes::<VmList>(payload).map(drop),
+        MsgType::Migrate => from_bytes::<MigrateAnswer>(payload).map(drop),
+        MsgType::File => vmm::fs::op::decode_reply(payload).map(drop),
+        _ => Ok(()),
     }
 }
 
@@ -624,5 +712,25 @@ mod tests {
             pop_wire::from_bytes::<MigrateRequest>(&cases[2].1).unwrap(),
             request
         );
+        for answer in [
+            MigrateAnswer::Done("{}".into()),
+            MigrateAnswer::Failed(3, "refused".into()),
+        ] {
+            let bytes = pop_wire::to_bytes(&answer);
+            assert!(check_answer(MsgType::Migrate, &bytes).is_ok());
+            assert!(check_answer(MsgType::Migrate, &bytes[..bytes.len() - 1]).is_err());
+            assert_eq!(
+                pop_wire::from_bytes::<MigrateAnswer>(&bytes).unwrap(),
+                answer
+            );
+        }
+        let reply = pop_wire::to_bytes(&BeginReply {
+            reused_memory: true,
+            have_image: false,
+        });
+        assert!(check_answer(MsgType::Begin, &reply).is_ok());
+        assert!(check_answer(MsgType::Begin, &[2, 0]).is_err());
+        assert!(check_payload(MsgType::List, &[]).is_ok());
+        assert!(check_payload(MsgType::List, &[1]).is_err());
     }
 }

@@ -4,56 +4,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use net_msg::Incoming;
+use net_msg::{Incoming, Node};
 use serde_json::{Value, json};
 use vmm::vm::VmShared;
 
-use crate::host::Host;
+use crate::error::{Error, Result};
 use crate::lock;
 use crate::msg::{MsgType, VmInfo, VmList};
 
-/// What a VM is doing, as `popvmm ps` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum VmStatus {
-    /// Running here.
-    Running = 1,
-    /// Being copied to another node (pre-copy) while it runs.
-    Migrating = 2,
-    /// Stopped here: it runs on another node now.
-    Moved = 3,
-    /// Running here while its pages still arrive from its source (post-copy).
-    Postcopy = 4,
-    /// Running elsewhere; this node still serves the pages it has not pushed yet.
-    PostcopySource = 5,
-}
-
-impl VmStatus {
-    /// Every status.
-    const ALL: [VmStatus; 5] = [
-        VmStatus::Running,
-        VmStatus::Migrating,
-        VmStatus::Moved,
-        VmStatus::Postcopy,
-        VmStatus::PostcopySource,
-    ];
-
-    /// The status numbered `n` on the wire.
-    pub fn from_u8(n: u8) -> Option<VmStatus> {
-        VmStatus::ALL.into_iter().find(|s| *s as u8 == n)
-    }
-
-    /// Its name in `ps`.
-    pub fn name(self) -> &'static str {
-        match self {
-            VmStatus::Running => "running",
-            VmStatus::Migrating => "migrating",
-            VmStatus::Moved => "moved",
-            VmStatus::Postcopy => "postcopy",
-            VmStatus::PostcopySource => "postcopy-source",
-        }
-    }
-}
+pub use crate::msg::VmStatus;
 
 /// A VM running on this node.
 #[derive(Debug)]
@@ -187,16 +146,19 @@ impl Registry {
 }
 
 impl crate::Service for Registry {
-    fn handle(&self, host: &Arc<Host>, t: MsgType, m: &mut Incoming) -> Result<(), String> {
+    fn handle(&self, node: &Arc<Node>, t: MsgType, m: &mut Incoming) -> Result<()> {
         match t {
             MsgType::List => {
-                let list = self.list(host.node().id());
-                m.take_responder()
-                    .ok_or("LIST must be a request")?
-                    .respond(&pop_wire::to_bytes(&list))
-                    .map_err(|e| e.to_string())
+                let list = self.list(node.id());
+                let responder = m
+                    .take_responder()
+                    .ok_or_else(|| Error::BadMessage("LIST must be a request".into()))?;
+                let _ = responder.respond(&pop_wire::to_bytes(&list));
+                Ok(())
             }
-            _ => Err(format!("{t:?} is not a registry message")),
+            _ => Err(Error::BadMessage(format!(
+                "{t:?} is not a registry message"
+            ))),
         }
     }
 }

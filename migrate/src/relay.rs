@@ -1,7 +1,8 @@
 //! `popvmm migrate` asked of any node: when the VM runs on another node, the asked node
 //! relays the request over the mesh (`MIGRATE`); the node running the VM drives the migration
-//! and streams its progress back (`PROGRESS`) before answering with the summary. The user
-//! needs the control socket of one node only, on whichever host they are.
+//! and streams its progress back (`PROGRESS`) before answering with the summary or the
+//! failure, by kind. The user needs the control socket of one node only, on whichever host
+//! they are.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +10,14 @@ use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use net_msg::{Incoming, Priority};
+use net_msg::{Incoming, Node, Priority};
 use serde_json::Value;
 
-use crate::host::Host;
-use crate::msg::{MigrateRequest, MsgType, Progress};
+use crate::error::{Error, Result};
+use crate::local::Local;
+use crate::msg::{MigrateAnswer, MigrateRequest, MsgType, Progress};
 use crate::registry::{VmStatus, matches_key};
+use crate::vm::Migrations;
 use crate::{Mode, lock};
 
 /// How long to look for a VM in the cluster.
@@ -25,78 +28,109 @@ const RELAY_TIMEOUT: Duration = Duration::from_secs(3600);
 /// What a relayed migration reports to the asking node.
 enum Event {
     Progress(Value),
-    Done(Result<Value, String>),
+    Done(Result<Value>),
 }
 
-/// Progress channels of migrations this node relayed, by token.
-#[derive(Debug, Default)]
+/// Migrations asked of this node, wherever the VM runs.
+#[derive(Debug)]
 pub struct Relays {
+    local: Arc<Local>,
+    vms: Arc<Migrations>,
+    /// Progress channels of migrations this node relayed, by token.
     open: Mutex<HashMap<u64, Sender<Event>>>,
     next: AtomicU64,
 }
 
-impl Host {
+impl Relays {
+    /// The relays of the node process whose VMs are `local` and migrations `vms`.
+    pub fn new(local: Arc<Local>, vms: Arc<Migrations>) -> Relays {
+        Relays {
+            local,
+            vms,
+            open: Mutex::default(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves VM `key`, running on `node` (this one), to node `to`; `progress` gets one JSON
+    /// object per step. Returns the summary.
+    pub fn migrate_here(
+        &self,
+        node: &Arc<Node>,
+        key: &str,
+        to: u32,
+        how: (Mode, u64),
+        progress: &mut dyn FnMut(Value),
+    ) -> Result<Value> {
+        let hvm =
+            self.local.registry.find(key).ok_or_else(|| {
+                Error::NoSuchVm(format!("no VM {key} runs on node {}", node.id()))
+            })?;
+        self.vms.migrate(node, hvm, to, how, progress)
+    }
+
     /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets one
     /// JSON object per step. Returns the summary.
     pub fn migrate_anywhere(
-        self: &Arc<Self>,
+        &self,
+        node: &Arc<Node>,
         key: &str,
         to: u32,
-        mode: Mode,
-        downtime_ms: u64,
+        how: (Mode, u64),
         progress: &mut dyn FnMut(Value),
-    ) -> Result<Value, String> {
-        if self.registry().find(key).is_some() {
-            return self.migrate(key, to, (mode, downtime_ms), progress);
+    ) -> Result<Value> {
+        if self.local.registry.find(key).is_some() {
+            return self.migrate_here(node, key, to, how, progress);
         }
-        let at = self.locate(key)?;
-        if at == self.node().id() {
+        let at = self.locate(node, key)?;
+        if at == node.id() {
             // It arrived here meanwhile.
-            return self.migrate(key, to, (mode, downtime_ms), progress);
+            return self.migrate_here(node, key, to, how, progress);
         }
-        let relays = self.relays();
-        let token = relays.next.fetch_add(1, Ordering::Relaxed);
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
         let request = MigrateRequest {
             token,
             vm: key.to_string(),
             to,
-            mode,
-            downtime_ms,
+            mode: how.0,
+            downtime_ms: how.1,
         };
         let payload = pop_wire::to_bytes(&request);
         // Progress (sent by the mesh handler, in arrival order) and the answer (after all of
         // it on the same connection) meet in one channel.
         let (events, done) = channel::<Event>();
-        lock(&relays.open).insert(token, events.clone());
+        lock(&self.open).insert(token, events.clone());
         let pending =
-            self.node()
-                .start_request(at, MsgType::Migrate.number(), Priority::Control, &payload);
-        let result = pending.map_err(|e| e.to_string()).map(|pending| {
-            std::thread::spawn(move || {
-                let answer = pending
-                    .wait(RELAY_TIMEOUT)
-                    .map_err(|e| format!("node {at}: {e}"))
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
-                let _ = events.send(Event::Done(answer));
-            });
-            loop {
-                match done.recv() {
-                    Ok(Event::Progress(p)) => progress(p),
-                    Ok(Event::Done(answer)) => break answer,
-                    Err(_) => break Err("the relayed migration vanished".into()),
+            node.start_request(at, MsgType::Migrate.number(), Priority::Control, &payload);
+        let result = match pending {
+            Err(e) => Err(Error::Lost(format!("node {at}: {e}"))),
+            Ok(pending) => {
+                std::thread::spawn(move || {
+                    let answer = match pending.wait(RELAY_TIMEOUT) {
+                        Err(e) => Err(Error::Lost(format!("node {at}: {e}"))),
+                        Ok(bytes) => answer_of(at, &bytes),
+                    };
+                    let _ = events.send(Event::Done(answer));
+                });
+                loop {
+                    match done.recv() {
+                        Ok(Event::Progress(p)) => progress(p),
+                        Ok(Event::Done(answer)) => break answer,
+                        Err(_) => break Err(Error::Lost("the relayed migration vanished".into())),
+                    }
                 }
             }
-        });
-        lock(&relays.open).remove(&token);
-        result?
+        };
+        lock(&self.open).remove(&token);
+        result
     }
 
     /// The node running VM `key`. A node that just started may not reach every other node
     /// yet, so the search is repeated for a few seconds before giving up.
-    fn locate(&self, key: &str) -> Result<u32, String> {
+    fn locate(&self, node: &Node, key: &str) -> Result<u32> {
         let deadline = Instant::now() + LOCATE_TIMEOUT;
         loop {
-            let found = self.cluster_vms().iter().find_map(|v| {
+            let found = self.local.cluster_vms(node).iter().find_map(|v| {
                 (matches_key(v.id, &v.name, key) && v.state != VmStatus::PostcopySource)
                     .then_some(v.node)
             });
@@ -105,22 +139,21 @@ impl Host {
                 None if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                None => return Err(format!("no VM {key} in the cluster")),
+                None => return Err(Error::NoSuchVm(format!("no VM {key} in the cluster"))),
             }
         }
     }
-}
 
-impl Relays {
     /// `MIGRATE` (from the node a user asked): drives the migration on a thread of its own,
-    /// streaming `PROGRESS` back, and answers with the summary.
-    fn relayed_migrate(&self, host: &Arc<Host>, m: &mut Incoming) -> Result<(), String> {
+    /// streaming `PROGRESS` back, and answers with the summary or the failure.
+    fn relayed_migrate(self: &Arc<Self>, node: &Arc<Node>, m: &mut Incoming) -> Result<()> {
         let request: MigrateRequest =
-            pop_wire::from_bytes(&m.payload).map_err(|e| format!("bad MIGRATE: {e}"))?;
-        let responder = m.take_responder().ok_or("MIGRATE must be a request")?;
-        let (host, asker) = (host.clone(), m.from);
+            pop_wire::from_bytes(&m.payload).map_err(|e| Error::malformed("MIGRATE", e))?;
+        let responder = m
+            .take_responder()
+            .ok_or_else(|| Error::BadMessage("MIGRATE must be a request".into()))?;
+        let (relays, node, asker) = (self.clone(), node.clone(), m.from);
         std::thread::spawn(move || {
-            let node = host.node().clone();
             let mut progress = |p: Value| {
                 let step = Progress {
                     token: request.token,
@@ -134,19 +167,22 @@ impl Relays {
                 );
             };
             let how = (request.mode, request.downtime_ms);
-            let result = host.migrate(&request.vm, request.to, how, &mut progress);
-            let _ = match result {
-                Ok(summary) => responder.respond(summary.to_string().as_bytes()),
-                Err(e) => responder.fail(&e),
-            };
+            let answer =
+                match relays.migrate_here(&node, &request.vm, request.to, how, &mut progress) {
+                    Ok(summary) => MigrateAnswer::Done(summary.to_string()),
+                    Err(e) => MigrateAnswer::Failed(e.kind(), e.to_string()),
+                };
+            let _ = responder.respond(&pop_wire::to_bytes(&answer));
         });
         Ok(())
     }
 
     /// `PROGRESS` of a migration this node relayed.
-    fn relayed_progress(&self, payload: &[u8]) -> Result<(), String> {
-        let step: Progress = pop_wire::from_bytes(payload).map_err(|e| e.to_string())?;
-        let p: Value = serde_json::from_str(&step.json).map_err(|e| e.to_string())?;
+    fn relayed_progress(&self, payload: &[u8]) -> Result<()> {
+        let step: Progress =
+            pop_wire::from_bytes(payload).map_err(|e| Error::malformed("PROGRESS", e))?;
+        let p: Value = serde_json::from_str(&step.json)
+            .map_err(|e| Error::BadMessage(format!("bad PROGRESS: {e}")))?;
         if let Some(tx) = lock(&self.open).get(&step.token) {
             let _ = tx.send(Event::Progress(p));
         }
@@ -154,12 +190,28 @@ impl Relays {
     }
 }
 
-impl crate::Service for Relays {
-    fn handle(&self, host: &Arc<Host>, t: MsgType, m: &mut Incoming) -> Result<(), String> {
+/// What node `at` answered to `MIGRATE`.
+fn answer_of(at: u32, bytes: &[u8]) -> Result<Value> {
+    match pop_wire::from_bytes::<MigrateAnswer>(bytes) {
+        Ok(MigrateAnswer::Done(json)) => serde_json::from_str(&json)
+            .map_err(|e| Error::BadMessage(format!("node {at} answered MIGRATE with {e}"))),
+        Ok(MigrateAnswer::Failed(kind, text)) => {
+            Err(Error::of_kind(kind, text.clone()).unwrap_or(Error::Aborted(text)))
+        }
+        Err(e) => Err(Error::malformed(
+            format_args!("answer to MIGRATE from node {at}"),
+            e,
+        )),
+    }
+}
+
+/// Shared: a relayed migration runs on a thread of its own.
+impl crate::Service for Arc<Relays> {
+    fn handle(&self, node: &Arc<Node>, t: MsgType, m: &mut Incoming) -> Result<()> {
         match t {
-            MsgType::Migrate => self.relayed_migrate(host, m),
+            MsgType::Migrate => self.relayed_migrate(node, m),
             MsgType::Progress => self.relayed_progress(&m.payload),
-            _ => Err(format!("{t:?} is not a relay message")),
+            _ => Err(Error::BadMessage(format!("{t:?} is not a relay message"))),
         }
     }
 }

@@ -15,7 +15,7 @@
 //! * [`fs`] serves files and directories,
 //! * [`fault`] turns a guest crash into a symbolized report,
 //! * [`persist`] is the one save/restore pattern of what migrates ([`persist::Persist`],
-//!   the aggregate [`persist::VmState`]), with [`clock`] for the guest clock,
+//!   the aggregate [`vm::state::VmState`]), with [`clock`] for the guest clock,
 //! * [`outcome`] says how a VM ended and holds every exit status; [`error`] why it could not
 //!   start,
 //! * [`arch`] holds everything specific to an instruction set, in mirrored trees;

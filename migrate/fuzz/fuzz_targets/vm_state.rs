@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmm::persist::VmState;
+use vmm::vm::state::VmState;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(state) = pop_wire::from_bytes::<VmState>(data) {

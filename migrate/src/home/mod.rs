@@ -12,7 +12,7 @@ use net_msg::{Incoming, Node, Priority};
 use vmm::fs::{FileService, HomeFiles};
 use vmm::output::{Output, Sink};
 
-use crate::host::Host;
+use crate::error::{Error, Result};
 use crate::lock;
 use crate::msg::{self, FileRequest, Location, MsgType, Stream};
 use files::{FileServer, RemoteFiles};
@@ -70,13 +70,13 @@ impl Homes {
     }
 
     /// Passes how VM `id`, whose home is here, ended to its launch.
-    pub fn ended(&self, id: u64, ended: Ended) -> Result<(), String> {
+    pub fn ended(&self, id: u64, ended: Ended) -> Result<()> {
         match lock(&self.ended).get(&id) {
             Some(tx) => {
                 let _ = tx.send(ended);
                 Ok(())
             }
-            None => Err(format!("exit of VM {id:x}, whose home is not here")),
+            None => Err(not_home("exit", id)),
         }
     }
 
@@ -120,14 +120,14 @@ impl Homes {
 }
 
 impl crate::Service for Homes {
-    fn handle(&self, _host: &Arc<Host>, t: MsgType, m: &mut Incoming) -> Result<(), String> {
+    fn handle(&self, _node: &Arc<Node>, t: MsgType, m: &mut Incoming) -> Result<()> {
         let payload = std::mem::take(&mut m.payload);
-        let bad = |e: pop_wire::WireError| format!("{t:?}: {e}");
+        let bad = |e| Error::malformed(format_args!("{t:?}"), e);
         match t {
             MsgType::Output => {
                 let out: msg::Output = pop_wire::from_bytes(&payload).map_err(bad)?;
                 if !self.is_home(out.vm) {
-                    return Err(format!("output of VM {:x}, whose home is not here", out.vm));
+                    return Err(not_home("output", out.vm));
                 }
                 let sink = match out.stream {
                     Stream::Stdout => Output::Stdout,
@@ -147,29 +147,31 @@ impl crate::Service for Homes {
             MsgType::Location => {
                 let at: Location = pop_wire::from_bytes(&payload).map_err(bad)?;
                 if !self.is_home(at.vm) {
-                    return Err(format!(
-                        "location of VM {:x}, whose home is not here",
-                        at.vm
-                    ));
+                    return Err(not_home("location", at.vm));
                 }
                 self.set_location(at.vm, at.node);
                 Ok(())
             }
             MsgType::File => {
                 let request: FileRequest = pop_wire::from_bytes(&payload).map_err(bad)?;
-                let files = lock(&self.files).get(&request.vm).cloned().ok_or_else(|| {
-                    format!(
-                        "file operation of VM {:x}, whose home is not here",
-                        request.vm
-                    )
-                })?;
-                let responder = m.take_responder().ok_or("FILE must be a request")?;
+                let files = lock(&self.files)
+                    .get(&request.vm)
+                    .cloned()
+                    .ok_or_else(|| not_home("file operation", request.vm))?;
+                let responder = m
+                    .take_responder()
+                    .ok_or_else(|| Error::BadMessage("FILE must be a request".into()))?;
                 self.server.serve(files, request.op, responder);
                 Ok(())
             }
-            _ => Err(format!("{t:?} is not a home message")),
+            _ => Err(Error::BadMessage(format!("{t:?} is not a home message"))),
         }
     }
+}
+
+/// A message about VM `id` whose home is not this node.
+fn not_home(what: &str, id: u64) -> Error {
+    Error::NoSuchVm(format!("{what} of VM {id:x}, whose home is not here"))
 }
 
 /// Guest output sent to the VM's home node.

@@ -15,7 +15,8 @@ use vmm::fs::{FileService, FileSystem, FsArgs, HomeFiles};
 use vmm::image::{Image, ImageBytes};
 use vmm::memory::{GuestMem, PAGE_SIZE, PageSet};
 use vmm::output::Output;
-use vmm::persist::{Persist, VmState};
+use vmm::persist::Persist;
+use vmm::vm::state::VmState;
 use vmm::vm::{KvmVm, Vm};
 
 use crate::msg::Begin;
@@ -30,6 +31,16 @@ const MAX_PRIVATE: u64 = 1 << 30;
 const MAX_SHARED: u64 = 64 << 30;
 /// An arriving VM whose source has said nothing for this long is dropped (with its memory).
 pub const STALE: Duration = Duration::from_secs(30);
+
+/// A VM running here in post-copy: its shared region is served by the DSM from node `from`
+/// (the source) until the source says every page was pushed.
+#[derive(Debug)]
+pub struct PostcopyIn {
+    /// The shared region, registered with userfaultfd.
+    pub region: Arc<PostcopyRegion>,
+    /// The source.
+    pub from: u32,
+}
 
 /// A VM on its way here.
 #[derive(Debug)]
@@ -260,9 +271,10 @@ impl Drop for Arriving {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmm::clock::ClockState;
     use vmm::fs::FdTable;
-    use vmm::persist::{ClockState, StateHeader};
     use vmm::threads::ThreadTable;
+    use vmm::vm::state::StateHeader;
 
     fn meta(isa: pop_abi::Isa, shared: u64) -> Begin {
         Begin {

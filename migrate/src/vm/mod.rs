@@ -1,7 +1,7 @@
 //! Whole-VM live migration between nodes of the same ISA: pre-copy and post-copy.
 //!
 //! * [`source`]: the driver on the node the VM leaves;
-//! * [`dest`]: assembling an arriving VM from its [`vmm::persist::VmState`] and starting it;
+//! * [`dest`]: assembling an arriving VM from its [`vmm::vm::state::VmState`] and starting it;
 //! * [`page_stream`]: the image and memory of a moving VM, on a bulk stream of its own;
 //! * [`pool`]: memory of VMs that left, reused by the next arrival;
 //! * [`images`]: the images this process has, so that they are not sent again;
@@ -23,36 +23,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use net_msg::{Incoming, Node, Priority, StreamCloser};
-use pop_dsm::postcopy::PostcopyRegion;
 use serde_json::{Value, json};
 use vmm::memory::{GuestMem, PAGE_SIZE};
 use vmm::vm::{Outcome, VmShared};
 
+use crate::error::{Error, Result};
 use crate::home::Homes;
-use crate::host::Host;
+use crate::local::Local;
 use crate::msg::{self, BeginReply, Fetch, MsgType, Stream, VmRef};
 use crate::registry::{HostedVm, VmStatus};
 use crate::{Mode, lock, test_hook};
-use dest::Arriving;
-use page_stream::{Spares, Target};
+use dest::{Arriving, PostcopyIn};
+use page_stream::{Arrivals, Spares, Target};
 
 /// How long a refused `BEGIN` is remembered (see [`Migrations::was_refused`]).
 const REFUSAL_KEPT: Duration = Duration::from_secs(5);
 /// How long a post-copy destination waits for one page from the source.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A VM running here in post-copy: its shared region is served by the DSM from node `from`
-/// (the source) until the source says every page was pushed.
-#[derive(Debug)]
-pub struct PostcopyIn {
-    /// The shared region, registered with userfaultfd.
-    pub region: Arc<PostcopyRegion>,
-    from: u32,
-}
-
 /// Whole-VM migrations to and from this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Migrations {
+    /// The VMs of this node process.
+    local: Arc<Local>,
     arriving: Mutex<HashMap<u64, Arriving>>,
     /// VMs whose `BEGIN` was refused lately, with the node and when: their page streams
     /// (opened while `BEGIN` was on its way) are refused at once.
@@ -66,6 +59,18 @@ pub struct Migrations {
 }
 
 impl Migrations {
+    /// The migrations of the node process whose VMs are `local`.
+    pub fn new(local: Arc<Local>) -> Migrations {
+        Migrations {
+            local,
+            arriving: Mutex::default(),
+            refused: Mutex::default(),
+            postcopy_in: Mutex::default(),
+            pool: pool::MemoryPool::default(),
+            spares: Spares::default(),
+        }
+    }
+
     /// How long the memory of a VM that left is kept for the next arrival (zero: not at all).
     pub fn keep_memory(&self, keep: Duration) {
         self.pool.set_keep(keep);
@@ -104,79 +109,6 @@ impl Migrations {
             });
     }
 
-    /// Where the pages of VM `id`'s page stream from node `from` go now.
-    pub(crate) fn page_target(&self, id: u64, from: u32) -> Result<Target, String> {
-        if let Some(pin) = lock(&self.postcopy_in).get(&id)
-            && pin.from == from
-        {
-            return Ok(Target::Postcopy(pin.clone()));
-        }
-        let mut arriving = lock(&self.arriving);
-        match arriving.get_mut(&id) {
-            Some(a) if a.from == from => {
-                a.since = Instant::now();
-                Ok(Target::Arriving(a.mem.clone(), a.fill.clone()))
-            }
-            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
-        }
-    }
-
-    /// A piece of the image of VM `id`, arriving from node `from`.
-    pub(crate) fn image_chunk(
-        &self,
-        id: u64,
-        from: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), String> {
-        match lock(&self.arriving).get_mut(&id) {
-            Some(a) if a.from == from => a.image_chunk(offset, data).map_err(|e| e.to_string()),
-            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
-        }
-    }
-
-    /// The page stream of VM `id` from node `from` opened; `closer` ends it if the VM is
-    /// dropped before it starts. Returns the memory its post-copy pushes go through, if the
-    /// pool had some.
-    pub(crate) fn stream_opened(
-        &self,
-        id: u64,
-        from: u32,
-        closer: StreamCloser,
-    ) -> Result<Option<GuestMem>, String> {
-        match lock(&self.arriving).get_mut(&id) {
-            Some(a) if a.from == from && a.closer.is_none() => {
-                a.closer = Some(closer);
-                Ok(a.donor.take())
-            }
-            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
-        }
-    }
-
-    /// Whether VM `id` is arriving from node `from`.
-    pub(crate) fn is_arriving(&self, id: u64, from: u32) -> bool {
-        lock(&self.arriving)
-            .get(&id)
-            .is_some_and(|a| a.from == from)
-    }
-
-    /// Whether this node refused VM `id` from node `from` lately.
-    pub(crate) fn was_refused(&self, id: u64, from: u32) -> bool {
-        lock(&self.refused)
-            .get(&id)
-            .is_some_and(|&(f, at)| f == from && at.elapsed() < REFUSAL_KEPT)
-    }
-
-    /// Forgets VM `id` arriving from node `from` if it has not started (a failed migration).
-    pub(crate) fn drop_arriving(&self, id: u64, from: u32) {
-        let mut arriving = lock(&self.arriving);
-        if arriving.get(&id).is_some_and(|a| a.from == from) {
-            let a = arriving.remove(&id);
-            drop(arriving);
-            drop(a);
-        }
-    }
-
     /// Drops arriving VMs whose source went quiet for [`dest::STALE`] or was lost (a
     /// migration that failed before its switch-over leaves nothing behind here).
     pub fn purge_stale(&self, node: &Node) {
@@ -200,15 +132,15 @@ impl Migrations {
     }
 
     /// `BEGIN`: a VM is about to arrive.
-    fn begin(&self, host: &Arc<Host>, m: &mut Incoming) -> Result<(), String> {
-        self.purge_stale(host.node());
+    fn begin(&self, node: &Node, m: &mut Incoming) -> Result<()> {
+        self.purge_stale(node);
         let payload = std::mem::take(&mut m.payload);
         let begin = pop_wire::from_bytes::<msg::Begin>(&payload);
         let mut arriving = lock(&self.arriving);
         let accepted = begin
             .as_ref()
-            .map_err(|e| format!("bad BEGIN: {e}"))
-            .and_then(|b| dest::begin(m.from, b, &arriving, &self.pool));
+            .map_err(|e| Error::malformed("BEGIN", *e))
+            .and_then(|b| dest::begin(m.from, b, &arriving, &self.pool).map_err(Error::Aborted));
         match accepted {
             Ok(a) => {
                 let reply = BeginReply {
@@ -235,12 +167,7 @@ impl Migrations {
     }
 
     /// `COMMIT`, `GO` and `ABORT` of a VM arriving from the sender.
-    fn arriving_message(
-        &self,
-        host: &Arc<Host>,
-        t: MsgType,
-        m: &mut Incoming,
-    ) -> Result<(), String> {
+    fn arriving_message(&self, node: &Arc<Node>, t: MsgType, m: &mut Incoming) -> Result<()> {
         let payload = std::mem::take(&mut m.payload);
         test_hook(match t {
             MsgType::Commit => "commit",
@@ -250,18 +177,19 @@ impl Migrations {
         let (id, commit) = match t {
             MsgType::Commit => {
                 let commit: msg::Commit =
-                    pop_wire::from_bytes(&payload).map_err(|e| format!("bad COMMIT: {e}"))?;
+                    pop_wire::from_bytes(&payload).map_err(|e| Error::malformed("COMMIT", e))?;
                 (commit.state.header.vm, Some(commit))
             }
             _ => {
-                let r: VmRef = pop_wire::from_bytes(&payload).map_err(|e| e.to_string())?;
+                let r: VmRef = pop_wire::from_bytes(&payload)
+                    .map_err(|e| Error::malformed(format_args!("{t:?}"), e))?;
                 (r.vm, None)
             }
         };
         let mut arriving = lock(&self.arriving);
         let a = match arriving.get_mut(&id) {
             Some(a) if a.from == m.from => a,
-            _ => return Err(format!("no VM {id:x} is arriving from node {}", m.from)),
+            _ => return Err(not_arriving(id, m.from)),
         };
         a.since = Instant::now();
         match (t, commit) {
@@ -270,13 +198,12 @@ impl Migrations {
                 Ok(())
             }
             (MsgType::Commit, Some(commit)) => {
-                let node = host.node();
                 let home = a.begin.home;
                 let outputs = (
                     Homes::output(node, id, home, Stream::Stdout),
                     Homes::output(node, id, home, Stream::Stderr),
                 );
-                let files = host.homes().file_service(node, id, home);
+                let files = self.local.homes.file_service(node, id, home);
                 // (The source syncs its page stream first, so this zeroes nothing in practice.)
                 let resend = {
                     let mut fill = lock(&a.fill);
@@ -288,6 +215,7 @@ impl Migrations {
                 } else {
                     a.commit(node.id(), &commit.state, outputs, files)
                 };
+                let result = result.map_err(Error::Aborted);
                 if result.is_err() {
                     arriving.remove(&id);
                 }
@@ -299,26 +227,33 @@ impl Migrations {
             (MsgType::Go, _) => {
                 let mut a = arriving.remove(&id).expect("present");
                 drop(arriving);
-                self.go(host, id, &mut a)?;
+                self.go(node, id, &mut a)?;
                 let _ = m.take_responder().map(|r| r.respond(&[]));
                 Ok(())
             }
-            _ => Err(format!("{t:?} is not an arrival message")),
+            _ => Err(Error::BadMessage(format!(
+                "{t:?} is not an arrival message"
+            ))),
         }
     }
 
     /// `GO`: starts the arrived VM `a` (its state was committed).
-    fn go(&self, host: &Arc<Host>, id: u64, a: &mut Arriving) -> Result<(), String> {
+    fn go(&self, node: &Arc<Node>, id: u64, a: &mut Arriving) -> Result<()> {
         // The page stream lives on (the source closes it); it writes no more pages straight
         // into memory once the VM is no longer arriving.
         a.closer = None;
         let fill = a.fill.clone();
         let mut fill = lock(&fill);
         if !fill.resend.is_empty() {
-            return Err("pages of the VM did not arrive intact".into());
+            return Err(Error::Aborted(
+                "pages of the VM did not arrive intact".into(),
+            ));
         }
         fill.started = true;
-        let vm = a.prepared.take().ok_or("GO before COMMIT")?;
+        let vm = a
+            .prepared
+            .take()
+            .ok_or_else(|| Error::BadMessage("GO before COMMIT".into()))?;
         let shared = vm.shared();
         // Post-copy: registered before the VM runs, so that pages pushed from now on go
         // through userfaultfd.
@@ -331,25 +266,33 @@ impl Migrations {
         if let Some(pin) = &postcopy {
             lock(&self.postcopy_in).insert(id, pin.clone());
         }
-        let hosted = host.run_vm(id, a.begin.name.clone(), a.begin.home, vm);
+        let hosted = self
+            .local
+            .run_vm(node, (id, a.begin.name.clone(), a.begin.home), vm);
         if let Some(pin) = postcopy {
             hosted.set_status(VmStatus::Postcopy);
-            serve_faults(host.node(), id, pin, Arc::downgrade(&shared));
+            serve_faults(node, id, pin, Arc::downgrade(&shared));
         }
         Ok(())
     }
 
     /// `DONE` of a post-copy VM running here: every page was pushed (and is in place: the
     /// source synced its page stream first), so faults need no catching any more.
-    fn postcopy_done(&self, host: &Arc<Host>, m: &mut Incoming) -> Result<(), String> {
-        let VmRef { vm: id } = pop_wire::from_bytes(&m.payload).map_err(|e| e.to_string())?;
+    fn postcopy_done(&self, m: &mut Incoming) -> Result<()> {
+        let VmRef { vm: id } =
+            pop_wire::from_bytes(&m.payload).map_err(|e| Error::malformed("DONE", e))?;
         let pin = match lock(&self.postcopy_in).get(&id) {
             Some(pin) if pin.from == m.from => pin.clone(),
-            _ => return Err(format!("no post-copy VM {id:x} from node {}", m.from)),
+            _ => {
+                let from = m.from;
+                return Err(Error::NoSuchVm(format!(
+                    "no post-copy VM {id:x} from node {from}"
+                )));
+            }
         };
         pin.region.finish();
         lock(&self.postcopy_in).remove(&id);
-        if let Some(v) = host.registry().get(id) {
+        if let Some(v) = self.local.registry.get(id) {
             v.set_status(VmStatus::Running);
         }
         let _ = m.take_responder().map(|r| r.respond(&[]));
@@ -357,18 +300,19 @@ impl Migrations {
     }
 
     /// `FETCH` (on a post-copy source): one page of a VM that left.
-    fn fetch(&self, host: &Arc<Host>, m: &mut Incoming) -> Result<(), String> {
+    fn fetch(&self, m: &mut Incoming) -> Result<()> {
         let Fetch { vm: id, addr } =
-            pop_wire::from_bytes(&m.payload).map_err(|_| "bad FETCH".to_string())?;
-        let hvm = host
-            .registry()
+            pop_wire::from_bytes(&m.payload).map_err(|e| Error::malformed("FETCH", e))?;
+        let hvm = self
+            .local
+            .registry
             .departed(id)
-            .ok_or_else(|| format!("no pages of VM {id:x} here"))?;
+            .ok_or_else(|| Error::NoSuchVm(format!("no pages of VM {id:x} here")))?;
         let page = hvm
             .vm
             .mem
             .read(addr & !(PAGE_SIZE - 1), PAGE_SIZE as usize)
-            .map_err(|_| format!("FETCH of {addr:#x}: outside guest memory"))?;
+            .map_err(|_| Error::BadMessage(format!("FETCH of {addr:#x}: outside guest memory")))?;
         let _ = m.take_responder().map(|r| r.respond(&page));
         Ok(())
     }
@@ -376,35 +320,40 @@ impl Migrations {
     /// Moves `hvm` (running here) to node `to`; `progress` gets one JSON object per round.
     pub fn migrate(
         &self,
-        host: &Arc<Host>,
+        node: &Arc<Node>,
         hvm: Arc<HostedVm>,
         to: u32,
         (mode, downtime_ms): (Mode, u64),
         progress: &mut dyn FnMut(Value),
-    ) -> Result<Value, String> {
+    ) -> Result<Value> {
         if self.is_receiving(hvm.id) {
-            return Err("this VM is still receiving its pages (post-copy); try again soon".into());
+            return Err(Error::Busy(
+                "this VM is still receiving its pages (post-copy); try again soon".into(),
+            ));
         }
-        let node = host.node();
+        source::check_destination(node, to).map_err(Error::Unreachable)?;
+        let registry = &self.local.registry;
         if mode == Mode::Precopy {
             let moved = source::precopy((node, &self.spares), &hvm, to, downtime_ms, progress);
             self.spares.refill(node, to);
-            let summary = moved?;
-            host.registry().remove(&hvm);
+            let summary = moved.map_err(Error::Aborted)?;
+            registry.remove(&hvm);
             self.pool.left(hvm.vm.clone());
             return Ok(summary);
         }
         let start = Instant::now();
         // Serve its pages before the switch: the destination may fault on the first
         // instruction after `GO`, before `postcopy_switch` returns.
-        host.registry().depart(hvm.clone());
+        registry.depart(hvm.clone());
         let mut phases = source::Phases::new();
         let switched = source::postcopy_switch((node, &self.spares), &hvm, to, &mut phases);
         self.spares.refill(node, to);
         phases.mark("switched");
-        let (downtime, bytes, mut stream) =
-            switched.inspect_err(|_| host.registry().departed_done(hvm.id))?;
-        host.registry().remove(&hvm);
+        let (downtime, bytes, mut stream) = switched.map_err(|e| {
+            registry.departed_done(hvm.id);
+            Error::Aborted(e)
+        })?;
+        registry.remove(&hvm);
         test_hook("push");
         progress(json!({
             "phase": "switched",
@@ -414,10 +363,12 @@ impl Migrations {
         }));
         let pushed = source::push_rest(node, &mut stream, &hvm, to, progress);
         phases.mark("push");
-        host.registry().departed_done(hvm.id);
+        registry.departed_done(hvm.id);
         self.pool.left(hvm.vm.clone());
         let (pages, pushed_bytes) = pushed.map_err(|e| {
-            format!("the VM started on node {to}, but pushing its pages failed: {e}")
+            Error::AfterSwitch(format!(
+                "the VM started on node {to}, but pushing its pages failed: {e}"
+            ))
         })?;
         Ok(json!({
             "from": node.id(),
@@ -435,16 +386,98 @@ impl Migrations {
     }
 }
 
-impl crate::Service for Migrations {
-    fn handle(&self, host: &Arc<Host>, t: MsgType, m: &mut Incoming) -> Result<(), String> {
-        match t {
-            MsgType::Begin => self.begin(host, m),
-            MsgType::Commit | MsgType::Go | MsgType::Abort => self.arriving_message(host, t, m),
-            MsgType::Done => self.postcopy_done(host, m),
-            MsgType::Fetch => self.fetch(host, m),
-            _ => Err(format!("{t:?} is not a migration message")),
+impl Arrivals for Migrations {
+    /// Where the pages of VM `id`'s page stream from node `from` go now.
+    fn page_target(&self, id: u64, from: u32) -> std::result::Result<Target, String> {
+        if let Some(pin) = lock(&self.postcopy_in).get(&id)
+            && pin.from == from
+        {
+            return Ok(Target::Postcopy(pin.clone()));
+        }
+        let mut arriving = lock(&self.arriving);
+        match arriving.get_mut(&id) {
+            Some(a) if a.from == from => {
+                a.since = Instant::now();
+                Ok(Target::Arriving(a.mem.clone(), a.fill.clone()))
+            }
+            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
         }
     }
+
+    /// A piece of the image of VM `id`, arriving from node `from`.
+    fn image_chunk(
+        &self,
+        id: u64,
+        from: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> std::result::Result<(), String> {
+        match lock(&self.arriving).get_mut(&id) {
+            Some(a) if a.from == from => a.image_chunk(offset, data).map_err(|e| e.to_string()),
+            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
+        }
+    }
+
+    /// The page stream of VM `id` from node `from` opened; `closer` ends it if the VM is
+    /// dropped before it starts. Returns the memory its post-copy pushes go through, if the
+    /// pool had some.
+    fn stream_opened(
+        &self,
+        id: u64,
+        from: u32,
+        closer: StreamCloser,
+    ) -> std::result::Result<Option<GuestMem>, String> {
+        match lock(&self.arriving).get_mut(&id) {
+            Some(a) if a.from == from && a.closer.is_none() => {
+                a.closer = Some(closer);
+                Ok(a.donor.take())
+            }
+            _ => Err(format!("no VM {id:x} is arriving from node {from}")),
+        }
+    }
+
+    /// Whether VM `id` is arriving from node `from`.
+    fn is_arriving(&self, id: u64, from: u32) -> bool {
+        lock(&self.arriving)
+            .get(&id)
+            .is_some_and(|a| a.from == from)
+    }
+
+    /// Whether this node refused VM `id` from node `from` lately.
+    fn was_refused(&self, id: u64, from: u32) -> bool {
+        lock(&self.refused)
+            .get(&id)
+            .is_some_and(|&(f, at)| f == from && at.elapsed() < REFUSAL_KEPT)
+    }
+
+    /// Forgets VM `id` arriving from node `from` if it has not started (a failed migration).
+    fn drop_arriving(&self, id: u64, from: u32) {
+        let mut arriving = lock(&self.arriving);
+        if arriving.get(&id).is_some_and(|a| a.from == from) {
+            let a = arriving.remove(&id);
+            drop(arriving);
+            drop(a);
+        }
+    }
+}
+
+impl crate::Service for Migrations {
+    fn handle(&self, node: &Arc<Node>, t: MsgType, m: &mut Incoming) -> Result<()> {
+        match t {
+            MsgType::Begin => self.begin(node, m),
+            MsgType::Commit | MsgType::Go | MsgType::Abort => self.arriving_message(node, t, m),
+            MsgType::Done => self.postcopy_done(m),
+            MsgType::Fetch => self.fetch(m),
+            _ => Err(Error::BadMessage(format!(
+                "{t:?} is not a migration message"
+            ))),
+        }
+    }
+}
+
+/// A message about VM `id` from node `from`, which is not arriving from there.
+fn not_arriving(id: u64, from: u32) -> Error {
+    Error::NoSuchVm(format!("no VM {id:x} is arriving from node {from}"))
 }
 
 /// Serves the missing-page faults of post-copy VM `id` by fetching from its source, on a

@@ -37,10 +37,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use net_msg::frame::FrameError;
-use net_msg::{BulkStream, Node};
+use net_msg::{BulkStream, Node, StreamCloser};
 
-use super::Migrations;
 use super::dest::Fill;
+use super::dest::PostcopyIn;
 use pop_dsm::uffd::Staging;
 use pop_wire::{Decoder, Encoder};
 use vmm::memory::{GuestMem, PAGE_SIZE};
@@ -333,12 +333,35 @@ pub enum Target {
     /// the VM started under it before the VM starts).
     Arriving(GuestMem, Arc<Mutex<Fill>>),
     /// A post-copy VM running here: through userfaultfd, after the record was checked.
-    Postcopy(Arc<super::PostcopyIn>),
+    Postcopy(Arc<PostcopyIn>),
+}
+
+/// What a destination's page stream puts its records into: the VMs arriving at this node.
+pub trait Arrivals: Sync {
+    /// Whether VM `id` is arriving from node `from`.
+    fn is_arriving(&self, id: u64, from: u32) -> bool;
+    /// Whether this node refused VM `id` from node `from` lately.
+    fn was_refused(&self, id: u64, from: u32) -> bool;
+    /// The page stream of VM `id` from node `from` opened; `closer` ends it if the VM is
+    /// dropped before it starts. Returns the memory its post-copy pushes go through, if the
+    /// pool had some.
+    fn stream_opened(
+        &self,
+        id: u64,
+        from: u32,
+        closer: StreamCloser,
+    ) -> Result<Option<GuestMem>, String>;
+    /// Forgets VM `id` arriving from node `from` if it has not started (a failed migration).
+    fn drop_arriving(&self, id: u64, from: u32);
+    /// Where the pages of VM `id`'s page stream from node `from` go now.
+    fn page_target(&self, id: u64, from: u32) -> Result<Target, String>;
+    /// A piece of the image of VM `id`, arriving from node `from`.
+    fn image_chunk(&self, id: u64, from: u32, offset: u64, data: &[u8]) -> Result<(), String>;
 }
 
 /// The destination's end: serves one page stream until the source closes it. Errors end it
 /// with an `ERROR` record, and drop the arriving VM (the source then resumes it at home).
-pub fn serve(host: &Migrations, mut stream: BulkStream) {
+pub fn serve(host: &dyn Arrivals, mut stream: BulkStream) {
     let from = stream.peer();
     // A stream opened ahead (a spare) waits for its migration as long as it takes.
     let _ = stream.set_timeout(None);
@@ -373,7 +396,7 @@ pub fn serve(host: &Migrations, mut stream: BulkStream) {
 }
 
 fn receive(
-    host: &Migrations,
+    host: &dyn Arrivals,
     stream: &mut BulkStream,
     from: u32,
     id: u64,

@@ -15,7 +15,8 @@ use crate::msg::{Begin, BeginReply, Commit, MsgType, VmRef};
 use crate::registry::{HostedVm, VmStatus};
 use vmm::clock::GuestClock;
 use vmm::memory::PAGE_SIZE;
-use vmm::persist::{Persist, StateHeader, VmState};
+use vmm::persist::Persist;
+use vmm::vm::state::{StateHeader, VmState};
 use vmm::vm::{Paused, VmShared};
 
 /// Most copy rounds before the VM is stopped whatever is left.
@@ -305,7 +306,7 @@ pub fn push_rest(
 }
 
 /// The ISA and reachability checks, before anything is sent.
-fn check_destination(node: &Node, to: u32) -> Result<(), String> {
+pub(crate) fn check_destination(node: &Node, to: u32) -> Result<(), String> {
     if to == node.id() {
         return Err(format!("the VM already runs on node {to}"));
     }

@@ -157,9 +157,9 @@ fn serve(host: &Arc<Host>, conn: UnixStream, stop: &AtomicBool) {
                     text.push('\n');
                     let _ = out.write_all(text.as_bytes());
                 };
-                match host.migrate_anywhere(&vm, to, mode, downtime_ms, &mut progress) {
+                match host.migrate_anywhere(&vm, to, (mode, downtime_ms), &mut progress) {
                     Ok(summary) => json!({"ok": true, "summary": summary}),
-                    Err(e) => json!({"ok": false, "error": e}),
+                    Err(e) => json!({"ok": false, "error": e.to_string()}),
                 }
             }
             Ok(req) => answer(node, req, stop),

@@ -5,10 +5,12 @@
 //!   ([`VmShared`]);
 //! * [`vcpu_loop`]: the body of a vCPU's host thread;
 //! * [`hypercall`]: serving the guest's requests;
-//! * [`pause`]: stopping all vCPUs, or one thread's, for a migration.
+//! * [`pause`]: stopping all vCPUs, or one thread's, for a migration;
+//! * [`state`]: the saved VM ([`state::VmState`]).
 
 pub mod hypercall;
 pub mod pause;
+pub mod state;
 pub mod vcpu_loop;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,9 +31,10 @@ use crate::hooks::{Hooks, Placement};
 use crate::image::Image;
 use crate::memory::GuestMem;
 use crate::output::Output;
-use crate::persist::{Persist, VmState};
+use crate::persist::Persist;
 use crate::threads::{MAIN_TID, Mailbox, Threads};
 use crate::timings::Timings;
+use state::VmState;
 
 pub use crate::outcome::Outcome;
 pub use pause::{ParkedVcpu, PauseError, Paused};
