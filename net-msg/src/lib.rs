@@ -38,7 +38,7 @@ pub use node::{
 };
 pub use pop_abi::Isa;
 pub use stats::{Counters, StatsSnapshot};
-pub use stream::{BulkStream, RecordHead, StreamCloser};
+pub use stream::{BulkStream, RecordHead, SharedBytes, StreamCloser};
 
 /// A node's id: its index in the cluster file.
 pub type NodeId = u32;

@@ -57,6 +57,10 @@ pub struct BulkStream {
     filled: usize,
     /// The record whose head was returned and whose body is still to be read.
     pending: Option<Pending>,
+    /// Where [`BulkStream::send_shared`] takes its snapshots on aarch64 (made at its first
+    /// use).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    send_buf: Vec<u8>,
 }
 
 struct Pending {
@@ -71,6 +75,41 @@ impl std::fmt::Debug for BulkStream {
             .field("peer", &self.peer)
             .field("kind", &self.kind)
             .finish_non_exhaustive()
+    }
+}
+
+/// A piece of memory that something else may write while it is being sent (a running
+/// guest's memory): a raw range, never turned into a Rust reference (see
+/// [`BulkStream::send_shared`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SharedBytes<'a> {
+    ptr: *const u8,
+    len: usize,
+    _memory: std::marker::PhantomData<&'a ()>,
+}
+
+impl SharedBytes<'_> {
+    /// The `len` bytes at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `[ptr, ptr + len)` must stay mapped and readable for as long as the value is used.
+    pub unsafe fn new(ptr: *const u8, len: usize) -> Self {
+        SharedBytes {
+            ptr,
+            len,
+            _memory: std::marker::PhantomData,
+        }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -125,6 +164,13 @@ struct RecordMac {
 }
 
 impl RecordMac {
+    /// The nonce of the next record: its number.
+    fn nonce(&self) -> [u8; 16] {
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&self.seq.to_le_bytes());
+        nonce
+    }
+
     fn new(frames: FrameMac) -> RecordMac {
         let mut key = [0u8; 16];
         key.copy_from_slice(&frames.key()[..16]);
@@ -133,9 +179,7 @@ impl RecordMac {
 
     /// Starts the next record's tag (its nonce: the record's number).
     fn start(&self) -> Aegis128X2Mac<TAG_LEN> {
-        let mut nonce = [0u8; 16];
-        nonce[..8].copy_from_slice(&self.seq.to_le_bytes());
-        Aegis128X2Mac::new_with_nonce(&self.key, &nonce)
+        Aegis128X2Mac::new_with_nonce(&self.key, &self.nonce())
     }
 
     /// Ends the record's tag with its lengths; advances the record number.
@@ -167,6 +211,7 @@ impl BulkStream {
             at: 0,
             filled: 0,
             pending: None,
+            send_buf: Vec::new(),
         }
     }
 
@@ -203,8 +248,8 @@ impl BulkStream {
 
     /// Sends one record whose body is `body`'s pieces in order, hashing and writing it a
     /// [`SEND_CHUNK`] at a time: each byte is read from memory once, by the hash, and is
-    /// still in cache when the kernel copies it. For bodies in memory that may change on the
-    /// way (guest memory): the peer then refuses the record, and the stream stays usable.
+    /// still in cache when the kernel copies it. For memory that may change on the way (a
+    /// running guest's), use [`BulkStream::send_shared`].
     pub fn send_parts(&mut self, head: &[u8], body: &[&[u8]]) -> Result<()> {
         let body_len: usize = body.iter().map(|p| p.len()).sum();
         if head.len() > MAX_HEAD || body_len > MAX_BODY {
@@ -239,6 +284,208 @@ impl BulkStream {
             chunk.push(IoSlice::new(tag));
         }
         self.write_all_vectored(&mut chunk)
+    }
+
+    /// Sends one record whose body is `body`'s pieces in order, where the pieces are memory
+    /// that something else may write meanwhile (a running guest's): they are never read
+    /// through a Rust reference, only through their raw pointers (by C code and the kernel).
+    pub fn send_shared(&mut self, head: &[u8], body: &[SharedBytes<'_>]) -> Result<()> {
+        #[cfg(not(target_arch = "aarch64"))]
+        return self.send_raw(head, body);
+        #[cfg(target_arch = "aarch64")]
+        return self.send_snapshot(head, body);
+    }
+
+    /// [`BulkStream::send_shared`] where the tag is computed by libaegis's C code, which
+    /// reads the pieces through their raw pointers, and the kernel reads them through raw
+    /// `iovec`s: each byte is read from memory once by the hash and is still in cache when
+    /// the kernel copies it (a piece that changes on the way fails its tag at the peer, which
+    /// refuses the record; the stream stays usable).
+    #[cfg(not(target_arch = "aarch64"))]
+    fn send_raw(&mut self, head: &[u8], body: &[SharedBytes<'_>]) -> Result<()> {
+        let body_len: usize = body.iter().map(|p| p.len).sum();
+        if head.len() > MAX_HEAD || body_len > MAX_BODY {
+            return Err(Error::TooLarge(head.len().max(body_len)));
+        }
+        let lens = lengths(head.len(), body_len);
+        let mut h = self
+            .send_mac
+            .as_ref()
+            .map(|m| raw_mac::RawMac::new(&m.key, &m.nonce()));
+        let iov = |ptr: *const u8, len: usize| libc::iovec {
+            iov_base: ptr as *mut libc::c_void,
+            iov_len: len,
+        };
+        let mut chunk = vec![
+            iov(lens.as_ptr(), lens.len()),
+            iov(head.as_ptr(), head.len()),
+        ];
+        let mut in_chunk = 0;
+        for piece in body {
+            let mut done = 0;
+            while done < piece.len {
+                let n = (piece.len - done).min(SEND_CHUNK);
+                // SAFETY: `SharedBytes::new`'s contract keeps the piece mapped and readable.
+                let part = unsafe { piece.ptr.add(done) };
+                if let Some(h) = &mut h {
+                    // SAFETY: as above; the C code reads `n` bytes at `part` and keeps no
+                    // pointer.
+                    unsafe { h.update_raw(part, n) };
+                }
+                chunk.push(iov(part, n));
+                in_chunk += n;
+                done += n;
+                if in_chunk >= SEND_CHUNK {
+                    // SAFETY: every iovec points at memory that is mapped while this runs
+                    // (the caller's pieces, `lens` and `head`).
+                    unsafe { self.writev_all(&mut chunk) }?;
+                    chunk.clear();
+                    in_chunk = 0;
+                }
+            }
+        }
+        let tag = match (self.send_mac.as_mut(), h) {
+            (Some(mac), Some(mut h)) => {
+                h.update(head);
+                h.update(&lens);
+                mac.seq = mac.seq.wrapping_add(1);
+                Some(h.finalize())
+            }
+            _ => None,
+        };
+        if let Some(tag) = &tag {
+            chunk.push(iov(tag.as_ptr(), tag.len()));
+        }
+        // SAFETY: as above, and `tag` lives to the end of the call.
+        unsafe { self.writev_all(&mut chunk) }
+    }
+
+    /// Writes all of `iovs` (which it consumes) with `writev`.
+    ///
+    /// # Safety
+    ///
+    /// Every iovec must point at `iov_len` readable bytes for the whole call.
+    #[cfg(not(target_arch = "aarch64"))]
+    unsafe fn writev_all(&mut self, iovs: &mut [libc::iovec]) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
+        let mut rest = iovs;
+        while let Some(first) = rest.first() {
+            if first.iov_len == 0 {
+                rest = &mut rest[1..];
+                continue;
+            }
+            let count = rest.len().min(1024) as libc::c_int;
+            // SAFETY: the caller's contract; `rest` is a live array of `count` iovecs.
+            let n = unsafe { libc::writev(fd, rest.as_ptr(), count) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            if n == 0 {
+                return Err(Error::Io(io::ErrorKind::WriteZero.into()));
+            }
+            let mut n = n as usize;
+            while n > 0 {
+                let first = &mut rest[0];
+                let take = n.min(first.iov_len);
+                // SAFETY: advancing within the iovec's own range.
+                first.iov_base = unsafe { first.iov_base.cast::<u8>().add(take) }.cast();
+                first.iov_len -= take;
+                n -= take;
+                if first.iov_len == 0 {
+                    rest = &mut rest[1..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`BulkStream::send_shared`] where the hash has no raw-pointer entry (aarch64 builds
+    /// use the pure-Rust AEGIS): each [`SEND_CHUNK`] of the body is copied into a buffer of
+    /// the stream's (in cache), hashed there and written from there, so the record carries
+    /// one consistent snapshot of each chunk.
+    #[cfg(target_arch = "aarch64")]
+    fn send_snapshot(&mut self, head: &[u8], body: &[SharedBytes<'_>]) -> Result<()> {
+        let body_len: usize = body.iter().map(|p| p.len).sum();
+        if head.len() > MAX_HEAD || body_len > MAX_BODY {
+            return Err(Error::TooLarge(head.len().max(body_len)));
+        }
+        let lens = lengths(head.len(), body_len);
+        let mut h = self.send_mac.as_ref().map(RecordMac::start);
+        let mut bounce = std::mem::take(&mut self.send_buf);
+        bounce.resize(SEND_CHUNK, 0);
+        let sent = self.send_snapshots(&mut h, (&lens, head), body, &mut bounce);
+        self.send_buf = bounce;
+        sent?;
+        let tag = match (self.send_mac.as_mut(), h) {
+            (Some(mac), Some(mut h)) => {
+                h.update(head);
+                Some(mac.finish(h, &lens))
+            }
+            _ => None,
+        };
+        match &tag {
+            Some(tag) => self.write_all_vectored(&mut [IoSlice::new(tag)]),
+            None => Ok(()),
+        }
+    }
+
+    /// [`BulkStream::send_snapshot`]'s body: the lengths and head, then `body` a chunk of
+    /// `bounce` at a time, each hashed into `h` and written.
+    #[cfg(target_arch = "aarch64")]
+    fn send_snapshots(
+        &mut self,
+        h: &mut Option<Aegis128X2Mac<TAG_LEN>>,
+        (lens, head): (&[u8; 8], &[u8]),
+        body: &[SharedBytes<'_>],
+        bounce: &mut [u8],
+    ) -> Result<()> {
+        let mut prefix = Some((lens, head));
+        let mut filled = 0;
+        let mut pieces = body.iter().peekable();
+        let mut done = 0;
+        loop {
+            while filled < bounce.len() {
+                let Some(piece) = pieces.peek() else { break };
+                let n = (piece.len - done).min(bounce.len() - filled);
+                // SAFETY: `SharedBytes::new`'s contract: the piece is mapped and readable
+                // while it is used; it is read through its raw pointer only (bytes a
+                // concurrent writer changes may be copied torn: the snapshot is what is
+                // hashed and sent).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        piece.ptr.add(done),
+                        bounce.as_mut_ptr().add(filled),
+                        n,
+                    );
+                }
+                filled += n;
+                done += n;
+                if done == piece.len {
+                    pieces.next();
+                    done = 0;
+                }
+            }
+            if filled == 0 && prefix.is_none() {
+                return Ok(());
+            }
+            let chunk = &bounce[..filled];
+            if let Some(h) = h.as_mut() {
+                h.update(chunk);
+            }
+            let mut parts = match prefix.take() {
+                Some((lens, head)) => {
+                    vec![IoSlice::new(lens), IoSlice::new(head), IoSlice::new(chunk)]
+                }
+                None => vec![IoSlice::new(chunk)],
+            };
+            self.write_all_vectored(&mut parts)?;
+            filled = 0;
+        }
     }
 
     /// Writes all of `parts` (which it consumes).
@@ -540,5 +787,67 @@ mod tests {
         let h = b.recv_head().unwrap().unwrap();
         assert_eq!(h.body_len, 10);
         assert!(matches!(b.recv_head(), Err(Error::Misuse(_))));
+    }
+}
+
+/// The record tag (AEGIS-128X2 MAC) computed by libaegis's C functions on raw pointers, for
+/// bodies that must not be read through Rust references (guest memory). The same C code
+/// computes [`Aegis128X2Mac`]'s tags, so a receiver checks these with it.
+#[cfg(not(target_arch = "aarch64"))]
+mod raw_mac {
+    use std::ffi::c_int;
+
+    use aegis::aegis128x2::Aegis128X2Mac;
+
+    use super::TAG_LEN;
+
+    /// libaegis's `aegis128x2_mac_state` (704 bytes, 64-byte aligned, as the `aegis` crate
+    /// checks at compile time).
+    #[repr(C, align(64))]
+    struct State([u8; 704]);
+
+    unsafe extern "C" {
+        fn aegis128x2_mac_init(st: *mut State, k: *const u8, npub: *const u8);
+        fn aegis128x2_mac_update(st: *mut State, m: *const u8, mlen: usize) -> c_int;
+        fn aegis128x2_mac_final(st: *mut State, mac: *mut u8, maclen: usize) -> c_int;
+    }
+
+    /// A tag being computed.
+    pub(super) struct RawMac(Box<State>);
+
+    impl RawMac {
+        /// Starts a tag under `key` with `nonce`.
+        pub(super) fn new(key: &[u8; 16], nonce: &[u8; 16]) -> RawMac {
+            // The crate's constructor runs libaegis's one-time CPU detection first.
+            let _ = Aegis128X2Mac::<TAG_LEN>::new_with_nonce(key, nonce);
+            let mut st = Box::new(State([0; 704]));
+            // SAFETY: `st` is a live, aligned state; key and nonce are 16 bytes each.
+            unsafe { aegis128x2_mac_init(&mut *st, key.as_ptr(), nonce.as_ptr()) };
+            RawMac(st)
+        }
+
+        /// Adds the `len` bytes at `ptr`.
+        ///
+        /// # Safety
+        ///
+        /// `[ptr, ptr + len)` must be mapped and readable during the call.
+        pub(super) unsafe fn update_raw(&mut self, ptr: *const u8, len: usize) {
+            // SAFETY: the caller's contract; the state is live.
+            unsafe { aegis128x2_mac_update(&mut *self.0, ptr, len) };
+        }
+
+        /// Adds `bytes`.
+        pub(super) fn update(&mut self, bytes: &[u8]) {
+            // SAFETY: a live slice.
+            unsafe { self.update_raw(bytes.as_ptr(), bytes.len()) };
+        }
+
+        /// The tag.
+        pub(super) fn finalize(mut self) -> [u8; TAG_LEN] {
+            let mut tag = [0u8; TAG_LEN];
+            // SAFETY: a live state and a buffer of `TAG_LEN` bytes.
+            unsafe { aegis128x2_mac_final(&mut *self.0, tag.as_mut_ptr(), TAG_LEN) };
+            tag
+        }
     }
 }

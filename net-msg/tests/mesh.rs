@@ -257,6 +257,30 @@ fn bulk_streams_carry_records_both_ways_beside_the_mesh() {
                 assert_eq!(head, [b'h', b'i', from as u8, 9]);
                 assert_eq!(back, body.iter().rev().copied().collect::<Vec<_>>());
             }
+            // Memory sent by raw ranges (as a running guest's is), in pieces of every size
+            // around the stream's chunk.
+            let memory: Vec<u8> = (0..1_000_000usize).map(|i| (i * 7 + from) as u8).collect();
+            for cuts in [
+                vec![0..0, 7..7],
+                vec![0..1, 1..4096],
+                vec![0..net_msg::stream::SEND_CHUNK + 1, 500_000..1_000_000],
+                vec![10..20, 20..262_144, 300_000..300_001, 0..0],
+            ] {
+                // SAFETY: `memory` outlives the send.
+                let parts: Vec<net_msg::SharedBytes<'_>> = cuts
+                    .iter()
+                    .map(|r| unsafe {
+                        net_msg::SharedBytes::new(memory[r.clone()].as_ptr(), r.len())
+                    })
+                    .collect();
+                s.send_shared(b"sh", &parts).unwrap();
+                let sent: Vec<u8> = cuts
+                    .iter()
+                    .flat_map(|r| memory[r.clone()].to_vec())
+                    .collect();
+                let (_, back) = s.recv().unwrap().unwrap();
+                assert_eq!(back, sent.iter().rev().copied().collect::<Vec<_>>());
+            }
         }
         // The mesh is undisturbed.
         assert!(c.node(1).is_up(0) && c.node(2).is_up(0));

@@ -401,21 +401,6 @@ impl GuestMem {
         Ok(pages)
     }
 
-    /// The bytes of `[addr, addr + len)` (inside one region), to hand to the kernel (a
-    /// vectored socket write) without a copy.
-    ///
-    /// # Safety
-    ///
-    /// A running guest may change these bytes while the slice lives: the caller must not rely
-    /// on what it reads through it staying the same (a page stream checks what arrived with a
-    /// tag computed from a copy, and sends again what changed).
-    pub unsafe fn bytes(&self, addr: u64, len: u64) -> Result<&[u8], i32> {
-        let host = self.host_ptr(addr, len)?;
-        // SAFETY: the range lies inside one live mapping owned by `self` (checked by
-        // `host_ptr`); the caller accepts that the guest may write it meanwhile.
-        Ok(unsafe { std::slice::from_raw_parts(host, len as usize) })
-    }
-
     /// The bytes of `[addr, addr + len)` (page-aligned, inside one region) to fill in place.
     ///
     /// # Safety
@@ -437,7 +422,9 @@ impl GuestMem {
     }
 
     /// The host address of `[addr, addr + len)`, which must lie inside one region (`EFAULT`).
-    fn host_ptr(&self, addr: u64, len: u64) -> Result<*mut u8, i32> {
+    /// The running guest may write there at any time: read it only through the pointer
+    /// (never as a Rust reference) unless nothing runs the guest.
+    pub fn host_ptr(&self, addr: u64, len: u64) -> Result<*mut u8, i32> {
         if !self.contains(addr, len) {
             return Err(EFAULT);
         }

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use net_msg::frame::FrameError;
-use net_msg::{BulkStream, Node, StreamCloser};
+use net_msg::{BulkStream, Node, SharedBytes, StreamCloser};
 
 use super::dest::Fill;
 use super::dest::PostcopyIn;
@@ -283,8 +283,9 @@ impl PageSender {
             let sent = self.stream.send_parts(&head, &[body]);
             return sent.map_err(|e| self.failed(e));
         }
-        // Runs of consecutive pages, straight from guest memory.
-        let mut parts: Vec<&[u8]> = Vec::new();
+        // Runs of consecutive pages, straight from guest memory (the guest may write them
+        // meanwhile: they are read through their raw addresses only).
+        let mut parts: Vec<SharedBytes<'_>> = Vec::new();
         let mut i = 0;
         while i < batch.len() {
             let mut n = 1;
@@ -292,15 +293,16 @@ impl PageSender {
                 n += 1;
             }
             let addr = block + u64::from(batch[i]) * PAGE_SIZE;
-            // SAFETY: only the hash (C code, through the pointer) and the kernel read these
-            // bytes; if the guest changes a page meanwhile, the destination's tag check fails
-            // for this record and it asks for the record's pages again.
-            let run = unsafe { mem.bytes(addr, n as u64 * PAGE_SIZE) }
+            let len = n as u64 * PAGE_SIZE;
+            let run = mem
+                .host_ptr(addr, len)
                 .map_err(|_| format!("cannot read guest page {addr:#x}"))?;
-            parts.push(run);
+            // SAFETY: the run lies in `mem`'s mapping (checked by `host_ptr`), which `mem`
+            // keeps alive while this borrow of it lasts.
+            parts.push(unsafe { SharedBytes::new(run, len as usize) });
             i += n;
         }
-        let sent = self.stream.send_parts(&head, &parts);
+        let sent = self.stream.send_shared(&head, &parts);
         sent.map_err(|e| self.failed(e))
     }
 
