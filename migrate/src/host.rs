@@ -17,6 +17,7 @@ use crate::local::Local;
 use crate::msg::{self, VmInfo};
 use crate::registry::{HostedVm, Registry};
 use crate::relay::Relays;
+use crate::report::{Step, Summary};
 use crate::vm::{Migrations, page_stream};
 
 /// The services of one node process.
@@ -122,8 +123,8 @@ impl Host {
         key: &str,
         to: u32,
         how: (crate::Mode, u64),
-        progress: &mut dyn FnMut(Value),
-    ) -> Result<Value> {
+        progress: &mut dyn FnMut(Step),
+    ) -> Result<Summary> {
         self.relays
             .migrate_anywhere(self.node(), key, to, how, progress)
     }

@@ -10,6 +10,7 @@
 //! * [`local`]: both of those, with running a VM here (what the services below build on);
 //! * [`vm`]: whole-VM pre-copy and post-copy (source, destination, page stream, memory pool);
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
+//! * [`report`]: a migration's steps and summary;
 //! * [`host`]: the services of one node process put together;
 //! * [`error`]: failures by kind.
 //!
@@ -23,6 +24,7 @@ pub mod local;
 pub mod msg;
 pub mod registry;
 pub mod relay;
+pub mod report;
 pub mod vm;
 
 use std::sync::Arc;

@@ -15,6 +15,8 @@
 
 use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 use vmm::fs::op::FileOp;
+
+use crate::report::{Step, Summary};
 use vmm::vm::state::{StateHeader, VmState};
 
 /// A message type.
@@ -117,8 +119,6 @@ pub const MAX_ERROR: usize = 4096;
 pub const MAX_OUTPUT: usize = 128 * 1024;
 /// Most VMs in a `LIST` answer.
 const MAX_LISTED: usize = 4096;
-/// Most bytes of a JSON progress report or summary.
-const MAX_JSON: usize = 64 * 1024;
 
 /// A message about one VM and nothing else (`GO`, `ABORT`, `DONE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -549,10 +549,10 @@ impl Decode for MigrateRequest {
 }
 
 /// The answer to `MIGRATE`: the summary, or why it failed (by kind).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum MigrateAnswer {
-    /// The migration's summary (JSON text, shown as is).
-    Done(String),
+    /// The migration's summary.
+    Done(Summary),
     /// It failed: [`crate::Error::kind`] and the reason.
     Failed(u8, String),
 }
@@ -560,7 +560,11 @@ pub enum MigrateAnswer {
 impl Encode for MigrateAnswer {
     fn encode(&self, e: &mut Encoder) {
         match self {
-            MigrateAnswer::Done(json) => e.u8(0).string(json),
+            MigrateAnswer::Done(summary) => {
+                e.u8(0);
+                summary.encode(e);
+                e
+            }
             MigrateAnswer::Failed(kind, text) => {
                 e.u8(1).u8(*kind).string(truncated(text, MAX_ERROR))
             }
@@ -571,25 +575,26 @@ impl Encode for MigrateAnswer {
 impl Decode for MigrateAnswer {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         match d.u8()? {
-            0 => Ok(MigrateAnswer::Done(d.string(MAX_JSON)?)),
+            0 => Ok(MigrateAnswer::Done(Summary::decode(d)?)),
             1 => Ok(MigrateAnswer::Failed(d.u8()?, d.string(MAX_ERROR)?)),
             _ => Err(WireError("bad migration answer")),
         }
     }
 }
 
-/// `PROGRESS`: one step of a relayed migration, as the JSON object the user sees.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `PROGRESS`: one step of a relayed migration.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Progress {
     /// The migration's token (see [`MigrateRequest`]).
     pub token: u64,
-    /// The step (JSON text, shown as is).
-    pub json: String,
+    /// The step.
+    pub step: Step,
 }
 
 impl Encode for Progress {
     fn encode(&self, e: &mut Encoder) {
-        e.u64(self.token).string(&self.json);
+        e.u64(self.token);
+        self.step.encode(e);
     }
 }
 
@@ -597,7 +602,7 @@ impl Decode for Progress {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         Ok(Progress {
             token: d.u64()?,
-            json: d.string(MAX_JSON)?,
+            step: Step::decode(d)?,
         })
     }
 }
@@ -713,7 +718,21 @@ mod tests {
             request
         );
         for answer in [
-            MigrateAnswer::Done("{}".into()),
+            MigrateAnswer::Done(crate::report::Summary {
+                from: 0,
+                to: 1,
+                mode: crate::Mode::Postcopy,
+                rounds: 1,
+                total_ms: 1.0,
+                downtime_ms: 0.5,
+                bytes: 9,
+                last_pages: 2,
+                vcpus: None,
+                resent_pages: None,
+                reused_memory: false,
+                had_image: true,
+                phases: Vec::new(),
+            }),
             MigrateAnswer::Failed(3, "refused".into()),
         ] {
             let bytes = pop_wire::to_bytes(&answer);

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use net_msg::{Incoming, Node, Priority};
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::local::Local;
 use crate::msg::{MigrateAnswer, MigrateRequest, MsgType, Progress};
 use crate::registry::{VmStatus, matches_key};
+use crate::report::{Step, Summary};
 use crate::vm::Migrations;
 use crate::{Mode, lock};
 
@@ -27,8 +27,8 @@ const RELAY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// What a relayed migration reports to the asking node.
 enum Event {
-    Progress(Value),
-    Done(Result<Value>),
+    Progress(Step),
+    Done(Result<Summary>),
 }
 
 /// Migrations asked of this node, wherever the VM runs.
@@ -60,8 +60,8 @@ impl Relays {
         key: &str,
         to: u32,
         how: (Mode, u64),
-        progress: &mut dyn FnMut(Value),
-    ) -> Result<Value> {
+        progress: &mut dyn FnMut(Step),
+    ) -> Result<Summary> {
         let hvm =
             self.local.registry.find(key).ok_or_else(|| {
                 Error::NoSuchVm(format!("no VM {key} runs on node {}", node.id()))
@@ -77,8 +77,8 @@ impl Relays {
         key: &str,
         to: u32,
         how: (Mode, u64),
-        progress: &mut dyn FnMut(Value),
-    ) -> Result<Value> {
+        progress: &mut dyn FnMut(Step),
+    ) -> Result<Summary> {
         if self.local.registry.find(key).is_some() {
             return self.migrate_here(node, key, to, how, progress);
         }
@@ -154,10 +154,10 @@ impl Relays {
             .ok_or_else(|| Error::BadMessage("MIGRATE must be a request".into()))?;
         let (relays, node, asker) = (self.clone(), node.clone(), m.from);
         std::thread::spawn(move || {
-            let mut progress = |p: Value| {
+            let mut progress = |step: Step| {
                 let step = Progress {
                     token: request.token,
-                    json: p.to_string(),
+                    step,
                 };
                 let _ = node.send(
                     asker,
@@ -169,7 +169,7 @@ impl Relays {
             let how = (request.mode, request.downtime_ms);
             let answer =
                 match relays.migrate_here(&node, &request.vm, request.to, how, &mut progress) {
-                    Ok(summary) => MigrateAnswer::Done(summary.to_string()),
+                    Ok(summary) => MigrateAnswer::Done(summary),
                     Err(e) => MigrateAnswer::Failed(e.kind(), e.to_string()),
                 };
             let _ = responder.respond(&pop_wire::to_bytes(&answer));
@@ -181,20 +181,17 @@ impl Relays {
     fn relayed_progress(&self, payload: &[u8]) -> Result<()> {
         let step: Progress =
             pop_wire::from_bytes(payload).map_err(|e| Error::malformed("PROGRESS", e))?;
-        let p: Value = serde_json::from_str(&step.json)
-            .map_err(|e| Error::BadMessage(format!("bad PROGRESS: {e}")))?;
         if let Some(tx) = lock(&self.open).get(&step.token) {
-            let _ = tx.send(Event::Progress(p));
+            let _ = tx.send(Event::Progress(step.step));
         }
         Ok(())
     }
 }
 
 /// What node `at` answered to `MIGRATE`.
-fn answer_of(at: u32, bytes: &[u8]) -> Result<Value> {
+fn answer_of(at: u32, bytes: &[u8]) -> Result<Summary> {
     match pop_wire::from_bytes::<MigrateAnswer>(bytes) {
-        Ok(MigrateAnswer::Done(json)) => serde_json::from_str(&json)
-            .map_err(|e| Error::BadMessage(format!("node {at} answered MIGRATE with {e}"))),
+        Ok(MigrateAnswer::Done(summary)) => Ok(summary),
         Ok(MigrateAnswer::Failed(kind, text)) => {
             Err(Error::of_kind(kind, text.clone()).unwrap_or(Error::Aborted(text)))
         }

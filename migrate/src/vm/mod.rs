@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use net_msg::{Incoming, Node, Priority, StreamCloser};
-use serde_json::{Value, json};
 use vmm::memory::{GuestMem, PAGE_SIZE};
 use vmm::vm::{Outcome, VmShared};
 
@@ -32,6 +31,7 @@ use crate::home::Homes;
 use crate::local::Local;
 use crate::msg::{self, BeginReply, Fetch, MsgType, Stream, VmRef};
 use crate::registry::{HostedVm, VmStatus};
+use crate::report::{Step, Summary};
 use crate::{Mode, lock, test_hook};
 use dest::{Arriving, PostcopyIn};
 use page_stream::{Arrivals, Spares, Target};
@@ -324,8 +324,8 @@ impl Migrations {
         hvm: Arc<HostedVm>,
         to: u32,
         (mode, downtime_ms): (Mode, u64),
-        progress: &mut dyn FnMut(Value),
-    ) -> Result<Value> {
+        progress: &mut dyn FnMut(Step),
+    ) -> Result<Summary> {
         if self.is_receiving(hvm.id) {
             return Err(Error::Busy(
                 "this VM is still receiving its pages (post-copy); try again soon".into(),
@@ -355,12 +355,11 @@ impl Migrations {
         })?;
         registry.remove(&hvm);
         test_hook("push");
-        progress(json!({
-            "phase": "switched",
-            "to": to,
-            "bytes": bytes,
-            "downtime_ms": downtime.as_secs_f64() * 1e3,
-        }));
+        progress(Step::Switched {
+            to,
+            bytes,
+            downtime_ms: downtime.as_secs_f64() * 1e3,
+        });
         let pushed = source::push_rest(node, &mut stream, &hvm, to, progress);
         phases.mark("push");
         registry.departed_done(hvm.id);
@@ -370,19 +369,21 @@ impl Migrations {
                 "the VM started on node {to}, but pushing its pages failed: {e}"
             ))
         })?;
-        Ok(json!({
-            "from": node.id(),
-            "to": to,
-            "mode": "postcopy",
-            "rounds": 1,
-            "reused_memory": phases.reused_memory,
-            "had_image": phases.had_image,
-            "phases": phases.json(),
-            "total_ms": start.elapsed().as_secs_f64() * 1e3,
-            "downtime_ms": downtime.as_secs_f64() * 1e3,
-            "bytes": bytes + pushed_bytes,
-            "last_pages": pages,
-        }))
+        Ok(Summary {
+            from: node.id(),
+            to,
+            mode: Mode::Postcopy,
+            rounds: 1,
+            total_ms: start.elapsed().as_secs_f64() * 1e3,
+            downtime_ms: downtime.as_secs_f64() * 1e3,
+            bytes: bytes + pushed_bytes,
+            last_pages: pages,
+            vcpus: None,
+            resent_pages: None,
+            reused_memory: phases.reused_memory,
+            had_image: phases.had_image,
+            phases: phases.steps(),
+        })
     }
 }
 

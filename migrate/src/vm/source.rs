@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use net_msg::{Node, PendingReply, Priority};
-use serde_json::{Value, json};
 
 use super::dirty;
 use super::page_stream::{self, PageSender, Spares};
+use crate::Mode;
 use crate::msg::{Begin, BeginReply, Commit, MsgType, VmRef};
 use crate::registry::{HostedVm, VmStatus};
+use crate::report::{Step, Summary};
 use vmm::clock::GuestClock;
 use vmm::memory::PAGE_SIZE;
 use vmm::persist::Persist;
@@ -61,14 +62,9 @@ impl Phases {
         self.last = now;
     }
 
-    /// The steps as a JSON object.
-    pub fn json(&self) -> Value {
-        Value::Object(
-            self.steps
-                .iter()
-                .map(|(name, ms)| (name.clone(), json!((ms * 1e3).round() / 1e3)))
-                .collect(),
-        )
+    /// The steps so far: name and milliseconds.
+    pub fn steps(&self) -> Vec<(String, f64)> {
+        self.steps.clone()
     }
 }
 
@@ -78,16 +74,16 @@ impl Default for Phases {
     }
 }
 
-/// Moves `hvm` to node `to` with pre-copy. `progress` is called after each round with a JSON
-/// object (round, pages, bytes, MB/s, remaining pages, estimated downtime). Returns the
+/// Moves `hvm` to node `to` with pre-copy. `progress` is called after each round (round,
+/// pages, bytes, MB/s, remaining pages, estimated downtime). Returns the
 /// summary; on error the VM runs on here.
 pub fn precopy(
     (node, spares): (&Node, &Spares),
     hvm: &Arc<HostedVm>,
     to: u32,
     downtime_ms: u64,
-    progress: &mut dyn FnMut(Value),
-) -> Result<Value, String> {
+    progress: &mut dyn FnMut(Step),
+) -> Result<Summary, String> {
     let start = Instant::now();
     let mut phases = Phases::new();
     let vm = &hvm.vm;
@@ -258,7 +254,7 @@ pub fn push_rest(
     stream: &mut PageSender,
     hvm: &Arc<HostedVm>,
     to: u32,
-    progress: &mut dyn FnMut(Value),
+    progress: &mut dyn FnMut(Step),
 ) -> Result<(u64, u64), String> {
     let vm = &hvm.vm;
     let shared = dirty::resident_shared_pages(vm);
@@ -280,13 +276,12 @@ pub fn push_rest(
         from = to_page;
         let done = from as u64;
         if done < shared.len() as u64 {
-            progress(json!({
-                "phase": "push",
-                "pushed_pages": done,
-                "total_pages": shared.len(),
-                "bytes": sent.1,
-                "mb_per_sec": sent.1 as f64 / start.elapsed().as_secs_f64().max(1e-6) / 1e6,
-            }));
+            progress(Step::Push {
+                pushed_pages: done,
+                total_pages: shared.len() as u64,
+                bytes: sent.1,
+                mb_per_sec: sent.1 as f64 / start.elapsed().as_secs_f64().max(1e-6) / 1e6,
+            });
         }
     }
     if !stream.sync()?.is_empty() {
@@ -346,8 +341,8 @@ fn copy_and_switch(
     to: u32,
     downtime_ms: u64,
     (start, phases): (Instant, &mut Phases),
-    progress: &mut dyn FnMut(Value),
-) -> Result<Value, String> {
+    progress: &mut dyn FnMut(Step),
+) -> Result<Summary, String> {
     let vm = &hvm.vm;
     let mut answer = Some(answer);
     let mut round = 0;
@@ -382,14 +377,14 @@ fn copy_and_switch(
         } else {
             0.0
         };
-        progress(json!({
-            "round": round,
-            "pages": sent,
-            "bytes": bytes,
-            "mb_per_sec": rate / 1e6,
-            "remaining_pages": pages.len(),
-            "estimated_downtime_ms": estimate_ms,
-        }));
+        progress(Step::Round {
+            round,
+            pages: sent,
+            bytes,
+            mb_per_sec: rate / 1e6,
+            remaining_pages: pages.len() as u64,
+            estimated_downtime_ms: estimate_ms,
+        });
         // Stop when the rest fits the target, at the round limit, or when the guest dirties
         // memory as fast as it is copied (two rounds without shrinking the dirty set by a
         // tenth: more rounds would only resend the same pages).
@@ -429,21 +424,21 @@ fn copy_and_switch(
     phases.mark("stopped");
     hvm.set_status(VmStatus::Moved);
     vm.leave();
-    Ok(json!({
-        "phases": phases.json(),
-        "reused_memory": phases.reused_memory,
-        "had_image": phases.had_image,
-        "resent_pages": stream.resent,
-        "from": node.id(),
-        "to": to,
-        "mode": "precopy",
-        "rounds": round,
-        "total_ms": start.elapsed().as_secs_f64() * 1e3,
-        "downtime_ms": downtime.as_secs_f64() * 1e3,
-        "bytes": stream.bytes + state_bytes,
-        "last_pages": last_pages,
-        "vcpus": paused.vcpus.len(),
-    }))
+    Ok(Summary {
+        from: node.id(),
+        to,
+        mode: Mode::Precopy,
+        rounds: round,
+        total_ms: start.elapsed().as_secs_f64() * 1e3,
+        downtime_ms: downtime.as_secs_f64() * 1e3,
+        bytes: stream.bytes + state_bytes,
+        last_pages,
+        vcpus: Some(paused.vcpus.len() as u32),
+        resent_pages: Some(stream.resent),
+        reused_memory: phases.reused_memory,
+        had_image: phases.had_image,
+        phases: phases.steps(),
+    })
 }
 
 /// Waits until the pages sent are in place, sends every vCPU's state and the commit (thread

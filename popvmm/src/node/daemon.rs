@@ -152,13 +152,13 @@ fn serve(host: &Arc<Host>, conn: UnixStream, stop: &AtomicBool) {
                 mode,
                 downtime_ms,
             }) => {
-                let mut progress = |p: Value| {
-                    let mut text = json!({"progress": p}).to_string();
+                let mut progress = |step: pop_migrate::report::Step| {
+                    let mut text = json!({"progress": step.to_json()}).to_string();
                     text.push('\n');
                     let _ = out.write_all(text.as_bytes());
                 };
                 match host.migrate_anywhere(&vm, to, (mode, downtime_ms), &mut progress) {
-                    Ok(summary) => json!({"ok": true, "summary": summary}),
+                    Ok(summary) => json!({"ok": true, "summary": summary.to_json()}),
                     Err(e) => json!({"ok": false, "error": e.to_string()}),
                 }
             }
