@@ -116,8 +116,8 @@ impl Host {
         self.cluster_vms().iter().map(VmInfo::to_json).collect()
     }
 
-    /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets one
-    /// JSON object per step. Returns the summary.
+    /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets each
+    /// step. Returns the summary.
     pub fn migrate_anywhere(
         &self,
         key: &str,

@@ -52,8 +52,8 @@ impl Relays {
         }
     }
 
-    /// Moves VM `key`, running on `node` (this one), to node `to`; `progress` gets one JSON
-    /// object per step. Returns the summary.
+    /// Moves VM `key`, running on `node` (this one), to node `to`; `progress` gets each
+    /// step. Returns the summary.
     pub fn migrate_here(
         &self,
         node: &Arc<Node>,
@@ -69,8 +69,8 @@ impl Relays {
         self.vms.migrate(node, hvm, to, how, progress)
     }
 
-    /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets one
-    /// JSON object per step. Returns the summary.
+    /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets each
+    /// step. Returns the summary.
     pub fn migrate_anywhere(
         &self,
         node: &Arc<Node>,

@@ -317,7 +317,7 @@ impl Migrations {
         Ok(())
     }
 
-    /// Moves `hvm` (running here) to node `to`; `progress` gets one JSON object per round.
+    /// Moves `hvm` (running here) to node `to`; `progress` gets each step.
     pub fn migrate(
         &self,
         node: &Arc<Node>,
