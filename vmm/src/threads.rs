@@ -43,7 +43,7 @@ impl Mailbox {
             if stopping() {
                 return None;
             }
-            next = self.ready.wait(next).unwrap_or_else(|e| e.into_inner());
+            next = crate::sync::wait(&self.ready, next);
         }
     }
 }
@@ -146,7 +146,7 @@ impl Threads {
             if stopping() {
                 return -i64::from(EINTR);
             }
-            t = self.exited.wait(t).unwrap_or_else(|e| e.into_inner());
+            t = crate::sync::wait(&self.exited, t);
         }
     }
 

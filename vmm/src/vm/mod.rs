@@ -337,7 +337,7 @@ impl Vm {
                 if let Some(outcome) = slot.clone() {
                     break outcome;
                 }
-                slot = vm.ended.wait(slot).unwrap_or_else(|e| e.into_inner());
+                slot = crate::sync::wait(&vm.ended, slot);
             }
         };
         stop_vcpu_threads(vm.threads.close());

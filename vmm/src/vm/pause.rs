@@ -230,11 +230,7 @@ impl VmShared {
                 _ if self.stopping() => return ParkEnd::Leave,
                 _ => {}
             }
-            p = self
-                .parked_cv
-                .wait_timeout(p, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            p = crate::sync::wait_timeout(&self.parked_cv, p, Duration::from_millis(50));
         }
     }
 }
