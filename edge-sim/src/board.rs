@@ -18,7 +18,8 @@ use crate::monitor;
 use crate::payload;
 use crate::ports::free_port;
 use crate::qemu::{self, QEMU, QEMU_PACKAGE, QemuConfig, Supervisor};
-use crate::state::BoardState;
+
+use crate::state::{BoardState, is_our_qemu, pid_alive};
 
 /// The address at which the board reaches the host's 127.0.0.1 (QEMU user networking).
 pub const HOST_FROM_GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -576,27 +577,6 @@ fn monitor_path(run_dir: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     std::env::temp_dir().join(format!("edge-sim-{name}.sock"))
-}
-
-/// Whether a process with this pid exists (and is not a zombie).
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().to_string())
-        })
-        .is_some_and(|rest| !rest.starts_with('Z'))
-}
-
-/// Whether `pid` is the QEMU of the board whose run directory is `run_dir`.
-pub(crate) fn is_our_qemu(pid: u32, run_dir: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let needle = run_dir.join("console.log");
-    let needle = needle.as_os_str().as_encoded_bytes();
-    pid_alive(pid) && cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Removes run directories of boards whose process is gone (`PID-N` names only; detached

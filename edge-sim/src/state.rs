@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::board::{is_our_qemu, pid_alive};
 use crate::cache::write_atomic;
 use crate::error::{Error, Result};
 
@@ -87,6 +86,27 @@ impl BoardState {
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
     }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// Whether `pid` is the QEMU of the board whose run directory is `run_dir`.
+pub(crate) fn is_our_qemu(pid: u32, run_dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = run_dir.join("console.log");
+    let needle = needle.as_os_str().as_encoded_bytes();
+    pid_alive(pid) && cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -1,19 +1,8 @@
 //! Boot: from the VMM's hand-off to std's `runtime_entry`.
 
-use core::sync::atomic::{AtomicPtr, Ordering};
-
 use pop_abi::{ABI_VERSION, BOOT_INFO_MAGIC, BootInfo};
 
-use crate::{arch, heap, tls};
-
-/// The boot information, published once by [`boot`] before any other thread exists.
-static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(core::ptr::null_mut());
-
-/// The boot information the VMM handed over.
-pub fn info() -> &'static BootInfo {
-    // SAFETY: set once in `boot` to the VMM's read-only BootInfo before any caller runs.
-    unsafe { &*BOOT_INFO.load(Ordering::Relaxed) }
-}
+use crate::{arch, boot_info, heap, tls};
 
 unsafe extern "C" {
     /// std's entry point for the hermit targets: initialises the environment, runs `main` and
@@ -35,8 +24,8 @@ pub extern "C" fn boot(info: *const BootInfo) -> ! {
         crate::console::write_stderr(b"libos: bad boot information from the VMM\n");
         crate::hypercall::abort();
     }
-    BOOT_INFO.store(info.cast_mut(), Ordering::Relaxed);
-    let info = self::info();
+    boot_info::publish(info);
+    let info = boot_info::info();
 
     heap::init(info.heap_start, info.heap_end);
     let tp = tls::new_block().unwrap_or_else(|| {

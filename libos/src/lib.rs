@@ -21,6 +21,7 @@ extern crate alloc;
 
 mod arch;
 mod boot;
+mod boot_info;
 mod console;
 mod heap;
 mod hypercall;

@@ -1,7 +1,7 @@
 //! Thread-local storage blocks, built from the image's `PT_TLS` template (described by the
 //! boot information) in application memory.
 
-use crate::{arch, boot, heap};
+use crate::{arch, boot_info, heap};
 
 /// Where things go inside one allocation holding a thread's TLS.
 pub struct BlockLayout {
@@ -29,7 +29,7 @@ unsafe impl Send for TlsBlock {}
 
 /// Allocates and initialises a TLS block for a new thread.
 pub fn new_block() -> Option<TlsBlock> {
-    let info = boot::info();
+    let info = boot_info::info();
     let layout = arch::tls::block_layout(info.tls_memsz as usize, info.tls_align.max(1) as usize);
     let base = heap::alloc(layout.size, layout.align, true);
     if base.is_null() {

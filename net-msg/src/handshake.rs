@@ -53,42 +53,7 @@ mod status {
     pub const AUTH_FAILED: u8 = 4;
 }
 
-/// Why a handshake failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
-    /// A socket error (including a time-out).
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The peer closed the connection mid-handshake.
-    #[error("connection closed during the handshake")]
-    Closed,
-    /// Not a net-msg peer.
-    #[error("not a popcorn-rs node (bad magic)")]
-    BadMagic,
-    /// A peer speaking another protocol version.
-    #[error("peer speaks protocol version {theirs}, this node speaks version {ours}")]
-    Version {
-        /// Ours.
-        ours: u8,
-        /// The peer's.
-        theirs: u8,
-    },
-    /// The peer claimed an id that is not an acceptable peer here.
-    #[error("peer claims to be node {0}, which is not an acceptable peer")]
-    UnknownNode(NodeId),
-    /// The peer's settings differ from ours (cluster size, frame authentication).
-    #[error("peer's settings differ: {0}")]
-    Mismatch(String),
-    /// The peer did not prove the shared secret.
-    #[error("peer failed authentication (wrong shared secret?)")]
-    BadMac,
-    /// The peer refused us.
-    #[error("refused by the peer: {0}")]
-    Refused(&'static str),
-    /// A malformed field.
-    #[error("malformed handshake message: {0}")]
-    Malformed(&'static str),
-}
+pub use crate::error::HandshakeError;
 
 /// What both sides must agree on.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 use pop_abi::Hypercall;
 
 use super::{ERRNO, hc};
-use crate::boot;
+use crate::boot_info;
 use crate::hypercall;
 
 #[unsafe(no_mangle)]
@@ -18,12 +18,12 @@ extern "C" fn sys_abort() -> ! {
 
 #[unsafe(no_mangle)]
 extern "C" fn sys_getpid() -> i32 {
-    boot::info().pid as i32
+    boot_info::info().pid as i32
 }
 
 #[unsafe(no_mangle)]
 extern "C" fn sys_available_parallelism() -> usize {
-    boot::info().parallelism.max(1) as usize
+    boot_info::info().parallelism.max(1) as usize
 }
 
 #[unsafe(no_mangle)]
@@ -51,7 +51,7 @@ unsafe extern "C" fn sys_read_entropy(buf: *mut u8, len: usize, _flags: u32) -> 
 /// migrated VM resumes, so it is read afresh each time.
 #[unsafe(no_mangle)]
 extern "C" fn pop_current_nid() -> u32 {
-    let info: *const pop_abi::BootInfo = boot::info();
+    let info: *const pop_abi::BootInfo = boot_info::info();
     // SAFETY: the boot information is mapped for the VM's whole life; the VMM changes this
     // field only while every vCPU is stopped.
     unsafe { core::ptr::addr_of!((*info).node_id).read_volatile() }
