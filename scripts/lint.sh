@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # rustfmt and clippy (warnings are errors) on every workspace: the host crates, the libos (for
 # both hermit targets, as it is built), the example images, and the board's test probe (for
-# the board's target). Run by CI; needs the toolchain scripts/setup.sh installs.
+# the board's target); rustfmt on the fuzz targets (built only by cargo-fuzz). Run by CI;
+# needs the toolchain scripts/setup.sh installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lint_dir="$PWD/target/lint"
@@ -36,3 +37,6 @@ echo "== lint: the board's test probe"
     cargo clippy --target aarch64-unknown-linux-musl -Zbuild-std=std,panic_abort \
         --target-dir "$lint_dir" -- -D warnings
 )
+
+echo "== lint: fuzz targets (rustfmt)"
+rustfmt --edition 2024 --check net-msg/fuzz/fuzz_targets/*.rs migrate/fuzz/fuzz_targets/*.rs

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use net_msg::frame::{FrameMac, Header, HEADER_LEN, MAX_PAYLOAD, read_frame};
+use net_msg::frame::{FrameMac, HEADER_LEN, Header, MAX_PAYLOAD, read_frame};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= HEADER_LEN {

@@ -30,7 +30,12 @@ impl Write for Peer<'_> {
 fuzz_target!(|data: &[u8]| {
     let secret = Secret::new(&b"fuzzing secret, 16+ bytes"[..]).unwrap();
     for frame_mac in [true, false] {
-        let p = Params { secret: &secret, local: 1, nodes: 3, frame_mac };
+        let p = Params {
+            secret: &secret,
+            local: 1,
+            nodes: 3,
+            frame_mac,
+        };
         assert!(respond(&mut Peer(data), &p, |id, _| id == 2).is_err());
         assert!(initiate(&mut Peer(data), &p, 0).is_err());
     }
