@@ -128,8 +128,8 @@ pub fn precopy(
     }
 }
 
-/// Checks, sends `BEGIN`, takes the page stream (a spare one if there is) while `BEGIN` is
-/// on its way, then runs `meanwhile`. Returns the stream, `BEGIN`'s answer to come (see
+/// Sends `BEGIN` (the caller checked the destination: [`check_destination`]), takes the page
+/// stream (a spare one if there is) while `BEGIN` is on its way, then runs `meanwhile`. Returns the stream, `BEGIN`'s answer to come (see
 /// [`begun`]) and what `meanwhile` returned. On error (after `BEGIN` was sent: `ABORT` sent
 /// too) nothing was sent on the stream.
 fn begin_transfer<T>(
@@ -140,7 +140,6 @@ fn begin_transfer<T>(
     meanwhile: impl FnOnce() -> T,
 ) -> Result<(PageSender, PendingReply, T), String> {
     let vm = &hvm.vm;
-    check_destination(node, to)?;
     let meta = Begin {
         header: StateHeader::native(hvm.id),
         name: hvm.name.clone(),
@@ -300,7 +299,8 @@ pub fn push_rest(
     Ok(sent)
 }
 
-/// The ISA and reachability checks, before anything is sent.
+/// The ISA and reachability checks, before anything is sent (by [`super::Migrations`], before
+/// either driver runs).
 pub(crate) fn check_destination(node: &Node, to: u32) -> Result<(), String> {
     if to == node.id() {
         return Err(format!("the VM already runs on node {to}"));
