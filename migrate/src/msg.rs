@@ -89,6 +89,26 @@ impl MsgType {
         MsgType::Progress,
     ];
 
+    /// Its name in the protocol's descriptions and in errors (`BEGIN`, `FETCH`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            MsgType::Ping => "PING",
+            MsgType::Begin => "BEGIN",
+            MsgType::Commit => "COMMIT",
+            MsgType::Go => "GO",
+            MsgType::Abort => "ABORT",
+            MsgType::Fetch => "FETCH",
+            MsgType::Done => "DONE",
+            MsgType::Output => "OUTPUT",
+            MsgType::Exit => "EXIT",
+            MsgType::Location => "LOCATION",
+            MsgType::File => "FILE",
+            MsgType::List => "LIST",
+            MsgType::Migrate => "MIGRATE",
+            MsgType::Progress => "PROGRESS",
+        }
+    }
+
     /// Its number on the wire.
     pub fn number(self) -> u16 {
         self as u16

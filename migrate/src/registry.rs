@@ -157,7 +157,8 @@ impl crate::Service for Registry {
                 Ok(())
             }
             _ => Err(Error::BadMessage(format!(
-                "{t:?} is not a registry message"
+                "{} is not a registry message",
+                t.name()
             ))),
         }
     }

@@ -208,7 +208,10 @@ impl crate::Service for Arc<Relays> {
         match t {
             MsgType::Migrate => self.relayed_migrate(node, m),
             MsgType::Progress => self.relayed_progress(&m.payload),
-            _ => Err(Error::BadMessage(format!("{t:?} is not a relay message"))),
+            _ => Err(Error::BadMessage(format!(
+                "{} is not a relay message",
+                t.name()
+            ))),
         }
     }
 }

@@ -30,7 +30,7 @@ fn route(host: &Host, mut m: Incoming) {
         Some(t) if t.service() == Service::Node => node(t, &mut m),
         Some(t) => match host.service(t.service()) {
             Some(service) => service.handle(host.node(), t, &mut m),
-            None => Err(Error::BadMessage(format!("no service takes {t:?}"))),
+            None => Err(Error::BadMessage(format!("no service takes {}", t.name()))),
         },
     };
     if let Err(e) = result {
@@ -52,6 +52,9 @@ fn node(t: MsgType, m: &mut Incoming) -> Result<(), Error> {
             let _ = responder.respond(&payload);
             Ok(())
         }
-        _ => Err(Error::BadMessage(format!("{t:?} is not a node message"))),
+        _ => Err(Error::BadMessage(format!(
+            "{} is not a node message",
+            t.name()
+        ))),
     }
 }

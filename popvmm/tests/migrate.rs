@@ -519,3 +519,53 @@ fn losing_a_post_copy_source_before_it_pushed_everything_loses_the_vm_with_one_l
         "{err}"
     );
 }
+
+/// A node of the cluster (authenticated, so past the handshake) that sends malformed or
+/// misplaced messages gets an error answer for each request, and the node runs on.
+#[test]
+fn malformed_and_unknown_messages_are_refused_and_the_node_runs_on() {
+    use net_msg::{ClusterConfig, Node, NodeOptions, Priority};
+    use pop_migrate::msg::{MsgType, VmList};
+
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let cluster = ClusterConfig::load(&c.file).unwrap();
+    let peer = Node::start(NodeOptions::new(cluster, 2).unwrap(), |_| {}).unwrap();
+    let t0 = Instant::now();
+    while !peer.is_up(1) {
+        assert!(t0.elapsed() < SOON, "node 1 never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ask = |t: u16, payload: &[u8]| {
+        peer.request(1, t, Priority::Control, payload, Duration::from_secs(10))
+    };
+    let refused = |t: u16, payload: &[u8], what: &str| {
+        let e = ask(t, payload).expect_err(what).to_string();
+        assert!(e.contains(what), "type {t}: {e}");
+    };
+    refused(0, b"", "unknown type 0");
+    refused(999, b"x", "unknown type 999");
+    refused(MsgType::Begin.number(), b"\x01\x00garbage", "bad BEGIN");
+    refused(MsgType::Commit.number(), &[0xff; 40], "bad COMMIT");
+    refused(MsgType::Go.number(), &[1, 2, 3], "bad GO");
+    refused(
+        MsgType::Go.number(),
+        &7u64.to_le_bytes(),
+        "no VM 7 is arriving",
+    );
+    let fetch = [5u64.to_le_bytes(), 0x4000_0000u64.to_le_bytes()].concat();
+    refused(MsgType::Fetch.number(), &fetch, "no pages of VM 5");
+    refused(MsgType::File.number(), &[0; 3], "bad FILE");
+    refused(MsgType::Migrate.number(), &[0; 5], "bad MIGRATE");
+    // Well-formed requests are still answered.
+    let list = ask(MsgType::List.number(), &[]).unwrap();
+    assert_eq!(
+        pop_wire::from_bytes::<VmList>(&list).unwrap(),
+        VmList::default()
+    );
+    assert_eq!(
+        ask(MsgType::Ping.number(), b"still there").unwrap(),
+        b"still there"
+    );
+    assert!(c.popvmm(&["peers", "--id", "1"]).status.success());
+}

@@ -122,7 +122,7 @@ impl Homes {
 impl crate::Service for Homes {
     fn handle(&self, _node: &Arc<Node>, t: MsgType, m: &mut Incoming) -> Result<()> {
         let payload = std::mem::take(&mut m.payload);
-        let bad = |e| Error::malformed(format_args!("{t:?}"), e);
+        let bad = |e| Error::malformed(t.name(), e);
         match t {
             MsgType::Output => {
                 let out: msg::Output = pop_wire::from_bytes(&payload).map_err(bad)?;
@@ -164,7 +164,10 @@ impl crate::Service for Homes {
                 self.server.serve(files, request.op, responder);
                 Ok(())
             }
-            _ => Err(Error::BadMessage(format!("{t:?} is not a home message"))),
+            _ => Err(Error::BadMessage(format!(
+                "{} is not a home message",
+                t.name()
+            ))),
         }
     }
 }

@@ -181,8 +181,8 @@ impl Migrations {
                 (commit.state.header.vm, Some(commit))
             }
             _ => {
-                let r: VmRef = pop_wire::from_bytes(&payload)
-                    .map_err(|e| Error::malformed(format_args!("{t:?}"), e))?;
+                let r: VmRef =
+                    pop_wire::from_bytes(&payload).map_err(|e| Error::malformed(t.name(), e))?;
                 (r.vm, None)
             }
         };
@@ -232,7 +232,8 @@ impl Migrations {
                 Ok(())
             }
             _ => Err(Error::BadMessage(format!(
-                "{t:?} is not an arrival message"
+                "{} is not an arrival message",
+                t.name()
             ))),
         }
     }
@@ -470,7 +471,8 @@ impl crate::Service for Migrations {
             MsgType::Done => self.postcopy_done(m),
             MsgType::Fetch => self.fetch(m),
             _ => Err(Error::BadMessage(format!(
-                "{t:?} is not a migration message"
+                "{} is not a migration message",
+                t.name()
             ))),
         }
     }
