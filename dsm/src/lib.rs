@@ -9,13 +9,17 @@
 //! * [`directory`]: what this node holds of each page, as an explicit state machine apart
 //!   from any I/O ([`directory::step`]), shared by the fault and the push paths;
 //! * [`postcopy`]: the first user of the directory, a DSM in which one remote node owns every
-//!   page not yet here: faults are served by fetching from it while it pushes the rest.
+//!   page not yet here: faults are served by fetching from it while it pushes the rest;
+//! * [`protocol`]: the coherence protocol for threads of one VM on several nodes (home-based
+//!   MSI), as pure state machines explored exhaustively by its tests; not yet wired to
+//!   userfaultfd and the mesh.
 //!
 //! How a page travels between nodes is the caller's business (a closure that fetches a page),
 //! so the protocol can be tested without a network.
 
 pub mod directory;
 pub mod postcopy;
+pub mod protocol;
 pub mod uffd;
 
 /// Size of a page the DSM moves (4 KiB on both ISAs).

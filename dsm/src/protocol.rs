@@ -1,0 +1,392 @@
+//! The coherence protocol of the shared region, as explicit state machines apart from any I/O:
+//! a directory-based MSI protocol, home-based (each page's home keeps its state, owner and
+//! copy set and serializes the transactions on it). The node that runs a VM's threads and
+//! the one that keeps a page's directory talk only through [`Msg`]s; what a message does is a
+//! pure function of the state and the message ([`Home::handle`], [`Cache::handle`]), which
+//! returns the messages to send. The caller carries them (over net-msg's page class, in order
+//! between two nodes) and applies the effects on memory (place a page, write-protect it, drop
+//! it). So the protocol is tested alone, against written invariants, by exploring every
+//! interleaving of a small cluster (see the tests), before it runs under KVM.
+//!
+//! Per page and node, a [`Cache`] is Invalid, Shared (read-only copy) or Modified (the only
+//! copy, writable). The home's [`Directory`] entry knows the owner (a Modified node) or the
+//! sharers, holds the page's contents while no node owns it, and runs one transaction at a
+//! time per page; requests that arrive meanwhile wait in order. A transaction:
+//!
+//! * `GetS` (a read fault): if a node owns the page, the home recalls it to Shared (`Recall`,
+//!   answered with `Flush`, the contents); then it sends the contents (`Data`) and adds the
+//!   reader to the sharers;
+//! * `GetM` (a write fault): the home invalidates every other sharer (`Inv`, answered with
+//!   `InvAck`) and recalls the owner to Invalid; then it grants the page (`DataM`, with the
+//!   contents), and the writer owns it.
+//!
+//! The home decides from its own directory only (never from what a node believes), so a
+//! request that crossed an invalidation on its way is served correctly: a node that was a
+//! sharer when it asked for write access but was invalidated meanwhile gets the contents with
+//! its grant.
+
+use std::collections::{BTreeSet, VecDeque};
+
+/// A node's id.
+pub type NodeId = u32;
+
+/// What a node holds of a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    /// Nothing: a touch faults.
+    Invalid,
+    /// A read-only copy: a write faults.
+    Shared,
+    /// The only copy, writable.
+    Modified,
+}
+
+/// A page's contents as the protocol sees them (a version, in the tests; the real page's
+/// bytes travel beside the message).
+pub type Contents = u64;
+
+/// A protocol message about one page. `GetS`, `GetM`, `InvAck` and `Flush` go to the page's
+/// home ([`Home::handle`]), the others to a node's cache ([`Cache::handle`]), so a node that
+/// is both (the home's own threads) tells them apart by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Msg {
+    /// Node to home: give me a read copy.
+    GetS,
+    /// Node to home: give me the only, writable copy.
+    GetM,
+    /// Home to node: drop your read copy and say so.
+    Inv,
+    /// Node to home: dropped.
+    InvAck,
+    /// Home to owner: send the contents back and keep a read copy (`keep`) or none.
+    Recall {
+        /// Whether the owner keeps a read copy.
+        keep: bool,
+    },
+    /// Owner to home, answering `Recall`: the contents.
+    Flush(Contents),
+    /// Home to a reader, answering `GetS`: the contents.
+    Data(Contents),
+    /// Home to a writer: the page is yours, with these contents.
+    DataM(Contents),
+}
+
+impl Msg {
+    /// Whether the message goes to the page's home (else to a node's cache).
+    pub fn to_home(self) -> bool {
+        matches!(self, Msg::GetS | Msg::GetM | Msg::InvAck | Msg::Flush(_))
+    }
+}
+
+/// A message with its page and its ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Envelope {
+    /// Sender.
+    pub from: NodeId,
+    /// Receiver.
+    pub to: NodeId,
+    /// The page (its index in the shared region).
+    pub page: u32,
+    /// What.
+    pub msg: Msg,
+}
+
+/// A transaction the home is running on a page.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Txn {
+    /// Serving `GetS` from `reader`: waiting for the owner's contents.
+    Read { reader: NodeId },
+    /// Serving `GetM` from `writer`: waiting for `acks` more answers (invalidations, and the
+    /// owner's contents).
+    Write { writer: NodeId, acks: u32 },
+}
+
+/// The home's entry for one page.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Directory {
+    /// The node holding the page Modified, if any.
+    owner: Option<NodeId>,
+    /// The nodes holding it Shared.
+    sharers: BTreeSet<NodeId>,
+    /// The contents, while no node owns the page.
+    contents: Contents,
+    /// The transaction in progress.
+    busy: Option<Txn>,
+    /// Requests waiting for it, in arrival order.
+    waiting: VecDeque<(NodeId, Msg)>,
+}
+
+/// A protocol error: a message that cannot happen in this state (a bug, or a peer that does
+/// not follow the protocol).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("page {page}: {msg:?} from node {from} in state {state}")]
+pub struct ProtocolError {
+    /// The page.
+    pub page: u32,
+    /// The sender.
+    pub from: NodeId,
+    /// The message.
+    pub msg: Msg,
+    /// What the receiver was in.
+    pub state: String,
+}
+
+/// The home side: one directory entry per page.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Home {
+    /// This node.
+    pub id: NodeId,
+    pages: Vec<Directory>,
+}
+
+impl Home {
+    /// The home `id` of `pages` pages, none of which any node holds (their contents `0`).
+    pub fn new(id: NodeId, pages: usize) -> Home {
+        let entry = Directory {
+            owner: None,
+            sharers: BTreeSet::new(),
+            contents: 0,
+            busy: None,
+            waiting: VecDeque::new(),
+        };
+        Home {
+            id,
+            pages: vec![entry; pages],
+        }
+    }
+
+    /// Handles `msg` from `from` about `page`; returns what to send.
+    pub fn handle(
+        &mut self,
+        from: NodeId,
+        page: u32,
+        msg: Msg,
+    ) -> Result<Vec<Envelope>, ProtocolError> {
+        let home = self.id;
+        let entry = self.pages.get_mut(page as usize).ok_or(ProtocolError {
+            page,
+            from,
+            msg,
+            state: "no such page".into(),
+        })?;
+        let bad = |entry: &Directory| ProtocolError {
+            page,
+            from,
+            msg,
+            state: format!("{:?}", entry.busy),
+        };
+        let mut out = Vec::new();
+        let send = |out: &mut Vec<Envelope>, to, msg| {
+            out.push(Envelope {
+                from: home,
+                to,
+                page,
+                msg,
+            })
+        };
+        match msg {
+            Msg::GetS | Msg::GetM => {
+                entry.waiting.push_back((from, msg));
+            }
+            Msg::InvAck => match &mut entry.busy {
+                Some(Txn::Write { acks, .. }) if *acks > 0 && !entry.sharers.contains(&from) => {
+                    *acks -= 1;
+                }
+                _ => return Err(bad(entry)),
+            },
+            Msg::Flush(contents) => match entry.busy.clone() {
+                Some(Txn::Read { reader }) if entry.owner == Some(from) => {
+                    entry.contents = contents;
+                    entry.owner = None;
+                    entry.sharers.insert(from);
+                    entry.sharers.insert(reader);
+                    entry.busy = None;
+                    send(&mut out, reader, Msg::Data(contents));
+                }
+                Some(Txn::Write { writer, acks }) if acks > 0 && entry.owner == Some(from) => {
+                    entry.contents = contents;
+                    entry.owner = None;
+                    entry.busy = Some(Txn::Write {
+                        writer,
+                        acks: acks - 1,
+                    });
+                }
+                _ => return Err(bad(entry)),
+            },
+            Msg::Inv | Msg::Recall { .. } | Msg::Data(_) | Msg::DataM(_) => {
+                return Err(bad(entry));
+            }
+        }
+        // A write transaction with every answer in: grant.
+        if let Some(Txn::Write { writer, acks: 0 }) = entry.busy {
+            entry.owner = Some(writer);
+            entry.busy = None;
+            send(&mut out, writer, Msg::DataM(entry.contents));
+        }
+        // Start the next waiting request, if the page is free.
+        while entry.busy.is_none() {
+            let Some((node, request)) = entry.waiting.pop_front() else {
+                break;
+            };
+            match request {
+                Msg::GetS => match entry.owner {
+                    Some(owner) => {
+                        entry.busy = Some(Txn::Read { reader: node });
+                        send(&mut out, owner, Msg::Recall { keep: true });
+                    }
+                    None => {
+                        entry.sharers.insert(node);
+                        send(&mut out, node, Msg::Data(entry.contents));
+                    }
+                },
+                _ => {
+                    let others: Vec<NodeId> = entry
+                        .sharers
+                        .iter()
+                        .copied()
+                        .filter(|&s| s != node)
+                        .collect();
+                    let mut acks = others.len() as u32;
+                    for s in others {
+                        send(&mut out, s, Msg::Inv);
+                    }
+                    entry.sharers.clear();
+                    if let Some(owner) = entry.owner {
+                        acks += 1;
+                        send(&mut out, owner, Msg::Recall { keep: false });
+                    }
+                    if acks == 0 {
+                        entry.owner = Some(node);
+                        send(&mut out, node, Msg::DataM(entry.contents));
+                    } else {
+                        entry.busy = Some(Txn::Write { writer: node, acks });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether no transaction runs or waits on any page.
+    pub fn is_idle(&self) -> bool {
+        self.pages
+            .iter()
+            .all(|e| e.busy.is_none() && e.waiting.is_empty())
+    }
+}
+
+/// What a node does for one page: its state, its copy of the contents, and the fault it
+/// waits on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cache {
+    /// This node.
+    pub id: NodeId,
+    /// The page's home.
+    pub home: NodeId,
+    /// The page.
+    pub page: u32,
+    /// What this node holds.
+    pub state: State,
+    /// The contents of its copy (meaningful when not Invalid).
+    pub contents: Contents,
+    /// The access it faulted on and waits for: `Some(false)` a read, `Some(true)` a write.
+    pub waiting: Option<bool>,
+}
+
+impl Cache {
+    /// A node `id` holding nothing of `page`, whose home is `home`.
+    pub fn new(id: NodeId, home: NodeId, page: u32) -> Cache {
+        Cache {
+            id,
+            home,
+            page,
+            state: State::Invalid,
+            contents: 0,
+            waiting: None,
+        }
+    }
+
+    /// Whether an access (a write if `write`) can go ahead now, without a fault.
+    pub fn allows(&self, write: bool) -> bool {
+        match self.state {
+            State::Modified => true,
+            State::Shared => !write,
+            State::Invalid => false,
+        }
+    }
+
+    /// A fault on an access (a write if `write`) that [`Cache::allows`] refused: the request
+    /// to send (none if one is on its way already: concurrent faults on a page coalesce).
+    pub fn fault(&mut self, write: bool) -> Option<Envelope> {
+        if let Some(w) = self.waiting {
+            // Already asked: a read waits for any answer; a write behind a read asks again
+            // once the read is served (see `handle`).
+            self.waiting = Some(w || write);
+            return None;
+        }
+        self.waiting = Some(write);
+        Some(self.envelope(if write { Msg::GetM } else { Msg::GetS }))
+    }
+
+    fn envelope(&self, msg: Msg) -> Envelope {
+        Envelope {
+            from: self.id,
+            to: self.home,
+            page: self.page,
+            msg,
+        }
+    }
+
+    /// Handles `msg` from the home; returns what to send.
+    pub fn handle(&mut self, msg: Msg) -> Result<Vec<Envelope>, ProtocolError> {
+        let bad = |c: &Cache| ProtocolError {
+            page: c.page,
+            from: c.home,
+            msg,
+            state: format!("{:?}, waiting {:?}", c.state, c.waiting),
+        };
+        let mut out = Vec::new();
+        match msg {
+            Msg::Inv => {
+                if self.state != State::Shared {
+                    return Err(bad(self));
+                }
+                self.state = State::Invalid;
+                out.push(self.envelope(Msg::InvAck));
+            }
+            Msg::Recall { keep } => {
+                if self.state != State::Modified {
+                    return Err(bad(self));
+                }
+                self.state = if keep { State::Shared } else { State::Invalid };
+                out.push(self.envelope(Msg::Flush(self.contents)));
+            }
+            Msg::Data(contents) => {
+                if self.waiting.is_none() || self.state != State::Invalid {
+                    return Err(bad(self));
+                }
+                self.state = State::Shared;
+                self.contents = contents;
+                // A write that came while the read was on its way asks for the page now.
+                if self.waiting == Some(true) {
+                    out.push(self.envelope(Msg::GetM));
+                } else {
+                    self.waiting = None;
+                }
+            }
+            Msg::DataM(contents) => {
+                if self.waiting != Some(true) || self.state == State::Modified {
+                    return Err(bad(self));
+                }
+                self.state = State::Modified;
+                self.contents = contents;
+                self.waiting = None;
+            }
+            Msg::GetS | Msg::GetM | Msg::InvAck | Msg::Flush(_) => return Err(bad(self)),
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

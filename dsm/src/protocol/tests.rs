@@ -1,0 +1,289 @@
+//! The protocol explored on a simulated cluster: vCPUs on the nodes run scripts of reads and
+//! writes on shared pages (two vCPUs of one node fault on a page together, so their faults
+//! coalesce, and a write can join a read already asked for); messages travel on FIFO channels, one per ordered pair of nodes (as on one
+//! net-msg connection's page class), and any channel's next message, or any node's next
+//! access, may come next. Checked after every step:
+//!
+//! * single writer or readers only: at most one node holds a page Modified, and then no node
+//!   holds it Shared;
+//! * every copy is current: a node holding a page (Shared or Modified) holds its last write,
+//!   so every read sees the last write;
+//! * no deadlock, every fault served: when nothing can happen any more, every script ran to
+//!   its end, no message is in flight and no home has a transaction left;
+//! * no message arrives that its receiver's state cannot take (a `ProtocolError` fails).
+//!
+//! Small clusters are explored exhaustively (every interleaving); larger ones by seeded random
+//! schedules.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use super::*;
+
+/// One access of a script: (page, write).
+type Access = (u32, bool);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct World {
+    /// Per node: a cache per page.
+    caches: Vec<Vec<Cache>>,
+    /// Per node: its home side.
+    homes: Vec<Home>,
+    /// Messages in flight, per (from, to).
+    channels: BTreeMap<(NodeId, NodeId), VecDeque<Envelope>>,
+    /// Per vCPU: its node, its accesses, and how many are done.
+    scripts: Vec<(usize, Vec<Access>, usize)>,
+    /// Per page: the last value written (writes count up from 0).
+    latest: Vec<Contents>,
+}
+
+/// Something that can happen next.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// vCPU `v` tries its next access.
+    Access(usize),
+    /// The next message on this channel arrives.
+    Deliver(NodeId, NodeId),
+}
+
+fn home_of(page: u32, nodes: usize) -> NodeId {
+    page % nodes as u32
+}
+
+impl World {
+    /// A cluster of `nodes` nodes; `scripts` are the vCPUs' (node, accesses).
+    fn new(nodes: usize, scripts: Vec<(usize, Vec<Access>)>, pages: usize) -> World {
+        World {
+            caches: (0..nodes as u32)
+                .map(|n| {
+                    (0..pages as u32)
+                        .map(|p| Cache::new(n, home_of(p, nodes), p))
+                        .collect()
+                })
+                .collect(),
+            homes: (0..nodes as u32).map(|n| Home::new(n, pages)).collect(),
+            channels: BTreeMap::new(),
+            scripts: scripts.into_iter().map(|(n, s)| (n, s, 0)).collect(),
+            latest: vec![0; pages],
+        }
+    }
+
+    fn steps(&self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for (v, (n, script, done)) in self.scripts.iter().enumerate() {
+            let Some(&(page, write)) = script.get(*done) else {
+                continue;
+            };
+            // Only steps that change something: the access goes ahead, asks for the page, or
+            // turns a read already asked for into a write.
+            let c = &self.caches[*n][page as usize];
+            if c.allows(write) || c.waiting.is_none() || (write && c.waiting == Some(false)) {
+                steps.push(Step::Access(v));
+            }
+        }
+        for (&(from, to), queue) in &self.channels {
+            if !queue.is_empty() {
+                steps.push(Step::Deliver(from, to));
+            }
+        }
+        steps
+    }
+
+    fn send(&mut self, out: Vec<Envelope>) {
+        for e in out {
+            self.channels
+                .entry((e.from, e.to))
+                .or_default()
+                .push_back(e);
+        }
+    }
+
+    fn apply(&mut self, step: Step) -> Result<(), String> {
+        match step {
+            Step::Access(v) => {
+                let (n, ref script, done) = self.scripts[v];
+                let (page, write) = script[done];
+                let latest = self.latest[page as usize];
+                let cache = &mut self.caches[n][page as usize];
+                if cache.allows(write) {
+                    if write {
+                        cache.contents = latest + 1;
+                        self.latest[page as usize] = latest + 1;
+                    } else if cache.contents != latest {
+                        return Err(format!(
+                            "node {n} read {} of page {page}, the last write was {latest}",
+                            cache.contents
+                        ));
+                    }
+                    self.scripts[v].2 += 1;
+                } else if let Some(request) = cache.fault(write) {
+                    self.send(vec![request]);
+                }
+            }
+            Step::Deliver(from, to) => {
+                let e = self
+                    .channels
+                    .get_mut(&(from, to))
+                    .and_then(VecDeque::pop_front)
+                    .expect("a message");
+                let out = if e.msg.to_home() {
+                    self.homes[to as usize].handle(from, e.page, e.msg)
+                } else {
+                    self.caches[to as usize][e.page as usize].handle(e.msg)
+                }
+                .map_err(|err| err.to_string())?;
+                self.send(out);
+            }
+        }
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (p, &latest) in self.latest.iter().enumerate() {
+            let states: Vec<State> = self.caches.iter().map(|c| c[p].state).collect();
+            let m = states.iter().filter(|&&s| s == State::Modified).count();
+            let s = states.iter().filter(|&&s| s == State::Shared).count();
+            if m > 1 || (m == 1 && s > 0) {
+                return Err(format!("page {p}: {states:?}"));
+            }
+            for (n, c) in self.caches.iter().enumerate() {
+                if c[p].state != State::Invalid && c[p].contents != latest {
+                    return Err(format!(
+                        "page {p}: node {n} holds {} ({:?}), the last write was {latest}",
+                        c[p].contents, c[p].state
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finished(&self) -> Result<(), String> {
+        let scripts_done = self.scripts.iter().all(|(_, s, d)| *d == s.len());
+        let quiet = self.channels.values().all(VecDeque::is_empty);
+        let homes_idle = self.homes.iter().all(Home::is_idle);
+        let no_waits = self.caches.iter().flatten().all(|c| c.waiting.is_none());
+        if scripts_done && quiet && homes_idle && no_waits {
+            Ok(())
+        } else {
+            Err(format!("stuck: {self:#?}"))
+        }
+    }
+}
+
+/// Every interleaving of `scripts` ((node, accesses) per vCPU) on `nodes` nodes; returns how
+/// many states it saw.
+fn explore(nodes: usize, scripts: Vec<(usize, Vec<Access>)>, pages: usize) -> usize {
+    let start = World::new(nodes, scripts, pages);
+    let mut seen = HashSet::new();
+    let mut todo = vec![start];
+    while let Some(w) = todo.pop() {
+        if !seen.insert(w.clone()) {
+            continue;
+        }
+        let steps = w.steps();
+        if steps.is_empty() {
+            w.finished().unwrap();
+        }
+        for step in steps {
+            let mut next = w.clone();
+            if let Err(e) = next.apply(step) {
+                panic!("{e} after {step:?} from {w:#?}");
+            }
+            todo.push(next);
+        }
+        assert!(seen.len() < 3_000_000, "state space too large");
+    }
+    eprintln!("explored {} states", seen.len());
+    seen.len()
+}
+
+#[test]
+fn two_nodes_one_page_every_interleaving() {
+    let n = explore(
+        2,
+        vec![
+            (0, vec![(0, true), (0, false)]),
+            (1, vec![(0, true), (0, false)]),
+        ],
+        1,
+    );
+    assert!(n > 10, "{n}");
+}
+
+#[test]
+fn three_nodes_two_pages_every_interleaving() {
+    // Each node writes one page and reads the other, in opposite orders; homes on nodes 0, 1.
+    let n = explore(
+        3,
+        vec![
+            (0, vec![(0, true), (1, false)]),
+            (1, vec![(1, true), (0, false)]),
+            (2, vec![(0, false), (1, true)]),
+        ],
+        2,
+    );
+    assert!(n > 100, "{n}");
+}
+
+#[test]
+fn read_upgrades_and_contention_every_interleaving() {
+    // On node 1 a read then a write (its copy upgraded) and, beside it, a second vCPU
+    // writing (faults coalescing, a write joining a read); writers on nodes 0 and 2.
+    explore(
+        3,
+        vec![
+            (1, vec![(0, false), (0, true)]),
+            (1, vec![(0, true)]),
+            (0, vec![(0, true)]),
+            (2, vec![(0, true), (0, false)]),
+        ],
+        1,
+    );
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_schedules_of_longer_scripts() {
+    for seed in 1..=400u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let (nodes, pages) = (3 + rng.below(2), 2 + rng.below(2));
+        let vcpus = nodes + rng.below(3);
+        let scripts: Vec<(usize, Vec<Access>)> = (0..vcpus)
+            .map(|v| {
+                let accesses = (0..1 + rng.below(8))
+                    .map(|_| (rng.below(pages) as u32, rng.below(2) == 1))
+                    .collect();
+                (v % nodes, accesses)
+            })
+            .collect();
+        let mut w = World::new(nodes, scripts, pages);
+        let mut steps = 0;
+        loop {
+            let choices = w.steps();
+            if choices.is_empty() {
+                w.finished().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                break;
+            }
+            let step = choices[rng.below(choices.len())];
+            w.apply(step)
+                .unwrap_or_else(|e| panic!("seed {seed}, step {steps} ({step:?}): {e}"));
+            steps += 1;
+            assert!(steps < 100_000, "seed {seed}: no end");
+        }
+    }
+}
