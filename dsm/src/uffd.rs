@@ -1,6 +1,10 @@
-//! userfaultfd(2) in MISSING mode over a range of the VMM's guest-memory mapping (post-copy:
+//! userfaultfd(2) over a range of the VMM's guest-memory mapping. In MISSING mode (post-copy)
 //! a page the guest or the VMM touches before it arrived blocks the toucher until
-//! [`Uffd::copy`] fills it, or [`Uffd::move_in`] moves it in from a [`Staging`] block). The
+//! [`Uffd::copy`] fills it, or [`Uffd::move_in`] moves it in from a [`Staging`] block. With
+//! write-protect mode too ([`Uffd::register_coherent`], for the DSM) a read copy is placed
+//! write-protected ([`Uffd::copy_protected`]), a write to it faults until
+//! [`Uffd::write_protect`] lifts the protection, and [`Uffd::drop_pages`] invalidates pages
+//! (the next touch faults as missing); [`Uffd::next_event`] says which kind a fault is. The
 //! `userfaultfd` crate's `-sys` part is not in this machine's crate cache, so the few ioctls
 //! are declared here.
 
@@ -14,7 +18,13 @@ const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as libc::Ioctl;
 const UFFDIO_UNREGISTER: libc::Ioctl = 0x8010_aa01_u32 as libc::Ioctl;
 const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
 const UFFDIO_MOVE: libc::Ioctl = 0xc028_aa05_u32 as libc::Ioctl;
+const UFFDIO_WRITEPROTECT: libc::Ioctl = 0xc018_aa06_u32 as libc::Ioctl;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_REGISTER_MODE_WP: u64 = 2;
+const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1;
+const UFFD_PAGEFAULT_FLAG_WP: u64 = 2;
 /// `UFFDIO_MOVE` (Linux 6.8): move pages between two mappings of this process, no copy.
 const UFFD_FEATURE_MOVE: u64 = 1 << 16;
 const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
@@ -52,6 +62,23 @@ struct UffdioMove {
 }
 
 #[repr(C)]
+struct UffdioWriteprotect {
+    range: UffdioRange,
+    mode: u64,
+}
+
+/// A fault the kernel reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The faulting address (not rounded).
+    pub addr: u64,
+    /// The access was a write.
+    pub write: bool,
+    /// A write to a write-protected page (else: a missing page).
+    pub protected: bool,
+}
+
+#[repr(C)]
 struct UffdioCopy {
     dst: u64,
     src: u64,
@@ -82,6 +109,21 @@ impl Uffd {
     /// Registers `[start, start + len)` of this process's memory (a private anonymous
     /// mapping, page-aligned) for missing-page faults.
     pub fn register(start: u64, len: u64) -> std::io::Result<Uffd> {
+        Self::register_modes(start, len, UFFDIO_REGISTER_MODE_MISSING)
+    }
+
+    /// Registers `[start, start + len)` (private anonymous, page-aligned) for missing-page
+    /// faults and for writes to write-protected pages: what the DSM needs to hold pages
+    /// Shared (read-only) or Modified.
+    pub fn register_coherent(start: u64, len: u64) -> std::io::Result<Uffd> {
+        Self::register_modes(
+            start,
+            len,
+            UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
+        )
+    }
+
+    fn register_modes(start: u64, len: u64, mode: u64) -> std::io::Result<Uffd> {
         // Asks for `UFFDIO_MOVE`; a kernel without it refuses the feature (and that fd).
         let (fd, can_move) = match Self::open(UFFD_FEATURE_MOVE) {
             Ok(fd) => (fd, true),
@@ -89,7 +131,7 @@ impl Uffd {
         };
         let mut reg = UffdioRegister {
             range: UffdioRange { start, len },
-            mode: UFFDIO_REGISTER_MODE_MISSING,
+            mode,
             ioctls: 0,
         };
         // SAFETY: UFFDIO_REGISTER takes a pointer to a live `uffdio_register`; the range is
@@ -188,6 +230,64 @@ impl Uffd {
     /// `pages` (whole 4 KiB pages) with as few ioctls as it can, and wakes whoever waits on
     /// them. Pages already present are left alone (not an error).
     pub fn copy_run(&self, dst: u64, pages: &[u8]) -> std::io::Result<()> {
+        self.copy_mode(dst, pages, 0)
+    }
+
+    /// [`Uffd::copy`] for a read copy (a range registered with
+    /// [`Uffd::register_coherent`]): the page is placed write-protected, so a write to it
+    /// faults.
+    pub fn copy_protected(&self, dst: u64, page: &[u8]) -> std::io::Result<()> {
+        self.copy_mode(dst, page, UFFDIO_COPY_MODE_WP)
+    }
+
+    /// Write-protects (`protect`) or unprotects `[start, start + len)` (page-aligned, in the
+    /// range; registered with [`Uffd::register_coherent`]); unprotecting wakes the writers
+    /// waiting on those pages.
+    pub fn write_protect(&self, start: u64, len: u64, protect: bool) -> std::io::Result<()> {
+        self.check_range(start, len)?;
+        let mut wp = UffdioWriteprotect {
+            range: UffdioRange { start, len },
+            mode: if protect {
+                UFFDIO_WRITEPROTECT_MODE_WP
+            } else {
+                0
+            },
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT takes a pointer to a live `uffdio_writeprotect`; the
+        // range is in the registered range (checked).
+        check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT, &mut wp) })
+    }
+
+    /// Invalidates `[start, start + len)` (page-aligned, in the range): the pages are dropped
+    /// and the next touch of each faults as missing. Each call makes KVM flush the VM's TLB
+    /// (its MMU notifier), so callers batch.
+    pub fn drop_pages(&self, start: u64, len: u64) -> std::io::Result<()> {
+        self.check_range(start, len)?;
+        // SAFETY: MADV_DONTNEED on part of the registered range, which is this process's own
+        // private anonymous mapping: its pages read as missing afterwards, nothing else
+        // changes.
+        check(unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                len as usize,
+                libc::MADV_DONTNEED,
+            )
+        })
+    }
+
+    fn check_range(&self, start: u64, len: u64) -> std::io::Result<()> {
+        if len == 0
+            || !len.is_multiple_of(4096)
+            || !start.is_multiple_of(4096)
+            || start < self.start
+            || start + len > self.start + self.len
+        {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
+
+    fn copy_mode(&self, dst: u64, pages: &[u8], mode: u64) -> std::io::Result<()> {
         let len = pages.len() as u64;
         if len == 0
             || !len.is_multiple_of(4096)
@@ -203,7 +303,7 @@ impl Uffd {
                 dst: dst + done,
                 src: pages[done as usize..].as_ptr() as u64,
                 len: len - done,
-                mode: 0,
+                mode,
                 copy: 0,
             };
             // SAFETY: UFFDIO_COPY takes a pointer to a live `uffdio_copy`; `src` is `len -
@@ -225,6 +325,11 @@ impl Uffd {
 
     /// The next faulting address, waiting at most `timeout_ms`; `None` when there is none.
     pub fn next_fault(&self, timeout_ms: i32) -> std::io::Result<Option<u64>> {
+        Ok(self.next_event(timeout_ms)?.map(|f| f.addr))
+    }
+
+    /// The next fault, waiting at most `timeout_ms`; `None` when there is none.
+    pub fn next_event(&self, timeout_ms: i32) -> std::io::Result<Option<Fault>> {
         let mut pfd = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -241,9 +346,13 @@ impl Uffd {
         if r != 32 || msg[0] != UFFD_EVENT_PAGEFAULT {
             return Ok(None);
         }
-        Ok(Some(u64::from_le_bytes(
-            msg[16..24].try_into().expect("8 bytes"),
-        )))
+        let word = |at: usize| u64::from_le_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
+        let flags = word(8);
+        Ok(Some(Fault {
+            addr: word(16),
+            write: flags & UFFD_PAGEFAULT_FLAG_WRITE != 0,
+            protected: flags & UFFD_PAGEFAULT_FLAG_WP != 0,
+        }))
     }
 
     /// Stops catching faults: missing pages become ordinary zero-filled ones.
@@ -389,5 +498,71 @@ mod tests {
                 .is_err()
         );
         uffd.unregister().unwrap();
+    }
+
+    /// Shared and Modified as the DSM will use them, on a real userfaultfd: a read of a
+    /// missing page faults as missing and gets a write-protected copy; a write to it faults as
+    /// protected until the protection is lifted; protecting it again and dropping it makes
+    /// the next read fault as missing again.
+    #[test]
+    fn pages_go_shared_modified_and_invalid() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let mut target = Staging::new(HUGE_PAGE).unwrap();
+        let base = target.bytes().as_mut_ptr() as u64;
+        let uffd = std::sync::Arc::new(Uffd::register_coherent(base, HUGE_PAGE).unwrap());
+        let page = base + 5 * 4096;
+        let (done_tx, done_rx) = mpsc::channel();
+        let toucher = {
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || {
+                let p = page as *mut u64;
+                // SAFETY: `target` lives until the thread is joined; every access faults into
+                // the test's handler below until it is allowed.
+                unsafe {
+                    let first = p.read_volatile();
+                    done_tx.send(("read", first)).unwrap();
+                    p.write_volatile(first + 1);
+                    done_tx.send(("wrote", first + 1)).unwrap();
+                    let again = p.read_volatile();
+                    done_tx.send(("read again", again)).unwrap();
+                }
+            })
+        };
+        let next = |uffd: &Uffd| loop {
+            if let Some(f) = uffd.next_event(5000).unwrap() {
+                return f;
+            }
+        };
+        // 1. The read faults as missing; a protected copy (a read copy) answers it.
+        let f = next(&uffd);
+        assert_eq!((f.addr & !4095, f.write, f.protected), (page, false, false));
+        let mut copy = vec![0u8; 4096];
+        copy[..8].copy_from_slice(&41u64.to_le_bytes());
+        uffd.copy_protected(page, &copy).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), ("read", 41));
+        // 2. The write faults as protected and waits...
+        let f = next(&uffd);
+        assert_eq!((f.addr & !4095, f.write, f.protected), (page, true, true));
+        assert!(done_rx.recv_timeout(Duration::from_millis(50)).is_err());
+        // ...until the page is the writer's (Modified).
+        uffd.write_protect(page, 4096, false).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), ("wrote", 42));
+        // 3. Invalidated (protected first, as a node giving up a page would be, then
+        // dropped): the next read faults as missing again.
+        uffd.write_protect(page, 4096, true).unwrap();
+        uffd.drop_pages(page, 4096).unwrap();
+        let f = next(&uffd);
+        assert_eq!((f.addr & !4095, f.write, f.protected), (page, false, false));
+        copy[..8].copy_from_slice(&42u64.to_le_bytes());
+        uffd.copy_protected(page, &copy).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), ("read again", 42));
+        toucher.join().unwrap();
+        drop(done_tx);
+        // Ranges outside the registration are refused.
+        assert!(uffd.write_protect(base + HUGE_PAGE, 4096, true).is_err());
+        assert!(uffd.drop_pages(base + 1, 4096).is_err());
+        uffd.unregister().unwrap();
+        let _ = target.bytes()[0];
     }
 }
