@@ -513,6 +513,7 @@ mod tests {
         let uffd = std::sync::Arc::new(Uffd::register_coherent(base, HUGE_PAGE).unwrap());
         let page = base + 5 * 4096;
         let (done_tx, done_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
         let toucher = {
             let done_tx = done_tx.clone();
             std::thread::spawn(move || {
@@ -524,15 +525,21 @@ mod tests {
                     done_tx.send(("read", first)).unwrap();
                     p.write_volatile(first + 1);
                     done_tx.send(("wrote", first + 1)).unwrap();
+                    // The third access only once the page was invalidated.
+                    go_rx.recv().unwrap();
                     let again = p.read_volatile();
                     done_tx.send(("read again", again)).unwrap();
                 }
             })
         };
-        let next = |uffd: &Uffd| loop {
-            if let Some(f) = uffd.next_event(5000).unwrap() {
-                return f;
+        // Bounded: a fault that never comes fails the test instead of hanging it.
+        let next = |uffd: &Uffd| {
+            for _ in 0..10 {
+                if let Some(f) = uffd.next_event(1000).unwrap() {
+                    return f;
+                }
             }
+            panic!("no fault came");
         };
         // 1. The read faults as missing; a protected copy (a read copy) answers it.
         let f = next(&uffd);
@@ -552,6 +559,7 @@ mod tests {
         // dropped): the next read faults as missing again.
         uffd.write_protect(page, 4096, true).unwrap();
         uffd.drop_pages(page, 4096).unwrap();
+        go_tx.send(()).unwrap();
         let f = next(&uffd);
         assert_eq!((f.addr & !4095, f.write, f.protected), (page, false, false));
         copy[..8].copy_from_slice(&42u64.to_le_bytes());

@@ -7,6 +7,7 @@
 //!   payloads;
 //! * [`registry`]: the VMs running here (`LIST`, `ps`);
 //! * [`home`]: the home of a VM: its output, exit status, location and files;
+//! * [`hooks`]: what a VM in a cluster sees of it (`pop::nodes()`);
 //! * [`local`]: both of those, with running a VM here (what the services below build on);
 //! * [`vm`]: whole-VM pre-copy and post-copy (source, destination, page stream, memory pool);
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
@@ -19,6 +20,7 @@
 
 pub mod error;
 pub mod home;
+pub mod hooks;
 pub mod host;
 pub mod local;
 pub mod msg;

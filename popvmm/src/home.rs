@@ -35,6 +35,8 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
     }
     let mut config = args.to_config();
     config.node_id = id;
+    let hooks = pop_migrate::hooks::ClusterHooks::new();
+    config.hooks = hooks.clone();
     let timings = std::sync::Arc::new(Timings::new(process_start));
     let image = Image::from_file(&args.image).map_err(|e| e.to_string())?;
     let name = image.name.clone();
@@ -51,6 +53,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         cpus: None,
     })?;
     let host = started.host.clone();
+    hooks.attach(host.node());
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || daemon::serve_control(started))

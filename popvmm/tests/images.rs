@@ -77,6 +77,13 @@ fn scratch(tag: &str) -> PathBuf {
 }
 
 #[test]
+fn a_vm_alone_sees_one_node_itself() {
+    let out = launch(&[], "checks", &["nodes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "node 0 x86_64 up (here)\n");
+}
+
+#[test]
 fn hello_prints_its_node() {
     let out = launch(&[], "hello", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

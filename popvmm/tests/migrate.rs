@@ -569,3 +569,24 @@ fn malformed_and_unknown_messages_are_refused_and_the_node_runs_on() {
     );
     assert!(c.popvmm(&["peers", "--id", "1"]).status.success());
 }
+
+/// A VM launched into a cluster sees every node of the cluster file (`pop::nodes()`), with its
+/// ISA and whether its node reaches it, and knows which one it runs on.
+#[test]
+fn a_vm_in_a_cluster_sees_its_nodes() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    c.start(2, false);
+    let out = c
+        .command()
+        .args(["launch", "--cluster", c.file.to_str().unwrap(), "--id", "0"])
+        .arg(image("checks"))
+        .args(["--", "nodes", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "node 0 x86_64 up (here)\nnode 1 x86_64 up\nnode 2 x86_64 up\nnode 3 aarch64 down\n"
+    );
+}

@@ -189,6 +189,14 @@ pub fn write_node_id(mem: &GuestMem, node: u32) {
         .expect("BootInfo is in private memory");
 }
 
+/// The node the VM runs on, as its [`BootInfo`] says.
+pub fn node_id(mem: &GuestMem) -> u32 {
+    let addr = BOOT_INFO_ADDR + offset_of!(BootInfo, node_id) as u64;
+    let mut raw = [0u8; 4];
+    let _ = mem.read_into(addr, &mut raw);
+    u32::from_le_bytes(raw)
+}
+
 /// Writes the [`PerCpu`] of vCPU `vcpu`, now running thread `tid`.
 pub fn write_percpu(mem: &GuestMem, vcpu: u32, tid: u32) {
     let addr = percpu_data(vcpu);

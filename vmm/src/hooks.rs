@@ -1,5 +1,5 @@
-//! Where the distributed crates plug into one VM: where a new guest thread runs, and how a
-//! futex wait or wake is carried out. [`LocalHooks`] is a VM on one host: every thread runs
+//! Where the distributed crates plug into one VM: where a new guest thread runs, how a futex
+//! wait or wake is carried out, and which nodes the guest sees. [`LocalHooks`] is a VM on one host: every thread runs
 //! here, and a futex is the host futex on the host address of the guest word (so a wake from
 //! any vCPU, or a store followed by a wake, behaves as between host threads). The DSM replaces
 //! them to run threads on other nodes and to make futexes work across nodes.
@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use pop_abi::errno::ENOSYS;
+use pop_abi::{Isa, NodeEntry};
 
 use crate::arch::ThreadStart;
 use crate::sys::{self, FutexWait};
@@ -33,6 +34,16 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     /// tid of the VM's thread table; returns the tid, or an errno for the guest.
     fn start_remote(&self, _node: u32, _start: ThreadStart) -> Result<u32, i32> {
         Err(ENOSYS)
+    }
+
+    /// The cluster's nodes as the guest sees them (`pop::nodes()`); `here` is the node the VM
+    /// runs on. A VM alone: only itself, up.
+    fn nodes(&self, here: u32) -> Vec<NodeEntry> {
+        vec![NodeEntry {
+            id: here,
+            isa: Isa::NATIVE.abi(),
+            up: 1,
+        }]
     }
 
     /// Blocks while the guest word at `addr` (mapped here at `word`) holds `expected`, until

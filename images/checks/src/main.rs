@@ -26,7 +26,8 @@ commands:
   spin N [ITERS]    N threads each run a summing loop
   threads N         spawn and join N empty threads, one at a time
   pingpong N        two threads hand a token back and forth N times
-  boottime          print the wall-clock time main started at";
+  boottime          print the wall-clock time main started at
+  nodes [UP]        print the cluster's nodes (pop::nodes()), once UP of them are up";
 
 fn main() {
     // Taken first, for `boottime`: how long the VM took to reach main.
@@ -54,6 +55,8 @@ fn main() {
         ("spin", [threads, iters]) => bench::spin(parse(threads), parse(iters)),
         ("threads", [n]) => bench::spawn_join(parse(n)),
         ("pingpong", [n]) => bench::pingpong(parse(n)),
+        ("nodes", []) => process::print_nodes(1),
+        ("nodes", [up]) => process::print_nodes(parse(up)),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

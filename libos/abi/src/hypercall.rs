@@ -99,6 +99,9 @@ pub enum Hypercall {
     /// `set_thread_pointer(tp) -> 0`: sets the calling vCPU's thread pointer (x86-64:
     /// `FS.base`, which ring 3 cannot write itself without `FSGSBASE`).
     SetThreadPointer = 28,
+    /// `nodes(buf, max) -> count`: the cluster's nodes as [`crate::NodeEntry`]s, at most `max`
+    /// of them written at `buf`; returns how many there are (a VM alone: one, itself).
+    Nodes = 29,
     /// `fault(frame)`: the guest took an exception it cannot handle; `frame` points at the
     /// saved registers (x86-64: [`crate::X86FaultFrame`]; aarch64: [`crate::Aarch64FaultFrame`]). The VMM reports it and ends the VM
     /// with [`crate::EXIT_FAULT`]. Does not return.
@@ -107,7 +110,7 @@ pub enum Hypercall {
 
 impl Hypercall {
     /// All hypercalls, for dispatch tables and tests.
-    pub const ALL: [Hypercall; 25] = [
+    pub const ALL: [Hypercall; 26] = [
         Hypercall::Exit,
         Hypercall::Abort,
         Hypercall::Write,
@@ -132,6 +135,7 @@ impl Hypercall {
         Hypercall::ThreadExit,
         Hypercall::Entropy,
         Hypercall::SetThreadPointer,
+        Hypercall::Nodes,
         Hypercall::Fault,
     ];
 

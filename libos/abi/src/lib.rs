@@ -16,7 +16,7 @@ pub mod layout;
 pub use hypercall::Hypercall;
 
 /// Version of this contract. The VMM refuses an image whose [`AbiNote`] carries another one.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Magic bytes at the start of [`AbiNote`].
 pub const ABI_MAGIC: [u8; 8] = *b"POPLIBOS";
@@ -162,6 +162,21 @@ pub struct BootInfo {
     pub pid: u32,
     /// Reserved, zero.
     pub reserved: u32,
+}
+
+/// Most nodes a cluster has (and [`crate::Hypercall::Nodes`] reports).
+pub const MAX_NODES: usize = 64;
+
+/// One node of the cluster as [`crate::Hypercall::Nodes`] reports it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The node's id.
+    pub id: u32,
+    /// Its ISA ([`Isa::abi`]).
+    pub isa: u32,
+    /// 1 if it is up (reachable from the VM's node, or that node itself), else 0.
+    pub up: u32,
 }
 
 /// Per-vCPU data of the libos, at [`layout::percpu_data`] for vCPU `i`. The VMM points the

@@ -47,6 +47,13 @@ unsafe extern "C" fn sys_read_entropy(buf: *mut u8, len: usize, _flags: u32) -> 
     hc(Hypercall::Entropy, buf as u64, len as u64, 0, 0, 0) as isize
 }
 
+/// The cluster's nodes (for the `pop` crate): at most `max` entries written at `buf`; returns
+/// how many there are, or a negated errno.
+#[unsafe(no_mangle)]
+unsafe extern "C" fn pop_nodes(buf: *mut pop_abi::NodeEntry, max: usize) -> isize {
+    hc(Hypercall::Nodes, buf as u64, max as u64, 0, 0, 0) as isize
+}
+
 /// The id of the node this VM runs on (for the `pop` crate). The VMM rewrites it where a
 /// migrated VM resumes, so it is read afresh each time.
 #[unsafe(no_mangle)]

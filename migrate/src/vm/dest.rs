@@ -190,7 +190,7 @@ impl Arriving {
     /// stderr); its host files are served by `files`: its home's, here or over the mesh.
     pub fn commit(
         &mut self,
-        node: u32,
+        (node, hooks): (u32, Arc<dyn vmm::hooks::Hooks>),
         state: &VmState,
         (stdout, stderr): (Output, Output),
         files: (Arc<dyn FileService>, Option<Arc<HomeFiles>>),
@@ -224,6 +224,7 @@ impl Arriving {
             stdout: stdout.clone(),
             stderr: stderr.clone(),
             node_id: node,
+            hooks,
             ..VmConfig::default()
         };
         let args = FsArgs {
@@ -339,14 +340,26 @@ mod tests {
         let home: Arc<HomeFiles> = Arc::new(HomeFiles::new(Vec::new()));
         let outputs = (Output::Stdout, Output::Stderr);
         let err = a
-            .commit(1, &state, outputs.clone(), (home.clone(), None))
+            .commit(
+                (1, Arc::new(vmm::hooks::LocalHooks)),
+                &state,
+                outputs.clone(),
+                (home.clone(), None),
+            )
             .unwrap_err();
         assert!(err.contains("do not match"), "{err}");
         let other = VmState {
             header: StateHeader::native(8),
             ..state
         };
-        let err = a.commit(1, &other, outputs, (home, None)).unwrap_err();
+        let err = a
+            .commit(
+                (1, Arc::new(vmm::hooks::LocalHooks)),
+                &other,
+                outputs,
+                (home, None),
+            )
+            .unwrap_err();
         assert!(err.contains("another VM"), "{err}");
     }
 }

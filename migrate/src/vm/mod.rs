@@ -28,6 +28,7 @@ use vmm::vm::{Outcome, VmShared};
 
 use crate::error::{Error, Result};
 use crate::home::Homes;
+use crate::hooks::ClusterHooks;
 use crate::local::Local;
 use crate::msg::{self, BeginReply, Fetch, MsgType, Stream, VmRef};
 use crate::registry::{HostedVm, VmStatus};
@@ -213,7 +214,12 @@ impl Migrations {
                 let result = if resend > 0 {
                     Err(format!("{resend} pages of the VM did not arrive intact"))
                 } else {
-                    a.commit(node.id(), &commit.state, outputs, files)
+                    a.commit(
+                        (node.id(), ClusterHooks::on(node)),
+                        &commit.state,
+                        outputs,
+                        files,
+                    )
                 };
                 let result = result.map_err(Error::Aborted);
                 if result.is_err() {

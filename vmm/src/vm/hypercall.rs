@@ -103,6 +103,7 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
             Ok(result)
         }
         Hypercall::Entropy => entropy(vm, a0, a1),
+        Hypercall::Nodes => nodes(vm, a0, a1),
     };
     Flow::Return(result.unwrap_or_else(|errno| -i64::from(errno)))
 }
@@ -151,4 +152,22 @@ fn entropy(vm: &VmShared, buf: u64, len: u64) -> Result<i64, i32> {
     let n = sys::getrandom(&mut bytes).map_err(|e| crate::fs::path::errno(&e))?;
     vm.mem.write(buf, &bytes[..n])?;
     Ok(n as i64)
+}
+
+/// `nodes(buf, max)`: the cluster's nodes, as the hooks know them.
+fn nodes(vm: &VmShared, buf: u64, max: u64) -> Result<i64, i32> {
+    let here = crate::boot::node_id(&vm.mem);
+    let nodes = vm.hooks.nodes(here);
+    let size = size_of::<pop_abi::NodeEntry>();
+    let n = nodes.len().min(max.min(pop_abi::MAX_NODES as u64) as usize);
+    let mut bytes = Vec::with_capacity(n * size);
+    for e in &nodes[..n] {
+        for word in [e.id, e.isa, e.up] {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+    if n > 0 {
+        vm.mem.write(buf, &bytes)?;
+    }
+    Ok(nodes.len() as i64)
 }
