@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# rustfmt and clippy (warnings are errors) on every workspace: the host crates, the libos (for
-# both hermit targets, as it is built), the example images, and the board's test probe (for
-# the board's target); rustfmt on the fuzz targets (built only by cargo-fuzz). Run by CI;
-# needs the toolchain scripts/setup.sh installs.
+# rustfmt and clippy (warnings are errors) on every workspace: the host crates (and rustdoc's
+# warnings on them: broken links), the libos (for both hermit targets, as it is built), the
+# example images, and the board's test probe (for the board's target); rustfmt on the fuzz
+# targets (built only by cargo-fuzz). Run by CI; needs the toolchain scripts/setup.sh
+# installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lint_dir="$PWD/target/lint"
@@ -10,6 +11,7 @@ lint_dir="$PWD/target/lint"
 echo "== lint: host workspace"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 echo "== lint: libos"
 (

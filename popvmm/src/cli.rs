@@ -81,7 +81,7 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "N", requires = "cluster")]
     pub id: Option<u32>,
 
-    /// The application image (an ELF built with `cargo pop build`); also the guest's argv[0].
+    /// The application image (an ELF built with `cargo pop build`); also the guest's `argv[0]`.
     #[arg(value_name = "IMAGE")]
     pub image: PathBuf,
 

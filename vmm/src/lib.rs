@@ -5,7 +5,7 @@
 //! The guest/host contract lives in the [`pop_abi`] crate; this crate implements the host side
 //! of it:
 //!
-//! * [`config`] is what a VM is launched with, and [`launch`] launches it;
+//! * [`config`] is what a VM is launched with, and [`launch`](mod@launch) launches it;
 //! * [`image`] validates and describes the application's ELF image,
 //! * [`memory`] owns guest memory and checks every guest pointer,
 //! * [`boot`] writes the [`pop_abi::BootInfo`] and the argument/environment block,
@@ -21,7 +21,7 @@
 //! * [`arch`] holds everything specific to an instruction set, in mirrored trees;
 //! * [`sys`] and [`sync`] are the few host calls and the lock helper.
 //!
-//! [`testing`] (with the `testing` feature) holds helpers for the test suites.
+//! `testing` (with the `testing` feature) holds helpers for the test suites.
 
 pub mod arch;
 pub mod boot;

@@ -246,7 +246,7 @@ pub fn postcopy_switch(
 }
 
 /// Post-copy, after the switch-over: pushes every page of the shared region the VM had
-/// touched over `stream`, then `DONE`; `progress` hears how far it got every [`PUSH_STEP`]
+/// touched over `stream`, then `DONE`; `progress` hears how far it got every `PUSH_STEP`
 /// pages. Returns (pages, bytes).
 pub fn push_rest(
     node: &Node,

@@ -19,7 +19,7 @@ pub struct Cli {
 enum Command {
     /// Build images of a std crate (no change to its source or Cargo.toml needed)
     ///
-    /// Builds the libos, then the crate for <arch>-unknown-hermit with the libos and the
+    /// Builds the libos, then the crate for `<arch>-unknown-hermit` with the libos and the
     /// image linker script linked in, and prints the path of each image, one per line, on
     /// stdout. Cargo's progress goes to stderr.
     Build(BuildArgs),
