@@ -85,6 +85,25 @@ impl Mode {
     }
 }
 
+impl pop_wire::Encode for Mode {
+    fn encode(&self, e: &mut pop_wire::Encoder) {
+        e.u8(match self {
+            Mode::Precopy => 1,
+            Mode::Postcopy => 2,
+        });
+    }
+}
+
+impl pop_wire::Decode for Mode {
+    fn decode(d: &mut pop_wire::Decoder<'_>) -> std::result::Result<Self, pop_wire::WireError> {
+        match d.u8()? {
+            1 => Ok(Mode::Precopy),
+            2 => Ok(Mode::Postcopy),
+            _ => Err(pop_wire::WireError("bad migration mode")),
+        }
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = String;
 

@@ -541,14 +541,9 @@ pub struct MigrateRequest {
 
 impl Encode for MigrateRequest {
     fn encode(&self, e: &mut Encoder) {
-        e.u64(self.token)
-            .string(&self.vm)
-            .u32(self.to)
-            .u8(match self.mode {
-                crate::Mode::Precopy => 1,
-                crate::Mode::Postcopy => 2,
-            })
-            .u64(self.downtime_ms);
+        e.u64(self.token).string(&self.vm).u32(self.to);
+        self.mode.encode(e);
+        e.u64(self.downtime_ms);
     }
 }
 
@@ -558,11 +553,7 @@ impl Decode for MigrateRequest {
             token: d.u64()?,
             vm: d.string(MAX_NAME)?,
             to: d.u32()?,
-            mode: match d.u8()? {
-                1 => crate::Mode::Precopy,
-                2 => crate::Mode::Postcopy,
-                _ => return Err(WireError("bad migration mode")),
-            },
+            mode: crate::Mode::decode(d)?,
             downtime_ms: d.u64()?,
         })
     }

@@ -239,10 +239,8 @@ impl Decode for Step {
 
 impl Encode for Summary {
     fn encode(&self, e: &mut Encoder) {
-        e.u32(self.from).u32(self.to).u8(match self.mode {
-            Mode::Precopy => 1,
-            Mode::Postcopy => 2,
-        });
+        e.u32(self.from).u32(self.to);
+        self.mode.encode(e);
         e.u32(self.rounds);
         put_f64(e, self.total_ms);
         put_f64(e, self.downtime_ms);
@@ -263,11 +261,7 @@ impl Decode for Summary {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         let from = d.u32()?;
         let to = d.u32()?;
-        let mode = match d.u8()? {
-            1 => Mode::Precopy,
-            2 => Mode::Postcopy,
-            _ => return Err(WireError("bad migration mode")),
-        };
+        let mode = Mode::decode(d)?;
         let rounds = d.u32()?;
         let total_ms = get_f64(d)?;
         let downtime_ms = get_f64(d)?;

@@ -105,10 +105,7 @@ impl Homes {
     /// process's own if it is the home.
     pub fn output(node: &Arc<Node>, id: u64, home: u32, stream: Stream) -> Output {
         if home == node.id() {
-            return match stream {
-                Stream::Stdout => Output::Stdout,
-                Stream::Stderr => Output::Stderr,
-            };
+            return local_output(stream);
         }
         Output::Sink(Arc::new(HomeOutput {
             node: node.clone(),
@@ -129,11 +126,7 @@ impl crate::Service for Homes {
                 if !self.is_home(out.vm) {
                     return Err(not_home("output", out.vm));
                 }
-                let sink = match out.stream {
-                    Stream::Stdout => Output::Stdout,
-                    Stream::Stderr => Output::Stderr,
-                };
-                sink.write_all_bytes(&out.bytes);
+                local_output(out.stream).write_all_bytes(&out.bytes);
                 Ok(())
             }
             MsgType::Exit => {
@@ -169,6 +162,14 @@ impl crate::Service for Homes {
                 t.name()
             ))),
         }
+    }
+}
+
+/// This process's own output `stream` (a VM at home, or output arriving there).
+fn local_output(stream: Stream) -> Output {
+    match stream {
+        Stream::Stdout => Output::Stdout,
+        Stream::Stderr => Output::Stderr,
     }
 }
 

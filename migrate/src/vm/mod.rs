@@ -395,7 +395,6 @@ impl Migrations {
 }
 
 impl Arrivals for Migrations {
-    /// Where the pages of VM `id`'s page stream from node `from` go now.
     fn page_target(&self, id: u64, from: u32) -> std::result::Result<Target, String> {
         if let Some(pin) = lock(&self.postcopy_in).get(&id)
             && pin.from == from
@@ -412,7 +411,6 @@ impl Arrivals for Migrations {
         }
     }
 
-    /// A piece of the image of VM `id`, arriving from node `from`.
     fn image_chunk(
         &self,
         id: u64,
@@ -426,9 +424,6 @@ impl Arrivals for Migrations {
         }
     }
 
-    /// The page stream of VM `id` from node `from` opened; `closer` ends it if the VM is
-    /// dropped before it starts. Returns the memory its post-copy pushes go through, if the
-    /// pool had some.
     fn stream_opened(
         &self,
         id: u64,
@@ -444,21 +439,18 @@ impl Arrivals for Migrations {
         }
     }
 
-    /// Whether VM `id` is arriving from node `from`.
     fn is_arriving(&self, id: u64, from: u32) -> bool {
         lock(&self.arriving)
             .get(&id)
             .is_some_and(|a| a.from == from)
     }
 
-    /// Whether this node refused VM `id` from node `from` lately.
     fn was_refused(&self, id: u64, from: u32) -> bool {
         lock(&self.refused)
             .get(&id)
             .is_some_and(|&(f, at)| f == from && at.elapsed() < REFUSAL_KEPT)
     }
 
-    /// Forgets VM `id` arriving from node `from` if it has not started (a failed migration).
     fn drop_arriving(&self, id: u64, from: u32) {
         let mut arriving = lock(&self.arriving);
         if arriving.get(&id).is_some_and(|a| a.from == from) {
