@@ -11,13 +11,17 @@
 //! * [`postcopy`]: the first user of the directory, a DSM in which one remote node owns every
 //!   page not yet here: faults are served by fetching from it while it pushes the rest;
 //! * [`protocol`]: the coherence protocol for threads of one VM on several nodes (home-based
-//!   MSI), as pure state machines explored exhaustively by its tests; not yet wired to
-//!   userfaultfd and the mesh.
+//!   MSI), as pure state machines explored exhaustively by its tests;
+//! * [`message`]: its messages on the wire;
+//! * [`coherent`]: the protocol at work on one node's copy of a region: faults from
+//!   userfaultfd, effects on memory, pins for the VMM's own accesses.
 //!
-//! How a page travels between nodes is the caller's business (a closure that fetches a page),
-//! so the protocol can be tested without a network.
+//! How a page travels between nodes is the caller's business (a closure that fetches a page,
+//! a [`coherent::Link`] that carries messages), so the crate is tested without a network.
 
+pub mod coherent;
 pub mod directory;
+pub mod message;
 pub mod postcopy;
 pub mod protocol;
 pub mod uffd;

@@ -18,7 +18,8 @@
 //!   reader to the sharers;
 //! * `GetM` (a write fault): the home invalidates every other sharer (`Inv`, answered with
 //!   `InvAck`) and recalls the owner to Invalid; then it grants the page (`DataM`, with the
-//!   contents), and the writer owns it.
+//!   contents; or `Grant`, without, to a writer that holds a read copy already: an upgrade
+//!   moves no data), and the writer owns it.
 //!
 //! The home decides from its own directory only (never from what a node believes), so a
 //! request that crossed an invalidation on its way is served correctly: a node that was a
@@ -69,6 +70,8 @@ pub enum Msg {
     Data(Contents),
     /// Home to a writer: the page is yours, with these contents.
     DataM(Contents),
+    /// Home to a writer that holds a read copy: the page is yours, your copy is current.
+    Grant,
 }
 
 impl Msg {
@@ -97,8 +100,12 @@ enum Txn {
     /// Serving `GetS` from `reader`: waiting for the owner's contents.
     Read { reader: NodeId },
     /// Serving `GetM` from `writer`: waiting for `acks` more answers (invalidations, and the
-    /// owner's contents).
-    Write { writer: NodeId, acks: u32 },
+    /// owner's contents); `upgrade` if the writer holds a current read copy.
+    Write {
+        writer: NodeId,
+        acks: u32,
+        upgrade: bool,
+    },
 }
 
 /// The home's entry for one page.
@@ -142,8 +149,18 @@ pub struct Home {
 impl Home {
     /// The home `id` of `pages` pages, none of which any node holds (their contents `0`).
     pub fn new(id: NodeId, pages: usize) -> Home {
+        Self::with_owner(id, pages, None)
+    }
+
+    /// The home `id` of `pages` pages, all of which it holds Modified itself: a VM that ran on
+    /// one node until its threads spread (that node's caches start with [`Cache::owned`]).
+    pub fn owning(id: NodeId, pages: usize) -> Home {
+        Self::with_owner(id, pages, Some(id))
+    }
+
+    fn with_owner(id: NodeId, pages: usize, owner: Option<NodeId>) -> Home {
         let entry = Directory {
-            owner: None,
+            owner,
             sharers: BTreeSet::new(),
             contents: 0,
             busy: None,
@@ -203,25 +220,35 @@ impl Home {
                     entry.busy = None;
                     send(&mut out, reader, Msg::Data(contents));
                 }
-                Some(Txn::Write { writer, acks }) if acks > 0 && entry.owner == Some(from) => {
+                Some(Txn::Write {
+                    writer,
+                    acks,
+                    upgrade,
+                }) if acks > 0 && entry.owner == Some(from) => {
                     entry.contents = contents;
                     entry.owner = None;
                     entry.busy = Some(Txn::Write {
                         writer,
                         acks: acks - 1,
+                        upgrade,
                     });
                 }
                 _ => return Err(bad(entry)),
             },
-            Msg::Inv | Msg::Recall { .. } | Msg::Data(_) | Msg::DataM(_) => {
+            Msg::Inv | Msg::Recall { .. } | Msg::Data(_) | Msg::DataM(_) | Msg::Grant => {
                 return Err(bad(entry));
             }
         }
         // A write transaction with every answer in: grant.
-        if let Some(Txn::Write { writer, acks: 0 }) = entry.busy {
+        if let Some(Txn::Write {
+            writer,
+            acks: 0,
+            upgrade,
+        }) = entry.busy
+        {
             entry.owner = Some(writer);
             entry.busy = None;
-            send(&mut out, writer, Msg::DataM(entry.contents));
+            send(&mut out, writer, grant(upgrade, entry.contents));
         }
         // Start the next waiting request, if the page is free.
         while entry.busy.is_none() {
@@ -240,6 +267,9 @@ impl Home {
                     }
                 },
                 _ => {
+                    // No one can drop the writer's read copy before the grant: only this
+                    // transaction could invalidate it.
+                    let upgrade = entry.sharers.contains(&node);
                     let others: Vec<NodeId> = entry
                         .sharers
                         .iter()
@@ -257,9 +287,13 @@ impl Home {
                     }
                     if acks == 0 {
                         entry.owner = Some(node);
-                        send(&mut out, node, Msg::DataM(entry.contents));
+                        send(&mut out, node, grant(upgrade, entry.contents));
                     } else {
-                        entry.busy = Some(Txn::Write { writer: node, acks });
+                        entry.busy = Some(Txn::Write {
+                            writer: node,
+                            acks,
+                            upgrade,
+                        });
                     }
                 }
             }
@@ -267,11 +301,36 @@ impl Home {
         Ok(out)
     }
 
+    /// The number of pages.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Whether there are no pages.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// The node holding `page` Modified, and the nodes holding it Shared (a node that ends
+    /// has these pages only it held).
+    pub fn holders(&self, page: u32) -> Option<(Option<NodeId>, &BTreeSet<NodeId>)> {
+        self.pages.get(page as usize).map(|e| (e.owner, &e.sharers))
+    }
+
     /// Whether no transaction runs or waits on any page.
     pub fn is_idle(&self) -> bool {
         self.pages
             .iter()
             .all(|e| e.busy.is_none() && e.waiting.is_empty())
+    }
+}
+
+/// The grant of a write transaction: without data to a writer whose read copy is current.
+fn grant(upgrade: bool, contents: Contents) -> Msg {
+    if upgrade {
+        Msg::Grant
+    } else {
+        Msg::DataM(contents)
     }
 }
 
@@ -303,6 +362,14 @@ impl Cache {
             state: State::Invalid,
             contents: 0,
             waiting: None,
+        }
+    }
+
+    /// The home node's own cache of `page` in a [`Home::owning`] cluster: Modified.
+    pub fn owned(id: NodeId, page: u32) -> Cache {
+        Cache {
+            state: State::Modified,
+            ..Cache::new(id, id, page)
         }
     }
 
@@ -380,6 +447,13 @@ impl Cache {
                 }
                 self.state = State::Modified;
                 self.contents = contents;
+                self.waiting = None;
+            }
+            Msg::Grant => {
+                if self.waiting != Some(true) || self.state != State::Shared {
+                    return Err(bad(self));
+                }
+                self.state = State::Modified;
                 self.waiting = None;
             }
             Msg::GetS | Msg::GetM | Msg::InvAck | Msg::Flush(_) => return Err(bad(self)),

@@ -19,6 +19,7 @@ const UFFDIO_UNREGISTER: libc::Ioctl = 0x8010_aa01_u32 as libc::Ioctl;
 const UFFDIO_COPY: libc::Ioctl = 0xc028_aa03_u32 as libc::Ioctl;
 const UFFDIO_MOVE: libc::Ioctl = 0xc028_aa05_u32 as libc::Ioctl;
 const UFFDIO_WRITEPROTECT: libc::Ioctl = 0xc018_aa06_u32 as libc::Ioctl;
+const UFFDIO_WAKE: libc::Ioctl = 0x8010_aa02_u32 as libc::Ioctl;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
 const UFFDIO_REGISTER_MODE_WP: u64 = 2;
 const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
@@ -258,6 +259,16 @@ impl Uffd {
         check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT, &mut wp) })
     }
 
+    /// Wakes whoever waits on a fault in `[start, start + len)` (page-aligned, in the range)
+    /// without placing anything: they retry their access (and fault again if it still
+    /// cannot go ahead).
+    pub fn wake(&self, start: u64, len: u64) -> std::io::Result<()> {
+        self.check_range(start, len)?;
+        let mut range = UffdioRange { start, len };
+        // SAFETY: UFFDIO_WAKE takes a pointer to a live `uffdio_range` in the registered range.
+        check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE, &mut range) })
+    }
+
     /// Invalidates `[start, start + len)` (page-aligned, in the range): the pages are dropped
     /// and the next touch of each faults as missing. Each call makes KVM flush the VM's TLB
     /// (its MMU notifier), so callers batch.
@@ -364,6 +375,29 @@ impl Uffd {
         // SAFETY: UFFDIO_UNREGISTER takes a pointer to a live `uffdio_range`.
         check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_UNREGISTER, &mut range) })
     }
+}
+
+/// Which pages of `[start, start + len)` (page-aligned, this process's memory) hold data: in
+/// memory or swapped out (from `/proc/self/pagemap`). A page that holds none reads as zeros
+/// and, in a registered range, faults as missing.
+pub fn resident_pages(start: u64, len: u64) -> std::io::Result<Vec<bool>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let pages = (len / 4096) as usize;
+    let mut file = std::fs::File::open("/proc/self/pagemap")?;
+    file.seek(SeekFrom::Start(start / 4096 * 8))?;
+    let mut out = Vec::with_capacity(pages);
+    let mut buf = vec![0u8; 8 * 4096];
+    while out.len() < pages {
+        let want = (pages - out.len()).min(4096) * 8;
+        file.read_exact(&mut buf[..want])?;
+        out.extend(buf[..want].chunks_exact(8).map(|e| {
+            let entry = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            entry & (PRESENT | SWAPPED) != 0
+        }));
+    }
+    Ok(out)
 }
 
 /// A private anonymous mapping aligned to [`HUGE_PAGE`], preferring transparent huge pages:

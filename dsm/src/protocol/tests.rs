@@ -13,7 +13,9 @@
 //! * no message arrives that its receiver's state cannot take (a `ProtocolError` fails).
 //!
 //! Small clusters are explored exhaustively (every interleaving); larger ones by seeded random
-//! schedules.
+//! schedules. Both start from either of the two ways a cluster starts: no node holding any
+//! page (homes spread over the nodes), or one node holding every page Modified and being the
+//! home of all (a VM that ran on its origin until its threads spread).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
@@ -49,18 +51,38 @@ fn home_of(page: u32, nodes: usize) -> NodeId {
     page % nodes as u32
 }
 
+/// How a cluster starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// No node holds a page; page `p`'s home is node `p % nodes`.
+    Spread,
+    /// Node 0 holds every page Modified and is the home of all.
+    Origin,
+}
+
 impl World {
-    /// A cluster of `nodes` nodes; `scripts` are the vCPUs' (node, accesses).
-    fn new(nodes: usize, scripts: Vec<(usize, Vec<Access>)>, pages: usize) -> World {
+    /// A cluster of `nodes` nodes starting as `start`; `scripts` are the vCPUs' (node,
+    /// accesses).
+    fn starting(
+        start: Start,
+        nodes: usize,
+        scripts: Vec<(usize, Vec<Access>)>,
+        pages: usize,
+    ) -> World {
+        let cache = |n: u32, p: u32| match start {
+            Start::Spread => Cache::new(n, home_of(p, nodes), p),
+            Start::Origin if n == 0 => Cache::owned(0, p),
+            Start::Origin => Cache::new(n, 0, p),
+        };
+        let home = |n: u32| match start {
+            Start::Origin if n == 0 => Home::owning(0, pages),
+            _ => Home::new(n, pages),
+        };
         World {
             caches: (0..nodes as u32)
-                .map(|n| {
-                    (0..pages as u32)
-                        .map(|p| Cache::new(n, home_of(p, nodes), p))
-                        .collect()
-                })
+                .map(|n| (0..pages as u32).map(|p| cache(n, p)).collect())
                 .collect(),
-            homes: (0..nodes as u32).map(|n| Home::new(n, pages)).collect(),
+            homes: (0..nodes as u32).map(home).collect(),
             channels: BTreeMap::new(),
             scripts: scripts.into_iter().map(|(n, s)| (n, s, 0)).collect(),
             latest: vec![0; pages],
@@ -170,10 +192,20 @@ impl World {
     }
 }
 
-/// Every interleaving of `scripts` ((node, accesses) per vCPU) on `nodes` nodes; returns how
-/// many states it saw.
+/// Every interleaving of `scripts` ((node, accesses) per vCPU) on `nodes` nodes, from both
+/// starts; returns how many states it saw.
 fn explore(nodes: usize, scripts: Vec<(usize, Vec<Access>)>, pages: usize) -> usize {
-    let start = World::new(nodes, scripts, pages);
+    explore_from(Start::Spread, nodes, scripts.clone(), pages)
+        + explore_from(Start::Origin, nodes, scripts, pages)
+}
+
+fn explore_from(
+    start: Start,
+    nodes: usize,
+    scripts: Vec<(usize, Vec<Access>)>,
+    pages: usize,
+) -> usize {
+    let start = World::starting(start, nodes, scripts, pages);
     let mut seen = HashSet::new();
     let mut todo = vec![start];
     while let Some(w) = todo.pop() {
@@ -271,7 +303,12 @@ fn random_schedules_of_longer_scripts() {
                 (v % nodes, accesses)
             })
             .collect();
-        let mut w = World::new(nodes, scripts, pages);
+        let start = if seed % 2 == 0 {
+            Start::Origin
+        } else {
+            Start::Spread
+        };
+        let mut w = World::starting(start, nodes, scripts, pages);
         let mut steps = 0;
         loop {
             let choices = w.steps();

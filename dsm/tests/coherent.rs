@@ -1,0 +1,274 @@
+//! The coherence runtime on real memory and real userfaultfd: several "nodes" in one process,
+//! each with its own mapping of one region and a thread receiving its messages, carried over
+//! channels (FIFO per pair of nodes, as net-msg's page class is). Host threads stand in for
+//! vCPUs: their loads and stores fault exactly as a guest's do through KVM.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use pop_dsm::PAGE_SIZE;
+use pop_dsm::coherent::{CoherenceError, Coherent, Link, RegionConfig};
+use pop_dsm::message::PageMsg;
+use pop_dsm::protocol::{NodeId, State};
+use pop_dsm::uffd::{HUGE_PAGE, Staging};
+
+type Wire = Sender<(NodeId, Vec<u8>)>;
+
+struct ChannelLink {
+    from: NodeId,
+    to: Vec<Wire>,
+}
+
+impl Link for ChannelLink {
+    fn send(&self, to: NodeId, msg: &PageMsg, page: Option<&[u8]>) -> Result<(), String> {
+        self.to[to as usize]
+            .send((self.from, msg.encode(page)))
+            .map_err(|_| "gone".to_string())
+    }
+}
+
+/// A node: its mapping of the region, and its copy.
+struct TestNode {
+    region: Arc<Coherent>,
+    base: u64,
+    /// Dropped after the region (fields drop in order).
+    _map: Staging,
+}
+
+impl TestNode {
+    /// The 64-bit word `word` of page `page`, through this node's mapping.
+    fn word(&self, page: u64, word: u64) -> &AtomicU64 {
+        assert!(page * PAGE_SIZE + word * 8 < HUGE_PAGE);
+        // SAFETY: the address is inside this node's live mapping (checked above), aligned to 8;
+        // every access to it goes through atomics.
+        unsafe { &*((self.base + page * PAGE_SIZE + word * 8) as *const AtomicU64) }
+    }
+}
+
+/// `n` nodes sharing one 2 MiB region whose home (and first holder) is node 0; node 0's
+/// mapping starts with `init` applied to it.
+fn cluster(n: usize, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
+    let (txs, rxs): (Vec<Wire>, Vec<Receiver<(NodeId, Vec<u8>)>>) =
+        (0..n).map(|_| channel()).unzip();
+    let mut init = Some(init);
+    let mut nodes = Vec::new();
+    for (id, rx) in rxs.into_iter().enumerate() {
+        let mut map = Staging::new(HUGE_PAGE).unwrap();
+        if id == 0 {
+            (init.take().unwrap())(map.bytes());
+        }
+        let base = map.bytes().as_ptr() as u64;
+        let link = Arc::new(ChannelLink {
+            from: id as NodeId,
+            to: txs.clone(),
+        });
+        let cfg = RegionConfig {
+            node: id as NodeId,
+            home: 0,
+            vm: 42,
+            host_base: base,
+            len: HUGE_PAGE,
+        };
+        let region = Arc::new(Coherent::start(cfg, link).unwrap());
+        let serving = Arc::downgrade(&region);
+        std::thread::spawn(move || {
+            for (from, bytes) in rx {
+                let Some(region) = serving.upgrade() else {
+                    return;
+                };
+                if let Err(e) = region.deliver(from, &bytes) {
+                    eprintln!("node {id}: {e}");
+                }
+            }
+        });
+        nodes.push(TestNode {
+            region,
+            base,
+            _map: map,
+        });
+    }
+    nodes
+}
+
+#[test]
+fn atomic_counters_on_three_nodes_end_exact() {
+    const THREADS: u64 = 6;
+    const EACH: u64 = 5_000;
+    let nodes = Arc::new(cluster(3, |_| {}));
+    let start = Arc::new(Barrier::new(THREADS as usize));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (nodes, start) = (nodes.clone(), start.clone());
+            std::thread::spawn(move || {
+                let node = &nodes[(t % 3) as usize];
+                start.wait();
+                for i in 0..EACH {
+                    // One word everybody increments; one word per thread beside the others'
+                    // (false sharing); and now and then a read of the third page.
+                    node.word(0, 0).fetch_add(1, Ordering::SeqCst);
+                    node.word(1, t).fetch_add(1, Ordering::SeqCst);
+                    // Now and then a read of a third page, written by one of the threads (read
+                    // copies, invalidated), and a yield so the threads interleave.
+                    if i % 64 == 0 {
+                        node.word(2, 0).load(Ordering::SeqCst);
+                    }
+                    if t == 0 && i % 256 == 0 {
+                        node.word(2, 1).fetch_add(1, Ordering::SeqCst);
+                    }
+                    if i % 16 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for node in nodes.iter() {
+        assert_eq!(node.word(0, 0).load(Ordering::SeqCst), THREADS * EACH);
+        for t in 0..THREADS {
+            assert_eq!(node.word(1, t).load(Ordering::SeqCst), EACH);
+        }
+    }
+    let stats: Vec<_> = nodes.iter().map(|n| n.region.stats()).collect();
+    eprintln!("{stats:#?}");
+    assert!(stats.iter().all(|s| s.fetched > 0), "pages did not move");
+    assert!(
+        stats.iter().map(|s| s.invalidated).sum::<u64>() > 0,
+        "no read copy dropped"
+    );
+    assert_eq!(nodes[0].region.failure(), None);
+}
+
+#[test]
+fn a_reader_sees_every_write_before_the_flag_it_read() {
+    // Message passing across pages: node 1 fills page 4 with n, then sets page 5's flag to
+    // n; node 2 reads the flag, then the page: no word may be older than the flag.
+    const ROUNDS: u64 = 300;
+    let nodes = Arc::new(cluster(3, |_| {}));
+    let writer = {
+        let nodes = nodes.clone();
+        std::thread::spawn(move || {
+            let w = &nodes[1];
+            for n in 1..=ROUNDS {
+                for i in 0..512 {
+                    w.word(4, i).store(n, Ordering::Release);
+                }
+                w.word(5, 0).store(n, Ordering::Release);
+            }
+        })
+    };
+    let r = &nodes[2];
+    let mut last = 0;
+    while last < ROUNDS {
+        let flag = r.word(5, 0).load(Ordering::Acquire);
+        assert!(flag >= last, "the flag went back from {last} to {flag}");
+        for i in 0..512 {
+            let v = r.word(4, i).load(Ordering::Acquire);
+            assert!(v >= flag, "word {i} is {v}, older than the flag {flag}");
+        }
+        last = flag;
+    }
+    writer.join().unwrap();
+    // What node 0 (the home) reads at the end is the last round, word for word.
+    for i in 0..512 {
+        assert_eq!(nodes[0].word(4, i).load(Ordering::SeqCst), ROUNDS);
+    }
+}
+
+#[test]
+fn pages_the_home_had_go_to_the_others_and_come_back() {
+    let nodes = cluster(2, |bytes| {
+        for (i, b) in bytes[..8 * PAGE_SIZE as usize].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+    });
+    let expect = |i: usize| (i % 251) as u8;
+    // Node 1 reads the home's data (read copies: node 0 keeps them too)...
+    // SAFETY: 8 pages of node 1's mapping, read through the DSM (they fault in).
+    let seen = unsafe { std::slice::from_raw_parts(nodes[1].base as *const u8, 8 * 4096) };
+    for (i, &b) in seen.iter().enumerate() {
+        assert_eq!(b, expect(i), "byte {i}");
+    }
+    assert_eq!(nodes[1].region.state(3), Some(State::Shared));
+    assert_eq!(nodes[0].region.state(3), Some(State::Shared));
+    // ... then writes one page: node 0's copy is invalidated, and it reads the new bytes.
+    nodes[1].word(3, 7).store(0xfeed, Ordering::SeqCst);
+    assert_eq!(nodes[0].region.state(3), Some(State::Invalid));
+    assert_eq!(nodes[1].region.state(3), Some(State::Modified));
+    assert_eq!(
+        nodes[1].region.stats().upgrades,
+        1,
+        "a read copy upgraded moves no data"
+    );
+    assert_eq!(nodes[0].word(3, 7).load(Ordering::SeqCst), 0xfeed);
+    assert_eq!(
+        nodes[0].word(3, 6).load(Ordering::SeqCst),
+        nodes[1].word(3, 6).load(Ordering::SeqCst)
+    );
+    // A page no one ever wrote reads as zeros everywhere.
+    assert_eq!(nodes[1].word(200, 0).load(Ordering::SeqCst), 0);
+    assert_eq!(nodes[0].region.held_only_by(1), 0);
+    nodes[1].word(201, 0).store(1, Ordering::SeqCst);
+    assert_eq!(nodes[0].region.held_only_by(1), 1);
+}
+
+#[test]
+fn a_pinned_page_is_not_taken_away_until_the_pin_ends() {
+    let nodes = Arc::new(cluster(3, |_| {}));
+    let pin = nodes[1].region.acquire(6 * PAGE_SIZE, 16, true).unwrap();
+    nodes[1].word(6, 0).store(1, Ordering::SeqCst);
+    let reader = {
+        let nodes = nodes.clone();
+        std::thread::spawn(move || nodes[2].word(6, 0).load(Ordering::SeqCst))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Still ours: the reader's fetch waits for the pin.
+    assert_eq!(nodes[1].region.state(6), Some(State::Modified));
+    nodes[1].word(6, 0).store(2, Ordering::SeqCst);
+    drop(pin);
+    assert_eq!(
+        reader.join().unwrap(),
+        2,
+        "the reader saw a value the pin held"
+    );
+    // acquire outside the region is refused.
+    assert!(nodes[1].region.acquire(HUGE_PAGE - 8, 16, false).is_err());
+}
+
+#[test]
+fn malformed_and_misdirected_messages_are_refused() {
+    let nodes = cluster(2, |_| {});
+    let r = &nodes[1].region;
+    let bad = |e: CoherenceError| e.to_string();
+    assert!(bad(r.deliver(0, b"garbage").unwrap_err()).contains("bad page message"));
+    let other_vm = PageMsg {
+        vm: 7,
+        page: 0,
+        msg: pop_dsm::protocol::Msg::Inv,
+    };
+    assert!(r.deliver(0, &other_vm.encode(None)).is_err());
+    let beyond = PageMsg {
+        vm: 42,
+        page: 1 << 20,
+        msg: pop_dsm::protocol::Msg::Inv,
+    };
+    assert!(r.deliver(0, &beyond.encode(None)).is_err());
+    // An invalidation of a page node 1 does not hold breaks the protocol: refused, and the
+    // region is failed from then on (its VM must end).
+    let inv = PageMsg {
+        vm: 42,
+        page: 0,
+        msg: pop_dsm::protocol::Msg::Inv,
+    };
+    let e = r.deliver(0, &inv.encode(None)).unwrap_err();
+    assert!(matches!(e, CoherenceError::Protocol(_)), "{e}");
+    assert!(r.failure().is_some());
+    assert!(matches!(
+        r.acquire(0, 8, false),
+        Err(CoherenceError::Failed(_))
+    ));
+}
