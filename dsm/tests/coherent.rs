@@ -14,7 +14,9 @@ use pop_dsm::message::PageMsg;
 use pop_dsm::protocol::{NodeId, State};
 use pop_dsm::uffd::{HUGE_PAGE, Staging};
 
-type Wire = Sender<(NodeId, Vec<u8>)>;
+/// A message as it travels: its sender and its bytes.
+type Carried = (NodeId, Vec<u8>);
+type Wire = Sender<Carried>;
 
 struct ChannelLink {
     from: NodeId,
@@ -50,8 +52,7 @@ impl TestNode {
 /// `n` nodes sharing one 2 MiB region whose home (and first holder) is node 0; node 0's
 /// mapping starts with `init` applied to it.
 fn cluster(n: usize, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
-    let (txs, rxs): (Vec<Wire>, Vec<Receiver<(NodeId, Vec<u8>)>>) =
-        (0..n).map(|_| channel()).unzip();
+    let (txs, rxs): (Vec<Wire>, Vec<Receiver<Carried>>) = (0..n).map(|_| channel()).unzip();
     let mut init = Some(init);
     let mut nodes = Vec::new();
     for (id, rx) in rxs.into_iter().enumerate() {
