@@ -28,6 +28,9 @@ pub enum Error {
     /// knows (a VM it does not expect, a sender that is not the VM's).
     #[error("{0}")]
     BadMessage(String),
+    /// This node could not do its part (a host resource: memory, userfaultfd, threads).
+    #[error("{0}")]
+    Host(String),
 }
 
 impl Error {
@@ -41,6 +44,7 @@ impl Error {
             Error::Busy(_) => 5,
             Error::Lost(_) => 6,
             Error::BadMessage(_) => 7,
+            Error::Host(_) => 8,
         }
     }
 
@@ -54,6 +58,7 @@ impl Error {
             5 => Error::Busy(text),
             6 => Error::Lost(text),
             7 => Error::BadMessage(text),
+            8 => Error::Host(text),
             _ => return None,
         })
     }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use vmm::vm::Vm;
 
 use crate::Service;
+use crate::dsm::Regions;
 use crate::error::Result;
 use crate::home::Homes;
 use crate::local::Local;
@@ -27,6 +28,7 @@ pub struct Host {
     local: Arc<Local>,
     vms: Arc<Migrations>,
     relays: Arc<Relays>,
+    regions: Arc<Regions>,
 }
 
 impl Host {
@@ -40,6 +42,7 @@ impl Host {
             local,
             vms,
             relays,
+            regions: Arc::default(),
         })
     }
 
@@ -83,6 +86,11 @@ impl Host {
         &self.local.homes
     }
 
+    /// The coherent shared regions of VMs spanning nodes.
+    pub fn regions(&self) -> &Arc<Regions> {
+        &self.regions
+    }
+
     /// Whole-VM migrations.
     pub fn migrations(&self) -> &Migrations {
         &self.vms
@@ -97,6 +105,7 @@ impl Host {
             msg::Service::Home => Some(&self.local.homes),
             msg::Service::Registry => Some(&self.local.registry),
             msg::Service::Relay => Some(&self.relays),
+            msg::Service::Dsm => Some(&*self.regions),
         }
     }
 

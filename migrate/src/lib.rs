@@ -10,6 +10,7 @@
 //! * [`hooks`]: what a VM in a cluster sees of it (`pop::nodes()`);
 //! * [`local`]: both of those, with running a VM here (what the services below build on);
 //! * [`vm`]: whole-VM pre-copy and post-copy (source, destination, page stream, memory pool);
+//! * [`dsm`]: the shared regions of VMs whose threads span nodes, on the mesh;
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
 //! * [`report`]: a migration's steps and summary;
 //! * [`host`]: the services of one node process put together;
@@ -18,6 +19,7 @@
 //! Per-thread migration (`thread/`), the scheduler (`sched/`) and cross-ISA state (`xisa/`)
 //! will be modules beside these, with message ranges of their own (see [`msg`]).
 
+pub mod dsm;
 pub mod error;
 pub mod home;
 pub mod hooks;

@@ -9,7 +9,7 @@
 //! | 30-39 | home ([`crate::home`]) | `OUTPUT`, `EXIT`, `LOCATION`, `FILE` |
 //! | 40-49 | registry ([`crate::registry`]) | `LIST` |
 //! | 50-59 | relay ([`crate::relay`]) | `MIGRATE`, `PROGRESS` |
-//! | 60-79 | reserved: the DSM | |
+//! | 60-79 | the DSM ([`crate::dsm`]) | `PAGE` |
 //! | 80-99 | reserved: per-thread migration | |
 //! | 100-119 | reserved: the scheduler | |
 
@@ -53,6 +53,9 @@ pub enum MsgType {
     Migrate = 50,
     /// One-way ([`Progress`]): progress of a relayed migration, to the node that relayed it.
     Progress = 51,
+    /// One-way, page class ([`pop_dsm::message::PageMsg`], with a page for those that carry
+    /// one): the coherence protocol of a VM whose threads span nodes.
+    Page = 60,
 }
 
 /// The services, by range of message types.
@@ -68,11 +71,13 @@ pub enum Service {
     Registry,
     /// Relayed `popvmm migrate`.
     Relay,
+    /// The DSM: page coherence of VMs whose threads span nodes.
+    Dsm,
 }
 
 impl MsgType {
     /// Every message type.
-    pub const ALL: [MsgType; 14] = [
+    pub const ALL: [MsgType; 15] = [
         MsgType::Ping,
         MsgType::Begin,
         MsgType::Commit,
@@ -87,6 +92,7 @@ impl MsgType {
         MsgType::List,
         MsgType::Migrate,
         MsgType::Progress,
+        MsgType::Page,
     ];
 
     /// Its name in the protocol's descriptions and in errors (`BEGIN`, `FETCH`, ...).
@@ -106,6 +112,7 @@ impl MsgType {
             MsgType::List => "LIST",
             MsgType::Migrate => "MIGRATE",
             MsgType::Progress => "PROGRESS",
+            MsgType::Page => "PAGE",
         }
     }
 
@@ -126,7 +133,8 @@ impl MsgType {
             10..=29 => Service::Vm,
             30..=39 => Service::Home,
             40..=49 => Service::Registry,
-            _ => Service::Relay,
+            50..=59 => Service::Relay,
+            _ => Service::Dsm,
         }
     }
 }
@@ -636,6 +644,7 @@ pub fn check_payload(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         MsgType::File => from_bytes::<FileRequest>(payload).map(drop),
         MsgType::Migrate => from_bytes::<MigrateRequest>(payload).map(drop),
         MsgType::Progress => from_bytes::<Progress>(payload).map(drop),
+        MsgType::Page => pop_dsm::message::PageMsg::decode(payload).map(drop),
     }
 }
 
@@ -672,6 +681,7 @@ mod tests {
         assert_eq!(MsgType::File.service(), Service::Home);
         assert_eq!(MsgType::List.service(), Service::Registry);
         assert_eq!(MsgType::Progress.service(), Service::Relay);
+        assert_eq!(MsgType::Page.service(), Service::Dsm);
     }
 
     #[test]

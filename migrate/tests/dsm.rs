@@ -1,0 +1,97 @@
+//! The DSM over the real messaging layer: nodes on loopback TCP with authenticated
+//! connections, each holding a copy of one region, host threads on every node updating
+//! shared words.
+
+mod mesh;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pop_dsm::PAGE_SIZE;
+use pop_dsm::coherent::{Coherent, RegionConfig};
+use pop_dsm::uffd::{HUGE_PAGE, Staging};
+
+/// One node's mapping of the region and its coherent copy.
+struct Copy {
+    region: Arc<Coherent>,
+    base: u64,
+    _map: Staging,
+}
+
+impl Copy {
+    fn word(&self, page: u64, word: u64) -> &AtomicU64 {
+        assert!(page * PAGE_SIZE + word * 8 < HUGE_PAGE);
+        // SAFETY: inside this copy's live mapping, aligned to 8, only accessed atomically.
+        unsafe { &*((self.base + page * PAGE_SIZE + word * 8) as *const AtomicU64) }
+    }
+}
+
+fn copies(m: &mesh::Mesh, vm: u64) -> Vec<Copy> {
+    (0..m.nodes.len())
+        .map(|id| {
+            let mut map = Staging::new(HUGE_PAGE).unwrap();
+            let base = map.bytes().as_mut_ptr() as u64;
+            let cfg = RegionConfig {
+                node: id as u32,
+                home: 0,
+                vm,
+                host_base: base,
+                len: HUGE_PAGE,
+            };
+            let region = m.regions[id].start(&m.nodes[id], cfg).unwrap();
+            Copy {
+                region,
+                base,
+                _map: map,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn counters_updated_from_three_nodes_over_the_mesh_end_exact() {
+    const THREADS: u64 = 6;
+    const EACH: u64 = 3_000;
+    let m = mesh::mesh(3);
+    let c = Arc::new(copies(&m, 1));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let here = &c[(t % 3) as usize];
+                for i in 0..EACH {
+                    here.word(0, 0).fetch_add(1, Ordering::SeqCst);
+                    here.word(1, t).fetch_add(1, Ordering::SeqCst);
+                    if i % 32 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for here in c.iter() {
+        assert_eq!(here.word(0, 0).load(Ordering::SeqCst), THREADS * EACH);
+        for t in 0..THREADS {
+            assert_eq!(here.word(1, t).load(Ordering::SeqCst), EACH);
+        }
+        assert_eq!(here.region.failure(), None);
+    }
+    assert!(c.iter().all(|here| here.region.stats().fetched > 0));
+}
+
+#[test]
+fn a_page_message_for_a_vm_without_a_region_is_refused() {
+    let m = mesh::mesh(2);
+    let _c = copies(&m, 5);
+    let msg = pop_dsm::message::PageMsg {
+        vm: 6,
+        page: 0,
+        msg: pop_dsm::protocol::Msg::GetS,
+    };
+    let e = m.regions[0].deliver(1, &msg.encode(None)).unwrap_err();
+    assert!(e.to_string().contains("no shared region"), "{e}");
+    assert!(m.regions[0].deliver(1, b"short").is_err());
+}
