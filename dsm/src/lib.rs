@@ -13,6 +13,7 @@
 //! * [`protocol`]: the coherence protocol for threads of one VM on several nodes (home-based
 //!   MSI), as pure state machines explored exhaustively by its tests;
 //! * [`message`]: its messages on the wire;
+//! * [`futex`]: the futexes of a VM spanning nodes, in one table at its origin;
 //! * [`coherent`]: the protocol at work on one node's copy of a region: faults from
 //!   userfaultfd, effects on memory, pins for the VMM's own accesses.
 //!
@@ -21,6 +22,7 @@
 
 pub mod coherent;
 pub mod directory;
+pub mod futex;
 pub mod message;
 pub mod postcopy;
 pub mod protocol;

@@ -25,6 +25,19 @@ pub struct ClockState {
     pub paused_realtime_ns: u64,
 }
 
+impl ClockState {
+    /// Where a counter saved in this state goes on from now, on a host whose counter runs at
+    /// `khz` (0: unknown; the stop is then not counted): the saved value plus the time since
+    /// (by the host clocks, at most a minute).
+    pub fn resumed_counter(&self, khz: u64) -> u64 {
+        let stopped_ns = crate::sys::realtime_ns()
+            .saturating_sub(self.paused_realtime_ns)
+            .min(MAX_STOP_NS);
+        let ticks = (u128::from(stopped_ns) * u128::from(khz) / 1_000_000) as u64;
+        self.counter.wrapping_add(ticks)
+    }
+}
+
 impl Encode for ClockState {
     fn encode(&self, e: &mut Encoder) {
         e.u64(self.counter).u64(self.paused_realtime_ns);

@@ -1,14 +1,19 @@
 //! Where the distributed crates plug into one VM: where a new guest thread runs, how a futex
-//! wait or wake is carried out, and which nodes the guest sees. [`LocalHooks`] is a VM on one host: every thread runs
-//! here, and a futex is the host futex on the host address of the guest word (so a wake from
-//! any vCPU, or a store followed by a wake, behaves as between host threads). The DSM replaces
-//! them to run threads on other nodes and to make futexes work across nodes.
+//! wait or wake is carried out, which nodes the guest sees, and, for a VM whose threads span
+//! nodes, moving a thread away and what happens where the VM's thread table is not (a
+//! thread's exit, the application's exit, a join). [`LocalHooks`] is a VM on one host: every
+//! thread runs here, a futex is the host futex on the host address of the guest word (so a
+//! wake from any vCPU, or a store followed by a wake, behaves as between host threads), and
+//! threads do not move. The distributed crates replace them to run threads on other nodes and
+//! to make futexes work across nodes.
 
 use std::fmt;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use pop_abi::errno::ENOSYS;
+
+use crate::moving::ThreadState;
 use pop_abi::{Isa, NodeEntry};
 
 use crate::arch::ThreadStart;
@@ -44,6 +49,34 @@ pub trait Hooks: Send + Sync + fmt::Debug {
             isa: Isa::NATIVE.abi(),
             up: 1,
         }]
+    }
+
+    /// Moves the thread of `thread` (its vCPU stopped and saved, its hypercall answered) to
+    /// node `to`, not this one. `Ok`: it runs there now, and its vCPU here waits until the
+    /// thread comes back. `Err(errno)` (see [`pop_abi::Hypercall::Migrate`]): nothing moved,
+    /// it goes on here.
+    fn move_thread(&self, _thread: &ThreadState, _to: u32) -> Result<(), i32> {
+        Err(ENOSYS)
+    }
+
+    /// Thread `tid` ended on this node (its completion word signalled). `true` if the VM's
+    /// thread table is on another node and was told: the VM then does not end here when no
+    /// thread is left, its origin decides.
+    fn thread_exited(&self, _tid: u32) -> bool {
+        false
+    }
+
+    /// The application exited with `status` on this node. `true` if the VM's origin is
+    /// another node and was told (the VM ends there, then here).
+    fn exit_elsewhere(&self, _status: i32) -> bool {
+        false
+    }
+
+    /// Thread `caller` joins thread `tid`: `Some(result)` when the VM's thread table is on
+    /// another node and answered there (`interrupted()` turning true makes it give up with
+    /// `-EINTR`); `None` to join here.
+    fn join_elsewhere(&self, _tid: u32, _caller: u32, _interrupted: &dyn Fn() -> bool) -> Option<i64> {
+        None
     }
 
     /// Blocks while the guest word at `addr` (mapped here at `word`) holds `expected`, until

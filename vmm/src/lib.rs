@@ -10,7 +10,8 @@
 //! * [`memory`] owns guest memory and checks every guest pointer,
 //! * [`boot`] writes the [`pop_abi::BootInfo`] and the argument/environment block,
 //! * [`vm`] creates the KVM virtual machine, runs its vCPUs, serves hypercalls and pauses it,
-//! * [`threads`] maps guest threads onto a pool of vCPUs (one host thread each),
+//! * [`threads`] maps guest threads onto a pool of vCPUs (one host thread each), and
+//!   [`moving`] is a thread as it moves to another node,
 //! * [`hooks`] is where the distributed crates decide where threads run and how futexes work,
 //! * [`fs`] serves files and directories,
 //! * [`fault`] turns a guest crash into a symbolized report,
@@ -34,6 +35,7 @@ pub mod hooks;
 pub mod image;
 pub mod launch;
 pub mod memory;
+pub mod moving;
 pub mod outcome;
 pub mod output;
 pub mod paging;

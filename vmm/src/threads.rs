@@ -11,20 +11,36 @@ use std::thread::JoinHandle;
 use pop_abi::errno::{EAGAIN, EINTR, ESRCH};
 
 use crate::arch::ThreadStart;
+use crate::moving::ThreadState;
 
 /// Thread id of the main thread.
 pub const MAIN_TID: u32 = 1;
 
+/// What a waiting vCPU thread is given to run.
+#[derive(Debug)]
+pub enum Next {
+    /// A new guest thread.
+    Start(ThreadStart),
+    /// A guest thread of this vCPU's index coming back from another node; the result of
+    /// restoring it goes to the sender.
+    Arrive(Box<ThreadState>, std::sync::mpsc::Sender<Result<(), String>>),
+}
+
 /// Where a parked vCPU thread waits for its next guest thread.
 #[derive(Debug, Default)]
 pub struct Mailbox {
-    next: Mutex<Option<ThreadStart>>,
+    next: Mutex<Option<Next>>,
     ready: Condvar,
 }
 
 impl Mailbox {
     fn post(&self, start: ThreadStart) {
-        *crate::sync::lock(&self.next) = Some(start);
+        self.post_next(Next::Start(start));
+    }
+
+    /// Hands the waiting vCPU thread a guest thread arriving from another node.
+    pub fn post_next(&self, next: Next) {
+        *crate::sync::lock(&self.next) = Some(next);
         self.ready.notify_one();
     }
 
@@ -34,7 +50,7 @@ impl Mailbox {
     }
 
     /// Blocks until a guest thread is posted (`Some`) or `stopping()` holds (`None`).
-    pub fn wait(&self, stopping: impl Fn() -> bool) -> Option<ThreadStart> {
+    pub fn wait(&self, stopping: impl Fn() -> bool) -> Option<Next> {
         let mut next = crate::sync::lock(&self.next);
         loop {
             if let Some(start) = next.take() {
@@ -61,7 +77,8 @@ struct Table {
     running: u32,
     vcpus: u32,
     idle: Vec<Arc<Mailbox>>,
-    mailboxes: Vec<Arc<Mailbox>>,
+    /// Every vCPU on this node, by index.
+    mailboxes: HashMap<u32, Arc<Mailbox>>,
     handles: Vec<JoinHandle<()>>,
     closed: bool,
 }
@@ -104,9 +121,10 @@ impl Threads {
             mailbox.post(start);
         } else if t.vcpus < self.max_vcpus {
             let mailbox = Arc::new(Mailbox::default());
-            let handle = add_vcpu(t.vcpus, start, mailbox.clone()).map_err(|()| EAGAIN)?;
+            let index = t.vcpus;
+            let handle = add_vcpu(index, start, mailbox.clone()).map_err(|()| EAGAIN)?;
             t.vcpus += 1;
-            t.mailboxes.push(mailbox);
+            t.mailboxes.insert(index, mailbox);
             t.handles.push(handle);
         } else {
             return Err(EAGAIN);
@@ -155,7 +173,7 @@ impl Threads {
     pub fn close(&self) -> Vec<JoinHandle<()>> {
         let mut t = self.table();
         t.closed = true;
-        for mailbox in &t.mailboxes {
+        for mailbox in t.mailboxes.values() {
             mailbox.wake();
         }
         self.exited.notify_all();
@@ -190,15 +208,52 @@ impl Threads {
         self.exited.notify_all();
     }
 
-    /// Adds a re-created vCPU's host thread; `idle` if no guest thread runs on it.
+    /// Adds a re-created vCPU's host thread (the next index); `idle` if no guest thread runs
+    /// on it.
     pub fn add_restored(&self, mailbox: Arc<Mailbox>, handle: JoinHandle<()>, idle: bool) {
         let mut t = self.table();
+        let index = t.vcpus;
         t.vcpus += 1;
         if idle {
             t.idle.push(mailbox.clone());
         }
-        t.mailboxes.push(mailbox);
+        t.mailboxes.insert(index, mailbox);
         t.handles.push(handle);
+    }
+
+    /// The vCPU of index `index` on this node, if it has one.
+    pub fn mailbox(&self, index: u32) -> Option<Arc<Mailbox>> {
+        self.table().mailboxes.get(&index).cloned()
+    }
+
+    /// Adds the host thread of vCPU `index`, made here for a thread that arrived from another
+    /// node (a VM spanning nodes has its vCPU indices given out by its origin). `false` if
+    /// the table is closed (the VM is stopping).
+    pub fn add_arrived(&self, index: u32, mailbox: Arc<Mailbox>, handle: JoinHandle<()>) -> bool {
+        let mut t = self.table();
+        if t.closed {
+            return false;
+        }
+        t.vcpus = t.vcpus.max(index + 1);
+        t.mailboxes.insert(index, mailbox);
+        t.handles.push(handle);
+        true
+    }
+
+    /// Records that `tid`, whose vCPU here is `index` but which ran on another node, ended
+    /// there: its vCPU here is idle again. Returns whether no thread is left running.
+    pub fn exited_elsewhere(&self, tid: u32, index: u32) -> bool {
+        let mut t = self.table();
+        if t.states.insert(tid, State::Exited) == Some(State::Running) {
+            t.running -= 1;
+        }
+        if let Some(mailbox) = t.mailboxes.get(&index).cloned()
+            && !t.idle.iter().any(|m| Arc::ptr_eq(m, &mailbox))
+        {
+            t.idle.push(mailbox);
+        }
+        self.exited.notify_all();
+        t.running == 0
     }
 }
 
@@ -322,7 +377,10 @@ mod tests {
         let mailbox = spawned.lock().unwrap()[1].2.clone();
         assert!(!threads.exited(2, &mailbox));
         assert_eq!(threads.spawn(start(), add), Ok(3));
-        assert_eq!(mailbox.wait(|| false).map(|s| s.tid), Some(3));
+        match mailbox.wait(|| false) {
+            Some(Next::Start(s)) => assert_eq!(s.tid, 3),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(threads.vcpu_count(), 2);
         assert_eq!(threads.join(2, 1, || false), 0);
         assert_eq!(threads.join(2, 1, || false), -i64::from(ESRCH));

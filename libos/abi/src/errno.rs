@@ -37,6 +37,10 @@ pub const EROFS: i32 = 30;
 pub const ENAMETOOLONG: i32 = 36;
 /// Function not implemented.
 pub const ENOSYS: i32 = 38;
+/// Exec format error (a node of another instruction set).
+pub const ENOEXEC: i32 = 8;
+/// No route to host (a node that is down or cannot take a thread).
+pub const EHOSTUNREACH: i32 = 113;
 /// Directory not empty.
 pub const ENOTEMPTY: i32 = 39;
 /// Timed out (futex wait).

@@ -106,11 +106,17 @@ pub enum Hypercall {
     /// saved registers (x86-64: [`crate::X86FaultFrame`]; aarch64: [`crate::Aarch64FaultFrame`]). The VMM reports it and ends the VM
     /// with [`crate::EXIT_FAULT`]. Does not return.
     Fault = 30,
+    /// `migrate(node) -> 0`: moves the calling thread to node `node` of the cluster and
+    /// returns there (to its own node: at once). `-EINVAL` for a node the cluster does not
+    /// have, `-EHOSTUNREACH` for one that is down or cannot take it, `-ENOEXEC` for a node of
+    /// another ISA, `-ENOSYS` for a VM not in a cluster; on an error the thread goes on where
+    /// it was.
+    Migrate = 31,
 }
 
 impl Hypercall {
     /// All hypercalls, for dispatch tables and tests.
-    pub const ALL: [Hypercall; 26] = [
+    pub const ALL: [Hypercall; 27] = [
         Hypercall::Exit,
         Hypercall::Abort,
         Hypercall::Write,
@@ -137,6 +143,7 @@ impl Hypercall {
         Hypercall::SetThreadPointer,
         Hypercall::Nodes,
         Hypercall::Fault,
+        Hypercall::Migrate,
     ];
 
     /// The hypercall with number `nr`, if there is one.

@@ -16,7 +16,7 @@ pub mod layout;
 pub use hypercall::Hypercall;
 
 /// Version of this contract. The VMM refuses an image whose [`AbiNote`] carries another one.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Magic bytes at the start of [`AbiNote`].
 pub const ABI_MAGIC: [u8; 8] = *b"POPLIBOS";

@@ -54,12 +54,20 @@ unsafe extern "C" fn pop_nodes(buf: *mut pop_abi::NodeEntry, max: usize) -> isiz
     hc(Hypercall::Nodes, buf as u64, max as u64, 0, 0, 0) as isize
 }
 
-/// The id of the node this VM runs on (for the `pop` crate). The VMM rewrites it where a
+/// Moves the calling thread to node `node` (for the `pop` crate): 0 once it runs there, or a
+/// negated errno (and it runs on here).
+#[unsafe(no_mangle)]
+extern "C" fn pop_migrate(node: u32) -> i32 {
+    hc(Hypercall::Migrate, u64::from(node), 0, 0, 0, 0) as i32
+}
+
+/// The id of the node the calling thread runs on (for the `pop` crate). The boot information
+/// is node-private: each node's copy names that node, and the VMM rewrites it where a
 /// migrated VM resumes, so it is read afresh each time.
 #[unsafe(no_mangle)]
 extern "C" fn pop_current_nid() -> u32 {
     let info: *const pop_abi::BootInfo = boot_info::info();
     // SAFETY: the boot information is mapped for the VM's whole life; the VMM changes this
-    // field only while every vCPU is stopped.
+    // field only while every vCPU of this node is stopped.
     unsafe { core::ptr::addr_of!((*info).node_id).read_volatile() }
 }

@@ -34,6 +34,8 @@ pub enum Flow {
     /// The VM is pausing (to migrate) while this blocking call was in progress: it is to be
     /// issued again, as given here (a sleep with the time left), wherever the VM resumes.
     Pending(HypercallRequest),
+    /// Move the calling thread to this node (`pop::migrate`).
+    Migrate(u32),
 }
 
 /// Serves `request` made by guest thread `tid`.
@@ -45,9 +47,12 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
     let mem = &vm.mem;
     let result = match call {
         Hypercall::Exit => {
-            vm.finish(Outcome::Exit(a0 as i32));
+            if !vm.hooks.exit_elsewhere(a0 as i32) {
+                vm.finish(Outcome::Exit(a0 as i32));
+            }
             return Flow::Stop;
         }
+        Hypercall::Migrate => return Flow::Migrate(a0 as u32),
         Hypercall::Abort => return Flow::Abort,
         Hypercall::ThreadExit => return Flow::ThreadExit(a0),
         Hypercall::Fault => return Flow::Fault(a0),
@@ -94,9 +99,11 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
             vm.spawn(start).map(i64::from)
         }
         Hypercall::Join => {
-            let result = vm
-                .threads
-                .join(a0 as u32, tid, || vm.stopping() || vm.park_requested(tid));
+            let interrupted = || vm.stopping() || vm.park_requested(tid);
+            let result = match vm.hooks.join_elsewhere(a0 as u32, tid, &interrupted) {
+                Some(result) => result,
+                None => vm.threads.join(a0 as u32, tid, interrupted),
+            };
             if result == -i64::from(pop_abi::errno::EINTR) && vm.park_requested(tid) {
                 return Flow::Pending(request);
             }

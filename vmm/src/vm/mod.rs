@@ -6,9 +6,11 @@
 //! * [`vcpu_loop`]: the body of a vCPU's host thread;
 //! * [`hypercall`]: serving the guest's requests;
 //! * [`pause`]: stopping all vCPUs, or one thread's, for a migration;
+//! * [`moves`]: a thread leaving for another node of the VM, or arriving from one;
 //! * [`state`]: the saved VM ([`state::VmState`]).
 
 pub mod hypercall;
+pub mod moves;
 pub mod pause;
 pub mod state;
 pub mod vcpu_loop;

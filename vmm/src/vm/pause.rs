@@ -11,7 +11,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::arch::{HypercallRequest, Vcpu, VcpuState};
+use crate::arch::{HypercallRequest, Vcpu};
+pub use crate::moving::ParkedVcpu;
 use crate::outcome::Outcome;
 use crate::persist::Persist;
 use crate::threads::ThreadTable;
@@ -22,20 +23,6 @@ use super::VmShared;
 const TARGET_NONE: u64 = 0;
 /// Every thread is to park.
 const TARGET_ALL: u64 = u64::MAX;
-
-/// A vCPU stopped for a migration: its thread, its state, and the blocking hypercall it was
-/// in (to be issued again where it resumes: futex waits, sleeps and joins carry over).
-#[derive(Clone, Debug)]
-pub struct ParkedVcpu {
-    /// vCPU index (the guest's per-vCPU data is at this index: it must not change).
-    pub index: u32,
-    /// Guest thread on it.
-    pub tid: u32,
-    /// Registers and the rest.
-    pub state: VcpuState,
-    /// The hypercall it was blocked in, if any (sleep: the time left).
-    pub pending: Option<HypercallRequest>,
-}
 
 /// A paused VM's state, ready to be sent (see [`VmShared::pause`]).
 #[derive(Clone, Debug)]
@@ -75,6 +62,8 @@ pub enum PauseError {
 pub(super) enum Decision {
     Resume,
     Leave,
+    /// The paused thread runs on another node now (the VM goes on here).
+    Away,
 }
 
 /// The parking lot of a VM's vCPU threads.
@@ -90,8 +79,10 @@ pub(super) struct Park {
 pub(super) enum ParkEnd {
     /// Go on here, with the blocking call it was in.
     Resume(Option<HypercallRequest>),
-    /// Stop: the VM (or this thread) runs elsewhere now.
+    /// Stop: the VM runs elsewhere now.
     Leave,
+    /// The thread runs on another node now; its vCPU waits here.
+    Away,
 }
 
 impl VmShared {
@@ -201,6 +192,12 @@ impl VmShared {
         self.finish(Outcome::Moved);
     }
 
+    /// The thread paused with [`VmShared::pause_thread`] runs on another node now: its vCPU
+    /// waits here for it to come back; the rest of the VM runs on.
+    pub fn thread_left(&self) {
+        self.decide(Decision::Away);
+    }
+
     /// Parks the calling vCPU thread (see [`VmShared::pause`]) until a decision.
     pub(super) fn park_here(
         &self,
@@ -227,6 +224,7 @@ impl VmShared {
             match p.decided {
                 Some((e, Decision::Resume)) if e == epoch => return ParkEnd::Resume(pending),
                 Some((e, Decision::Leave)) if e == epoch => return ParkEnd::Leave,
+                Some((e, Decision::Away)) if e == epoch => return ParkEnd::Away,
                 _ if self.stopping() => return ParkEnd::Leave,
                 _ => {}
             }

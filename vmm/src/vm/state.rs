@@ -9,12 +9,11 @@
 use pop_abi::Isa;
 use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 
-use crate::arch::{HypercallRequest, VcpuState};
 use crate::clock::ClockState;
 use crate::fs::FdTable;
 use crate::threads::ThreadTable;
 
-use super::ParkedVcpu;
+use crate::moving::ParkedVcpu;
 
 /// Version of the [`VmState`] wire form; a node refuses any other.
 pub const STATE_VERSION: u16 = 1;
@@ -134,45 +133,6 @@ impl Decode for VmState {
             table: ThreadTable::decode(d)?,
             fds: FdTable::decode(d)?,
             clock: ClockState::decode(d)?,
-        })
-    }
-}
-
-impl Encode for HypercallRequest {
-    fn encode(&self, e: &mut Encoder) {
-        e.u16(self.nr);
-        for a in self.args {
-            e.u64(a);
-        }
-    }
-}
-
-impl Decode for HypercallRequest {
-    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
-        let nr = d.u16()?;
-        let mut args = [0; 5];
-        for a in &mut args {
-            *a = d.u64()?;
-        }
-        Ok(HypercallRequest { nr, args })
-    }
-}
-
-impl Encode for ParkedVcpu {
-    fn encode(&self, e: &mut Encoder) {
-        e.u32(self.index).u32(self.tid);
-        self.pending.encode(e);
-        self.state.encode(e);
-    }
-}
-
-impl Decode for ParkedVcpu {
-    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
-        Ok(ParkedVcpu {
-            index: d.u32()?,
-            tid: d.u32()?,
-            pending: Option::decode(d)?,
-            state: VcpuState::decode(d)?,
         })
     }
 }

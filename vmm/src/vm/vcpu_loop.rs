@@ -13,7 +13,8 @@ use crate::arch::{Exit, HypercallRequest, ThreadStart, Vcpu};
 use crate::boot;
 use crate::fault;
 use crate::outcome::Outcome;
-use crate::threads::{MAIN_TID, Mailbox};
+use crate::moving::ThreadState;
+use crate::threads::{MAIN_TID, Mailbox, Next};
 
 use super::VmShared;
 use super::hypercall::{self, Flow};
@@ -29,6 +30,9 @@ pub(super) enum Begin {
         tid: u32,
         pending: Option<HypercallRequest>,
     },
+    /// A guest thread arriving from another node (restored here first; the result goes to
+    /// the sender).
+    Arrive(Box<ThreadState>, std::sync::mpsc::Sender<Result<(), String>>),
     /// No thread: wait in the pool.
     Idle,
 }
@@ -56,6 +60,9 @@ enum ThreadEnd {
         /// Guest address of the thread's completion word, or 0.
         done: u64,
     },
+    /// The thread moved to another node: the vCPU waits here for it to come back (or for a
+    /// new thread once it ended there).
+    Away,
     /// The VM is over.
     VmOver,
 }
@@ -80,9 +87,25 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                 (start.tid, None)
             }
             Some(Begin::Resume { tid, pending }) => (tid, pending),
+            Some(Begin::Arrive(thread, reply)) => {
+                let restored = vm.restore_arrival(vcpu, &thread);
+                let ok = restored.as_ref().map(drop).map_err(Clone::clone);
+                let _ = reply.send(ok);
+                match restored {
+                    Ok(v) => vcpu = v,
+                    // The vCPU is gone (KVM refused its state): this host thread ends; the
+                    // source was told and runs the thread on.
+                    Err(_) => return,
+                }
+                (thread.vcpu.tid, thread.vcpu.pending)
+            }
             Some(Begin::Idle) | None => match mailbox.wait(|| vm.stopping()) {
-                Some(start) => {
+                Some(Next::Start(start)) => {
                     next = Some(Begin::Start(start));
+                    continue;
+                }
+                Some(Next::Arrive(thread, reply)) => {
+                    next = Some(Begin::Arrive(thread, reply));
                     continue;
                 }
                 None => return,
@@ -90,6 +113,7 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
         };
         match run_thread(&vm, &mut vcpu, tid, pending) {
             ThreadEnd::VmOver => return,
+            ThreadEnd::Away => {}
             ThreadEnd::Exited { done } => {
                 // Signal the completion word before the thread stops counting as running,
                 // so that a pause that sees it gone also sees the word set.
@@ -100,7 +124,7 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                         crate::sys::futex_wake(word, i32::MAX)
                     });
                 }
-                if vm.threads.exited(tid, &mailbox) {
+                if !vm.hooks.thread_exited(tid) && vm.threads.exited(tid, &mailbox) {
                     vm.finish(Outcome::Exit(0));
                 }
             }
@@ -138,6 +162,7 @@ fn run_thread(
         if pending.is_none() && vm.park_requested(tid) {
             match vm.park_here(vcpu, tid, None) {
                 ParkEnd::Leave => return ThreadEnd::VmOver,
+                ParkEnd::Away => return ThreadEnd::Away,
                 ParkEnd::Resume(_) => continue,
             }
         }
@@ -157,6 +182,7 @@ fn run_thread(
                     }
                     match vm.park_here(vcpu, tid, Some(request)) {
                         ParkEnd::Leave => return ThreadEnd::VmOver,
+                        ParkEnd::Away => return ThreadEnd::Away,
                         ParkEnd::Resume(again) => {
                             pending = again;
                             continue;
@@ -164,6 +190,20 @@ fn run_thread(
                     }
                 }
                 Flow::ThreadExit(done) => return ThreadEnd::Exited { done },
+                Flow::Migrate(to) => {
+                    // The thread resumes (wherever it runs) with 0 from the hypercall.
+                    vcpu.set_hypercall_result(&vm.mem, 0);
+                    if to == boot::node_id(&vm.mem) {
+                        continue;
+                    }
+                    match vm.depart(vcpu, tid, to) {
+                        Ok(()) => return ThreadEnd::Away,
+                        Err(errno) => {
+                            vcpu.set_hypercall_result(&vm.mem, -i64::from(errno));
+                            continue;
+                        }
+                    }
+                }
                 Flow::Stop => return ThreadEnd::VmOver,
                 Flow::Fault(frame) => vcpu.crash_from_fault_frame(&vm.mem, frame),
                 Flow::Abort => {

@@ -1,0 +1,111 @@
+//! A VM whose threads span nodes: a thread leaving this node ([`VmShared::depart`], from its
+//! own `migrate` hypercall; a thread stopped from outside leaves through
+//! [`VmShared::thread_state`] and [`VmShared::thread_left`]) and one arriving
+//! ([`VmShared::arrive`]), on the vCPU of its index here, made if this node has none. Where
+//! the thread goes and how is the hooks' business ([`crate::hooks::Hooks::move_thread`]).
+
+use std::mem::offset_of;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pop_abi::BootInfo;
+use pop_abi::errno::EIO;
+use pop_abi::layout::{BOOT_INFO_ADDR, PERCPU_SIZE, percpu_area};
+
+use super::VmShared;
+use super::vcpu_loop::{Begin, vcpu_thread};
+use crate::arch::{Vcpu, VcpuArgs};
+use crate::clock::ClockState;
+use crate::moving::{ParkedVcpu, ThreadState};
+use crate::persist::Persist;
+use crate::threads::{Mailbox, Next};
+
+/// How long an arriving thread's vCPU may take to be restored.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl VmShared {
+    /// The node this copy of the VM runs on.
+    pub fn node(&self) -> u32 {
+        crate::boot::node_id(&self.mem)
+    }
+
+    /// What thread `parked` (stopped) takes with it: its per-vCPU area and its clock.
+    pub fn thread_state(&self, parked: ParkedVcpu) -> ThreadState {
+        let percpu = self
+            .mem
+            .read(percpu_area(parked.index), PERCPU_SIZE as usize)
+            .unwrap_or_else(|_| vec![0; PERCPU_SIZE as usize]);
+        let clock = ClockState {
+            counter: parked.state.tsc,
+            paused_realtime_ns: crate::sys::realtime_ns(),
+        };
+        ThreadState {
+            vcpu: parked,
+            percpu,
+            clock,
+        }
+    }
+
+    /// Moves thread `tid`, which runs on `vcpu` and asked for it (its hypercall answered
+    /// already), to node `to`. `Ok`: it runs there; `Err(errno)`: it goes on here.
+    pub(super) fn depart(&self, vcpu: &mut Vcpu, tid: u32, to: u32) -> Result<(), i32> {
+        vcpu.complete_pending().map_err(|_| EIO)?;
+        let state = vcpu.save().map_err(|_| EIO)?;
+        let parked = ParkedVcpu {
+            index: vcpu.index(),
+            tid,
+            state,
+            pending: None,
+        };
+        self.hooks.move_thread(&self.thread_state(parked), to)
+    }
+
+    /// Runs `thread`, arriving from another node, on the vCPU of its index here (made if
+    /// this node has none). Returns once it is restored (and about to run), or why not.
+    pub fn arrive(self: &Arc<Self>, thread: ThreadState) -> Result<(), String> {
+        let index = thread.vcpu.index;
+        if index >= self.max_vcpus || thread.percpu.len() != PERCPU_SIZE as usize {
+            return Err(format!("an arriving thread on vCPU {index}, out of range"));
+        }
+        if self.stopping() {
+            return Err("the VM is ending".into());
+        }
+        let (tx, rx) = mpsc::channel();
+        match self.threads.mailbox(index) {
+            Some(mailbox) => mailbox.post_next(Next::Arrive(Box::new(thread), tx)),
+            None => {
+                let vcpu = Vcpu::new(&self.vm_fd, &self.arch, index, self.max_vcpus)
+                    .map_err(|e| format!("cannot make vCPU {index}: {e}"))?;
+                let mailbox = Arc::new(Mailbox::default());
+                let (vm, waiting) = (self.clone(), mailbox.clone());
+                let begin = Begin::Arrive(Box::new(thread), tx);
+                let handle = std::thread::Builder::new()
+                    .name(format!("vcpu{index}"))
+                    .spawn(move || vcpu_thread(vm, vcpu, begin, waiting))
+                    .map_err(|e| format!("cannot start vCPU {index}: {e}"))?;
+                if !self.threads.add_arrived(index, mailbox, handle) {
+                    return Err("the VM is ending".into());
+                }
+            }
+        }
+        rx.recv_timeout(RESTORE_TIMEOUT)
+            .map_err(|_| format!("vCPU {index} did not take the thread"))?
+    }
+
+    /// Restores an arriving thread onto `vcpu` (of its index): its per-vCPU area, its
+    /// registers, its counter going on from where it stopped.
+    pub(super) fn restore_arrival(&self, vcpu: Vcpu, thread: &ThreadState) -> Result<Vcpu, String> {
+        let area = percpu_area(thread.vcpu.index);
+        self.mem
+            .write(area, &thread.percpu)
+            .map_err(|e| format!("per-vCPU area: errno {e}"))?;
+        let khz_at = BOOT_INFO_ADDR + offset_of!(BootInfo, counter_khz) as u64;
+        let khz = self.mem.read_u64(khz_at).unwrap_or(0);
+        let args = VcpuArgs {
+            vcpu,
+            counter: thread.clock.resumed_counter(khz),
+        };
+        Vcpu::restore(args, &thread.vcpu.state).map_err(|e| format!("cannot restore the vCPU: {e}"))
+    }
+}
