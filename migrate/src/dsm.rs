@@ -82,6 +82,10 @@ impl Regions {
         let region = self
             .get(msg.vm)
             .ok_or_else(|| Error::NoSuchVm(format!("VM {} has no shared region here", msg.vm)))?;
+        if region.failure().is_some() {
+            // The VM ended (or cannot go on): what its peers still send is dropped.
+            return Ok(());
+        }
         region
             .deliver(from, payload)
             .map_err(|e| Error::BadMessage(format!("VM {}: page {}: {e}", msg.vm, msg.page)))

@@ -1,17 +1,28 @@
 //! The hooks of a VM that runs in a cluster (see `vmm::hooks`): the guest sees the cluster's
-//! nodes (`pop::nodes()`), each up if it is the VM's node or one its node reaches. Thread
-//! placement and futexes stay the single host's until the DSM takes them over.
+//! nodes (`pop::nodes()`), each up if it is the VM's node or one its node reaches. A VM that
+//! may span nodes (one launched in a cluster, and its shells) also has a [`SpanCtx`]: its
+//! threads move ([`crate::thread`]), and once it spans, its futexes, joins, spawns, thread
+//! exits and exit are the cluster's (carried to its origin).
 
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use net_msg::{Node, PeerState};
 use pop_abi::NodeEntry;
-use vmm::hooks::Hooks;
+use pop_abi::errno::ENOSYS;
+use vmm::arch::ThreadStart;
+use vmm::hooks::{Hooks, Placement};
+use vmm::moving::ThreadState;
+use vmm::sys::FutexWait;
+
+use crate::thread::{SpanCtx, Spans};
 
 /// The hooks of a VM on a cluster node.
 #[derive(Debug, Default)]
 pub struct ClusterHooks {
     node: OnceLock<Weak<Node>>,
+    span: OnceLock<SpanCtx>,
 }
 
 impl ClusterHooks {
@@ -31,9 +42,86 @@ impl ClusterHooks {
     pub fn attach(&self, node: &Arc<Node>) {
         let _ = self.node.set(Arc::downgrade(node));
     }
+
+    /// The VM may span nodes: its threads move, as `ctx` says.
+    pub fn span(&self, ctx: SpanCtx) {
+        let _ = self.span.set(ctx);
+    }
+
+    fn spanning(&self) -> Option<(&SpanCtx, Arc<Spans>)> {
+        let ctx = self.span.get()?;
+        Some((ctx, ctx.spans.upgrade()?))
+    }
+
+    /// The VM's context and spans, if its futexes are the cluster's now.
+    fn spread(&self) -> Option<(&SpanCtx, Arc<Spans>)> {
+        self.spanning().filter(|(ctx, spans)| spans.spans(ctx))
+    }
+
+    fn on_shell(&self) -> Option<(&SpanCtx, Arc<Spans>)> {
+        let node = self.node.get()?.upgrade()?;
+        self.spanning().filter(|(ctx, _)| ctx.origin != node.id())
+    }
 }
 
 impl Hooks for ClusterHooks {
+    fn place_thread(&self, _start: &ThreadStart) -> Placement {
+        match self.on_shell() {
+            Some((ctx, _)) => Placement::Node(ctx.origin),
+            None => Placement::Here,
+        }
+    }
+
+    fn start_remote(&self, _node: u32, start: ThreadStart) -> Result<u32, i32> {
+        match self.spanning() {
+            Some((ctx, spans)) => spans.spawn(ctx, &start),
+            None => Err(ENOSYS),
+        }
+    }
+
+    fn move_thread(&self, thread: &ThreadState, to: u32) -> Result<(), i32> {
+        match self.spanning() {
+            Some((ctx, spans)) => spans.move_thread(ctx, thread, to),
+            None => Err(ENOSYS),
+        }
+    }
+
+    fn thread_exited(&self, tid: u32, index: u32) -> bool {
+        self.spanning()
+            .is_some_and(|(ctx, spans)| spans.thread_exited(ctx, tid, index))
+    }
+
+    fn exit_elsewhere(&self, status: i32) -> bool {
+        self.spanning()
+            .is_some_and(|(ctx, spans)| spans.exit(ctx, status))
+    }
+
+    fn join_elsewhere(&self, tid: u32, caller: u32, interrupted: &dyn Fn() -> bool) -> Option<i64> {
+        let (ctx, spans) = self.on_shell()?;
+        spans.join(ctx, tid, caller, interrupted)
+    }
+
+    fn futex_wait(
+        &self,
+        addr: u64,
+        word: &AtomicU32,
+        expected: u32,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> FutexWait {
+        match self.spread() {
+            Some((ctx, spans)) => spans.futex_wait(ctx, addr, word, expected, timeout, interrupted),
+            None => vmm::sys::futex_wait(word, expected, timeout),
+        }
+    }
+
+    fn futex_wake(&self, addr: u64, word: &AtomicU32, count: i32) -> i64 {
+        match self.spread() {
+            Some((ctx, spans)) => spans.futex_wake(ctx, addr, word, count),
+            None => vmm::sys::futex_wake(word, count),
+        }
+    }
+
     fn nodes(&self, here: u32) -> Vec<NodeEntry> {
         let Some(node) = self.node.get().and_then(Weak::upgrade) else {
             return vmm::hooks::LocalHooks.nodes(here);

@@ -19,6 +19,7 @@ use crate::msg::{self, VmInfo};
 use crate::registry::{HostedVm, Registry};
 use crate::relay::Relays;
 use crate::report::{Step, Summary};
+use crate::thread::Spans;
 use crate::vm::{Migrations, page_stream};
 
 /// The services of one node process.
@@ -29,6 +30,7 @@ pub struct Host {
     vms: Arc<Migrations>,
     relays: Arc<Relays>,
     regions: Arc<Regions>,
+    spans: Arc<Spans>,
 }
 
 impl Host {
@@ -37,12 +39,15 @@ impl Host {
         let local = Arc::new(Local::default());
         let vms = Arc::new(Migrations::new(local.clone()));
         let relays = Arc::new(Relays::new(local.clone(), vms.clone()));
+        let regions: Arc<Regions> = Arc::default();
+        let spans = Spans::new(local.clone(), regions.clone());
         Arc::new(Host {
             node: OnceLock::new(),
             local,
             vms,
             relays,
-            regions: Arc::default(),
+            regions,
+            spans,
         })
     }
 
@@ -56,6 +61,7 @@ impl Host {
             }
         });
         self.vms.open_spares(&node);
+        self.spans.attach(&node);
         let (vms, weak) = (Arc::downgrade(&self.vms), Arc::downgrade(&node));
         let _ = self.node.set(node);
         let _ = std::thread::Builder::new()
@@ -91,6 +97,11 @@ impl Host {
         &self.regions
     }
 
+    /// Threads of VMs spanning nodes.
+    pub fn spans(&self) -> &Arc<Spans> {
+        &self.spans
+    }
+
     /// Whole-VM migrations.
     pub fn migrations(&self) -> &Migrations {
         &self.vms
@@ -106,6 +117,7 @@ impl Host {
             msg::Service::Registry => Some(&self.local.registry),
             msg::Service::Relay => Some(&self.relays),
             msg::Service::Dsm => Some(&*self.regions),
+            msg::Service::Thread => Some(&self.spans),
         }
     }
 

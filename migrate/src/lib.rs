@@ -13,11 +13,12 @@
 //! * [`dsm`]: the shared regions of VMs whose threads span nodes, on the mesh;
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
 //! * [`report`]: a migration's steps and summary;
+//! * [`thread`]: threads of one VM on several nodes (shells, arrivals, futexes, joins);
 //! * [`host`]: the services of one node process put together;
 //! * [`error`]: failures by kind.
 //!
-//! Per-thread migration (`thread/`), the scheduler (`sched/`) and cross-ISA state (`xisa/`)
-//! will be modules beside these, with message ranges of their own (see [`msg`]).
+//! The scheduler (`sched/`) and cross-ISA state (`xisa/`) will be modules beside these,
+//! with message ranges of their own (see [`msg`]).
 
 pub mod dsm;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod msg;
 pub mod registry;
 pub mod relay;
 pub mod report;
+pub mod thread;
 pub mod vm;
 
 use std::sync::Arc;

@@ -10,13 +10,17 @@
 //! | 40-49 | registry ([`crate::registry`]) | `LIST` |
 //! | 50-59 | relay ([`crate::relay`]) | `MIGRATE`, `PROGRESS` |
 //! | 60-79 | the DSM ([`crate::dsm`]) | `PAGE` |
-//! | 80-99 | reserved: per-thread migration | |
+//! | 80-99 | threads of a VM spanning nodes ([`crate::thread`]) | `SHELL`, `ARRIVE`, `FUTEX_WAIT`, `FUTEX_WAKE`, `FUTEX_CANCEL`, `THREAD_EXITED`, `JOIN`, `SPAN_EXIT`, `SPAN_END`, `SPAWN`, `MOVE_THREAD`, `THREADS`, `THREAD_AT` |
 //! | 100-119 | reserved: the scheduler | |
 
 use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 use vmm::fs::op::FileOp;
 
 use crate::report::{Step, Summary};
+pub use crate::thread::wire::{
+    Answer, Arrive, FutexCancel, FutexWait, FutexWake, Join, MoveThread, ShellPiece, ShellSetup,
+    SpanExit, Spawn, ThreadAt, ThreadExited, ThreadInfo, ThreadList, ThreadStatus,
+};
 use vmm::vm::state::{StateHeader, VmState};
 
 /// A message type.
@@ -56,6 +60,32 @@ pub enum MsgType {
     /// One-way, page class ([`pop_dsm::message::PageMsg`], with a page for those that carry
     /// one): the coherence protocol of a VM whose threads span nodes.
     Page = 60,
+    /// Request ([`ShellPiece`]): a piece of a VM's image or private pages, before its first thread arrives.
+    Shell = 80,
+    /// Request ([`Arrive`]): a thread of a VM arrives (with the shell to make first, if the node has none). Answer: empty once it runs here, or an error (it runs on at the sender).
+    Arrive = 81,
+    /// Request, to the VM's origin ([`FutexWait`]). Answer: [`Answer`].
+    FutexWait = 82,
+    /// Request, to the VM's origin ([`FutexWake`]). Answer: [`Answer`].
+    FutexWake = 83,
+    /// Request, to the VM's origin ([`FutexCancel`]). Answer: [`Answer`].
+    FutexCancel = 84,
+    /// Request, to the VM's origin ([`ThreadExited`]).
+    ThreadExited = 85,
+    /// Request, to the VM's origin ([`Join`]). Answer: [`Answer`].
+    Join = 86,
+    /// One-way, to the VM's origin ([`SpanExit`]): the application exited.
+    SpanExit = 87,
+    /// One-way, from the VM's origin ([`VmRef`]): the VM ended; drop its shell.
+    SpanEnd = 88,
+    /// Request, to the VM's origin ([`Spawn`]). Answer: [`Answer`].
+    Spawn = 89,
+    /// Request ([`MoveThread`]): move one thread, from outside. Answer: empty, or an error.
+    MoveThread = 90,
+    /// Request, to the VM's origin ([`VmRef`]). Answer: [`ThreadList`].
+    Threads = 91,
+    /// One-way, to the VM's origin ([`ThreadAt`]): where a thread runs now.
+    ThreadAt = 92,
 }
 
 /// The services, by range of message types.
@@ -73,11 +103,13 @@ pub enum Service {
     Relay,
     /// The DSM: page coherence of VMs whose threads span nodes.
     Dsm,
+    /// Threads of VMs spanning nodes: shells, arrivals, futexes, joins, exits.
+    Thread,
 }
 
 impl MsgType {
     /// Every message type.
-    pub const ALL: [MsgType; 15] = [
+    pub const ALL: [MsgType; 28] = [
         MsgType::Ping,
         MsgType::Begin,
         MsgType::Commit,
@@ -93,6 +125,19 @@ impl MsgType {
         MsgType::Migrate,
         MsgType::Progress,
         MsgType::Page,
+        MsgType::Shell,
+        MsgType::Arrive,
+        MsgType::FutexWait,
+        MsgType::FutexWake,
+        MsgType::FutexCancel,
+        MsgType::ThreadExited,
+        MsgType::Join,
+        MsgType::SpanExit,
+        MsgType::SpanEnd,
+        MsgType::Spawn,
+        MsgType::MoveThread,
+        MsgType::Threads,
+        MsgType::ThreadAt,
     ];
 
     /// Its name in the protocol's descriptions and in errors (`BEGIN`, `FETCH`, ...).
@@ -113,6 +158,19 @@ impl MsgType {
             MsgType::Migrate => "MIGRATE",
             MsgType::Progress => "PROGRESS",
             MsgType::Page => "PAGE",
+            MsgType::Shell => "SHELL",
+            MsgType::Arrive => "ARRIVE",
+            MsgType::FutexWait => "FUTEX_WAIT",
+            MsgType::FutexWake => "FUTEX_WAKE",
+            MsgType::FutexCancel => "FUTEX_CANCEL",
+            MsgType::ThreadExited => "THREAD_EXITED",
+            MsgType::Join => "JOIN",
+            MsgType::SpanExit => "SPAN_EXIT",
+            MsgType::SpanEnd => "SPAN_END",
+            MsgType::Spawn => "SPAWN",
+            MsgType::MoveThread => "MOVE_THREAD",
+            MsgType::Threads => "THREADS",
+            MsgType::ThreadAt => "THREAD_AT",
         }
     }
 
@@ -134,7 +192,8 @@ impl MsgType {
             30..=39 => Service::Home,
             40..=49 => Service::Registry,
             50..=59 => Service::Relay,
-            _ => Service::Dsm,
+            60..=79 => Service::Dsm,
+            _ => Service::Thread,
         }
     }
 }
@@ -645,6 +704,18 @@ pub fn check_payload(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         MsgType::Migrate => from_bytes::<MigrateRequest>(payload).map(drop),
         MsgType::Progress => from_bytes::<Progress>(payload).map(drop),
         MsgType::Page => pop_dsm::message::PageMsg::decode(payload).map(drop),
+        MsgType::Shell => from_bytes::<ShellPiece>(payload).map(drop),
+        MsgType::Arrive => from_bytes::<Arrive>(payload).map(drop),
+        MsgType::FutexWait => from_bytes::<FutexWait>(payload).map(drop),
+        MsgType::FutexWake => from_bytes::<FutexWake>(payload).map(drop),
+        MsgType::FutexCancel => from_bytes::<FutexCancel>(payload).map(drop),
+        MsgType::ThreadExited => from_bytes::<ThreadExited>(payload).map(drop),
+        MsgType::Join => from_bytes::<Join>(payload).map(drop),
+        MsgType::SpanExit => from_bytes::<SpanExit>(payload).map(drop),
+        MsgType::SpanEnd | MsgType::Threads => from_bytes::<VmRef>(payload).map(drop),
+        MsgType::Spawn => from_bytes::<Spawn>(payload).map(drop),
+        MsgType::MoveThread => from_bytes::<MoveThread>(payload).map(drop),
+        MsgType::ThreadAt => from_bytes::<ThreadAt>(payload).map(drop),
     }
 }
 
@@ -658,6 +729,12 @@ pub fn check_answer(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         MsgType::List => from_bytes::<VmList>(payload).map(drop),
         MsgType::Migrate => from_bytes::<MigrateAnswer>(payload).map(drop),
         MsgType::File => vmm::fs::op::decode_reply(payload).map(drop),
+        MsgType::FutexWait
+        | MsgType::FutexWake
+        | MsgType::FutexCancel
+        | MsgType::Join
+        | MsgType::Spawn => from_bytes::<Answer>(payload).map(drop),
+        MsgType::Threads => from_bytes::<ThreadList>(payload).map(drop),
         _ => Ok(()),
     }
 }
@@ -682,6 +759,7 @@ mod tests {
         assert_eq!(MsgType::List.service(), Service::Registry);
         assert_eq!(MsgType::Progress.service(), Service::Relay);
         assert_eq!(MsgType::Page.service(), Service::Dsm);
+        assert_eq!(MsgType::Threads.service(), Service::Thread);
     }
 
     #[test]

@@ -148,6 +148,25 @@ impl PendingReply {
     }
 }
 
+impl PendingReply {
+    /// Waits at most `timeout` for the response: `None` if it has not come yet (the request
+    /// stays in flight: poll again, or drop it to give up), else what [`PendingReply::wait`]
+    /// would have returned. For a caller that must notice other events while it waits.
+    pub fn poll(&mut self, timeout: Duration) -> Option<Result<Vec<u8>>> {
+        let peer = self.conn.peer;
+        let reply = self.slot.wait(Instant::now() + timeout)?;
+        self.waited = true;
+        Some(match reply {
+            Reply::Ok(v) => Ok(v),
+            Reply::Remote(message) => Err(Error::Remote {
+                node: peer,
+                message,
+            }),
+            Reply::Lost => Err(Error::PeerLost(peer)),
+        })
+    }
+}
+
 impl Drop for PendingReply {
     fn drop(&mut self) {
         if !self.waited {
@@ -827,10 +846,11 @@ fn dial_loop(inner: &Arc<Inner>, peer: NodeId) {
             }
         }
         failures = failures.saturating_add(1);
-        // Back off (up to 2 s) while the peer stays away or keeps refusing us.
-        let wait = (retry * (1 << failures.min(6)))
-            .min(Duration::from_secs(2))
-            .max(retry);
+        // Back off while the peer stays away or keeps refusing us, up to two heartbeats (at
+        // most 2 s): a peer that starts is reached within that, so a node launching a VM
+        // sees the others up soon after it starts.
+        let cap = (inner.opts.cluster.heartbeat * 2).min(Duration::from_secs(2));
+        let wait = (retry * (1 << failures.min(6))).min(cap).max(retry);
         let s = lock(&slot.state);
         if !inner.stopping() {
             let _ = slot.changed.wait_timeout(s, wait);

@@ -12,5 +12,5 @@ mod node;
 mod nodes;
 
 pub use migrate::{MigrateError, migrate};
-pub use node::current_nid;
+pub use node::{current_nid, process_id};
 pub use nodes::{Isa, Node, Nodes, nodes};

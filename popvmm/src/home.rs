@@ -54,11 +54,22 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
     })?;
     let host = started.host.clone();
     hooks.attach(host.node());
+    // The nodes that run reach a starting node within two heartbeats (their redial period):
+    // give the mesh that long, so that the application sees them up from its first
+    // instruction (nodes that are down stay down).
+    let settle = (host.node().cluster().heartbeat * 3).min(Duration::from_secs(2));
+    host.node().wait_all_up(settle);
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || daemon::serve_control(started))
         .map_err(|e| e.to_string())?;
     let vm_id = new_vm_id(id);
+    // Its threads may move to other nodes (`pop::migrate`, `popvmm migrate --thread`).
+    hooks.span(pop_migrate::thread::SpanCtx {
+        spans: std::sync::Arc::downgrade(host.spans()),
+        vm_id,
+        origin: id,
+    });
     let files = vm
         .shared()
         .fs

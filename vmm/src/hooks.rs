@@ -59,10 +59,10 @@ pub trait Hooks: Send + Sync + fmt::Debug {
         Err(ENOSYS)
     }
 
-    /// Thread `tid` ended on this node (its completion word signalled). `true` if the VM's
-    /// thread table is on another node and was told: the VM then does not end here when no
-    /// thread is left, its origin decides.
-    fn thread_exited(&self, _tid: u32) -> bool {
+    /// Thread `tid` ended on this node, on vCPU `index` (its completion word signalled).
+    /// `true` if the VM's thread table is on another node and was told: the VM then does not
+    /// end here when no thread is left, its origin decides.
+    fn thread_exited(&self, _tid: u32, _index: u32) -> bool {
         false
     }
 
@@ -75,18 +75,25 @@ pub trait Hooks: Send + Sync + fmt::Debug {
     /// Thread `caller` joins thread `tid`: `Some(result)` when the VM's thread table is on
     /// another node and answered there (`interrupted()` turning true makes it give up with
     /// `-EINTR`); `None` to join here.
-    fn join_elsewhere(&self, _tid: u32, _caller: u32, _interrupted: &dyn Fn() -> bool) -> Option<i64> {
+    fn join_elsewhere(
+        &self,
+        _tid: u32,
+        _caller: u32,
+        _interrupted: &dyn Fn() -> bool,
+    ) -> Option<i64> {
         None
     }
 
     /// Blocks while the guest word at `addr` (mapped here at `word`) holds `expected`, until
-    /// a wake, `timeout`, or a signal.
+    /// a wake, `timeout`, or a signal (the VM kicks its vCPU threads to pause or stop them);
+    /// a wait that cannot be interrupted by a signal gives up when `interrupted()` turns true.
     fn futex_wait(
         &self,
         _addr: u64,
         word: &AtomicU32,
         expected: u32,
         timeout: Option<Duration>,
+        _interrupted: &dyn Fn() -> bool,
     ) -> FutexWait {
         sys::futex_wait(word, expected, timeout)
     }

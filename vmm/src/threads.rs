@@ -23,7 +23,10 @@ pub enum Next {
     Start(ThreadStart),
     /// A guest thread of this vCPU's index coming back from another node; the result of
     /// restoring it goes to the sender.
-    Arrive(Box<ThreadState>, std::sync::mpsc::Sender<Result<(), String>>),
+    Arrive(
+        Box<ThreadState>,
+        std::sync::mpsc::Sender<Result<(), String>>,
+    ),
 }
 
 /// Where a parked vCPU thread waits for its next guest thread.
@@ -81,6 +84,8 @@ struct Table {
     mailboxes: HashMap<u32, Arc<Mailbox>>,
     handles: Vec<JoinHandle<()>>,
     closed: bool,
+    /// A shell of a VM whose thread table is on its origin: `states` holds the threads here.
+    shell: bool,
 }
 
 /// All guest threads of a VM.
@@ -219,6 +224,28 @@ impl Threads {
         }
         t.mailboxes.insert(index, mailbox);
         t.handles.push(handle);
+    }
+
+    /// Makes this the table of a shell (a VM's copy on a node other than its origin, whose
+    /// thread table is there): it lists only the threads that run here.
+    pub fn mark_shell(&self) {
+        self.table().shell = true;
+    }
+
+    /// Thread `tid` came to this node (`here`) or left it. Only a shell's table changes:
+    /// the origin's keeps every thread of the VM wherever it runs.
+    pub fn visiting(&self, tid: u32, here: bool) {
+        let mut t = self.table();
+        if !t.shell {
+            return;
+        }
+        if here {
+            if t.states.insert(tid, State::Running) != Some(State::Running) {
+                t.running += 1;
+            }
+        } else if t.states.remove(&tid) == Some(State::Running) {
+            t.running -= 1;
+        }
     }
 
     /// The vCPU of index `index` on this node, if it has one.

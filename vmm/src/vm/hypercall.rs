@@ -70,7 +70,7 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
         Hypercall::Unlink => vm.fs.remove(mem, a0, false),
         Hypercall::Rmdir => vm.fs.remove(mem, a0, true),
         Hypercall::Dup => vm.fs.dup(a0),
-        Hypercall::FutexWait => futex_wait(vm, a0, a1 as u32, a2),
+        Hypercall::FutexWait => futex_wait(vm, tid, a0, a1 as u32, a2),
         Hypercall::FutexWake => {
             mem.with_atomic_u32(a0, |word| vm.hooks.futex_wake(a0, word, a1 as i32))
         }
@@ -116,10 +116,18 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
 }
 
 /// `futex_wait(addr, expected, timeout_ns)` on the host address of the guest word.
-fn futex_wait(vm: &VmShared, addr: u64, expected: u32, timeout_ns: u64) -> Result<i64, i32> {
+fn futex_wait(
+    vm: &VmShared,
+    tid: u32,
+    addr: u64,
+    expected: u32,
+    timeout_ns: u64,
+) -> Result<i64, i32> {
     let timeout = (timeout_ns != NO_TIMEOUT).then(|| Duration::from_nanos(timeout_ns));
+    let interrupted = || vm.stopping() || vm.park_requested(tid);
     let outcome = vm.mem.with_atomic_u32(addr, |word| {
-        vm.hooks.futex_wait(addr, word, expected, timeout)
+        vm.hooks
+            .futex_wait(addr, word, expected, timeout, &interrupted)
     })?;
     match outcome {
         FutexWait::Woken | FutexWait::Interrupted => Ok(0),

@@ -12,8 +12,8 @@ use pop_abi::layout::BOOT_INFO_ADDR;
 use crate::arch::{Exit, HypercallRequest, ThreadStart, Vcpu};
 use crate::boot;
 use crate::fault;
-use crate::outcome::Outcome;
 use crate::moving::ThreadState;
+use crate::outcome::Outcome;
 use crate::threads::{MAIN_TID, Mailbox, Next};
 
 use super::VmShared;
@@ -32,7 +32,10 @@ pub(super) enum Begin {
     },
     /// A guest thread arriving from another node (restored here first; the result goes to
     /// the sender).
-    Arrive(Box<ThreadState>, std::sync::mpsc::Sender<Result<(), String>>),
+    Arrive(
+        Box<ThreadState>,
+        std::sync::mpsc::Sender<Result<(), String>>,
+    ),
     /// No thread: wait in the pool.
     Idle,
 }
@@ -92,7 +95,10 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                 let ok = restored.as_ref().map(drop).map_err(Clone::clone);
                 let _ = reply.send(ok);
                 match restored {
-                    Ok(v) => vcpu = v,
+                    Ok(v) => {
+                        vcpu = v;
+                        vm.threads.visiting(thread.vcpu.tid, true);
+                    }
                     // The vCPU is gone (KVM refused its state): this host thread ends; the
                     // source was told and runs the thread on.
                     Err(_) => return,
@@ -113,7 +119,7 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
         };
         match run_thread(&vm, &mut vcpu, tid, pending) {
             ThreadEnd::VmOver => return,
-            ThreadEnd::Away => {}
+            ThreadEnd::Away => vm.threads.visiting(tid, false),
             ThreadEnd::Exited { done } => {
                 // Signal the completion word before the thread stops counting as running,
                 // so that a pause that sees it gone also sees the word set.
@@ -121,10 +127,12 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                     // A bad address only loses the notification, which the guest asked for.
                     let _ = vm.mem.with_atomic_u32(done, |word| {
                         word.store(1, Ordering::SeqCst);
-                        crate::sys::futex_wake(word, i32::MAX)
+                        vm.hooks.futex_wake(done, word, i32::MAX)
                     });
                 }
-                if !vm.hooks.thread_exited(tid) && vm.threads.exited(tid, &mailbox) {
+                if vm.hooks.thread_exited(tid, vcpu.index()) {
+                    vm.threads.visiting(tid, false);
+                } else if vm.threads.exited(tid, &mailbox) {
                     vm.finish(Outcome::Exit(0));
                 }
             }

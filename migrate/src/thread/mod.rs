@@ -1,0 +1,1001 @@
+//! Threads of one VM on several nodes. A VM launched in a cluster has an origin (the node it
+//! was launched on): its thread table, its futexes, the directory of its shared region, its
+//! home. A thread that moves to another node (`pop::migrate`, or `popvmm migrate --thread`
+//! from outside) runs there on a *shell* of the VM: its private region rebuilt from the image
+//! plus the pages the origin's guest wrote there, its shared region served by the DSM
+//! ([`crate::dsm`]) from the origin, its output and files at the home. What a thread does
+//! that concerns the whole VM is carried to the origin: futex waits and wakes (so a wait on
+//! one node is woken by a wake on any other), joins, thread exits, spawns, the application's
+//! exit.
+//!
+//! * [`origin`]: the VM at its origin (futex table, where threads run, the watch that ends
+//!   the VM when a node running its threads is lost);
+//! * [`shell`]: making and watching a shell;
+//! * [`wire`]: the messages' payloads;
+//! * this module: the service handling the messages, and the hooks' side (what a vCPU
+//!   thread asks for).
+
+pub mod origin;
+pub mod shell;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use net_msg::{Incoming, Node, Priority};
+use pop_abi::errno::{EAGAIN, EHOSTUNREACH, EINVAL, ENOEXEC, ENOSYS};
+use pop_dsm::coherent::RegionConfig;
+use vmm::arch::ThreadStart;
+use vmm::moving::ThreadState;
+use vmm::persist::Persist;
+use vmm::sys::FutexWait;
+use vmm::vm::state::StateHeader;
+use vmm::vm::{Outcome, VmShared};
+
+use crate::dsm::Regions;
+use crate::error::{Error, Result};
+use crate::hooks::ClusterHooks;
+use crate::local::Local;
+use crate::msg::{self, MsgType, ShellSetup, ThreadList};
+use crate::{Service, lock};
+use origin::{FutexJob, Origin};
+use shell::{NEED_IMAGE, NO_SHELL, Pieces, Shell};
+use wire::PieceKind;
+
+/// How long a thread's arrival may take before the move is given up.
+const ARRIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long other requests to the origin may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a waiting vCPU thread looks whether it is to give up.
+const POLL: Duration = Duration::from_millis(20);
+/// Pieces of a shell that was never made are dropped after this long.
+const STALE_PIECES: Duration = Duration::from_secs(60);
+
+/// What a VM's hooks know of the VM spanning nodes.
+#[derive(Debug, Clone)]
+pub struct SpanCtx {
+    /// The node's spans.
+    pub spans: Weak<Spans>,
+    /// The VM.
+    pub vm_id: u64,
+    /// Its origin.
+    pub origin: u32,
+}
+
+/// The per-thread services of a node: the spanning VMs whose origin is here, and the shells
+/// here of VMs whose origin is elsewhere.
+#[derive(Debug)]
+pub struct Spans {
+    local: Arc<Local>,
+    regions: Arc<Regions>,
+    node: OnceLock<Weak<Node>>,
+    origins: Mutex<HashMap<u64, Arc<Origin>>>,
+    shells: Mutex<HashMap<u64, Arc<Shell>>>,
+    pieces: Mutex<HashMap<u64, Pieces>>,
+    /// Held while this node sends a shell's setup (threads moving at once to a node that
+    /// has no shell yet make it once, one after the other).
+    setups: Mutex<()>,
+    /// Held while a shell is made here.
+    making: Mutex<()>,
+    waiter_seq: AtomicU64,
+}
+
+impl Spans {
+    /// The services of a node running `local`'s VMs, with `regions` its DSM regions.
+    pub fn new(local: Arc<Local>, regions: Arc<Regions>) -> Arc<Spans> {
+        Arc::new(Spans {
+            local,
+            regions,
+            node: OnceLock::new(),
+            origins: Mutex::default(),
+            shells: Mutex::default(),
+            pieces: Mutex::default(),
+            setups: Mutex::new(()),
+            making: Mutex::new(()),
+            waiter_seq: AtomicU64::new(1),
+        })
+    }
+
+    /// The node has joined the mesh.
+    pub fn attach(&self, node: &Arc<Node>) {
+        let _ = self.node.set(Arc::downgrade(node));
+    }
+
+    fn node(&self) -> Option<Arc<Node>> {
+        self.node.get().and_then(Weak::upgrade)
+    }
+
+    /// The spanning VM `vm_id` at its origin here, if it spans already.
+    pub fn origin(&self, vm_id: u64) -> Option<Arc<Origin>> {
+        lock(&self.origins).get(&vm_id).cloned()
+    }
+
+    /// This node's copy of VM `vm_id`: the VM itself at its origin, or its shell.
+    fn vm_here(&self, vm_id: u64) -> Option<Arc<VmShared>> {
+        if let Some(s) = lock(&self.shells).get(&vm_id) {
+            return Some(s.vm.clone());
+        }
+        self.local.registry.get(vm_id).map(|h| h.vm.clone())
+    }
+
+    /// The origin of VM `vm_id` here, started (its shared region homed here) if it does not
+    /// span yet.
+    fn origin_started(
+        &self,
+        node: &Arc<Node>,
+        vm_id: u64,
+    ) -> std::result::Result<Arc<Origin>, String> {
+        let mut origins = lock(&self.origins);
+        if let Some(o) = origins.get(&vm_id) {
+            return Ok(o.clone());
+        }
+        let vm = self
+            .local
+            .registry
+            .get(vm_id)
+            .ok_or("the VM does not run here")?
+            .vm
+            .clone();
+        let shared = vm.mem.shared_region();
+        let cfg = RegionConfig {
+            node: node.id(),
+            home: node.id(),
+            vm: vm_id,
+            host_base: shared.host_addr,
+            len: shared.size,
+        };
+        let region = self.regions.start(node, cfg).map_err(|e| e.to_string())?;
+        let o = Origin::start(node, vm_id, &vm, region);
+        origins.insert(vm_id, o.clone());
+        Ok(o)
+    }
+
+    // ---- the hooks' side: asked by a vCPU thread of a VM here ----
+
+    /// Moves `thread` of VM `ctx.vm_id` from this node to node `to` (see
+    /// [`vmm::hooks::Hooks::move_thread`]).
+    pub fn move_thread(
+        &self,
+        ctx: &SpanCtx,
+        thread: &ThreadState,
+        to: u32,
+    ) -> std::result::Result<(), i32> {
+        let node = self.node().ok_or(ENOSYS)?;
+        let spec = node.cluster().node(to).ok_or(EINVAL)?;
+        if spec.isa != pop_abi::Isa::NATIVE {
+            return Err(ENOEXEC);
+        }
+        if !node.is_up(to) {
+            return Err(EHOSTUNREACH);
+        }
+        let vm = self.vm_here(ctx.vm_id).ok_or(ENOSYS)?;
+        let me = node.id();
+        let tid = thread.vcpu.tid;
+        let origin = if me == ctx.origin {
+            Some(self.origin_started(&node, ctx.vm_id).map_err(|e| {
+                tracing::warn!("VM {:x}: cannot span nodes: {e}", ctx.vm_id);
+                EHOSTUNREACH
+            })?)
+        } else {
+            None
+        };
+        if let Some(o) = &origin {
+            o.moving(tid, true);
+        }
+        let sent = self.send_thread(&node, &vm, ctx, thread, to, origin.as_deref());
+        if let Some(o) = &origin {
+            o.moving(tid, false);
+        }
+        match sent {
+            Ok(()) => {
+                if let Some(o) = &origin {
+                    o.thread_at(tid, to, me);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "VM {:x}: thread {tid} could not move to node {to}: {e}",
+                    ctx.vm_id
+                );
+                Err(EHOSTUNREACH)
+            }
+        }
+    }
+
+    /// Sends `thread` to node `to`, with the shell's setup (and pieces) if it has none.
+    fn send_thread(
+        &self,
+        node: &Arc<Node>,
+        vm: &Arc<VmShared>,
+        ctx: &SpanCtx,
+        thread: &ThreadState,
+        to: u32,
+        origin: Option<&Origin>,
+    ) -> std::result::Result<(), String> {
+        let arrive = |setup: Option<ShellSetup>| -> std::result::Result<(), String> {
+            let a = msg::Arrive {
+                header: StateHeader::native(ctx.vm_id),
+                setup,
+                thread: thread.clone(),
+            };
+            node.request(
+                to,
+                MsgType::Arrive.number(),
+                Priority::Control,
+                &pop_wire::to_bytes(&a),
+                ARRIVE_TIMEOUT,
+            )
+            .map(drop)
+            .map_err(|e| e.to_string())
+        };
+        let has_shell = || to == ctx.origin || origin.is_some_and(|o| o.has_shell(to));
+        if has_shell() {
+            match arrive(None) {
+                Err(e) if e.contains(NO_SHELL) => {}
+                done => return done,
+            }
+        }
+        let _one_setup = lock(&self.setups);
+        if has_shell() {
+            // Another thread made it meanwhile.
+            return arrive(None);
+        }
+        self.send_pages(node, vm, ctx.vm_id, to)?;
+        let setup = setup_of(vm, ctx, thread);
+        let made = match arrive(Some(setup.clone())) {
+            Err(e) if e.contains(NEED_IMAGE) => {
+                self.send_image(node, vm, ctx.vm_id, to)?;
+                arrive(Some(setup))
+            }
+            done => done,
+        };
+        match (&made, origin) {
+            (Ok(()), Some(o)) => o.shell_made(to),
+            _ => {}
+        }
+        made
+    }
+
+    /// Sends the pages of VM `vm`'s private region that differ from a fresh load of its
+    /// image (what the guest and this VMM wrote there) to node `to`.
+    fn send_pages(
+        &self,
+        node: &Node,
+        vm: &VmShared,
+        vm_id: u64,
+        to: u32,
+    ) -> std::result::Result<(), String> {
+        let pages = written_private_pages(vm)?;
+        let per_piece = wire::MAX_PIECE / (8 + vmm::memory::PAGE_SIZE as usize);
+        for chunk in pages.chunks(per_piece.max(1)) {
+            let mut bytes = Vec::with_capacity(chunk.len() * (8 + 4096));
+            for (addr, page) in chunk {
+                bytes.extend_from_slice(&addr.to_le_bytes());
+                bytes.extend_from_slice(page);
+            }
+            let piece = msg::ShellPiece {
+                vm: vm_id,
+                kind: PieceKind::Pages,
+                offset: 0,
+                bytes,
+            };
+            request(node, to, MsgType::Shell, &pop_wire::to_bytes(&piece))?;
+        }
+        Ok(())
+    }
+
+    /// Sends VM `vm`'s image to node `to`.
+    fn send_image(
+        &self,
+        node: &Node,
+        vm: &VmShared,
+        vm_id: u64,
+        to: u32,
+    ) -> std::result::Result<(), String> {
+        let bytes = &vm.image.bytes;
+        for (i, chunk) in bytes.chunks(wire::MAX_PIECE).enumerate() {
+            let piece = msg::ShellPiece {
+                vm: vm_id,
+                kind: PieceKind::Image,
+                offset: (i * wire::MAX_PIECE) as u64,
+                bytes: chunk.to_vec(),
+            };
+            request(node, to, MsgType::Shell, &pop_wire::to_bytes(&piece))?;
+        }
+        Ok(())
+    }
+
+    /// A thread of a shell ended here: its origin is told (see
+    /// [`vmm::hooks::Hooks::thread_exited`]).
+    pub fn thread_exited(&self, ctx: &SpanCtx, tid: u32, index: u32) -> bool {
+        let Some(node) = self.node() else {
+            return false;
+        };
+        if node.id() == ctx.origin {
+            if let Some(o) = self.origin(ctx.vm_id) {
+                o.thread_gone(tid);
+            }
+            return false;
+        }
+        let m = msg::ThreadExited {
+            vm: ctx.vm_id,
+            tid,
+            index,
+        };
+        if let Err(e) = request(
+            &node,
+            ctx.origin,
+            MsgType::ThreadExited,
+            &pop_wire::to_bytes(&m),
+        ) {
+            tracing::warn!(
+                "VM {:x}: cannot report the end of thread {tid}: {e}",
+                ctx.vm_id
+            );
+        }
+        true
+    }
+
+    /// The application exited on a shell here: its origin is told.
+    pub fn exit(&self, ctx: &SpanCtx, status: i32) -> bool {
+        let Some(node) = self.node() else {
+            return false;
+        };
+        if node.id() == ctx.origin {
+            return false;
+        }
+        let m = msg::SpanExit {
+            vm: ctx.vm_id,
+            status: status as u32,
+        };
+        let sent = node.send(
+            ctx.origin,
+            MsgType::SpanExit.number(),
+            Priority::Control,
+            &pop_wire::to_bytes(&m),
+        );
+        if let Err(e) = sent {
+            tracing::warn!("VM {:x}: cannot report the exit: {e}", ctx.vm_id);
+        }
+        true
+    }
+
+    /// A join on a shell here, carried to the origin.
+    pub fn join(
+        &self,
+        ctx: &SpanCtx,
+        tid: u32,
+        caller: u32,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Option<i64> {
+        let node = self.node()?;
+        if node.id() == ctx.origin {
+            return None;
+        }
+        let m = msg::Join {
+            vm: ctx.vm_id,
+            tid,
+            caller,
+        };
+        let value = poll_request(
+            &node,
+            ctx.origin,
+            MsgType::Join,
+            &pop_wire::to_bytes(&m),
+            interrupted,
+        );
+        Some(match value {
+            Some(Ok(v)) => v as i64,
+            Some(Err(_)) => -i64::from(pop_abi::errno::EIO),
+            None => -i64::from(pop_abi::errno::EINTR),
+        })
+    }
+
+    /// A thread spawned on a shell here starts at the origin.
+    pub fn spawn(&self, ctx: &SpanCtx, start: &ThreadStart) -> std::result::Result<u32, i32> {
+        let node = self.node().ok_or(ENOSYS)?;
+        let m = msg::Spawn {
+            vm: ctx.vm_id,
+            entry: start.entry,
+            func: start.func,
+            arg: start.arg,
+            stack_top: start.stack_top,
+            thread_pointer: start.thread_pointer,
+        };
+        let answer = request(&node, ctx.origin, MsgType::Spawn, &pop_wire::to_bytes(&m))
+            .map_err(|_| EAGAIN)?;
+        let value = decode_answer(&answer).map_err(|_| EAGAIN)? as i64;
+        if value < 0 {
+            Err((-value) as i32)
+        } else {
+            Ok(value as u32)
+        }
+    }
+
+    /// Whether futexes of VM `ctx.vm_id` are the cluster's (it spans nodes) rather than
+    /// this host's.
+    pub fn spans(&self, ctx: &SpanCtx) -> bool {
+        match self.node() {
+            Some(node) if node.id() == ctx.origin => self.origin(ctx.vm_id).is_some(),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// A futex wait of a thread here of a spanning VM.
+    pub fn futex_wait(
+        &self,
+        ctx: &SpanCtx,
+        addr: u64,
+        word: &AtomicU32,
+        expected: u32,
+        timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
+    ) -> FutexWait {
+        let Some(node) = self.node() else {
+            return vmm::sys::futex_wait(word, expected, timeout);
+        };
+        if node.id() == ctx.origin {
+            return match self.origin(ctx.vm_id) {
+                Some(o) => o.wait_here(addr, word, expected, timeout, interrupted),
+                None => vmm::sys::futex_wait(word, expected, timeout),
+            };
+        }
+        let waiter = (u64::from(node.id()) << 48) | self.waiter_seq.fetch_add(1, Ordering::Relaxed);
+        let m = msg::FutexWait {
+            vm: ctx.vm_id,
+            addr,
+            expected,
+            waiter,
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        let gave_up = || interrupted() || expired();
+        match poll_request(
+            &node,
+            ctx.origin,
+            MsgType::FutexWait,
+            &pop_wire::to_bytes(&m),
+            &gave_up,
+        ) {
+            Some(Ok(0)) => FutexWait::Woken,
+            Some(Ok(_)) => FutexWait::ValueChanged,
+            Some(Err(_)) => FutexWait::Interrupted,
+            None => {
+                let c = msg::FutexCancel {
+                    vm: ctx.vm_id,
+                    waiter,
+                };
+                let still = request(
+                    &node,
+                    ctx.origin,
+                    MsgType::FutexCancel,
+                    &pop_wire::to_bytes(&c),
+                )
+                .ok()
+                .and_then(|a| decode_answer(&a).ok());
+                match still {
+                    // A wake took it meanwhile: that wake-up is not lost.
+                    Some(0) => FutexWait::Woken,
+                    _ if expired() => FutexWait::TimedOut,
+                    _ => FutexWait::Interrupted,
+                }
+            }
+        }
+    }
+
+    /// A futex wake of a thread here of a spanning VM.
+    pub fn futex_wake(&self, ctx: &SpanCtx, addr: u64, word: &AtomicU32, count: i32) -> i64 {
+        let Some(node) = self.node() else {
+            return vmm::sys::futex_wake(word, count);
+        };
+        let count = count.max(0) as u32;
+        if node.id() == ctx.origin {
+            return match (self.origin(ctx.vm_id), self.vm_here(ctx.vm_id)) {
+                (Some(o), Some(vm)) => o.wake(&vm, addr, count) as i64,
+                _ => vmm::sys::futex_wake(word, count as i32),
+            };
+        }
+        let m = msg::FutexWake {
+            vm: ctx.vm_id,
+            addr,
+            count,
+        };
+        request(
+            &node,
+            ctx.origin,
+            MsgType::FutexWake,
+            &pop_wire::to_bytes(&m),
+        )
+        .ok()
+        .and_then(|a| decode_answer(&a).ok())
+        .map_or(0, |n| n as i64)
+    }
+
+    // ---- from outside ----
+
+    /// Moves thread `tid` of VM `vm_id`, running on this node, to node `to`, at whatever
+    /// instruction it is (`popvmm migrate --thread`).
+    pub fn move_from_outside(&self, vm_id: u64, tid: u32, to: u32) -> Result<()> {
+        let node = self
+            .node()
+            .ok_or_else(|| Error::Host("not on the mesh".into()))?;
+        let vm = self
+            .vm_here(vm_id)
+            .ok_or_else(|| Error::NoSuchVm(format!("VM {vm_id:x} does not run here")))?;
+        if to == node.id() {
+            return Ok(());
+        }
+        let origin_node = self.origin_node(vm_id).unwrap_or(node.id());
+        let ctx = SpanCtx {
+            spans: Weak::new(),
+            vm_id,
+            origin: origin_node,
+        };
+        let parked = vm
+            .pause_thread(tid, Duration::from_secs(5))
+            .map_err(|e| Error::Aborted(format!("thread {tid}: {e}")))?;
+        let state = vm.thread_state(parked);
+        match self.move_thread(&ctx, &state, to) {
+            Ok(()) => {
+                vm.thread_left();
+                Ok(())
+            }
+            Err(errno) => {
+                vm.resume();
+                Err(Error::Aborted(format!(
+                    "thread {tid} could not move to node {to} ({}); it runs on where it was",
+                    errno_text(errno)
+                )))
+            }
+        }
+    }
+
+    /// The origin of VM `vm_id` as this node knows it.
+    fn origin_node(&self, vm_id: u64) -> Option<u32> {
+        if let Some(s) = lock(&self.shells).get(&vm_id) {
+            return Some(s.origin);
+        }
+        self.local.registry.get(vm_id).map(|h| h.home)
+    }
+
+    /// The threads of VM `vm_id` (whose origin is here) and where they run.
+    pub fn threads(&self, vm_id: u64) -> Option<ThreadList> {
+        let node = self.node()?;
+        let vm = self.local.registry.get(vm_id)?.vm.clone();
+        let table = match vm.threads.save() {
+            Ok(t) => t,
+            Err(never) => match never {},
+        };
+        let tids: Vec<u32> = table.threads.iter().filter(|t| !t.1).map(|t| t.0).collect();
+        let list = match self.origin(vm_id) {
+            Some(o) => o.threads(&tids, node.id()),
+            None => tids
+                .iter()
+                .map(|&tid| msg::ThreadInfo {
+                    tid,
+                    node: node.id(),
+                    status: msg::ThreadStatus::Running,
+                })
+                .collect(),
+        };
+        Some(ThreadList(list))
+    }
+
+    // ---- the service ----
+
+    fn arrive(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        a: msg::Arrive,
+    ) -> std::result::Result<(), String> {
+        let vm_id = a.header.vm;
+        let me = node.id();
+        let tid = a.thread.vcpu.tid;
+        if let Some(o) = self.origin(vm_id) {
+            let vm = o.vm.upgrade().ok_or("the VM ended")?;
+            vm.arrive(a.thread)?;
+            o.thread_at(tid, me, me);
+            return Ok(());
+        }
+        let existing = lock(&self.shells).get(&vm_id).cloned();
+        let shell = match (existing, a.setup) {
+            (Some(s), _) => s,
+            (None, Some(setup)) => {
+                // One shell per VM, even if two nodes send their setups at once.
+                let _making = lock(&self.making);
+                let made = lock(&self.shells).get(&vm_id).cloned();
+                match made {
+                    Some(s) => s,
+                    None => self.make_shell(node, vm_id, &setup)?,
+                }
+            }
+            (None, None) => return Err(NO_SHELL.into()),
+        };
+        shell.vm.arrive(a.thread)?;
+        let at = msg::ThreadAt {
+            vm: vm_id,
+            tid,
+            node: me,
+        };
+        let _ = node.send(
+            shell.origin,
+            MsgType::ThreadAt.number(),
+            Priority::Control,
+            &pop_wire::to_bytes(&at),
+        );
+        Ok(())
+    }
+
+    fn make_shell(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        vm_id: u64,
+        setup: &ShellSetup,
+    ) -> std::result::Result<Arc<Shell>, String> {
+        let hooks = ClusterHooks::on(node);
+        hooks.span(SpanCtx {
+            spans: Arc::downgrade(self),
+            vm_id,
+            origin: setup.origin,
+        });
+        // The pieces stay until the shell is made (a first try may only learn that the
+        // image is missing).
+        let pieces = lock(&self.pieces).get(&vm_id).map(|p| Pieces {
+            image: p.image.clone(),
+            pages: p.pages.clone(),
+            since: p.since,
+        });
+        let pieces = pieces.unwrap_or_default();
+        let homes = (&self.local.homes, &*self.regions);
+        let (shell, vm) = shell::make(node, homes, vm_id, setup, &pieces, hooks)?;
+        lock(&self.pieces).remove(&vm_id);
+        let shell = Arc::new(shell);
+        lock(&self.shells).insert(vm_id, shell.clone());
+        let spans = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name(format!("shell-{vm_id:x}"))
+            .spawn(move || {
+                let _ = vm.run();
+                if let Some(spans) = spans.upgrade() {
+                    lock(&spans.shells).remove(&vm_id);
+                    if let Some(region) = spans.regions.remove(vm_id) {
+                        region.fail("the VM ended");
+                    }
+                }
+            });
+        let (vm, weak_node, origin) = (
+            Arc::downgrade(&shell.vm),
+            Arc::downgrade(node),
+            shell.origin,
+        );
+        let _ = std::thread::Builder::new()
+            .name(format!("shell-watch-{vm_id:x}"))
+            .spawn(move || shell::watch_origin(vm, weak_node, origin));
+        Ok(shell)
+    }
+
+    fn piece(&self, from: u32, p: msg::ShellPiece) -> Result<()> {
+        let mut pieces = lock(&self.pieces);
+        pieces.retain(|_, p| p.since.is_some_and(|t| t.elapsed() < STALE_PIECES));
+        let entry = pieces.entry(p.vm).or_default();
+        entry.since = Some(Instant::now());
+        match p.kind {
+            PieceKind::Image => {
+                if p.offset == 0 {
+                    entry.image.clear();
+                }
+                if p.offset != entry.image.len() as u64 {
+                    return Err(Error::BadMessage(format!(
+                        "image piece out of order from node {from}"
+                    )));
+                }
+                entry.image.extend_from_slice(&p.bytes);
+            }
+            PieceKind::Pages => {
+                let record = 8 + vmm::memory::PAGE_SIZE as usize;
+                if !p.bytes.len().is_multiple_of(record) {
+                    return Err(Error::BadMessage("a cut page record".into()));
+                }
+                for r in p.bytes.chunks_exact(record) {
+                    let addr = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
+                    entry.pages.push((addr, r[8..].to_vec()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn origin_vm(&self, vm_id: u64) -> Result<(Arc<Origin>, Arc<VmShared>)> {
+        let o = self.origin(vm_id).ok_or_else(|| {
+            Error::NoSuchVm(format!("VM {vm_id:x} does not span nodes from here"))
+        })?;
+        let vm =
+            o.vm.upgrade()
+                .ok_or_else(|| Error::NoSuchVm(format!("VM {vm_id:x} ended")))?;
+        Ok((o, vm))
+    }
+}
+
+/// Handles the messages of the per-thread range.
+impl Service for Arc<Spans> {
+    fn handle(&self, node: &Arc<Node>, t: MsgType, m: &mut Incoming) -> Result<()> {
+        let payload = std::mem::take(&mut m.payload);
+        let bad = |e| Error::malformed(t.name(), e);
+        let respond = |m: &mut Incoming, bytes: &[u8]| {
+            if let Some(r) = m.take_responder() {
+                let _ = r.respond(bytes);
+            }
+        };
+        let responder = |m: &mut Incoming| {
+            m.take_responder()
+                .ok_or_else(|| Error::BadMessage(format!("{} must be a request", t.name())))
+        };
+        match t {
+            MsgType::Shell => {
+                let p: msg::ShellPiece = pop_wire::from_bytes(&payload).map_err(bad)?;
+                self.piece(m.from, p)?;
+                respond(m, &[]);
+                Ok(())
+            }
+            MsgType::Arrive => {
+                let a: msg::Arrive = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let r = responder(m)?;
+                let (spans, node) = (self.clone(), node.clone());
+                // Making a shell and restoring a vCPU take a while: not on the reader thread.
+                let _ =
+                    std::thread::Builder::new()
+                        .name("arrive".into())
+                        .spawn(move || match spans.arrive(&node, a) {
+                            Ok(()) => {
+                                let _ = r.respond(&[]);
+                            }
+                            Err(e) => {
+                                let _ = r.fail(&e);
+                            }
+                        });
+                Ok(())
+            }
+            MsgType::FutexWait => {
+                let w: msg::FutexWait = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (o, _) = self.origin_vm(w.vm)?;
+                o.futex_job(FutexJob::Wait(w, responder(m)?));
+                Ok(())
+            }
+            MsgType::FutexWake => {
+                let w: msg::FutexWake = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (o, _) = self.origin_vm(w.vm)?;
+                o.futex_job(FutexJob::Wake(w, responder(m)?));
+                Ok(())
+            }
+            MsgType::FutexCancel => {
+                let c: msg::FutexCancel = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (o, _) = self.origin_vm(c.vm)?;
+                o.futex_job(FutexJob::Cancel(c, responder(m)?));
+                Ok(())
+            }
+            MsgType::ThreadExited => {
+                let e: msg::ThreadExited = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (o, vm) = self.origin_vm(e.vm)?;
+                o.thread_gone(e.tid);
+                if vm.threads.exited_elsewhere(e.tid, e.index) {
+                    vm.finish(Outcome::Exit(0));
+                }
+                respond(m, &[]);
+                Ok(())
+            }
+            MsgType::ThreadAt => {
+                let at: msg::ThreadAt = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (o, _) = self.origin_vm(at.vm)?;
+                o.thread_at(at.tid, at.node, node.id());
+                Ok(())
+            }
+            MsgType::Join => {
+                let j: msg::Join = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (_, vm) = self.origin_vm(j.vm)?;
+                let r = responder(m)?;
+                let _ = std::thread::Builder::new()
+                    .name("join".into())
+                    .spawn(move || {
+                        let value = vm.threads.join(j.tid, j.caller, || vm.stopping()) as u64;
+                        let _ = r.respond(&pop_wire::to_bytes(&msg::Answer { value }));
+                    });
+                Ok(())
+            }
+            MsgType::SpanExit => {
+                let e: msg::SpanExit = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (_, vm) = self.origin_vm(e.vm)?;
+                vm.finish(Outcome::Exit(e.status as i32));
+                Ok(())
+            }
+            MsgType::SpanEnd => {
+                let r: msg::VmRef = pop_wire::from_bytes(&payload).map_err(bad)?;
+                if let Some(s) = lock(&self.shells).get(&r.vm) {
+                    s.vm.finish(Outcome::Moved);
+                }
+                Ok(())
+            }
+            MsgType::Spawn => {
+                let s: msg::Spawn = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (_, vm) = self.origin_vm(s.vm)?;
+                let start = ThreadStart {
+                    tid: 0,
+                    entry: s.entry,
+                    func: s.func,
+                    arg: s.arg,
+                    stack_top: s.stack_top,
+                    thread_pointer: s.thread_pointer,
+                };
+                let value = match vm.spawn(start) {
+                    Ok(tid) => u64::from(tid),
+                    Err(errno) => (-i64::from(errno)) as u64,
+                };
+                respond(m, &pop_wire::to_bytes(&msg::Answer { value }));
+                Ok(())
+            }
+            MsgType::MoveThread => {
+                let mv: msg::MoveThread = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let r = responder(m)?;
+                let (spans, node) = (self.clone(), node.clone());
+                let _ = std::thread::Builder::new()
+                    .name("move-thread".into())
+                    .spawn(move || match spans.move_anywhere(&node, mv) {
+                        Ok(()) => {
+                            let _ = r.respond(&[]);
+                        }
+                        Err(e) => {
+                            let _ = r.fail(&e.to_string());
+                        }
+                    });
+                Ok(())
+            }
+            MsgType::Threads => {
+                let r: msg::VmRef = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let list = self
+                    .threads(r.vm)
+                    .ok_or_else(|| Error::NoSuchVm(format!("VM {:x} has no origin here", r.vm)))?;
+                respond(m, &pop_wire::to_bytes(&list));
+                Ok(())
+            }
+            _ => Err(Error::BadMessage(format!(
+                "{} is not a thread message",
+                t.name()
+            ))),
+        }
+    }
+}
+
+impl Spans {
+    /// `MOVE_THREAD`: moves the thread here, or passes the request to where it runs (known
+    /// at the VM's origin).
+    pub fn move_anywhere(&self, node: &Arc<Node>, mv: msg::MoveThread) -> Result<()> {
+        let me = node.id();
+        let at = match self.origin(mv.vm) {
+            Some(o) => o.node_of(mv.tid, me),
+            None if self.local.registry.get(mv.vm).is_some() => me,
+            // A shell: the thread runs here, or the origin knows where.
+            None => match lock(&self.shells).get(&mv.vm) {
+                Some(s) if s.vm.threads.is_running(mv.tid) => me,
+                Some(s) => s.origin,
+                None => {
+                    return Err(Error::NoSuchVm(format!(
+                        "VM {:x} has no thread here",
+                        mv.vm
+                    )));
+                }
+            },
+        };
+        if at == me {
+            return self.move_from_outside(mv.vm, mv.tid, mv.to);
+        }
+        request(node, at, MsgType::MoveThread, &pop_wire::to_bytes(&mv))
+            .map(drop)
+            .map_err(Error::Aborted)
+    }
+}
+
+/// The shell setup of VM `vm` for a node that has none.
+fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
+    let fds = match vm.fs.save() {
+        Ok(fds) => fds,
+        Err(never) => match never {},
+    };
+    ShellSetup {
+        origin: ctx.origin,
+        name: vm.image.name.clone(),
+        private_size: vm.mem.private_size(),
+        shared_size: vm.mem.shared_size(),
+        max_threads: vm.max_vcpus,
+        image_len: vm.image.bytes.len() as u64,
+        image_sha256: crate::vm::images::digest_of(&vm.image.bytes),
+        fds,
+        clock: thread.clock,
+    }
+}
+
+/// The pages of `vm`'s private region that differ from a fresh load of its image and tables.
+fn written_private_pages(vm: &VmShared) -> std::result::Result<Vec<(u64, Vec<u8>)>, String> {
+    let size = vm.mem.private_size();
+    let fresh =
+        vmm::memory::GuestMem::new(size, vm.mem.shared_size()).map_err(|e| e.to_string())?;
+    load_private(vm, &fresh)?;
+    let mut pages = Vec::new();
+    let mut addr = 0;
+    while addr < size {
+        let ours = vm.mem.read(addr, 4096).map_err(|e| format!("errno {e}"))?;
+        let theirs = fresh.read(addr, 4096).map_err(|e| format!("errno {e}"))?;
+        if ours != theirs {
+            pages.push((addr, ours));
+        }
+        addr += 4096;
+    }
+    Ok(pages)
+}
+
+/// Loads the private part of `vm`'s image and its tables into `mem` (whose shared region
+/// may be smaller than the VM's: the writable segments are skipped).
+fn load_private(vm: &VmShared, mem: &vmm::memory::GuestMem) -> std::result::Result<(), String> {
+    for s in &vm.image.segments {
+        if s.vaddr + s.memsz <= mem.private_size() {
+            mem.write(s.vaddr, &vm.image.bytes[s.file_range.clone()])
+                .map_err(|e| format!("errno {e}"))?;
+        }
+    }
+    vmm::arch::write_tables(mem, vm.max_vcpus);
+    Ok(())
+}
+
+/// A request to node `to` whose answer is awaited here.
+fn request(
+    node: &Node,
+    to: u32,
+    t: MsgType,
+    payload: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    node.request(to, t.number(), Priority::Control, payload, REQUEST_TIMEOUT)
+        .map_err(|e| e.to_string())
+}
+
+/// A request whose answer (an [`msg::Answer`]) may take long: `None` if `gave_up()` turned
+/// true first (the request is dropped).
+fn poll_request(
+    node: &Node,
+    to: u32,
+    t: MsgType,
+    payload: &[u8],
+    gave_up: &dyn Fn() -> bool,
+) -> Option<std::result::Result<u64, String>> {
+    let mut pending = match node.start_request(to, t.number(), Priority::Control, payload) {
+        Ok(p) => p,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    loop {
+        if let Some(answer) = pending.poll(POLL) {
+            return Some(
+                answer
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| decode_answer(&a).map_err(|e| e.to_string())),
+            );
+        }
+        if gave_up() {
+            return None;
+        }
+    }
+}
+
+fn decode_answer(bytes: &[u8]) -> std::result::Result<u64, pop_wire::WireError> {
+    pop_wire::from_bytes::<msg::Answer>(bytes).map(|a| a.value)
+}
+
+fn errno_text(errno: i32) -> &'static str {
+    match errno {
+        EINVAL => "no such node",
+        ENOEXEC => "another ISA",
+        EHOSTUNREACH => "the node is down or cannot take it",
+        ENOSYS => "the VM does not run in a cluster",
+        _ => "failed",
+    }
+}
