@@ -137,6 +137,65 @@ impl Host {
         self.cluster_vms().iter().map(VmInfo::to_json).collect()
     }
 
+    /// Moves thread `tid` of VM `key` to node `to`, wherever in the cluster the VM and the
+    /// thread run (the node running the VM's origin knows where its threads are).
+    pub fn move_thread_anywhere(&self, key: &str, tid: u32, to: u32) -> Result<()> {
+        let vms = self.cluster_vms();
+        let vm = vms
+            .iter()
+            .find(|v| crate::registry::matches_key(v.id, &v.name, key))
+            .ok_or_else(|| crate::Error::NoSuchVm(format!("no VM {key:?} in the cluster")))?;
+        let mv = msg::MoveThread { vm: vm.id, tid, to };
+        let node = self.node();
+        if vm.node == node.id() {
+            return self.spans.move_anywhere(node, mv);
+        }
+        node.request(
+            vm.node,
+            msg::MsgType::MoveThread.number(),
+            net_msg::Priority::Control,
+            &pop_wire::to_bytes(&mv),
+            Duration::from_secs(30),
+        )
+        .map(drop)
+        .map_err(|e| match e {
+            net_msg::Error::Remote { message, .. } => crate::Error::Aborted(message),
+            e => crate::Error::Lost(e.to_string()),
+        })
+    }
+
+    /// Every thread of every VM of the cluster, with its node and state, as the control
+    /// socket's `ps --threads` shows them.
+    pub fn cluster_threads(&self) -> Vec<Value> {
+        let node = self.node();
+        let mut out = Vec::new();
+        for vm in self.cluster_vms() {
+            let list = if vm.node == node.id() {
+                self.spans.threads(vm.id)
+            } else {
+                node.request(
+                    vm.node,
+                    msg::MsgType::Threads.number(),
+                    net_msg::Priority::Control,
+                    &pop_wire::to_bytes(&msg::VmRef { vm: vm.id }),
+                    Duration::from_secs(5),
+                )
+                .ok()
+                .and_then(|b| pop_wire::from_bytes::<msg::ThreadList>(&b).ok())
+            };
+            for t in list.map(|l| l.0).unwrap_or_default() {
+                out.push(serde_json::json!({
+                    "vm": vm.id,
+                    "name": vm.name,
+                    "tid": t.tid,
+                    "node": t.node,
+                    "state": t.status.name(),
+                }));
+            }
+        }
+        out
+    }
+
     /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets each
     /// step. Returns the summary.
     pub fn migrate_anywhere(

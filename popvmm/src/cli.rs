@@ -118,6 +118,11 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "NODE")]
     pub to: u32,
 
+    /// Move only this thread of the VM (its tid, as `popvmm ps --threads` shows it), at
+    /// whatever instruction it is; the rest of the VM stays where it runs.
+    #[arg(long, value_name = "TID", conflicts_with_all = ["mode", "downtime_ms"])]
+    pub thread: Option<u32>,
+
     /// How to move it.
     #[arg(long, value_name = "MODE", default_value = "precopy", value_parser = mode_parser())]
     pub mode: pop_migrate::Mode,
@@ -135,6 +140,11 @@ pub struct MigrateArgs {
 /// Options of `popvmm ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
+    /// List every thread of every VM, with its node and state (running, blocked,
+    /// migrating).
+    #[arg(long)]
+    pub threads: bool,
+
     /// Which node to ask (it lists the VMs of every node it reaches).
     #[command(flatten)]
     pub target: Target,

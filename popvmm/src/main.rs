@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Command::Peers(t) => print(node::client::peers(&t)),
         Command::Stat(a) => print(node::client::stat(&a)),
         Command::Ping(a) => print(node::client::ping(&a)),
-        Command::Ps(a) => print(node::client::ps(&a.target)),
+        Command::Ps(a) => print(node::client::ps(&a)),
         Command::Migrate(a) => print(node::client::migrate(&a)),
     }
 }

@@ -562,26 +562,80 @@ impl Spans {
         self.local.registry.get(vm_id).map(|h| h.home)
     }
 
-    /// The threads of VM `vm_id` (whose origin is here) and where they run.
+    /// The threads of VM `vm_id` and where they run: all of them if its origin is here
+    /// (asking the nodes running some how those are), else those on its shell here.
     pub fn threads(&self, vm_id: u64) -> Option<ThreadList> {
         let node = self.node()?;
+        let me = node.id();
+        let status = |vm: &VmShared, tid: u32| {
+            if vm.blocked_threads().contains(&tid) {
+                msg::ThreadStatus::Blocked
+            } else {
+                msg::ThreadStatus::Running
+            }
+        };
+        if let Some(s) = lock(&self.shells).get(&vm_id).cloned() {
+            let table = match s.vm.threads.save() {
+                Ok(t) => t,
+                Err(never) => match never {},
+            };
+            let list = table
+                .threads
+                .iter()
+                .filter(|t| !t.1)
+                .map(|&(tid, _)| msg::ThreadInfo {
+                    tid,
+                    node: me,
+                    status: status(&s.vm, tid),
+                })
+                .collect();
+            return Some(ThreadList(list));
+        }
         let vm = self.local.registry.get(vm_id)?.vm.clone();
         let table = match vm.threads.save() {
             Ok(t) => t,
             Err(never) => match never {},
         };
-        let tids: Vec<u32> = table.threads.iter().filter(|t| !t.1).map(|t| t.0).collect();
-        let list = match self.origin(vm_id) {
-            Some(o) => o.threads(&tids, node.id()),
-            None => tids
-                .iter()
-                .map(|&tid| msg::ThreadInfo {
+        let (away, moving) = self.origin(vm_id).map(|o| o.places()).unwrap_or_default();
+        // How the threads elsewhere are, from their nodes.
+        let mut remote = HashMap::new();
+        let nodes: std::collections::BTreeSet<u32> = away.values().copied().collect();
+        for n in nodes {
+            let asked = request(
+                &node,
+                n,
+                MsgType::Threads,
+                &pop_wire::to_bytes(&msg::VmRef { vm: vm_id }),
+            );
+            if let Ok(ThreadList(list)) =
+                asked.and_then(|b| pop_wire::from_bytes(&b).map_err(|e| e.to_string()))
+            {
+                remote.extend(list.into_iter().map(|t| (t.tid, t.status)));
+            }
+        }
+        let list = table
+            .threads
+            .iter()
+            .filter(|t| !t.1)
+            .map(|&(tid, _)| {
+                let at = away.get(&tid).copied().unwrap_or(me);
+                let status = if moving.contains(&tid) {
+                    msg::ThreadStatus::Migrating
+                } else if at == me {
+                    status(&vm, tid)
+                } else {
+                    remote
+                        .get(&tid)
+                        .copied()
+                        .unwrap_or(msg::ThreadStatus::Running)
+                };
+                msg::ThreadInfo {
                     tid,
-                    node: node.id(),
-                    status: msg::ThreadStatus::Running,
-                })
-                .collect(),
-        };
+                    node: at,
+                    status,
+                }
+            })
+            .collect();
         Some(ThreadList(list))
     }
 
@@ -854,10 +908,20 @@ impl Service for Arc<Spans> {
             }
             MsgType::Threads => {
                 let r: msg::VmRef = pop_wire::from_bytes(&payload).map_err(bad)?;
-                let list = self
-                    .threads(r.vm)
-                    .ok_or_else(|| Error::NoSuchVm(format!("VM {:x} has no origin here", r.vm)))?;
-                respond(m, &pop_wire::to_bytes(&list));
+                let responder = responder(m)?;
+                let spans = self.clone();
+                // The origin asks the shells: not on the reader thread.
+                let _ =
+                    std::thread::Builder::new()
+                        .name("threads".into())
+                        .spawn(move || match spans.threads(r.vm) {
+                            Some(list) => {
+                                let _ = responder.respond(&pop_wire::to_bytes(&list));
+                            }
+                            None => {
+                                let _ = responder.fail(&format!("VM {:x} does not run here", r.vm));
+                            }
+                        });
                 Ok(())
             }
             _ => Err(Error::BadMessage(format!(

@@ -16,7 +16,7 @@ use vmm::sys::FutexWait;
 use vmm::vm::{Outcome, VmShared};
 
 use crate::lock;
-use crate::msg::{self, MsgType, ThreadInfo, ThreadStatus};
+use crate::msg::{self, MsgType};
 
 /// How often the origin looks at its VM and at the nodes running its threads.
 const WATCH: Duration = Duration::from_millis(50);
@@ -243,20 +243,10 @@ impl Origin {
         lock(&self.places).away.get(&tid).copied().unwrap_or(here)
     }
 
-    /// Every running thread of the VM with its node (`tids` the running ones).
-    pub(super) fn threads(&self, tids: &[u32], here: u32) -> Vec<ThreadInfo> {
+    /// The threads that left, by node, and those moving now.
+    pub(super) fn places(&self) -> (BTreeMap<u32, u32>, BTreeSet<u32>) {
         let p = lock(&self.places);
-        tids.iter()
-            .map(|&tid| ThreadInfo {
-                tid,
-                node: p.away.get(&tid).copied().unwrap_or(here),
-                status: if p.moving.contains(&tid) {
-                    ThreadStatus::Migrating
-                } else {
-                    ThreadStatus::Running
-                },
-            })
-            .collect()
+        (p.away.clone(), p.moving.clone())
     }
 }
 

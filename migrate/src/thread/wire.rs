@@ -302,6 +302,8 @@ plain!(
 pub enum ThreadStatus {
     /// Running (or ready to).
     Running,
+    /// Blocked in a futex wait, a sleep or a join.
+    Blocked,
     /// Moving to another node.
     Migrating,
 }
@@ -311,6 +313,7 @@ impl ThreadStatus {
     pub fn name(self) -> &'static str {
         match self {
             ThreadStatus::Running => "running",
+            ThreadStatus::Blocked => "blocked",
             ThreadStatus::Migrating => "migrating",
         }
     }
@@ -327,7 +330,8 @@ pub struct ThreadInfo {
     pub status: ThreadStatus,
 }
 
-/// `THREADS` (asked of a VM's origin, payload a [`crate::msg::VmRef`]): its threads.
+/// `THREADS` (payload a [`crate::msg::VmRef`]): asked of a VM's origin, every thread of the
+/// VM; of a node with its shell, the threads there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadList(pub Vec<ThreadInfo>);
 
@@ -338,6 +342,7 @@ impl Encode for ThreadList {
             e.u32(t.tid).u32(t.node).u8(match t.status {
                 ThreadStatus::Running => 1,
                 ThreadStatus::Migrating => 2,
+                ThreadStatus::Blocked => 3,
             });
         }
     }
@@ -356,6 +361,7 @@ impl Decode for ThreadList {
             let status = match d.u8()? {
                 1 => ThreadStatus::Running,
                 2 => ThreadStatus::Migrating,
+                3 => ThreadStatus::Blocked,
                 _ => return Err(WireError("unknown thread state")),
             };
             list.push(ThreadInfo { tid, node, status });

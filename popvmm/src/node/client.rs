@@ -170,8 +170,57 @@ pub fn ping(a: &PingArgs) -> Result<String, String> {
     ))
 }
 
-/// `popvmm ps`: the VMs of the cluster, as the node asked sees them.
-pub fn ps(t: &Target) -> Result<String, String> {
+/// `popvmm ps --threads`: every thread of the cluster's VMs.
+fn ps_threads(t: &Target) -> Result<String, String> {
+    let v = ask(t, &Request::Threads)?;
+    if t.json {
+        return Ok(format!("{}\n", v["threads"]));
+    }
+    let mut out = format!(
+        "{:<18} {:<20} {:>6} {:>4}  {}\n",
+        "vm", "name", "tid", "node", "state"
+    );
+    for th in v["threads"].as_array().into_iter().flatten() {
+        let name = th["name"].as_str().unwrap_or("?");
+        let short = std::path::Path::new(name)
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or(name);
+        let _ = writeln!(
+            out,
+            "{:<18} {:<20} {:>6} {:>4}  {}",
+            format!("{:#x}", th["vm"].as_u64().unwrap_or(0)),
+            short,
+            th["tid"].as_u64().unwrap_or(0),
+            th["node"].as_u64().unwrap_or(0),
+            th["state"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(out)
+}
+
+/// `popvmm migrate VM --thread TID --to NODE`.
+fn migrate_thread(a: &crate::cli::MigrateArgs, tid: u32) -> Result<String, String> {
+    let req = Request::MigrateThread {
+        vm: a.vm.clone(),
+        tid,
+        to: a.to,
+    };
+    let path = resolve(&a.target)?;
+    control::call(&path, &req, std::time::Duration::from_secs(60))?;
+    Ok(format!(
+        "moved thread {tid} of VM {} to node {}\n",
+        a.vm, a.to
+    ))
+}
+
+/// `popvmm ps`: the VMs of the cluster, as the node asked sees them (or, with `--threads`,
+/// their threads).
+pub fn ps(a: &crate::cli::PsArgs) -> Result<String, String> {
+    let t = &a.target;
+    if a.threads {
+        return ps_threads(t);
+    }
     let v = ask(t, &Request::Ps)?;
     if t.json {
         return Ok(format!("{}\n", v["vms"]));
@@ -205,6 +254,9 @@ pub fn ps(t: &Target) -> Result<String, String> {
 /// move the VM, and prints its progress and a summary.
 pub fn migrate(a: &crate::cli::MigrateArgs) -> Result<String, String> {
     use std::io::{BufRead, BufReader, Read, Write};
+    if let Some(tid) = a.thread {
+        return migrate_thread(a, tid);
+    }
     let path = resolve(&a.target)?;
     let req = Request::Migrate {
         vm: a.vm.clone(),

@@ -42,6 +42,17 @@ pub enum Request {
     Shutdown,
     /// The VMs of the cluster (`popvmm ps`).
     Ps,
+    /// Every thread of every VM of the cluster (`popvmm ps --threads`).
+    Threads,
+    /// Move one thread of a VM (`popvmm migrate --thread`), wherever it runs.
+    MigrateThread {
+        /// VM id or name.
+        vm: String,
+        /// The thread.
+        tid: u32,
+        /// Destination node.
+        to: u32,
+    },
     /// Move a VM running on this node (`popvmm migrate`); progress lines
     /// (`{"progress":{...}}`) come before the answer.
     Migrate {

@@ -146,6 +146,15 @@ fn serve(host: &Arc<Host>, conn: UnixStream, stop: &AtomicBool) {
     while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
         let answer = match serde_json::from_str::<Request>(&line) {
             Ok(Request::Ps) => json!({"ok": true, "node": node.id(), "vms": host.cluster_list()}),
+            Ok(Request::Threads) => {
+                json!({"ok": true, "node": node.id(), "threads": host.cluster_threads()})
+            }
+            Ok(Request::MigrateThread { vm, tid, to }) => {
+                match host.move_thread_anywhere(&vm, tid, to) {
+                    Ok(()) => json!({"ok": true}),
+                    Err(e) => json!({"ok": false, "error": e.to_string()}),
+                }
+            }
             Ok(Request::Migrate {
                 vm,
                 to,
@@ -211,7 +220,12 @@ fn answer(node: &Node, req: Request, stop: &AtomicBool) -> Value {
             }
             json!({"ok": true, "node": node.id(), "to": to, "size": size, "rtt_us": rtts})
         }
-        Request::Ps | Request::Migrate { .. } => json!({"ok": false, "error": "served above"}),
+        Request::Ps
+        | Request::Threads
+        | Request::Migrate { .. }
+        | Request::MigrateThread { .. } => {
+            json!({"ok": false, "error": "served above"})
+        }
         Request::Shutdown => {
             stop.store(true, Ordering::SeqCst);
             json!({"ok": true})

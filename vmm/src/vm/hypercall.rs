@@ -70,11 +70,11 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
         Hypercall::Unlink => vm.fs.remove(mem, a0, false),
         Hypercall::Rmdir => vm.fs.remove(mem, a0, true),
         Hypercall::Dup => vm.fs.dup(a0),
-        Hypercall::FutexWait => futex_wait(vm, tid, a0, a1 as u32, a2),
+        Hypercall::FutexWait => vm.blocking(tid, || futex_wait(vm, tid, a0, a1 as u32, a2)),
         Hypercall::FutexWake => {
             mem.with_atomic_u32(a0, |word| vm.hooks.futex_wake(a0, word, a1 as i32))
         }
-        Hypercall::Sleep => match sleep(vm, tid, a0) {
+        Hypercall::Sleep => match vm.blocking(tid, || sleep(vm, tid, a0)) {
             0 => Ok(0),
             left => {
                 return Flow::Pending(HypercallRequest {
@@ -100,10 +100,12 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
         }
         Hypercall::Join => {
             let interrupted = || vm.stopping() || vm.park_requested(tid);
-            let result = match vm.hooks.join_elsewhere(a0 as u32, tid, &interrupted) {
-                Some(result) => result,
-                None => vm.threads.join(a0 as u32, tid, interrupted),
-            };
+            let result = vm.blocking(tid, || {
+                match vm.hooks.join_elsewhere(a0 as u32, tid, &interrupted) {
+                    Some(result) => result,
+                    None => vm.threads.join(a0 as u32, tid, interrupted),
+                }
+            });
             if result == -i64::from(pop_abi::errno::EINTR) && vm.park_requested(tid) {
                 return Flow::Pending(request);
             }

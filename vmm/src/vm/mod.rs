@@ -73,6 +73,8 @@ pub struct VmShared {
     park_target: AtomicU64,
     park: Mutex<pause::Park>,
     parked_cv: Condvar,
+    /// Threads blocked in a hypercall here (a futex wait, a sleep, a join).
+    blocked: Mutex<std::collections::BTreeSet<u32>>,
 }
 
 /// A KVM VM with guest memory registered, made before the VM it will run is restored.
@@ -111,7 +113,21 @@ impl VmShared {
             park_target: AtomicU64::new(0),
             park: Mutex::new(pause::Park::default()),
             parked_cv: Condvar::new(),
+            blocked: Mutex::default(),
         })
+    }
+
+    /// The threads blocked here in a futex wait, a sleep or a join (for `ps --threads`).
+    pub fn blocked_threads(&self) -> Vec<u32> {
+        crate::sync::lock(&self.blocked).iter().copied().collect()
+    }
+
+    /// Runs `f`, a blocking hypercall of thread `tid`, with the thread counted as blocked.
+    pub(crate) fn blocking<T>(&self, tid: u32, f: impl FnOnce() -> T) -> T {
+        crate::sync::lock(&self.blocked).insert(tid);
+        let r = f();
+        crate::sync::lock(&self.blocked).remove(&tid);
+        r
     }
 
     /// Whether the VM is shutting down (vCPU threads stop at their next exit).
