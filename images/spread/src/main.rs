@@ -1,0 +1,264 @@
+//! std's synchronization with the threads spread over the cluster's nodes (thread `i` moves
+//! itself to the `i`-th up node of the caller's ISA, round-robin, before it starts): what
+//! every check prints is what it prints on one node.
+//!
+//! * `mutex THREADS EACH`: a `Mutex<u64>` incremented `EACH` times by each thread;
+//! * `atomic THREADS EACH`: an `AtomicU64` the same way, with `fetch_add`;
+//! * `condvar ROUNDS`: two threads on two nodes hand a turn back and forth (`Condvar`);
+//! * `channel COUNT`: a thread on another node sends `COUNT` numbers over `mpsc`;
+//! * `barrier THREADS ROUNDS`: threads on every node meet at a `Barrier` each round;
+//! * `bounce MOVES WRITERS`: a thread moves there and back `MOVES` times while `WRITERS`
+//!   threads (spread) write their own words of a shared buffer; then every word is checked;
+//! * `dead NODE`: tries to move to `NODE` (down): prints the error and goes on.
+//!
+//! Each prints its result and `ok`, or a reason and exits 1.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Condvar, Mutex, mpsc};
+use std::thread;
+
+fn arg(index: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(index)
+        .map(|a| {
+            a.parse().unwrap_or_else(|_| {
+                eprintln!("spread: bad argument {a:?}");
+                std::process::exit(2)
+            })
+        })
+        .unwrap_or(default)
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("spread: {why}");
+    std::process::exit(1)
+}
+
+/// The nodes a thread can move to (up, the caller's ISA), the caller's first.
+fn nodes() -> Vec<u32> {
+    let here = pop::current_nid();
+    let isa = pop::nodes().find(|n| n.id == here).map(|n| n.isa);
+    let mut ids = vec![here];
+    ids.extend(
+        pop::nodes()
+            .filter(|n| n.id != here && n.up && Some(n.isa) == isa)
+            .map(|n| n.id),
+    );
+    ids
+}
+
+/// Moves the calling thread (number `i`) to its node, round-robin over `nodes`.
+fn place(i: u64, nodes: &[u32]) {
+    let to = nodes[i as usize % nodes.len()];
+    if let Err(e) = pop::migrate(to) {
+        fail(&format!("thread {i} cannot move to node {to}: {e}"));
+    }
+}
+
+fn mutex(threads: u64, each: u64) {
+    let nodes = nodes();
+    let counter = Arc::new(Mutex::new(0u64));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (counter, nodes) = (counter.clone(), nodes.clone());
+            thread::spawn(move || {
+                place(i, &nodes);
+                for _ in 0..each {
+                    *counter.lock().unwrap() += 1;
+                }
+                pop::current_nid()
+            })
+        })
+        .collect();
+    let mut ran: Vec<u32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    ran.sort_unstable();
+    ran.dedup();
+    println!("mutex: {} on {} nodes", *counter.lock().unwrap(), ran.len());
+}
+
+fn atomic(threads: u64, each: u64) {
+    let nodes = nodes();
+    let counter = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (counter, nodes) = (counter.clone(), nodes.clone());
+            thread::spawn(move || {
+                place(i, &nodes);
+                for _ in 0..each {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    println!("atomic: {}", counter.load(Ordering::SeqCst));
+}
+
+fn condvar(rounds: u64) {
+    let nodes = nodes();
+    // The turn: even for the main thread, odd for the other.
+    let turn = Arc::new((Mutex::new(0u64), Condvar::new()));
+    let other = {
+        let (turn, nodes) = (turn.clone(), nodes.clone());
+        thread::spawn(move || {
+            place(1, &nodes);
+            let (m, cv) = &*turn;
+            for r in 0..rounds {
+                let mut t = cv
+                    .wait_while(m.lock().unwrap(), |t| *t != 2 * r + 1)
+                    .unwrap();
+                *t += 1;
+                cv.notify_all();
+            }
+            pop::current_nid()
+        })
+    };
+    let (m, cv) = &*turn;
+    for r in 0..rounds {
+        let mut t = cv.wait_while(m.lock().unwrap(), |t| *t != 2 * r).unwrap();
+        *t += 1;
+        cv.notify_all();
+    }
+    let there = other.join().unwrap();
+    let done = *cv
+        .wait_while(m.lock().unwrap(), |t| *t != 2 * rounds)
+        .unwrap();
+    println!(
+        "condvar: {done} turns, main on node {}, the other on node {there}",
+        pop::current_nid()
+    );
+}
+
+fn channel(count: u64) {
+    let nodes = nodes();
+    let (tx, rx) = mpsc::channel();
+    let sender = thread::spawn(move || {
+        place(1, &nodes);
+        for i in 0..count {
+            tx.send(i).unwrap();
+        }
+        pop::current_nid()
+    });
+    let mut expected = 0;
+    for v in rx {
+        if v != expected {
+            fail(&format!("channel: got {v}, expected {expected}"));
+        }
+        expected += 1;
+    }
+    let there = sender.join().unwrap();
+    println!("channel: {expected} in order, sent from node {there}");
+}
+
+fn barrier(threads: u64, rounds: u64) {
+    let nodes = nodes();
+    let barrier = Arc::new(Barrier::new(threads as usize));
+    let arrived = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (barrier, arrived, nodes) = (barrier.clone(), arrived.clone(), nodes.clone());
+            thread::spawn(move || {
+                place(i, &nodes);
+                for r in 0..rounds {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    barrier.wait();
+                    // Everybody arrived for this round before anybody goes on.
+                    if arrived.load(Ordering::SeqCst) < (r + 1) * threads {
+                        fail("a thread passed the barrier early");
+                    }
+                    barrier.wait();
+                }
+                pop::current_nid()
+            })
+        })
+        .collect();
+    let mut ran: Vec<u32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    ran.sort_unstable();
+    ran.dedup();
+    println!(
+        "barrier: {rounds} rounds of {threads} threads on {} nodes",
+        ran.len()
+    );
+}
+
+fn bounce(moves: u64, writers: u64) {
+    const WORDS: usize = 4096;
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("bounce needs two nodes");
+    }
+    let buf: Arc<Vec<AtomicU64>> = Arc::new(
+        (0..WORDS * writers as usize)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let (buf, stop, nodes) = (buf.clone(), stop.clone(), nodes.clone());
+            thread::spawn(move || {
+                place(w, &nodes);
+                let mine = &buf[w as usize * WORDS..(w as usize + 1) * WORDS];
+                let mut pass = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    pass += 1;
+                    for (i, word) in mine.iter().enumerate() {
+                        word.store(pass * 1_000_000 + i as u64, Ordering::Relaxed);
+                    }
+                }
+                pass
+            })
+        })
+        .collect();
+    let (home, other) = (nodes[0], nodes[1]);
+    for m in 0..moves {
+        let to = if m % 2 == 0 { other } else { home };
+        if let Err(e) = pop::migrate(to) {
+            fail(&format!("move {m} to node {to}: {e}"));
+        }
+        if pop::current_nid() != to {
+            fail(&format!(
+                "move {m}: on node {} instead of {to}",
+                pop::current_nid()
+            ));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let passes: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for (w, &pass) in passes.iter().enumerate() {
+        for i in 0..WORDS {
+            let v = buf[w * WORDS + i].load(Ordering::Relaxed);
+            if v != pass * 1_000_000 + i as u64 {
+                fail(&format!("writer {w}, word {i}: {v}, last pass {pass}"));
+            }
+        }
+    }
+    println!(
+        "bounce: {moves} moves, ended on node {}, every word intact",
+        pop::current_nid()
+    );
+}
+
+fn dead(node: u32) {
+    match pop::migrate(node) {
+        Ok(()) => fail(&format!("moved to node {node}, which should be down")),
+        Err(e) => println!("dead: {e}; still on node {}", pop::current_nid()),
+    }
+}
+
+fn main() {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    match what.as_str() {
+        "mutex" => mutex(arg(2, 6), arg(3, 100_000)),
+        "atomic" => atomic(arg(2, 6), arg(3, 100_000)),
+        "condvar" => condvar(arg(2, 100)),
+        "channel" => channel(arg(2, 1000)),
+        "barrier" => barrier(arg(2, 6), arg(3, 20)),
+        "bounce" => bounce(arg(2, 1000), arg(3, 2)),
+        "dead" => dead(arg(2, 2) as u32),
+        _ => fail("usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead [ARGS]"),
+    }
+    println!("ok");
+}
