@@ -9,7 +9,9 @@
 //! * `barrier THREADS ROUNDS`: threads on every node meet at a `Barrier` each round;
 //! * `bounce MOVES WRITERS`: a thread moves there and back `MOVES` times while `WRITERS`
 //!   threads (spread) write their own words of a shared buffer; then every word is checked;
-//! * `dead NODE`: tries to move to `NODE` (down): prints the error and goes on.
+//! * `dead NODE`: tries to move to `NODE` (down): prints the error and goes on;
+//! * `wait MS`: a second thread (tid 2) waits on a `Condvar` until the main thread, after
+//!   `MS` milliseconds, notifies it; it then reports its node (a test moves it meanwhile).
 //!
 //! Each prints its result and `ok`, or a reason and exits 1.
 
@@ -248,6 +250,22 @@ fn dead(node: u32) {
     }
 }
 
+fn wait(ms: u64) {
+    let flag = Arc::new((Mutex::new(false), Condvar::new()));
+    let waiter = {
+        let flag = flag.clone();
+        thread::spawn(move || {
+            let (m, cv) = &*flag;
+            drop(cv.wait_while(m.lock().unwrap(), |set| !*set).unwrap());
+            pop::current_nid()
+        })
+    };
+    thread::sleep(std::time::Duration::from_millis(ms));
+    *flag.0.lock().unwrap() = true;
+    flag.1.notify_all();
+    println!("wait: woken on node {}", waiter.join().unwrap());
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_default();
     match what.as_str() {
@@ -258,7 +276,8 @@ fn main() {
         "barrier" => barrier(arg(2, 6), arg(3, 20)),
         "bounce" => bounce(arg(2, 1000), arg(3, 2)),
         "dead" => dead(arg(2, 2) as u32),
-        _ => fail("usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead [ARGS]"),
+        "wait" => wait(arg(2, 3000)),
+        _ => fail("usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait [ARGS]"),
     }
     println!("ok");
 }
