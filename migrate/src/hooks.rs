@@ -23,6 +23,8 @@ use crate::thread::{SpanCtx, Spans};
 pub struct ClusterHooks {
     node: OnceLock<Weak<Node>>,
     span: OnceLock<SpanCtx>,
+    /// New threads go round-robin over the nodes (the count of those placed so far).
+    spread: OnceLock<AtomicU32>,
 }
 
 impl ClusterHooks {
@@ -41,6 +43,29 @@ impl ClusterHooks {
     /// The VM's node has joined the mesh.
     pub fn attach(&self, node: &Arc<Node>) {
         let _ = self.node.set(Arc::downgrade(node));
+    }
+
+    /// New threads start round-robin over the cluster's up nodes of this ISA (this one
+    /// first), not all here.
+    pub fn spread_threads(&self) {
+        let _ = self.spread.set(AtomicU32::new(0));
+    }
+
+    /// The node the next new thread goes to, if threads are spread.
+    fn next_node(&self) -> Option<u32> {
+        let count = self.spread.get()?;
+        let node = self.node.get()?.upgrade()?;
+        let me = node.id();
+        let mut nodes = vec![me];
+        nodes.extend(
+            node.cluster()
+                .nodes
+                .iter()
+                .filter(|n| n.id != me && n.isa == pop_abi::Isa::NATIVE && node.is_up(n.id))
+                .map(|n| n.id),
+        );
+        let k = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+        Some(nodes[k % nodes.len()])
     }
 
     /// The VM may span nodes: its threads move, as `ctx` says.
@@ -65,9 +90,15 @@ impl ClusterHooks {
 }
 
 impl Hooks for ClusterHooks {
-    fn place_thread(&self, _start: &ThreadStart) -> Placement {
-        match self.on_shell() {
-            Some((ctx, _)) => Placement::Node(ctx.origin),
+    fn place_thread(&self, start: &ThreadStart) -> Placement {
+        if let Some((ctx, _)) = self.on_shell() {
+            return Placement::Node(ctx.origin);
+        }
+        if start.tid == vmm::threads::MAIN_TID || self.spanning().is_none() {
+            return Placement::Here;
+        }
+        match self.next_node() {
+            Some(node) => Placement::MoveTo(node),
             None => Placement::Here,
         }
     }

@@ -81,6 +81,11 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "N", requires = "cluster")]
     pub id: Option<u32>,
 
+    /// Start the application's new threads round-robin over the cluster's nodes of its ISA
+    /// that are up (this one first); the main thread starts here (with `--cluster`).
+    #[arg(long, requires = "cluster")]
+    pub spread: bool,
+
     /// The application image (an ELF built with `cargo pop build`); also the guest's `argv[0]`.
     #[arg(value_name = "IMAGE")]
     pub image: PathBuf,

@@ -36,6 +36,9 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
     let mut config = args.to_config();
     config.node_id = id;
     let hooks = pop_migrate::hooks::ClusterHooks::new();
+    if args.spread {
+        hooks.spread_threads();
+    }
     config.hooks = hooks.clone();
     let timings = std::sync::Arc::new(Timings::new(process_start));
     let image = Image::from_file(&args.image).map_err(|e| e.to_string())?;

@@ -239,3 +239,52 @@ fn losing_a_node_that_runs_threads_ends_the_vm_with_one_line() {
         t0.elapsed()
     );
 }
+
+/// How many messages of type `t` node `id` received since its statistics were last reset
+/// (resetting them).
+fn received(c: &Cluster, id: u32, t: u16) -> u64 {
+    let out = c.popvmm(&["stat", "--id", &id.to_string(), "--reset"]);
+    assert!(out.status.success(), "stat: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&t.to_string().as_str())).then(|| f[3].parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// `ARRIVE`'s number: a thread arriving at a node.
+const ARRIVE: u16 = 81;
+
+#[test]
+fn primesum_with_threads_on_two_nodes_gives_the_seed_s_sums() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let sums = "thread 0 sum is 9594\nthread 1 sum is 8392\nthread 2 sum is 8013\n\
+                thread 3 sum is 7863\nsum is 33862\n";
+    received(&c, 1, ARRIVE);
+    // The program places its threads itself...
+    assert_output(&c, "primesum", &["400000", "4", "spread"], sums);
+    assert!(received(&c, 1, ARRIVE) >= 2, "no thread went to node 1");
+    // ... or the launch does, for an unmodified program.
+    let (status, out, err) = finish(c.launch(&["--spread"], "primesum", &[]));
+    assert_eq!((status, out.as_str()), (0, sums), "{err}");
+    assert!(received(&c, 1, ARRIVE) >= 2, "no thread went to node 1");
+}
+
+#[test]
+fn the_std_tour_with_its_threads_spread_prints_what_it_prints_on_one_node() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let (status, alone, err) = run(&c, "stdtour", &[]);
+    assert_eq!(status, 0, "{err}");
+    received(&c, 1, ARRIVE);
+    let (status, spread, err) = finish(c.launch(&["--spread"], "stdtour", &[]));
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(spread, alone);
+    assert!(
+        received(&c, 1, ARRIVE) >= 5,
+        "the tour's threads did not go to node 1"
+    );
+}

@@ -24,7 +24,10 @@ use crate::sys::{self, FutexWait};
 pub enum Placement {
     /// On a vCPU of this VM, on this host.
     Here,
-    /// On node `n` ([`Hooks::start_remote`] starts it there).
+    /// Made here (its tid and vCPU given out by this VM's table), then moved to node `n`
+    /// before its first instruction.
+    MoveTo(u32),
+    /// Asked of node `n`, which has the VM's thread table ([`Hooks::start_remote`]).
     Node(u32),
 }
 

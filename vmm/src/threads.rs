@@ -386,6 +386,7 @@ mod tests {
             arg: 0,
             stack_top: 0,
             thread_pointer: 0,
+            node: None,
         }
     }
 

@@ -5,7 +5,10 @@
 //! version, `is_prime` counts 0 and 1 as prime: with the default `MAX` of 400000 the sums
 //! are 9594, 8392, 8013 and 7863, 33862 in all.
 //!
-//! Usage: `primesum [MAX [THREADS]]` (THREADS defaults to 4; benchmarks compare 1 and 4).
+//! Usage: `primesum [MAX [THREADS [spread]]]` (THREADS defaults to 4; benchmarks compare 1
+//! and 4). With `spread`, thread `i` first moves itself to the `i`-th node of the cluster
+//! (round-robin over the nodes of its ISA that are up, its own first), as the tutorial's
+//! version places its threads with `migrate`.
 
 use std::thread;
 
@@ -50,13 +53,46 @@ fn arg(index: usize, name: &str, default: u64) -> u64 {
     }
 }
 
+/// The nodes a thread can move to: up, of the caller's ISA, the caller's first.
+fn nodes() -> Vec<u32> {
+    let here = pop::current_nid();
+    let isa = pop::nodes().find(|n| n.id == here).map(|n| n.isa);
+    let mut ids = vec![here];
+    ids.extend(
+        pop::nodes()
+            .filter(|n| n.id != here && n.up && Some(n.isa) == isa)
+            .map(|n| n.id),
+    );
+    ids
+}
+
 fn main() {
     let max = arg(1, "MAX", DEFAULT_MAX);
     let threads = arg(2, "THREADS", DEFAULT_THREADS);
+    let spread = match std::env::args().nth(3).as_deref() {
+        None => false,
+        Some("spread") => true,
+        Some(other) => {
+            eprintln!("primesum: unknown option {other:?} (spread)");
+            std::process::exit(2);
+        }
+    };
+    let nodes = if spread {
+        nodes()
+    } else {
+        vec![pop::current_nid()]
+    };
     let workers: Vec<_> = (0..threads)
         .map(|i| {
             let (start, end) = (i * max / threads, (i + 1) * max / threads);
-            thread::spawn(move || count_primes(start, end))
+            let to = nodes[i as usize % nodes.len()];
+            thread::spawn(move || {
+                if let Err(e) = pop::migrate(to) {
+                    eprintln!("primesum: thread {i} cannot move to node {to}: {e}");
+                    std::process::exit(1);
+                }
+                count_primes(start, end)
+            })
         })
         .collect();
     let mut total = 0;

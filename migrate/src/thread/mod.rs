@@ -882,6 +882,7 @@ impl Service for Arc<Spans> {
                     arg: s.arg,
                     stack_top: s.stack_top,
                     thread_pointer: s.thread_pointer,
+                    node: None,
                 };
                 let value = match vm.spawn(start) {
                     Ok(tid) => u64::from(tid),

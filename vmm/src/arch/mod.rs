@@ -45,6 +45,9 @@ pub struct ThreadStart {
     pub stack_top: u64,
     /// Thread pointer.
     pub thread_pointer: u64,
+    /// Where it is to run: `None` here; `Some(node)`: it starts on a vCPU here, then moves to
+    /// `node` before its first instruction (a VM whose threads are placed over the nodes).
+    pub node: Option<u32>,
 }
 
 /// The state of a guest that crashed, as the architecture decodes it; [`crate::fault`] turns

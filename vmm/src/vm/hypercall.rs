@@ -95,6 +95,7 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
                 arg: a2,
                 stack_top: a3,
                 thread_pointer: a4,
+                node: None,
             };
             vm.spawn(start).map(i64::from)
         }

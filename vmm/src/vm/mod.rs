@@ -146,9 +146,11 @@ impl VmShared {
 
     /// Starts a guest thread on a vCPU, creating the vCPU and its host thread if none is idle.
     /// Where it runs is the hooks' choice ([`Hooks::place_thread`]).
-    pub fn spawn(self: &Arc<Self>, start: ThreadStart) -> Result<u32, i32> {
-        if let Placement::Node(node) = self.hooks.place_thread(&start) {
-            return self.hooks.start_remote(node, start);
+    pub fn spawn(self: &Arc<Self>, mut start: ThreadStart) -> Result<u32, i32> {
+        match self.hooks.place_thread(&start) {
+            Placement::Node(node) => return self.hooks.start_remote(node, start),
+            Placement::MoveTo(node) if node != self.node() => start.node = Some(node),
+            _ => {}
         }
         let vm = self.clone();
         self.threads.spawn(start, move |index, start, mailbox| {
@@ -345,6 +347,7 @@ impl Vm {
                 arg: 0,
                 stack_top: vm.mem.shared_end(),
                 thread_pointer: 0,
+                node: None,
             };
             let tid = vm.spawn(main).map_err(|_| LaunchError::Vcpu)?;
             debug_assert_eq!(tid, MAIN_TID);

@@ -87,6 +87,14 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                 if start.tid == MAIN_TID {
                     record_boot(&vm, &vcpu);
                 }
+                // Placed on another node: it goes there before its first instruction (if it
+                // cannot, it runs here).
+                if let Some(to) = start.node
+                    && vm.depart(&mut vcpu, start.tid, to).is_ok()
+                {
+                    vm.threads.visiting(start.tid, false);
+                    continue;
+                }
                 (start.tid, None)
             }
             Some(Begin::Resume { tid, pending }) => (tid, pending),
