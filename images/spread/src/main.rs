@@ -10,6 +10,12 @@
 //! * `bounce MOVES WRITERS`: a thread moves there and back `MOVES` times while `WRITERS`
 //!   threads (spread) write their own words of a shared buffer; then every word is checked;
 //! * `dead NODE`: tries to move to `NODE` (down): prints the error and goes on;
+//! * `timing N`: moves there and back `N` times, timing each round trip (for the
+//!   benchmarks: `moves: N p50 X us p99 Y us`);
+//! * `falseshare MS`: two threads on two nodes increment two counters in one page for `MS`
+//!   milliseconds (`falseshare: A and B increments`);
+//! * `scan MIB`: the main thread fills `MIB` MiB, moves to the other node and reads it all
+//!   (`scan: MIB MiB read on node N in S s`);
 //! * `wait MS`: a second thread (tid 2) waits on a `Condvar` until the main thread, after
 //!   `MS` milliseconds, notifies it; it then reports its node (a test moves it meanwhile).
 //!
@@ -266,6 +272,83 @@ fn wait(ms: u64) {
     println!("wait: woken on node {}", waiter.join().unwrap());
 }
 
+fn timing(n: u64) {
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("timing needs two nodes");
+    }
+    let mut us: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for to in [nodes[1], nodes[0]] {
+                if let Err(e) = pop::migrate(to) {
+                    fail(&format!("move to node {to}: {e}"));
+                }
+            }
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    us.sort_by(f64::total_cmp);
+    let at = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize];
+    println!("moves: {n} p50 {:.1} us p99 {:.1} us", at(0.5), at(0.99));
+}
+
+fn falseshare(ms: u64) {
+    #[repr(align(64))]
+    struct Counters([AtomicU64; 2]);
+    let nodes = nodes();
+    let counters = Arc::new(Counters([AtomicU64::new(0), AtomicU64::new(0)]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..2u64)
+        .map(|i| {
+            let (counters, stop, nodes) = (counters.clone(), stop.clone(), nodes.clone());
+            thread::spawn(move || {
+                place(i, &nodes);
+                while !stop.load(Ordering::Relaxed) {
+                    counters.0[i as usize].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    thread::sleep(std::time::Duration::from_millis(ms));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let [a, b] = [0, 1].map(|i| counters.0[i].load(Ordering::Relaxed));
+    if a == 0 || b == 0 {
+        fail(&format!("a thread made no progress: {a} and {b}"));
+    }
+    println!("falseshare: {a} and {b} increments in {ms} ms");
+}
+
+fn scan(mib: u64) {
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("scan needs two nodes");
+    }
+    let words = (mib << 20) as usize / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    tutorial_move(nodes[1]);
+    let t = std::time::Instant::now();
+    let sum: u64 = buf.iter().fold(0u64, |s, &w| s.wrapping_add(w));
+    let secs = t.elapsed().as_secs_f64();
+    let expected = (words as u64).wrapping_mul(words as u64 - 1) / 2;
+    if sum != expected {
+        fail(&format!("scan: sum {sum}, expected {expected}"));
+    }
+    println!(
+        "scan: {mib} MiB read on node {} in {secs:.3} s",
+        pop::current_nid()
+    );
+}
+
+fn tutorial_move(to: u32) {
+    if let Err(e) = pop::migrate(to) {
+        fail(&format!("move to node {to}: {e}"));
+    }
+}
+
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_default();
     match what.as_str() {
@@ -277,7 +360,12 @@ fn main() {
         "bounce" => bounce(arg(2, 1000), arg(3, 2)),
         "dead" => dead(arg(2, 2) as u32),
         "wait" => wait(arg(2, 3000)),
-        _ => fail("usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait [ARGS]"),
+        "timing" => timing(arg(2, 1000)),
+        "falseshare" => falseshare(arg(2, 1000)),
+        "scan" => scan(arg(2, 256)),
+        _ => fail(
+            "usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait|timing|falseshare|scan [ARGS]",
+        ),
     }
     println!("ok");
 }
