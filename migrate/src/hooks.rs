@@ -65,6 +65,10 @@ impl ClusterHooks {
                 .map(|n| n.id),
         );
         let k = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize;
+        tracing::debug!(
+            "new thread {k} placed on node {} of {nodes:?}",
+            nodes[k % nodes.len()]
+        );
         Some(nodes[k % nodes.len()])
     }
 

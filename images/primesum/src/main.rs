@@ -5,10 +5,12 @@
 //! version, `is_prime` counts 0 and 1 as prime: with the default `MAX` of 400000 the sums
 //! are 9594, 8392, 8013 and 7863, 33862 in all.
 //!
-//! Usage: `primesum [MAX [THREADS [spread]]]` (THREADS defaults to 4; benchmarks compare 1
-//! and 4). With `spread`, thread `i` first moves itself to the `i`-th node of the cluster
-//! (round-robin over the nodes of its ISA that are up, its own first), as the tutorial's
-//! version places its threads with `migrate`.
+//! Usage: `primesum [MAX [THREADS [spread|snake]]]` (THREADS defaults to 4; benchmarks
+//! compare 1 and 4). With `spread`, thread `i` first moves itself to the `i`-th node of the
+//! cluster (round-robin over the nodes of its ISA that are up, its own first), as the
+//! tutorial's version places its threads with `migrate`. With `snake`, the round-robin goes
+//! back and forth (nodes 0 1 1 0 on two nodes): the later quarters cost more (larger
+//! numbers have more candidate divisors), and this gives each node a fair share.
 
 use std::thread;
 
@@ -69,25 +71,32 @@ fn nodes() -> Vec<u32> {
 fn main() {
     let max = arg(1, "MAX", DEFAULT_MAX);
     let threads = arg(2, "THREADS", DEFAULT_THREADS);
-    let spread = match std::env::args().nth(3).as_deref() {
-        None => false,
-        Some("spread") => true,
+    let (spread, snake) = match std::env::args().nth(3).as_deref() {
+        None => (false, false),
+        Some("spread") => (true, false),
+        Some("snake") => (true, true),
         Some(other) => {
-            eprintln!("primesum: unknown option {other:?} (spread)");
+            eprintln!("primesum: unknown option {other:?} (spread or snake)");
             std::process::exit(2);
         }
     };
-    let nodes = if spread {
-        nodes()
-    } else {
-        vec![pop::current_nid()]
+    let nodes = if spread { nodes() } else { Vec::new() };
+    let node_of = |i: usize| {
+        let (lap, at) = (i / nodes.len(), i % nodes.len());
+        nodes[if snake && lap % 2 == 1 {
+            nodes.len() - 1 - at
+        } else {
+            at
+        }]
     };
     let workers: Vec<_> = (0..threads)
         .map(|i| {
             let (start, end) = (i * max / threads, (i + 1) * max / threads);
-            let to = nodes[i as usize % nodes.len()];
+            let to = (!nodes.is_empty()).then(|| node_of(i as usize));
             thread::spawn(move || {
-                if let Err(e) = pop::migrate(to) {
+                if let Some(to) = to
+                    && let Err(e) = pop::migrate(to)
+                {
                     eprintln!("primesum: thread {i} cannot move to node {to}: {e}");
                     std::process::exit(1);
                 }

@@ -190,6 +190,7 @@ impl Spans {
         }
         match sent {
             Ok(()) => {
+                tracing::debug!("VM {:x}: thread {tid} moved to node {to}", ctx.vm_id);
                 if let Some(o) = &origin {
                     o.thread_at(tid, to, me);
                 }
@@ -651,6 +652,7 @@ impl Spans {
         let tid = a.thread.vcpu.tid;
         if let Some(o) = self.origin(vm_id) {
             let vm = o.vm.upgrade().ok_or("the VM ended")?;
+            tracing::debug!("VM {vm_id:x}: thread {tid} came back");
             vm.arrive(a.thread)?;
             o.thread_at(tid, me, me);
             return Ok(());

@@ -1,0 +1,278 @@
+//! Threads of one VM on several nodes, on this machine over loopback TCP: what moving a
+//! thread costs, what sharing a page between nodes does, how fast a thread reads memory
+//! written on another node, and the speed-up of a CPU-bound program whose threads are spread
+//! over two nodes of one core each, each beside a baseline measured in the same run. Prints
+//! Markdown tables.
+//!
+//! Nodes 1 and 2 are `popvmm node` processes, node 0 the launch. With two cores or more
+//! (unless `POPVMM_BENCH_PIN=0`) node 0 runs on CPU 0 and nodes 1 and 2 on CPU 1, as hosts
+//! of their own would.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Proc, repo};
+
+fn free_port() -> String {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Seconds to copy `bytes` between two threads over a loopback TCP connection (what a bulk
+/// stream between two nodes is bounded by).
+fn raw_tcp(bytes: usize) -> f64 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut memory = vec![0u8; bytes];
+        let (mut s, _) = l.accept().unwrap();
+        let mut n = 0;
+        while n < bytes {
+            let k = s.read(&mut memory[n..(n + (1 << 20)).min(bytes)]).unwrap();
+            assert!(k > 0);
+            n += k;
+        }
+        s.write_all(&[memory[bytes - 1]]).unwrap();
+    });
+    let memory = vec![0x5au8; bytes];
+    let mut s = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    for chunk in memory.chunks(256 << 10) {
+        s.write_all(chunk).unwrap();
+    }
+    let mut ack = [0u8];
+    s.read_exact(&mut ack).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    reader.join().unwrap();
+    secs
+}
+
+struct Bench {
+    cluster: PathBuf,
+    run: PathBuf,
+    cpus: Option<[String; 2]>,
+}
+
+impl Bench {
+    fn popvmm(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_popvmm"));
+        c.env("XDG_RUNTIME_DIR", &self.run);
+        c
+    }
+
+    /// Runs `image -- args` (in the cluster as node 0 if `cluster`, spread with `--spread`
+    /// if `spread`); returns its stdout and the wall time.
+    fn launch(&self, image: &Path, args: &[&str], cluster: bool, spread: bool) -> (String, f64) {
+        let mut c = self.popvmm();
+        c.arg("launch").args(["--memory", "512M"]);
+        if cluster {
+            c.args(["--cluster", self.cluster.to_str().unwrap(), "--id", "0"]);
+        }
+        if spread {
+            c.arg("--spread");
+        }
+        if let Some(cpus) = &self.cpus {
+            c.args(["--cpus", &cpus[0]]);
+        }
+        let t = Instant::now();
+        let out = c.arg(image).arg("--").args(args).output().unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (String::from_utf8(out.stdout).unwrap(), secs)
+    }
+}
+
+/// The number after `key` in `text`.
+fn number_after(text: &str, key: &str) -> f64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
+        + key.len();
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn main() {
+    let options = pop_toolchain::BuildOptions {
+        release: true,
+        manifest_path: Some(repo().join("images/Cargo.toml")),
+        ..Default::default()
+    };
+    let images = pop_toolchain::build(&options).expect("cargo pop build --release");
+    let image = |name: &str| {
+        images
+            .iter()
+            .find(|p| p.file_name().unwrap() == name)
+            .unwrap()
+            .clone()
+    };
+    let (spread, primesum) = (image("spread"), image("primesum"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "the thread benchmark's secret\n").unwrap();
+    let mut text = String::from("secret_file = \"secret\"\n");
+    for id in 0..3 {
+        text += &format!(
+            "[[node]]\nid = {id}\naddress = \"{}\"\nisa = \"x86_64\"\n",
+            free_port()
+        );
+    }
+    let cluster = dir.path().join("cluster.toml");
+    std::fs::write(&cluster, text).unwrap();
+    let pin = std::env::var("POPVMM_BENCH_PIN").map_or(true, |v| v != "0")
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let b = Bench {
+        cluster,
+        run: dir.path().join("run"),
+        cpus: pin.then(|| ["0".to_string(), "1".to_string()]),
+    };
+    println!(
+        "nodes: {}",
+        if pin {
+            "node 0 on CPU 0, nodes 1 and 2 on CPU 1"
+        } else {
+            "not pinned"
+        }
+    );
+    let _nodes: Vec<Proc> = (1..3)
+        .map(|id| {
+            let mut c = b.popvmm();
+            c.args([
+                "node",
+                "--cluster",
+                b.cluster.to_str().unwrap(),
+                "--id",
+                &id.to_string(),
+            ]);
+            if let Some(cpus) = &b.cpus {
+                c.args(["--cpus", &cpus[1]]);
+            }
+            let p = Proc(
+                c.stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            let t0 = Instant::now();
+            while !b
+                .popvmm()
+                .args(["peers", "--id", &id.to_string()])
+                .output()
+                .unwrap()
+                .status
+                .success()
+            {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "node {id} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            p
+        })
+        .collect();
+
+    // Moving a thread there and back, beside a round trip of as many bytes on the mesh.
+    let (out, _) = b.launch(&spread, &["timing", "2000"], true, false);
+    let (p50, p99) = (number_after(&out, "p50"), number_after(&out, "p99"));
+    let ping = b
+        .popvmm()
+        .args([
+            "ping", "--id", "1", "--to", "2", "--count", "2000", "--size", "24576",
+        ])
+        .output()
+        .unwrap();
+    let ping = String::from_utf8_lossy(&ping.stdout).into_owned();
+    let rtt = number_after(&ping, "median");
+    println!(
+        "\n| thread move there and back | p50 | p99 | baseline: net-msg round trip of 24 KiB (a thread's state), median |"
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| 2000 moves, node 0 → 1 → 0 | {p50:.0} µs | {p99:.0} µs | {rtt:.0} µs (x2 = {:.0} µs) |",
+        2.0 * rtt
+    );
+
+    // False sharing: two threads on two nodes incrementing two counters of one page, beside
+    // the same two threads on one node.
+    let rate = |out: &str| {
+        let f: Vec<f64> = out
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (f[0] + f[1]) / (f[2] / 1000.0)
+    };
+    let (spread_out, _) = b.launch(&spread, &["falseshare", "2000"], true, false);
+    let (alone_out, _) = b.launch(&spread, &["falseshare", "2000"], false, false);
+    println!(
+        "\n| false sharing (2 threads, 2 counters, 1 page, 2 s) | increments/s | each thread |"
+    );
+    println!("|---|---|---|");
+    println!(
+        "| threads on nodes 0 and 1 | {:.2e} | {} |",
+        rate(&spread_out),
+        spread_out.lines().next().unwrap_or("")
+    );
+    println!(
+        "| baseline: both on node 0 | {:.2e} | {} |",
+        rate(&alone_out),
+        alone_out.lines().next().unwrap_or("")
+    );
+
+    // A thread on node 1 reading memory written on node 0, beside raw TCP copying as much.
+    let mib = 256;
+    let (out, _) = b.launch(&spread, &["scan", &mib.to_string()], true, false);
+    let secs = number_after(&out, " in ");
+    let raw = raw_tcp(mib << 20);
+    println!(
+        "\n| reading {mib} MiB written on the other node | time | MB/s | baseline: raw loopback TCP, same bytes | ratio |"
+    );
+    println!("|---|---|---|---|---|");
+    let mb = (mib << 20) as f64 / 1e6;
+    println!(
+        "| thread on node 1, pages fetched on demand | {secs:.3} s | {:.0} | {:.3} s ({:.0} MB/s) | {:.0}% |",
+        mb / secs,
+        raw,
+        mb / raw,
+        100.0 * raw / secs
+    );
+
+    // primesum, 4 threads: all on one node of one core, or 2 and 2 on two nodes of one core.
+    let max = std::env::var("POPVMM_BENCH_PRIMES").unwrap_or_else(|_| "20000000".into());
+    let runs = 3;
+    let alone: Vec<f64> = (0..runs)
+        .map(|_| b.launch(&primesum, &[&max, "4"], false, false).1)
+        .collect();
+    let spread_times: Vec<f64> = (0..runs)
+        .map(|_| b.launch(&primesum, &[&max, "4"], true, true).1)
+        .collect();
+    let (a, s) = (median(alone), median(spread_times));
+    println!("\n| primesum {max}, 4 threads (median of {runs}, whole launch) | time | speed-up |");
+    println!("|---|---|---|");
+    println!("| baseline: 4 threads on node 0 (one core) | {a:.2} s | 1.00x |");
+    println!(
+        "| 2 threads on node 0 + 2 on node 1 (one core each), `--spread` | {s:.2} s | {:.2}x |",
+        a / s
+    );
+}
