@@ -340,6 +340,34 @@ impl Coherent {
         }
     }
 
+    /// Asks ahead for the pages of the ranges (offsets from the region's start, lengths) in
+    /// a state that allows reads (or writes, `write`), without waiting: requests for all of
+    /// them go out at once, and a touch of one still on its way waits for that request
+    /// (faults coalesce) instead of making another. Ranges outside the region are ignored.
+    pub fn request_ahead(&self, ranges: &[(u64, u64)], write: bool) -> Result<(), CoherenceError> {
+        let s = &self.shared;
+        let mut inner = lock(&s.state);
+        s.check_failed(&inner)?;
+        for &(offset, len) in ranges {
+            let Some(end) = offset
+                .checked_add(len)
+                .filter(|&e| e <= s.cfg.len && len > 0)
+            else {
+                continue;
+            };
+            for p in (offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32 {
+                if inner.caches[p as usize].allows(write) {
+                    continue;
+                }
+                if let Some(request) = inner.caches[p as usize].fault(write) {
+                    s.count_fault(write);
+                    s.route_or_fail(&mut inner, request, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn unpin(&self, pages: std::ops::Range<u32>) {
         let s = &self.shared;
         let mut inner = lock(&s.state);

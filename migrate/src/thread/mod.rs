@@ -79,6 +79,8 @@ pub struct Spans {
     setups: Mutex<()>,
     /// Held while a shell is made here.
     making: Mutex<()>,
+    /// Hands arrivals to the arrivals thread.
+    arrivals: Mutex<Option<std::sync::mpsc::Sender<(msg::Arrive, net_msg::Responder)>>>,
     waiter_seq: AtomicU64,
 }
 
@@ -94,6 +96,7 @@ impl Spans {
             pieces: Mutex::default(),
             setups: Mutex::new(()),
             making: Mutex::new(()),
+            arrivals: Mutex::new(None),
             waiter_seq: AtomicU64::new(1),
         })
     }
@@ -184,7 +187,9 @@ impl Spans {
         if let Some(o) = &origin {
             o.moving(tid, true);
         }
+        let t0 = Instant::now();
         let sent = self.send_thread(&node, &vm, ctx, thread, to, origin.as_deref());
+        tracing::trace!("move of thread {tid} to node {to}: {:?}", t0.elapsed());
         if let Some(o) = &origin {
             o.moving(tid, false);
         }
@@ -642,6 +647,58 @@ impl Spans {
 
     // ---- the service ----
 
+    /// The thread that handles this node's arrivals, in order (started on the first).
+    fn arrivals(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+    ) -> std::sync::mpsc::Sender<(msg::Arrive, net_msg::Responder)> {
+        let mut slot = lock(&self.arrivals);
+        if let Some(tx) = slot.as_ref() {
+            return tx.clone();
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<(msg::Arrive, net_msg::Responder)>();
+        let (spans, node) = (Arc::downgrade(self), Arc::downgrade(node));
+        let _ = std::thread::Builder::new()
+            .name("arrivals".into())
+            .spawn(move || {
+                for (a, r) in rx {
+                    let (Some(spans), Some(node)) = (spans.upgrade(), node.upgrade()) else {
+                        return;
+                    };
+                    match spans.arrive(&node, a) {
+                        Ok(()) => {
+                            let _ = r.respond(&[]);
+                        }
+                        Err(e) => {
+                            let _ = r.fail(&e);
+                        }
+                    }
+                }
+            });
+        *slot = Some(tx.clone());
+        tx
+    }
+
+    /// Asks, ahead of the arriving thread, for the pages it touches first (its stack top and
+    /// its thread-locals), all at once and without waiting: they are on their way while its
+    /// vCPU is restored, rather than faulted in one by one after.
+    fn prefetch(&self, vm_id: u64, thread: &ThreadState) {
+        let Some(region) = self.regions.get(vm_id) else {
+            return;
+        };
+        let (base, page) = (pop_abi::layout::SHARED_BASE, vmm::memory::PAGE_SIZE);
+        let ranges: Vec<(u64, u64)> = thread
+            .vcpu
+            .state
+            .hot_addresses()
+            .iter()
+            // The page of the address and the one below (the frames it pushes next).
+            .filter_map(|&addr| (addr & !(page - 1)).checked_sub(base + page))
+            .map(|start| (start, 2 * page))
+            .collect();
+        let _ = region.request_ahead(&ranges, true);
+    }
+
     fn arrive(
         self: &Arc<Self>,
         node: &Arc<Node>,
@@ -650,9 +707,12 @@ impl Spans {
         let vm_id = a.header.vm;
         let me = node.id();
         let tid = a.thread.vcpu.tid;
+        let t0 = Instant::now();
+        let _timed = Timed(t0, tid);
         if let Some(o) = self.origin(vm_id) {
             let vm = o.vm.upgrade().ok_or("the VM ended")?;
             tracing::debug!("VM {vm_id:x}: thread {tid} came back");
+            self.prefetch(vm_id, &a.thread);
             vm.arrive(a.thread)?;
             o.thread_at(tid, me, me);
             return Ok(());
@@ -671,6 +731,7 @@ impl Spans {
             }
             (None, None) => return Err(NO_SHELL.into()),
         };
+        self.prefetch(vm_id, &a.thread);
         shell.vm.arrive(a.thread)?;
         let at = msg::ThreadAt {
             vm: vm_id,
@@ -800,19 +861,12 @@ impl Service for Arc<Spans> {
             MsgType::Arrive => {
                 let a: msg::Arrive = pop_wire::from_bytes(&payload).map_err(bad)?;
                 let r = responder(m)?;
-                let (spans, node) = (self.clone(), node.clone());
-                // Making a shell and restoring a vCPU take a while: not on the reader thread.
-                let _ =
-                    std::thread::Builder::new()
-                        .name("arrive".into())
-                        .spawn(move || match spans.arrive(&node, a) {
-                            Ok(()) => {
-                                let _ = r.respond(&[]);
-                            }
-                            Err(e) => {
-                                let _ = r.fail(&e);
-                            }
-                        });
+                // Making a shell and restoring a vCPU take a while: not on the reader thread,
+                // but on this node's arrivals thread (made once: a thread per arrival would
+                // cost a thread's start on every move).
+                self.arrivals(node)
+                    .send((a, r))
+                    .map_err(|_| Error::Host("the arrivals thread is gone".into()))?;
                 Ok(())
             }
             MsgType::FutexWait => {
@@ -961,6 +1015,14 @@ impl Spans {
         request(node, at, MsgType::MoveThread, &pop_wire::to_bytes(&mv))
             .map(drop)
             .map_err(Error::Aborted)
+    }
+}
+
+struct Timed(Instant, u32);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        tracing::trace!("arrival of thread {}: {:?}", self.1, self.0.elapsed());
     }
 }
 

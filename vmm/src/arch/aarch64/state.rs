@@ -11,6 +11,14 @@ pub struct VcpuState {
     pub tsc: u64,
 }
 
+impl VcpuState {
+    /// The thread's stack pointer and thread pointer (none yet: aarch64 states do not
+    /// move).
+    pub fn hot_addresses(&self) -> [u64; 2] {
+        [0, 0]
+    }
+}
+
 impl Encode for VcpuState {
     fn encode(&self, e: &mut Encoder) {
         e.u64(self.tsc);

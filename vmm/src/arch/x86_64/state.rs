@@ -97,6 +97,12 @@ fn get<T: Pod>(d: &mut Decoder<'_>) -> Result<T, WireError> {
 }
 
 impl VcpuState {
+    /// The thread's stack pointer and thread pointer (`FS.base`): where it touches memory
+    /// first when it resumes (its stack top, its thread-locals).
+    pub fn hot_addresses(&self) -> [u64; 2] {
+        [self.regs.rsp, self.sregs.fs.base]
+    }
+
     /// Reads the state of `fd`. Call it on a vCPU that is not running, after any pending
     /// MMIO was completed (see `Vcpu::complete_pending`).
     pub fn save(fd: &VcpuFd) -> Result<VcpuState, kvm_ioctls::Error> {
@@ -107,13 +113,16 @@ impl VcpuState {
         let xcrs = fd.get_xcrs().ok();
         let events = fd.get_vcpu_events()?;
         let mp_state = fd.get_mp_state()?;
-        let tsc = read_msr(fd, MSR_TSC)?.unwrap_or(0);
-        let mut msrs = Vec::new();
-        for &index in MSRS {
-            if let Ok(Some(value)) = read_msr(fd, index) {
-                msrs.push((index, value));
+        let mut wanted = vec![MSR_TSC];
+        wanted.extend_from_slice(MSRS);
+        let mut msrs = read_msrs(fd, &wanted)?;
+        let tsc = match msrs.first() {
+            Some(&(MSR_TSC, value)) => {
+                msrs.remove(0);
+                value
             }
-        }
+            _ => 0,
+        };
         Ok(VcpuState {
             regs,
             sregs,
@@ -130,9 +139,16 @@ impl VcpuState {
     /// Writes the state into `fd` (a fresh vCPU with its CPUID set), with the guest TSC set
     /// to `tsc` (the caller adjusts it for the time the VM was stopped).
     pub fn restore(&self, fd: &VcpuFd, tsc: u64) -> Result<(), kvm_ioctls::Error> {
-        fd.set_sregs(&self.sregs)?;
+        // Setting the system registers resets the vCPU's MMU context, which nested KVM pays
+        // dearly for: a thread coming back to the vCPU it left finds them as they were.
+        if fd.get_sregs()? != self.sregs {
+            fd.set_sregs(&self.sregs)?;
+        }
         fd.set_regs(&self.regs)?;
-        fd.set_fpu(&self.fpu)?;
+        // The XSAVE area holds the legacy FPU/SSE state too.
+        if self.xsave.is_none() {
+            fd.set_fpu(&self.fpu)?;
+        }
         if let Some(xcrs) = &self.xcrs {
             fd.set_xcrs(xcrs)?;
         }
@@ -159,11 +175,14 @@ impl VcpuState {
             data: tsc,
             ..Default::default()
         });
-        for entry in entries {
-            // One at a time: an MSR this host does not accept is skipped, not fatal.
-            if let Ok(msrs) = Msrs::from_entries(&[entry]) {
-                let _ = fd.set_msrs(&msrs);
-            }
+        // All at once; KVM stops at an MSR it refuses: that one is skipped, the rest go on.
+        let mut at = 0;
+        while at < entries.len() {
+            let set = Msrs::from_entries(&entries[at..])
+                .ok()
+                .and_then(|msrs| fd.set_msrs(&msrs).ok())
+                .unwrap_or(0);
+            at += set + 1;
         }
         fd.set_vcpu_events(&self.events)?;
         fd.set_mp_state(self.mp_state)
@@ -235,14 +254,25 @@ impl Decode for VcpuState {
 }
 
 /// One MSR of `fd`, or `None` if KVM does not have it.
-fn read_msr(fd: &VcpuFd, index: u32) -> Result<Option<u64>, kvm_ioctls::Error> {
-    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-        index,
-        ..Default::default()
-    }])
-    .expect("one MSR fits");
-    let n = fd.get_msrs(&mut msrs)?;
-    Ok((n == 1).then(|| msrs.as_slice()[0].data))
+/// Reads the MSRs `indices` with as few ioctls as it can (KVM stops at one it does not
+/// know: that one is skipped); returns those read, in order.
+fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, kvm_ioctls::Error> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < indices.len() {
+        let entries: Vec<kvm_msr_entry> = indices[at..]
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).expect("few MSRs fit");
+        let n = fd.get_msrs(&mut msrs)?;
+        out.extend(msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)));
+        at += n + 1;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
