@@ -258,9 +258,8 @@ impl Spans {
             }
             done => done,
         };
-        match (&made, origin) {
-            (Ok(()), Some(o)) => o.shell_made(to),
-            _ => {}
+        if let (Ok(()), Some(o)) = (&made, origin) {
+            o.shell_made(to);
         }
         made
     }

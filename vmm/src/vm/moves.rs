@@ -1,4 +1,4 @@
-//! A VM whose threads span nodes: a thread leaving this node ([`VmShared::depart`], from its
+//! A VM whose threads span nodes: a thread leaving this node (`VmShared::depart`, from its
 //! own `migrate` hypercall; a thread stopped from outside leaves through
 //! [`VmShared::thread_state`] and [`VmShared::thread_left`]) and one arriving
 //! ([`VmShared::arrive`]), on the vCPU of its index here, made if this node has none. Where
