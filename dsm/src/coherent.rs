@@ -33,6 +33,8 @@ use crate::protocol::{Cache, Envelope, Home, Msg, NodeId, ProtocolError, State};
 use crate::uffd::{Fault, Uffd, resident_pages};
 
 const PAGE: usize = PAGE_SIZE as usize;
+/// Pages asked for ahead of a sequential read.
+const READ_AHEAD: u32 = 128;
 static ZEROS: [u8; PAGE] = [0; PAGE];
 
 /// How protocol messages reach the other nodes.
@@ -158,6 +160,8 @@ struct Inner {
     /// The directory, on the home node.
     home: Option<HomeSide>,
     failed: Option<String>,
+    /// The page of the last read fault (sequential reads ask ahead).
+    last_read: Option<u32>,
 }
 
 struct HomeSide {
@@ -247,6 +251,7 @@ impl Coherent {
                 deferred: Vec::new(),
                 home,
                 failed: None,
+                last_read: None,
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -499,7 +504,26 @@ impl Shared {
             return Ok(());
         };
         self.count_fault(f.write);
-        self.route_or_fail(inner, request, None)
+        self.route_or_fail(inner, request, None)?;
+        // A read of the page after the one read last: a sequential scan, whose next pages
+        // are asked for now (their answers come back while this one is used).
+        if !f.write {
+            let sequential = inner.last_read == page.checked_sub(1);
+            inner.last_read = Some(page);
+            if sequential {
+                let end = (page + 1 + READ_AHEAD).min(self.pages);
+                for q in page + 1..end {
+                    if inner.caches[q as usize].allows(false) {
+                        continue;
+                    }
+                    if let Some(request) = inner.caches[q as usize].fault(false) {
+                        self.route_or_fail(inner, request, None)?;
+                    }
+                }
+                inner.last_read = Some(end - 1);
+            }
+        }
+        Ok(())
     }
 
     fn count_fault(&self, write: bool) {

@@ -67,6 +67,44 @@ struct Bench {
 }
 
 impl Bench {
+    /// Starts `popvmm node` `id` of this bench's cluster (on the second CPU if pinned) and
+    /// waits for its control socket.
+    fn node(&self, id: u32) -> Proc {
+        let mut c = self.popvmm();
+        c.args([
+            "node",
+            "--cluster",
+            self.cluster.to_str().unwrap(),
+            "--id",
+            &id.to_string(),
+        ]);
+        if let Some(cpus) = &self.cpus {
+            c.args(["--cpus", &cpus[1]]);
+        }
+        let p = Proc(
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let t0 = Instant::now();
+        while !self
+            .popvmm()
+            .args(["peers", "--id", &id.to_string()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "node {id} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
     fn popvmm(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_popvmm"));
         c.env("XDG_RUNTIME_DIR", &self.run);
@@ -155,43 +193,7 @@ fn main() {
             "not pinned"
         }
     );
-    let _nodes: Vec<Proc> = (1..3)
-        .map(|id| {
-            let mut c = b.popvmm();
-            c.args([
-                "node",
-                "--cluster",
-                b.cluster.to_str().unwrap(),
-                "--id",
-                &id.to_string(),
-            ]);
-            if let Some(cpus) = &b.cpus {
-                c.args(["--cpus", &cpus[1]]);
-            }
-            let p = Proc(
-                c.stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
-            let t0 = Instant::now();
-            while !b
-                .popvmm()
-                .args(["peers", "--id", &id.to_string()])
-                .output()
-                .unwrap()
-                .status
-                .success()
-            {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(30),
-                    "node {id} did not start"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            p
-        })
-        .collect();
+    let _nodes: Vec<Proc> = (1..3).map(|id| b.node(id)).collect();
 
     // Moving a thread there and back, beside a round trip of as many bytes on the mesh.
     let (out, _) = b.launch(&spread, &["timing", "2000"], true, false);
@@ -258,21 +260,43 @@ fn main() {
         100.0 * raw / secs
     );
 
-    // primesum, 4 threads: all on one node of one core, or 2 and 2 on two nodes of one core.
+    // primesum, 4 threads: all on one node of one core, or 2 and 2 on two nodes of one core
+    // each (a cluster of those two only: node 0 on CPU 0, a node 1 of its own on CPU 1).
+    let mut text = String::from("secret_file = \"secret\"\n");
+    for id in 0..2 {
+        text += &format!(
+            "[[node]]\nid = {id}\naddress = \"{}\"\nisa = \"x86_64\"\n",
+            free_port()
+        );
+    }
+    let two = Bench {
+        cluster: dir.path().join("two.toml"),
+        run: dir.path().join("run2"),
+        cpus: b.cpus.clone(),
+    };
+    std::fs::write(&two.cluster, text).unwrap();
+    let _one = two.node(1);
     let max = std::env::var("POPVMM_BENCH_PRIMES").unwrap_or_else(|_| "20000000".into());
     let runs = 3;
-    let alone: Vec<f64> = (0..runs)
-        .map(|_| b.launch(&primesum, &[&max, "4"], false, false).1)
-        .collect();
-    let spread_times: Vec<f64> = (0..runs)
-        .map(|_| b.launch(&primesum, &[&max, "4"], true, true).1)
-        .collect();
-    let (a, s) = (median(alone), median(spread_times));
+    let timed = |args: &[&str], cluster: bool, spread: bool| -> f64 {
+        median(
+            (0..runs)
+                .map(|_| two.launch(&primesum, args, cluster, spread).1)
+                .collect(),
+        )
+    };
+    let a = timed(&[&max, "4"], false, false);
+    let s = timed(&[&max, "4"], true, true);
+    let k = timed(&[&max, "4", "snake"], true, false);
     println!("\n| primesum {max}, 4 threads (median of {runs}, whole launch) | time | speed-up |");
     println!("|---|---|---|");
     println!("| baseline: 4 threads on node 0 (one core) | {a:.2} s | 1.00x |");
     println!(
-        "| 2 threads on node 0 + 2 on node 1 (one core each), `--spread` | {s:.2} s | {:.2}x |",
+        "| threads 0, 2 on node 0, 1, 3 on node 1 (one core each): `launch --spread` | {s:.2} s | {:.2}x |",
         a / s
+    );
+    println!(
+        "| threads 0, 3 on node 0, 1, 2 on node 1 (one core each): `primesum MAX 4 snake` | {k:.2} s | {:.2}x |",
+        a / k
     );
 }

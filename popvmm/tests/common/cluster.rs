@@ -157,9 +157,21 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let launched = Proc(child);
+        let mut launched = Proc(child);
+        // Until ps lists the VM (or the launch is over already: a short program).
         let t0 = Instant::now();
-        while self.vms().is_empty() {
+        loop {
+            if launched.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            let out = self.popvmm(&["ps", "--id", "0", "--json"]);
+            let listed = serde_json::from_slice::<Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|vms| !vms.is_empty());
+            if listed {
+                break;
+            }
             assert!(t0.elapsed() < SOON, "the VM did not appear in ps");
             std::thread::sleep(Duration::from_millis(20));
         }
