@@ -140,6 +140,12 @@ fn std_synchronization_works_with_threads_on_three_nodes() {
         &["barrier", "6", "10"],
         "barrier: 10 rounds of 6 threads on 3 nodes\nok\n",
     );
+    assert_output(
+        &c,
+        "spread",
+        &["spawn"],
+        "spawn: main on node 1, its new thread started on node 1\nok\n",
+    );
 }
 
 #[test]

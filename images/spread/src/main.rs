@@ -16,6 +16,8 @@
 //!   milliseconds (`falseshare: A and B increments`);
 //! * `scan MIB`: the main thread fills `MIB` MiB, moves to the other node and reads it all
 //!   (`scan: MIB MiB read on node N in S s`);
+//! * `spawn`: the main thread moves to the other node and starts a thread there, which
+//!   reports its node, then joins it;
 //! * `wait MS`: a second thread (tid 2) waits on a `Condvar` until the main thread, after
 //!   `MS` milliseconds, notifies it; it then reports its node (a test moves it meanwhile).
 //!
@@ -249,6 +251,19 @@ fn bounce(moves: u64, writers: u64) {
     );
 }
 
+fn spawn_there() {
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("spawn needs two nodes");
+    }
+    tutorial_move(nodes[1]);
+    let child = thread::spawn(pop::current_nid).join().unwrap();
+    println!(
+        "spawn: main on node {}, its new thread started on node {child}",
+        pop::current_nid()
+    );
+}
+
 fn dead(node: u32) {
     match pop::migrate(node) {
         Ok(()) => fail(&format!("moved to node {node}, which should be down")),
@@ -360,11 +375,12 @@ fn main() {
         "bounce" => bounce(arg(2, 1000), arg(3, 2)),
         "dead" => dead(arg(2, 2) as u32),
         "wait" => wait(arg(2, 3000)),
+        "spawn" => spawn_there(),
         "timing" => timing(arg(2, 1000)),
         "falseshare" => falseshare(arg(2, 1000)),
         "scan" => scan(arg(2, 256)),
         _ => fail(
-            "usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait|timing|falseshare|scan [ARGS]",
+            "usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait|spawn|timing|falseshare|scan [ARGS]",
         ),
     }
     println!("ok");

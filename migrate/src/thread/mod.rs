@@ -399,7 +399,8 @@ impl Spans {
         })
     }
 
-    /// A thread spawned on a shell here starts at the origin.
+    /// A thread spawned on a shell here: the origin makes it (its tid and vCPU are the
+    /// table's) and it comes here before its first instruction.
     pub fn spawn(&self, ctx: &SpanCtx, start: &ThreadStart) -> std::result::Result<u32, i32> {
         let node = self.node().ok_or(ENOSYS)?;
         let m = msg::Spawn {
@@ -937,7 +938,8 @@ impl Service for Arc<Spans> {
                     arg: s.arg,
                     stack_top: s.stack_top,
                     thread_pointer: s.thread_pointer,
-                    node: None,
+                    // A thread spawned on a node starts there (made here, in the table).
+                    node: Some(m.from),
                 };
                 let value = match vm.spawn(start) {
                     Ok(tid) => u64::from(tid),

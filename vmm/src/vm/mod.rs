@@ -147,10 +147,17 @@ impl VmShared {
     /// Starts a guest thread on a vCPU, creating the vCPU and its host thread if none is idle.
     /// Where it runs is the hooks' choice ([`Hooks::place_thread`]).
     pub fn spawn(self: &Arc<Self>, mut start: ThreadStart) -> Result<u32, i32> {
-        match self.hooks.place_thread(&start) {
-            Placement::Node(node) => return self.hooks.start_remote(node, start),
-            Placement::MoveTo(node) if node != self.node() => start.node = Some(node),
-            _ => {}
+        // A thread asked for on another node (`start.node` set) goes there; else where the
+        // hooks say.
+        if start.node.is_none() {
+            match self.hooks.place_thread(&start) {
+                Placement::Node(node) => return self.hooks.start_remote(node, start),
+                Placement::MoveTo(node) => start.node = Some(node),
+                Placement::Here => {}
+            }
+        }
+        if start.node == Some(self.node()) {
+            start.node = None;
         }
         let vm = self.clone();
         self.threads.spawn(start, move |index, start, mailbox| {
