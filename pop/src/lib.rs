@@ -13,4 +13,4 @@ mod nodes;
 
 pub use migrate::{MigrateError, migrate};
 pub use node::{current_nid, process_id};
-pub use nodes::{Isa, Node, Nodes, nodes};
+pub use nodes::{Isa, Node, Nodes, movable_nodes, nodes};

@@ -8,57 +8,15 @@
 //! (unless `POPVMM_BENCH_PIN=0`) node 0 runs on CPU 0 and nodes 1 and 2 on CPU 1, as hosts
 //! of their own would.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 use common::{Proc, repo};
-
-fn free_port() -> String {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Seconds to copy `bytes` between two threads over a loopback TCP connection (what a bulk
-/// stream between two nodes is bounded by).
-fn raw_tcp(bytes: usize) -> f64 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut memory = vec![0u8; bytes];
-        let (mut s, _) = l.accept().unwrap();
-        let mut n = 0;
-        while n < bytes {
-            let k = s.read(&mut memory[n..(n + (1 << 20)).min(bytes)]).unwrap();
-            assert!(k > 0);
-            n += k;
-        }
-        s.write_all(&[memory[bytes - 1]]).unwrap();
-    });
-    let memory = vec![0x5au8; bytes];
-    let mut s = TcpStream::connect(addr).unwrap();
-    let t = Instant::now();
-    for chunk in memory.chunks(256 << 10) {
-        s.write_all(chunk).unwrap();
-    }
-    let mut ack = [0u8];
-    s.read_exact(&mut ack).unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    reader.join().unwrap();
-    secs
-}
+use shared::{free_port, median, raw_tcp};
 
 struct Bench {
     cluster: PathBuf,
@@ -246,7 +204,7 @@ fn main() {
     let mib = 256;
     let (out, _) = b.launch(&spread, &["scan", &mib.to_string()], true, false);
     let secs = number_after(&out, " in ");
-    let raw = raw_tcp(mib << 20);
+    let raw = raw_tcp(mib << 20, false);
     println!(
         "\n| reading {mib} MiB written on the other node | time | MB/s | baseline: raw loopback TCP, same bytes | ratio |"
     );

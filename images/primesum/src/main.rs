@@ -55,19 +55,6 @@ fn arg(index: usize, name: &str, default: u64) -> u64 {
     }
 }
 
-/// The nodes a thread can move to: up, of the caller's ISA, the caller's first.
-fn nodes() -> Vec<u32> {
-    let here = pop::current_nid();
-    let isa = pop::nodes().find(|n| n.id == here).map(|n| n.isa);
-    let mut ids = vec![here];
-    ids.extend(
-        pop::nodes()
-            .filter(|n| n.id != here && n.up && Some(n.isa) == isa)
-            .map(|n| n.id),
-    );
-    ids
-}
-
 fn main() {
     let max = arg(1, "MAX", DEFAULT_MAX);
     let threads = arg(2, "THREADS", DEFAULT_THREADS);
@@ -80,7 +67,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let nodes = if spread { nodes() } else { Vec::new() };
+    let nodes: Vec<u32> = if spread {
+        pop::movable_nodes().collect()
+    } else {
+        Vec::new()
+    };
     let node_of = |i: usize| {
         let (lap, at) = (i / nodes.len(), i % nodes.len());
         nodes[if snake && lap % 2 == 1 {

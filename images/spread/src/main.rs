@@ -46,15 +46,7 @@ fn fail(why: &str) -> ! {
 
 /// The nodes a thread can move to (up, the caller's ISA), the caller's first.
 fn nodes() -> Vec<u32> {
-    let here = pop::current_nid();
-    let isa = pop::nodes().find(|n| n.id == here).map(|n| n.isa);
-    let mut ids = vec![here];
-    ids.extend(
-        pop::nodes()
-            .filter(|n| n.id != here && n.up && Some(n.isa) == isa)
-            .map(|n| n.id),
-    );
-    ids
+    pop::movable_nodes().collect()
 }
 
 /// Moves the calling thread (number `i`) to its node, round-robin over `nodes`.

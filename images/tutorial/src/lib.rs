@@ -3,11 +3,7 @@
 /// The first node of the cluster, other than the caller's, that is up and has the caller's
 /// instruction set (the node a thread can move to at any instruction); `None` alone.
 pub fn other_node() -> Option<u32> {
-    let here = pop::current_nid();
-    let isa = pop::nodes().find(|n| n.id == here).map(|n| n.isa);
-    pop::nodes()
-        .find(|n| n.id != here && n.up && Some(n.isa) == isa)
-        .map(|n| n.id)
+    pop::movable_nodes().nth(1)
 }
 
 /// Moves the calling thread to node `nid`, or exits with status 1 and a one-line reason.

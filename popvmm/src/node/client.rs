@@ -170,6 +170,15 @@ pub fn ping(a: &PingArgs) -> Result<String, String> {
     ))
 }
 
+/// A VM's name as `ps` shows it: the image's file name.
+fn short_name(name: &Value) -> &str {
+    let name = name.as_str().unwrap_or("?");
+    std::path::Path::new(name)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or(name)
+}
+
 /// `popvmm ps --threads`: every thread of the cluster's VMs.
 fn ps_threads(t: &Target) -> Result<String, String> {
     let v = ask(t, &Request::Threads)?;
@@ -181,16 +190,11 @@ fn ps_threads(t: &Target) -> Result<String, String> {
         "vm", "name", "tid", "node", "state"
     );
     for th in v["threads"].as_array().into_iter().flatten() {
-        let name = th["name"].as_str().unwrap_or("?");
-        let short = std::path::Path::new(name)
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or(name);
         let _ = writeln!(
             out,
             "{:<18} {:<20} {:>6} {:>4}  {}",
             format!("{:#x}", th["vm"].as_u64().unwrap_or(0)),
-            short,
+            short_name(&th["name"]),
             th["tid"].as_u64().unwrap_or(0),
             th["node"].as_u64().unwrap_or(0),
             th["state"].as_str().unwrap_or("?"),
@@ -230,16 +234,11 @@ pub fn ps(a: &crate::cli::PsArgs) -> Result<String, String> {
         "id", "name", "node", "home", "threads", "memory", "state"
     );
     for vm in v["vms"].as_array().into_iter().flatten() {
-        let name = vm["name"].as_str().unwrap_or("?");
-        let short = std::path::Path::new(name)
-            .file_name()
-            .and_then(|f| f.to_str())
-            .unwrap_or(name);
         let _ = writeln!(
             out,
             "{:<18} {:<20} {:>4} {:>4} {:>7} {:>8}M  {}",
             format!("{:#x}", vm["id"].as_u64().unwrap_or(0)),
-            short,
+            short_name(&vm["name"]),
             vm["node"].as_u64().unwrap_or(0),
             vm["home"].as_u64().unwrap_or(0),
             vm["threads"].as_u64().unwrap_or(0),
