@@ -76,6 +76,18 @@ pub fn nodes() -> Nodes {
     }
 }
 
+/// The nodes the calling thread can move to with [`crate::migrate`] (up, and of its
+/// instruction set), its own first, in id order after it. Alone (and natively): its own.
+pub fn movable_nodes() -> impl Iterator<Item = u32> {
+    let here = crate::current_nid();
+    let isa = nodes().find(|n| n.id == here).map(|n| n.isa);
+    core::iter::once(here).chain(
+        nodes()
+            .filter(move |n| n.id != here && n.up && Some(n.isa) == isa)
+            .map(|n| n.id),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,14 +107,3 @@ mod tests {
     }
 }
 
-/// The nodes the calling thread can move to with [`crate::migrate`] (up, and of its
-/// instruction set), its own first, in id order after it. Alone (and natively): its own.
-pub fn movable_nodes() -> impl Iterator<Item = u32> {
-    let here = crate::current_nid();
-    let isa = nodes().find(|n| n.id == here).map(|n| n.isa);
-    core::iter::once(here).chain(
-        nodes()
-            .filter(move |n| n.id != here && n.up && Some(n.isa) == isa)
-            .map(|n| n.id),
-    )
-}
