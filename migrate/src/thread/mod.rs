@@ -1019,6 +1019,8 @@ impl Spans {
     }
 }
 
+/// Logs (at trace level) how long an arrival took when it ends, whichever way: (its start,
+/// the thread).
 struct Timed(Instant, u32);
 
 impl Drop for Timed {
