@@ -182,6 +182,20 @@ fn a_move_to_a_node_that_is_down_or_of_another_isa_fails_and_the_thread_goes_on(
         &["dead", "9"],
         "dead: no such node in the cluster; still on node 0\nok\n",
     );
+    // A VM launched alone is not in a cluster: the same call says so.
+    let out = c
+        .command()
+        .arg("launch")
+        .arg(common::cluster::image("spread"))
+        .args(["--", "dead", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "dead: not running in a cluster; still on node 0\nok\n"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
