@@ -192,7 +192,10 @@ fn a_move_to_a_node_that_is_down_or_of_another_isa_fails_and_the_thread_goes_on(
         .unwrap();
     assert_eq!(
         (out.status.code(), text(&out.stdout).as_str()),
-        (Some(0), "dead: not running in a cluster; still on node 0\nok\n"),
+        (
+            Some(0),
+            "dead: not running in a cluster; still on node 0\nok\n"
+        ),
         "{}",
         text(&out.stderr)
     );
