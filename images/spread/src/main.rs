@@ -57,41 +57,56 @@ fn place(i: u64, nodes: &[u32]) {
     }
 }
 
-fn mutex(threads: u64, each: u64) {
-    let nodes = nodes();
-    let counter = Arc::new(Mutex::new(0u64));
-    let handles: Vec<_> = (0..threads)
+/// Starts `count` threads; thread `i` moves to its node ([`place`]) before it runs
+/// `work(i)`.
+fn spread_threads<T: Send + 'static>(
+    count: u64,
+    nodes: &[u32],
+    work: impl Fn(u64) -> T + Send + Sync + 'static,
+) -> Vec<thread::JoinHandle<T>> {
+    let work = Arc::new(work);
+    (0..count)
         .map(|i| {
-            let (counter, nodes) = (counter.clone(), nodes.clone());
+            let (work, nodes) = (work.clone(), nodes.to_vec());
             thread::spawn(move || {
                 place(i, &nodes);
-                for _ in 0..each {
-                    *counter.lock().unwrap() += 1;
-                }
-                pop::current_nid()
+                work(i)
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Joins threads that return their node; how many nodes they ran on.
+fn nodes_ran(handles: Vec<thread::JoinHandle<u32>>) -> usize {
     let mut ran: Vec<u32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     ran.sort_unstable();
     ran.dedup();
-    println!("mutex: {} on {} nodes", *counter.lock().unwrap(), ran.len());
+    ran.len()
+}
+
+fn mutex(threads: u64, each: u64) {
+    let nodes = nodes();
+    let counter = Arc::new(Mutex::new(0u64));
+    let shared = counter.clone();
+    let handles = spread_threads(threads, &nodes, move |_| {
+        for _ in 0..each {
+            *shared.lock().unwrap() += 1;
+        }
+        pop::current_nid()
+    });
+    let ran = nodes_ran(handles);
+    println!("mutex: {} on {ran} nodes", *counter.lock().unwrap());
 }
 
 fn atomic(threads: u64, each: u64) {
     let nodes = nodes();
     let counter = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|i| {
-            let (counter, nodes) = (counter.clone(), nodes.clone());
-            thread::spawn(move || {
-                place(i, &nodes);
-                for _ in 0..each {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            })
-        })
-        .collect();
+    let shared = counter.clone();
+    let handles = spread_threads(threads, &nodes, move |_| {
+        for _ in 0..each {
+            shared.fetch_add(1, Ordering::SeqCst);
+        }
+    });
     for h in handles {
         h.join().unwrap();
     }
@@ -158,31 +173,20 @@ fn barrier(threads: u64, rounds: u64) {
     let nodes = nodes();
     let barrier = Arc::new(Barrier::new(threads as usize));
     let arrived = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|i| {
-            let (barrier, arrived, nodes) = (barrier.clone(), arrived.clone(), nodes.clone());
-            thread::spawn(move || {
-                place(i, &nodes);
-                for r in 0..rounds {
-                    arrived.fetch_add(1, Ordering::SeqCst);
-                    barrier.wait();
-                    // Everybody arrived for this round before anybody goes on.
-                    if arrived.load(Ordering::SeqCst) < (r + 1) * threads {
-                        fail("a thread passed the barrier early");
-                    }
-                    barrier.wait();
-                }
-                pop::current_nid()
-            })
-        })
-        .collect();
-    let mut ran: Vec<u32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    ran.sort_unstable();
-    ran.dedup();
-    println!(
-        "barrier: {rounds} rounds of {threads} threads on {} nodes",
-        ran.len()
-    );
+    let handles = spread_threads(threads, &nodes, move |_| {
+        for r in 0..rounds {
+            arrived.fetch_add(1, Ordering::SeqCst);
+            barrier.wait();
+            // Everybody arrived for this round before anybody goes on.
+            if arrived.load(Ordering::SeqCst) < (r + 1) * threads {
+                fail("a thread passed the barrier early");
+            }
+            barrier.wait();
+        }
+        pop::current_nid()
+    });
+    let ran = nodes_ran(handles);
+    println!("barrier: {rounds} rounds of {threads} threads on {ran} nodes");
 }
 
 fn bounce(moves: u64, writers: u64) {
@@ -197,23 +201,18 @@ fn bounce(moves: u64, writers: u64) {
             .collect(),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..writers)
-        .map(|w| {
-            let (buf, stop, nodes) = (buf.clone(), stop.clone(), nodes.clone());
-            thread::spawn(move || {
-                place(w, &nodes);
-                let mine = &buf[w as usize * WORDS..(w as usize + 1) * WORDS];
-                let mut pass = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    pass += 1;
-                    for (i, word) in mine.iter().enumerate() {
-                        word.store(pass * 1_000_000 + i as u64, Ordering::Relaxed);
-                    }
-                }
-                pass
-            })
-        })
-        .collect();
+    let (shared, stopped) = (buf.clone(), stop.clone());
+    let handles = spread_threads(writers, &nodes, move |w| {
+        let mine = &shared[w as usize * WORDS..(w as usize + 1) * WORDS];
+        let mut pass = 0u64;
+        while !stopped.load(Ordering::Relaxed) {
+            pass += 1;
+            for (i, word) in mine.iter().enumerate() {
+                word.store(pass * 1_000_000 + i as u64, Ordering::Relaxed);
+            }
+        }
+        pass
+    });
     let (home, other) = (nodes[0], nodes[1]);
     for m in 0..moves {
         let to = if m % 2 == 0 { other } else { home };
@@ -306,17 +305,12 @@ fn falseshare(ms: u64) {
     let nodes = nodes();
     let counters = Arc::new(Counters([AtomicU64::new(0), AtomicU64::new(0)]));
     let stop = Arc::new(AtomicBool::new(false));
-    let handles: Vec<_> = (0..2u64)
-        .map(|i| {
-            let (counters, stop, nodes) = (counters.clone(), stop.clone(), nodes.clone());
-            thread::spawn(move || {
-                place(i, &nodes);
-                while !stop.load(Ordering::Relaxed) {
-                    counters.0[i as usize].fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let (shared, stopped) = (counters.clone(), stop.clone());
+    let handles = spread_threads(2, &nodes, move |i| {
+        while !stopped.load(Ordering::Relaxed) {
+            shared.0[i as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    });
     thread::sleep(std::time::Duration::from_millis(ms));
     stop.store(true, Ordering::Relaxed);
     for h in handles {

@@ -1048,12 +1048,14 @@ fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
     }
 }
 
-/// The pages of `vm`'s private region that differ from a fresh load of its image and tables.
+/// The pages of `vm`'s private region that differ from a fresh load of its image and tables
+/// (what a shell makes before these pages are applied: see [`shell::make`]).
 fn written_private_pages(vm: &VmShared) -> std::result::Result<Vec<(u64, Vec<u8>)>, String> {
     let size = vm.mem.private_size();
     let fresh =
         vmm::memory::GuestMem::new(size, vm.mem.shared_size()).map_err(|e| e.to_string())?;
-    load_private(vm, &fresh)?;
+    vm.image.load(&fresh).map_err(|e| e.to_string())?;
+    vmm::arch::write_tables(&fresh, vm.max_vcpus);
     let mut pages = Vec::new();
     let mut addr = 0;
     while addr < size {
@@ -1065,19 +1067,6 @@ fn written_private_pages(vm: &VmShared) -> std::result::Result<Vec<(u64, Vec<u8>
         addr += 4096;
     }
     Ok(pages)
-}
-
-/// Loads the private part of `vm`'s image and its tables into `mem` (whose shared region
-/// may be smaller than the VM's: the writable segments are skipped).
-fn load_private(vm: &VmShared, mem: &vmm::memory::GuestMem) -> std::result::Result<(), String> {
-    for s in &vm.image.segments {
-        if s.vaddr + s.memsz <= mem.private_size() {
-            mem.write(s.vaddr, &vm.image.bytes[s.file_range.clone()])
-                .map_err(|e| format!("errno {e}"))?;
-        }
-    }
-    vmm::arch::write_tables(mem, vm.max_vcpus);
-    Ok(())
 }
 
 /// A request to node `to` whose answer is awaited here.
