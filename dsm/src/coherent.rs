@@ -21,6 +21,7 @@
 //! The fault-serving thread never touches a page of the region through the mapping unless
 //! the page holds data (it tracks which do), so it never faults on itself.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -28,21 +29,25 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::PAGE_SIZE;
-use crate::message::{PageMsg, carries_page};
+use crate::message::{PageMsg, RunBuilder, carries_page};
 use crate::protocol::{Cache, Envelope, Home, Msg, NodeId, ProtocolError, State};
 use crate::uffd::{Fault, Uffd, resident_pages};
 
 const PAGE: usize = PAGE_SIZE as usize;
-/// Pages asked for ahead of a sequential read.
-const READ_AHEAD: u32 = 128;
+/// Pages asked for ahead of the first sequential read fault; each next one of a scan asks for
+/// twice as many, up to [`READ_AHEAD_MAX`].
+const READ_AHEAD: u32 = 64;
+/// Most pages asked for ahead of one read fault (4 MiB).
+const READ_AHEAD_MAX: u32 = 1024;
 static ZEROS: [u8; PAGE] = [0; PAGE];
 
 /// How protocol messages reach the other nodes.
 pub trait Link: Send + Sync {
-    /// Sends `msg` to node `to` (never this node), with `page` (4 KiB) when the message
-    /// carries contents. Messages to one node must arrive in the order they were sent; the
-    /// call must not wait for this node's own region (it is made with the region locked).
-    fn send(&self, to: NodeId, msg: &PageMsg, page: Option<&[u8]>) -> Result<(), String>;
+    /// Sends `message` (a [`PageMsg`]'s bytes) to node `to` (never this node), to be handed
+    /// to that node's [`Coherent::deliver`]. Messages to one node must arrive in the order
+    /// they were sent; the call must not wait for this node's own region (it is made with
+    /// the region locked).
+    fn send(&self, to: NodeId, message: Vec<u8>) -> Result<(), String>;
 }
 
 /// Why the DSM could not do what it was asked.
@@ -160,30 +165,61 @@ struct Inner {
     /// The directory, on the home node.
     home: Option<HomeSide>,
     failed: Option<String>,
-    /// The page of the last read fault (sequential reads ask ahead).
+    /// The last page asked for by a read fault or ahead of one (sequential reads ask
+    /// ahead).
     last_read: Option<u32>,
+    /// How many pages the next sequential read fault asks for ahead.
+    ahead: u32,
 }
 
 struct HomeSide {
     dir: Home,
-    /// A page's contents while no node owns it (`None`: zeros).
-    backing: Vec<Option<PageBox>>,
+    /// Each page's contents while no node owns it.
+    backing: Vec<Backing>,
+}
+
+/// What the home keeps of a page's contents while no node owns it.
+enum Backing {
+    /// Zeros: the page was never written.
+    Zeros,
+    /// These bytes (4 KiB).
+    Bytes(Box<[u8]>),
+    /// What the home's own mapping holds: the home kept a read copy when the page was
+    /// recalled from it, and copies it here before that copy goes.
+    Mapped,
 }
 
 /// One message to act on: from `from`, about `page`, with the page's contents if it carries
 /// them.
-struct Work {
+struct Work<'a> {
     from: NodeId,
     page: u32,
     msg: Msg,
-    bytes: Option<PageBox>,
+    bytes: Option<Bytes<'a>>,
 }
 
-/// A page's contents, beside the message that carries them.
-type PageBox = Box<[u8; PAGE]>;
+/// A page's contents: owned, or borrowed from the message that carried them.
+type Bytes<'a> = Cow<'a, [u8]>;
 
-/// A message this node's cache or directory produced, with the page it carries.
-type Outgoing = (Envelope, Option<PageBox>);
+/// What one hold of the region's lock does: the messages to act on here, the memory effects
+/// gathered from them (carried out together: one ioctl or `madvise` per run of pages), and
+/// the run of messages being gathered for a peer (sent as one). Effects are carried out
+/// before any message goes out, so no message overtakes what it follows from.
+#[derive(Default)]
+struct Batch<'a> {
+    queue: VecDeque<Work<'a>>,
+    /// Read copies to place (write-protected), in increasing page order.
+    places: Vec<(u32, Bytes<'a>)>,
+    /// Pages to drop, in increasing order.
+    drops: Vec<u32>,
+    /// Pages write-protected ahead of their recalls (one ioctl for a run of recalls).
+    protected: std::ops::Range<u32>,
+    /// The contents of the message being delivered, from its first page: where borrowed
+    /// pages come from, so a run of them is placed straight from it.
+    source: Option<(u32, &'a [u8])>,
+    /// The run of messages going to a peer.
+    run: Option<(NodeId, RunBuilder)>,
+}
 
 /// Pages of a region pinned by [`Coherent::acquire`]; dropping it ends the pin.
 #[derive(Debug)]
@@ -228,7 +264,7 @@ impl Coherent {
             let caches = (0..pages).map(|p| Cache::owned(cfg.node, p)).collect();
             let home = HomeSide {
                 dir: Home::owning(cfg.node, pages as usize),
-                backing: (0..pages).map(|_| None).collect(),
+                backing: (0..pages).map(|_| Backing::Zeros).collect(),
             };
             (caches, present, Some(home))
         } else {
@@ -252,6 +288,7 @@ impl Coherent {
                 home,
                 failed: None,
                 last_read: None,
+                ahead: READ_AHEAD,
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -275,22 +312,29 @@ impl Coherent {
         let (m, contents) =
             PageMsg::decode(bytes).map_err(|e| CoherenceError::BadMessage(e.to_string()))?;
         let s = &self.shared;
-        if m.vm != s.cfg.vm || m.page >= s.pages || from == s.cfg.node {
+        if m.vm != s.cfg.vm || m.page + m.count > s.pages || from == s.cfg.node {
             return Err(CoherenceError::BadMessage(format!(
-                "page {} of VM {} from node {from}",
-                m.page, m.vm
+                "pages {}..{} of VM {} from node {from}",
+                m.page,
+                m.page as u64 + m.count as u64,
+                m.vm
             )));
         }
-        let bytes = contents.map(|c| Box::new(<[u8; PAGE]>::try_from(c).expect("4 KiB")));
         let mut inner = lock(&s.state);
         s.check_failed(&inner)?;
-        let work = Work {
-            from,
-            page: m.page,
-            msg: m.msg,
-            bytes,
-        };
-        s.run_or_fail(&mut inner, work)
+        s.within(&mut inner, |_, _, b| {
+            b.source = contents.map(|c| (m.page, c));
+            for i in 0..m.count {
+                let bytes = contents.map(|c| Cow::Borrowed(&c[i as usize * PAGE..][..PAGE]));
+                b.queue.push_back(Work {
+                    from,
+                    page: m.page + i,
+                    msg: m.msg,
+                    bytes,
+                });
+            }
+            Ok(())
+        })
     }
 
     /// Brings the pages of guest range `[offset, offset + len)` of the region (an offset
@@ -328,15 +372,9 @@ impl Coherent {
                     pages,
                 });
             }
-            for p in pages.clone() {
-                if inner.caches[p as usize].allows(write) {
-                    continue;
-                }
-                if let Some(request) = inner.caches[p as usize].fault(write) {
-                    s.count_fault(write);
-                    s.route_or_fail(&mut inner, request, None)?;
-                }
-            }
+            s.within(&mut inner, |s, inner, b| {
+                s.ask(inner, b, pages.clone(), write)
+            })?;
             inner = s
                 .changed
                 .wait_timeout(inner, Duration::from_millis(200))
@@ -353,24 +391,19 @@ impl Coherent {
         let s = &self.shared;
         let mut inner = lock(&s.state);
         s.check_failed(&inner)?;
-        for &(offset, len) in ranges {
-            let Some(end) = offset
-                .checked_add(len)
-                .filter(|&e| e <= s.cfg.len && len > 0)
-            else {
-                continue;
-            };
-            for p in (offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32 {
-                if inner.caches[p as usize].allows(write) {
+        s.within(&mut inner, |s, inner, b| {
+            for &(offset, len) in ranges {
+                let Some(end) = offset
+                    .checked_add(len)
+                    .filter(|&e| e <= s.cfg.len && len > 0)
+                else {
                     continue;
-                }
-                if let Some(request) = inner.caches[p as usize].fault(write) {
-                    s.count_fault(write);
-                    s.route_or_fail(&mut inner, request, None)?;
-                }
+                };
+                let pages = (offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32;
+                s.ask(inner, b, pages, write)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn unpin(&self, pages: std::ops::Range<u32>) {
@@ -393,17 +426,15 @@ impl Coherent {
         let (now, later): (Vec<_>, Vec<_>) =
             deferred.into_iter().partition(|(p, _)| freed.contains(p));
         inner.deferred = later;
-        for (page, msg) in now {
-            let work = Work {
+        let _ = s.within(&mut inner, |s, _, b| {
+            b.queue.extend(now.into_iter().map(|(page, msg)| Work {
                 from: s.cfg.home,
                 page,
                 msg,
                 bytes: None,
-            };
-            if s.run_or_fail(&mut inner, work).is_err() {
-                return;
-            }
-        }
+            }));
+            Ok(())
+        });
     }
 
     /// What this node holds of page `page` (`None`: no such page).
@@ -500,27 +531,44 @@ impl Shared {
             }
             return self.fill_if_empty(inner, page);
         }
-        let Some(request) = cache.fault(f.write) else {
-            return Ok(());
+        if f.write {
+            return self.within(inner, |s, inner, b| s.ask(inner, b, page..page + 1, true));
+        }
+        // A read of the page after the last one asked for: a sequential scan, whose next
+        // pages are asked for now, in the same message (their answers come back while this
+        // one is used), more of them at each such fault.
+        let sequential = inner.last_read == page.checked_sub(1);
+        inner.ahead = if sequential {
+            (inner.ahead * 2).min(READ_AHEAD_MAX)
+        } else {
+            READ_AHEAD
         };
-        self.count_fault(f.write);
-        self.route_or_fail(inner, request, None)?;
-        // A read of the page after the one read last: a sequential scan, whose next pages
-        // are asked for now (their answers come back while this one is used).
-        if !f.write {
-            let sequential = inner.last_read == page.checked_sub(1);
-            inner.last_read = Some(page);
-            if sequential {
-                let end = (page + 1 + READ_AHEAD).min(self.pages);
-                for q in page + 1..end {
-                    if inner.caches[q as usize].allows(false) {
-                        continue;
-                    }
-                    if let Some(request) = inner.caches[q as usize].fault(false) {
-                        self.route_or_fail(inner, request, None)?;
-                    }
-                }
-                inner.last_read = Some(end - 1);
+        let end = if sequential {
+            (page + 1 + inner.ahead).min(self.pages)
+        } else {
+            page + 1
+        };
+        inner.last_read = Some(end - 1);
+        self.within(inner, |s, inner, b| s.ask(inner, b, page..end, false))
+    }
+
+    /// Asks for the pages of `pages` this node may not yet touch as `write` needs (a fault
+    /// for each; those already on their way are left to their requests).
+    fn ask(
+        &self,
+        inner: &mut Inner,
+        b: &mut Batch<'_>,
+        pages: std::ops::Range<u32>,
+        write: bool,
+    ) -> Result<(), CoherenceError> {
+        for p in pages {
+            let cache = &mut inner.caches[p as usize];
+            if cache.allows(write) {
+                continue;
+            }
+            if let Some(request) = cache.fault(write) {
+                self.count_fault(write);
+                self.route(b, request, None)?;
             }
         }
         Ok(())
@@ -574,9 +622,18 @@ impl Shared {
         self.changed.notify_all();
     }
 
-    /// Runs `first` and what follows from it; on an error the region fails.
-    fn run_or_fail(&self, inner: &mut Inner, first: Work) -> Result<(), CoherenceError> {
-        let r = self.run(inner, first);
+    /// Runs `start` (which gives the batch its first messages) and what follows from it,
+    /// then carries out the effects and sends what is gathered; on an error the region
+    /// fails.
+    fn within<'a>(
+        &self,
+        inner: &mut Inner,
+        start: impl FnOnce(&Self, &mut Inner, &mut Batch<'a>) -> Result<(), CoherenceError>,
+    ) -> Result<(), CoherenceError> {
+        let mut b = Batch::default();
+        let r = start(self, inner, &mut b)
+            .and_then(|()| self.process(inner, &mut b))
+            .and_then(|()| self.send_run(&mut b));
         self.changed.notify_all();
         if let Err(e) = &r {
             self.fail_locked(inner, e.to_string());
@@ -584,77 +641,123 @@ impl Shared {
         r
     }
 
-    /// Sends (or, to this node, runs) a message this node's cache or home produced.
-    fn route_or_fail(
+    /// Acts on the batch's messages, in order, and on those they lead to here.
+    fn process<'a>(&self, inner: &mut Inner, b: &mut Batch<'a>) -> Result<(), CoherenceError> {
+        while let Some(w) = b.queue.pop_front() {
+            if w.msg.to_home() {
+                self.at_home(inner, b, w)?;
+                continue;
+            }
+            if w.from != self.cfg.home {
+                return Err(CoherenceError::BadMessage(format!(
+                    "{:?} for page {} from node {}, not the home",
+                    w.msg, w.page, w.from
+                )));
+            }
+            let pinned = inner.pins.contains_key(&w.page);
+            if pinned && matches!(w.msg, Msg::Inv | Msg::Recall { .. }) {
+                inner.deferred.push((w.page, w.msg));
+                continue;
+            }
+            self.at_cache(inner, b, w)?;
+        }
+        Ok(())
+    }
+
+    /// Sends (or, to this node, queues) a message this node's cache or home produced.
+    fn route<'a>(
         &self,
-        inner: &mut Inner,
+        b: &mut Batch<'a>,
         env: Envelope,
-        bytes: Option<PageBox>,
+        bytes: Option<Bytes<'a>>,
     ) -> Result<(), CoherenceError> {
         if env.to == self.cfg.node {
-            let work = Work {
+            b.queue.push_back(Work {
                 from: env.from,
                 page: env.page,
                 msg: env.msg,
                 bytes,
-            };
-            return self.run_or_fail(inner, work);
+            });
+            return Ok(());
         }
-        let r = self.send(&env, bytes.as_deref().map(|b| &b[..]));
-        if let Err(e) = &r {
-            self.fail_locked(inner, e.to_string());
-        }
-        r
+        self.post(b, env, bytes.as_deref())
     }
 
-    fn send(&self, env: &Envelope, page: Option<&[u8]>) -> Result<(), CoherenceError> {
-        let m = PageMsg {
-            vm: self.cfg.vm,
-            page: env.page,
-            msg: env.msg,
+    /// Adds a message for a peer to the run being gathered, or sends that run and starts
+    /// another.
+    fn post(
+        &self,
+        b: &mut Batch<'_>,
+        env: Envelope,
+        bytes: Option<&[u8]>,
+    ) -> Result<(), CoherenceError> {
+        if let Some((to, run)) = &mut b.run
+            && *to == env.to
+            && run.push(env.page, env.msg, bytes)
+        {
+            return Ok(());
+        }
+        self.send_run(b)?;
+        let run = RunBuilder::new(self.cfg.vm, env.page, env.msg, bytes);
+        b.run = Some((env.to, run));
+        Ok(())
+    }
+
+    /// Carries out the gathered effects, then sends the gathered run.
+    fn send_run(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
+        self.apply(b)?;
+        let Some((to, run)) = b.run.take() else {
+            return Ok(());
         };
         self.link
-            .send(env.to, &m, page)
-            .map_err(|reason| CoherenceError::Link { to: env.to, reason })
+            .send(to, run.finish())
+            .map_err(|reason| CoherenceError::Link { to, reason })
     }
 
-    fn run(&self, inner: &mut Inner, first: Work) -> Result<(), CoherenceError> {
-        let mut queue = VecDeque::from([first]);
-        while let Some(w) = queue.pop_front() {
-            let out = if w.msg.to_home() {
-                self.at_home(inner, w)?
-            } else {
-                if w.from != self.cfg.home {
-                    return Err(CoherenceError::BadMessage(format!(
-                        "{:?} for page {} from node {}, not the home",
-                        w.msg, w.page, w.from
-                    )));
+    /// Carries out the gathered effects: each run of consecutive pages placed with one
+    /// `UFFDIO_COPY` (straight from the message that carried them when it can), dropped with
+    /// one `madvise`.
+    fn apply(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
+        let places = std::mem::take(&mut b.places);
+        for run in places.chunk_by(|x, y| y.0 == x.0 + 1) {
+            let (first, last) = (run[0].0, run[run.len() - 1].0);
+            let borrowed = run.iter().all(|(_, c)| matches!(c, Cow::Borrowed(_)));
+            let from_source = b.source.filter(|&(at, src)| {
+                borrowed && first >= at && ((last - at + 1) as usize) * PAGE <= src.len()
+            });
+            let gathered;
+            let bytes = match from_source {
+                Some((at, src)) => {
+                    &src[(first - at) as usize * PAGE..(last - at + 1) as usize * PAGE]
                 }
-                let pinned = inner.pins.contains_key(&w.page);
-                if pinned && matches!(w.msg, Msg::Inv | Msg::Recall { .. }) {
-                    inner.deferred.push((w.page, w.msg));
-                    continue;
+                None => {
+                    gathered = run
+                        .iter()
+                        .flat_map(|(_, c)| c.iter().copied())
+                        .collect::<Vec<u8>>();
+                    &gathered[..]
                 }
-                self.at_cache(inner, w)?
             };
-            for (env, bytes) in out {
-                if env.to == self.cfg.node {
-                    queue.push_back(Work {
-                        from: env.from,
-                        page: env.page,
-                        msg: env.msg,
-                        bytes,
-                    });
-                } else {
-                    self.send(&env, bytes.as_deref().map(|b| &b[..]))?;
-                }
-            }
+            self.uffd
+                .copy_protected(self.addr(first), bytes)
+                .map_err(Self::os("placing read copies"))?;
+        }
+        let drops = std::mem::take(&mut b.drops);
+        for run in drops.chunk_by(|x, y| *y == x + 1) {
+            self.uffd
+                .drop_pages(self.addr(run[0]), run.len() as u64 * PAGE_SIZE)
+                .map_err(Self::os("dropping pages"))?;
         }
         Ok(())
     }
 
     /// The directory's part: requests and answers to the home.
-    fn at_home(&self, inner: &mut Inner, w: Work) -> Result<Vec<Outgoing>, CoherenceError> {
+    fn at_home<'a>(
+        &self,
+        inner: &mut Inner,
+        b: &mut Batch<'a>,
+        w: Work<'a>,
+    ) -> Result<(), CoherenceError> {
         let Some(home) = inner.home.as_mut() else {
             return Err(CoherenceError::BadMessage(format!(
                 "{:?} for page {} from node {}: this node is not the home",
@@ -666,23 +769,60 @@ impl Shared {
         }
         let out = home.dir.handle(w.from, w.page, w.msg)?;
         if let Msg::Flush(_) = w.msg {
-            home.backing[w.page as usize] = w.bytes;
+            home.backing[w.page as usize] = match w.bytes {
+                Some(page) => Backing::Bytes(page.into_owned().into_boxed_slice()),
+                // The home's own copy, kept.
+                None if w.from == self.cfg.node => Backing::Mapped,
+                None => return Err(no_contents()),
+            };
         }
-        Ok(out
-            .into_iter()
-            .map(|env| {
-                let bytes = carries_page(env.msg).then(|| {
-                    home.backing[env.page as usize]
-                        .clone()
-                        .unwrap_or_else(|| Box::new([0; PAGE]))
-                });
-                (env, bytes)
-            })
-            .collect())
+        for env in out {
+            let contents = match carries_page(env.msg) {
+                false => None,
+                true => Some(match &home.backing[env.page as usize] {
+                    Backing::Zeros => &ZEROS[..],
+                    Backing::Bytes(b) => &b[..],
+                    Backing::Mapped if inner.present[env.page as usize] => {
+                        // SAFETY: the page holds data here (`present`), so reading it does
+                        // not fault; the home holds it Shared (`Mapped` lasts while it
+                        // does), so it is write-protected and pinned by no writer: nothing
+                        // writes it while it is borrowed (it is copied out at once).
+                        unsafe {
+                            std::slice::from_raw_parts(self.addr(env.page) as *const u8, PAGE)
+                        }
+                    }
+                    Backing::Mapped => {
+                        return Err(CoherenceError::Failed(format!(
+                            "the home's copy of page {} is gone",
+                            env.page
+                        )));
+                    }
+                }),
+            };
+            if env.to == self.cfg.node {
+                let bytes = contents.map(|c| Cow::Owned(c.to_vec()));
+                self.route(b, env, bytes)?;
+            } else {
+                self.post(b, env, contents)?;
+            }
+        }
+        Ok(())
     }
 
-    /// This node's part: the home's word on a page, carried out on memory.
-    fn at_cache(&self, inner: &mut Inner, w: Work) -> Result<Vec<Outgoing>, CoherenceError> {
+    /// This node's part: the home's word on a page, carried out on memory (read copies
+    /// placed and pages dropped together, with the batch's effects).
+    fn at_cache<'a>(
+        &self,
+        inner: &mut Inner,
+        b: &mut Batch<'a>,
+        w: Work<'a>,
+    ) -> Result<(), CoherenceError> {
+        // Gathered effects are on pages in increasing order; anything on one of those (or
+        // before them) waits until they are carried out.
+        let last = b.places.last().map(|x| x.0).max(b.drops.last().copied());
+        if last.is_some_and(|l| l >= w.page) {
+            self.apply(b)?;
+        }
         let p = w.page as usize;
         let addr = self.addr(w.page);
         let out = inner.caches[p].handle(w.msg)?;
@@ -692,20 +832,39 @@ impl Shared {
             Msg::Inv => {
                 bump(&self.counters.invalidated);
                 if present {
-                    self.uffd
-                        .drop_pages(addr, PAGE_SIZE)
-                        .map_err(Self::os("dropping a read copy"))?;
+                    self.keep_home_copy(inner, w.page);
+                    b.drops.push(w.page);
                     inner.present[p] = false;
                 }
             }
             Msg::Recall { keep } => {
                 bump(&self.counters.recalled);
-                let mut page = Box::new([0u8; PAGE]);
+                let mut page = vec![0u8; PAGE];
+                let at_home = self.cfg.node == self.cfg.home;
+                if present && keep && at_home {
+                    // The home keeps its read copy: what it holds is the page's contents
+                    // (no copy; `Flush` without bytes says so).
+                    if !b.protected.contains(&w.page) {
+                        let end = self.recalls_after(inner, b, w.page, keep);
+                        self.uffd
+                            .write_protect(addr, (end - w.page) as u64 * PAGE_SIZE, true)
+                            .map_err(Self::os("write-protecting recalled pages"))?;
+                        b.protected = w.page..end;
+                    }
+                    for env in out {
+                        self.route(b, env, None)?;
+                    }
+                    return Ok(());
+                }
                 if present {
                     // Protected first: no write can land after the copy is taken.
-                    self.uffd
-                        .write_protect(addr, PAGE_SIZE, true)
-                        .map_err(Self::os("write-protecting a recalled page"))?;
+                    if !b.protected.contains(&w.page) {
+                        let end = self.recalls_after(inner, b, w.page, keep);
+                        self.uffd
+                            .write_protect(addr, (end - w.page) as u64 * PAGE_SIZE, true)
+                            .map_err(Self::os("write-protecting recalled pages"))?;
+                        b.protected = w.page..end;
+                    }
                     // SAFETY: the page holds data (`present`), so reading it does not
                     // fault; it is write-protected, so nothing writes it meanwhile; `page`
                     // is a separate 4 KiB buffer.
@@ -713,20 +872,19 @@ impl Shared {
                         std::ptr::copy_nonoverlapping(addr as *const u8, page.as_mut_ptr(), PAGE)
                     };
                     if !keep {
-                        self.uffd
-                            .drop_pages(addr, PAGE_SIZE)
-                            .map_err(Self::os("dropping a recalled page"))?;
+                        b.drops.push(w.page);
                         inner.present[p] = false;
                     }
                 }
-                flushed = Some(page);
+                flushed = Some(Cow::Owned(page));
             }
             Msg::Data(_) => {
                 bump(&self.counters.fetched);
-                let page = w.bytes.as_deref().ok_or_else(no_contents)?;
-                self.uffd
-                    .copy_protected(addr, page)
-                    .map_err(Self::os("placing a read copy"))?;
+                let page = w
+                    .bytes
+                    .filter(|c| c.len() == PAGE)
+                    .ok_or_else(no_contents)?;
+                b.places.push((w.page, page));
                 inner.present[p] = true;
             }
             Msg::DataM(_) => {
@@ -754,15 +912,47 @@ impl Shared {
             }
             Msg::GetS | Msg::GetM | Msg::InvAck | Msg::Flush(_) => {}
         }
-        Ok(out
-            .into_iter()
-            .map(|env| {
-                let bytes = matches!(env.msg, Msg::Flush(_))
-                    .then(|| flushed.take())
-                    .flatten();
-                (env, bytes)
-            })
-            .collect())
+        for env in out {
+            let bytes = matches!(env.msg, Msg::Flush(_))
+                .then(|| flushed.take())
+                .flatten();
+            self.route(b, env, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// On the home, before its read copy of `page` goes: if that copy is what the directory
+    /// keeps of the page ([`Backing::Mapped`]), copies it into the directory.
+    fn keep_home_copy(&self, inner: &mut Inner, page: u32) {
+        let addr = self.addr(page);
+        if let Some(home) = inner.home.as_mut()
+            && let Backing::Mapped = home.backing[page as usize]
+        {
+            let mut bytes = vec![0u8; PAGE].into_boxed_slice();
+            // SAFETY: as in `at_cache`'s recall: the page holds data and is write-protected
+            // (held Shared); `bytes` is a separate buffer.
+            unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, bytes.as_mut_ptr(), PAGE) };
+            home.backing[page as usize] = Backing::Bytes(bytes);
+        }
+    }
+
+    /// The end of the run of recalls from `page` on: `page` and the recalls (of the same
+    /// kind) of the pages right after it waiting next in the batch, of pages that hold
+    /// data and are not pinned, so that one ioctl write-protects them all.
+    fn recalls_after(&self, inner: &Inner, b: &Batch<'_>, page: u32, keep: bool) -> u32 {
+        let mut end = page + 1;
+        for w in &b.queue {
+            let next = w.page == end
+                && w.from == self.cfg.home
+                && w.msg == (Msg::Recall { keep })
+                && inner.present[w.page as usize]
+                && !inner.pins.contains_key(&w.page);
+            if !next {
+                break;
+            }
+            end += 1;
+        }
+        end
     }
 }
 

@@ -1,21 +1,37 @@
-//! The coherence protocol's messages on the wire: one [`PageMsg`] per protocol message, the
-//! page's 4 KiB after it when the message carries contents (`Flush`, `Data`, `DataM`). The
-//! model's contents values (see [`crate::protocol::Contents`]) do not travel: the real bytes
-//! do, and decode as `0`.
+//! The coherence protocol's messages on the wire. One [`PageMsg`] carries one protocol
+//! message for each page of a *run* (`count` consecutive pages from `page`, all the same
+//! message: 128 read requests of a sequential scan, the 60 pages that answer them), the
+//! pages' 4 KiB each after the header when the message carries contents (`Flush`, `Data`,
+//! `DataM`). A run is only a way of carrying: the receiver acts on it page by page, exactly
+//! as on `count` messages sent one after another. The model's contents values (see
+//! [`crate::protocol::Contents`]) do not travel: the real bytes do, and decode as `0`.
+//!
+//! ```text
+//! PageMsg = vm u64 | page u32 | kind u8 | count u16 | count x 4 KiB (if it carries pages)
+//! ```
 
 use pop_wire::{Decoder, Encoder, WireError};
 
 use crate::PAGE_SIZE;
 use crate::protocol::Msg;
 
-/// A protocol message about one page of one VM's shared region.
+/// Most pages one message names.
+pub const MAX_RUN: u32 = 1024;
+/// Most pages one message carries the contents of (240 KiB: a message stays inside a
+/// 256 KiB frame).
+pub const MAX_DATA_RUN: u32 = 60;
+
+/// A protocol message about each page of a run of one VM's shared region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageMsg {
     /// The VM (its cluster-wide id): a node may hold several VMs' regions.
     pub vm: u64,
-    /// The page's index in the shared region.
+    /// The index of the run's first page in the shared region.
     pub page: u32,
-    /// What.
+    /// How many pages the run has (at least 1; at most [`MAX_RUN`], or [`MAX_DATA_RUN`] for
+    /// a message that carries contents).
+    pub count: u32,
+    /// What, for each of them.
     pub msg: Msg,
 }
 
@@ -24,23 +40,48 @@ pub fn carries_page(msg: Msg) -> bool {
     matches!(msg, Msg::Flush(_) | Msg::Data(_) | Msg::DataM(_))
 }
 
+/// The most pages a run of `msg` may have.
+pub fn max_run(msg: Msg) -> u32 {
+    if carries_page(msg) {
+        MAX_DATA_RUN
+    } else {
+        MAX_RUN
+    }
+}
+
 impl PageMsg {
-    /// The bytes of the message, with `page` (4 KiB) after the header when the message
-    /// carries contents (`page` is ignored otherwise).
-    pub fn encode(&self, page: Option<&[u8]>) -> Vec<u8> {
-        let with_page = carries_page(self.msg);
-        let mut e = Encoder::with_capacity(16 + if with_page { PAGE_SIZE as usize } else { 0 });
-        e.u64(self.vm).u32(self.page).u8(kind(self.msg));
-        if with_page {
-            let zeros = [0u8; PAGE_SIZE as usize];
-            let bytes = page.filter(|p| p.len() == PAGE_SIZE as usize);
-            e.bytes(bytes.unwrap_or(&zeros));
+    /// A message about page `page` alone.
+    pub fn one(vm: u64, page: u32, msg: Msg) -> PageMsg {
+        PageMsg {
+            vm,
+            page,
+            count: 1,
+            msg,
+        }
+    }
+
+    /// The bytes of the message, with `pages` (`count` x 4 KiB, in page order) after the
+    /// header when the message carries contents (ignored otherwise; zeros if it is not that
+    /// long).
+    pub fn encode(&self, pages: Option<&[u8]>) -> Vec<u8> {
+        let with_pages = carries_page(self.msg);
+        let len = self.count as usize * PAGE_SIZE as usize;
+        let mut e = Encoder::with_capacity(16 + if with_pages { len } else { 0 });
+        e.u64(self.vm)
+            .u32(self.page)
+            .u8(kind(self.msg))
+            .u16(self.count as u16);
+        if with_pages {
+            match pages.filter(|p| p.len() == len) {
+                Some(bytes) => e.bytes(bytes),
+                None => e.bytes(&vec![0u8; len]),
+            };
         }
         e.finish()
     }
 
-    /// Reads a message and, if it carries contents, its page; rejects anything else (an
-    /// unknown kind, a short page, trailing bytes).
+    /// Reads a message and, if it carries contents, its pages; rejects anything else (an
+    /// unknown kind, an empty or too long run, short pages, trailing bytes).
     pub fn decode(bytes: &[u8]) -> Result<(PageMsg, Option<&[u8]>), WireError> {
         let mut d = Decoder::new(bytes);
         let vm = d.u64()?;
@@ -58,13 +99,85 @@ impl PageMsg {
             10 => Msg::Grant,
             _ => return Err(WireError("unknown page message")),
         };
+        let count = d.u16()? as u32;
+        if count == 0 || count > max_run(msg) {
+            return Err(WireError("a page run of a bad length"));
+        }
+        if page.checked_add(count).is_none() {
+            return Err(WireError("a page run past the last page"));
+        }
         let contents = if carries_page(msg) {
-            Some(d.bytes(PAGE_SIZE as usize)?)
+            Some(d.bytes(count as usize * PAGE_SIZE as usize)?)
         } else {
             None
         };
         d.end()?;
-        Ok((PageMsg { vm, page, msg }, contents))
+        Ok((
+            PageMsg {
+                vm,
+                page,
+                count,
+                msg,
+            },
+            contents,
+        ))
+    }
+}
+
+/// Bytes of a message's header (before its pages).
+const HEADER: usize = 15;
+
+/// A run gathered page by page straight into one message's bytes: each page's contents are
+/// copied once, into the message.
+#[derive(Debug)]
+pub struct RunBuilder {
+    first: PageMsg,
+    bytes: Vec<u8>,
+}
+
+impl RunBuilder {
+    /// A run of one message, `msg` about page `page`, with the page's contents if it
+    /// carries them (zeros if `contents` is not a page).
+    pub fn new(vm: u64, page: u32, msg: Msg, contents: Option<&[u8]>) -> RunBuilder {
+        let first = PageMsg::one(vm, page, msg);
+        let mut bytes = first.encode(contents);
+        if carries_page(msg) {
+            bytes.reserve(PAGE_SIZE as usize * 7);
+        }
+        RunBuilder { first, bytes }
+    }
+
+    /// The run so far.
+    pub fn message(&self) -> PageMsg {
+        self.first
+    }
+
+    /// Adds `msg` about page `page` if it continues the run (the same message, the next
+    /// page, room left); `false` (and nothing added) otherwise.
+    pub fn push(&mut self, page: u32, msg: Msg, contents: Option<&[u8]>) -> bool {
+        let m = &mut self.first;
+        if kind(msg) != kind(m.msg) || Some(page) != m.page.checked_add(m.count) {
+            return false;
+        }
+        if m.count >= max_run(msg) {
+            return false;
+        }
+        m.count += 1;
+        if carries_page(msg) {
+            match contents.filter(|c| c.len() == PAGE_SIZE as usize) {
+                Some(c) => self.bytes.extend_from_slice(c),
+                None => self.bytes.resize(self.bytes.len() + PAGE_SIZE as usize, 0),
+            }
+        }
+        true
+    }
+
+    /// The message's bytes, as [`PageMsg::encode`] writes them.
+    pub fn finish(mut self) -> Vec<u8> {
+        let mut e = Encoder::with_capacity(2);
+        e.u16(self.first.count as u16);
+        self.bytes[HEADER - 2..HEADER].copy_from_slice(&e.finish());
+        self.bytes
     }
 }
 
@@ -102,11 +215,7 @@ mod tests {
             Msg::DataM(0),
             Msg::Grant,
         ] {
-            let m = PageMsg {
-                vm: 7,
-                page: 3,
-                msg,
-            };
+            let m = PageMsg::one(7, 3, msg);
             let bytes = m.encode(Some(&page));
             let (back, contents) = PageMsg::decode(&bytes).unwrap();
             assert_eq!(back, m);
@@ -120,14 +229,78 @@ mod tests {
             longer.push(0);
             assert!(PageMsg::decode(&longer).is_err());
         }
-        let mut bad = PageMsg {
-            vm: 1,
-            page: 0,
-            msg: Msg::GetS,
-        }
-        .encode(None);
+        let mut bad = PageMsg::one(1, 0, Msg::GetS).encode(None);
         bad[12] = 99;
         assert!(PageMsg::decode(&bad).is_err());
         assert!(PageMsg::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn runs_carry_their_pages_in_order_and_bad_lengths_are_refused() {
+        let pages: Vec<u8> = (0..MAX_DATA_RUN as usize * PAGE_SIZE as usize)
+            .map(|i| (i / PAGE_SIZE as usize) as u8)
+            .collect();
+        let m = PageMsg {
+            vm: 2,
+            page: 100,
+            count: MAX_DATA_RUN,
+            msg: Msg::Data(0),
+        };
+        let bytes = m.encode(Some(&pages));
+        assert!(bytes.len() <= 256 << 10);
+        let (back, contents) = PageMsg::decode(&bytes).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(contents.unwrap(), &pages[..]);
+        let requests = PageMsg {
+            count: MAX_RUN,
+            msg: Msg::GetS,
+            ..m
+        };
+        assert_eq!(PageMsg::decode(&requests.encode(None)).unwrap().0, requests);
+        for (count, msg) in [
+            (0, Msg::GetS),
+            (MAX_RUN + 1, Msg::GetS),
+            (MAX_DATA_RUN + 1, Msg::Data(0)),
+        ] {
+            let m = PageMsg { count, msg, ..m };
+            assert!(PageMsg::decode(&m.encode(None)).is_err(), "{m:?}");
+        }
+        let past = PageMsg {
+            page: u32::MAX,
+            count: 2,
+            msg: Msg::Inv,
+            ..m
+        };
+        assert!(PageMsg::decode(&past.encode(None)).is_err());
+    }
+
+    #[test]
+    fn a_built_run_is_what_encode_writes() {
+        let page = |i: u8| vec![i; PAGE_SIZE as usize];
+        let mut run = RunBuilder::new(3, 10, Msg::Data(0), Some(&page(0)));
+        for i in 1..MAX_DATA_RUN {
+            assert!(run.push(10 + i, Msg::Data(0), Some(&page(i as u8))));
+        }
+        // Full, not the next page, or another message: not added.
+        assert!(!run.push(10 + MAX_DATA_RUN, Msg::Data(0), None));
+        let m = run.message();
+        assert_eq!(m.count, MAX_DATA_RUN);
+        let all: Vec<u8> = (0..MAX_DATA_RUN as u8).flat_map(page).collect();
+        assert_eq!(run.finish(), m.encode(Some(&all)));
+        let mut run = RunBuilder::new(3, 10, Msg::Inv, None);
+        assert!(!run.push(12, Msg::Inv, None));
+        assert!(!run.push(11, Msg::InvAck, None));
+        assert!(run.push(11, Msg::Inv, None));
+        assert!(!run.push(12, Msg::Recall { keep: true }, None));
+        assert_eq!(
+            run.finish(),
+            PageMsg {
+                vm: 3,
+                page: 10,
+                count: 2,
+                msg: Msg::Inv
+            }
+            .encode(None)
+        );
     }
 }

@@ -24,9 +24,9 @@ struct ChannelLink {
 }
 
 impl Link for ChannelLink {
-    fn send(&self, to: NodeId, msg: &PageMsg, page: Option<&[u8]>) -> Result<(), String> {
+    fn send(&self, to: NodeId, message: Vec<u8>) -> Result<(), String> {
         self.to[to as usize]
-            .send((self.from, msg.encode(page)))
+            .send((self.from, message))
             .map_err(|_| "gone".to_string())
     }
 }
@@ -246,25 +246,13 @@ fn malformed_and_misdirected_messages_are_refused() {
     let r = &nodes[1].region;
     let bad = |e: CoherenceError| e.to_string();
     assert!(bad(r.deliver(0, b"garbage").unwrap_err()).contains("bad page message"));
-    let other_vm = PageMsg {
-        vm: 7,
-        page: 0,
-        msg: pop_dsm::protocol::Msg::Inv,
-    };
+    let other_vm = PageMsg::one(7, 0, pop_dsm::protocol::Msg::Inv);
     assert!(r.deliver(0, &other_vm.encode(None)).is_err());
-    let beyond = PageMsg {
-        vm: 42,
-        page: 1 << 20,
-        msg: pop_dsm::protocol::Msg::Inv,
-    };
+    let beyond = PageMsg::one(42, 1 << 20, pop_dsm::protocol::Msg::Inv);
     assert!(r.deliver(0, &beyond.encode(None)).is_err());
     // An invalidation of a page node 1 does not hold breaks the protocol: refused, and the
     // region is failed from then on (its VM must end).
-    let inv = PageMsg {
-        vm: 42,
-        page: 0,
-        msg: pop_dsm::protocol::Msg::Inv,
-    };
+    let inv = PageMsg::one(42, 0, pop_dsm::protocol::Msg::Inv);
     let e = r.deliver(0, &inv.encode(None)).unwrap_err();
     assert!(matches!(e, CoherenceError::Protocol(_)), "{e}");
     assert!(r.failure().is_some());

@@ -32,20 +32,10 @@ impl MeshLink {
 }
 
 impl Link for MeshLink {
-    fn send(
-        &self,
-        to: NodeId,
-        msg: &PageMsg,
-        page: Option<&[u8]>,
-    ) -> std::result::Result<(), String> {
+    fn send(&self, to: NodeId, message: Vec<u8>) -> std::result::Result<(), String> {
         let node = self.node.upgrade().ok_or("this node is shutting down")?;
-        node.send(
-            to,
-            MsgType::Page.number(),
-            Priority::Page,
-            &msg.encode(page),
-        )
-        .map_err(|e| e.to_string())
+        node.send(to, MsgType::Page.number(), Priority::Page, &message)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -86,11 +86,7 @@ fn counters_updated_from_three_nodes_over_the_mesh_end_exact() {
 fn a_page_message_for_a_vm_without_a_region_is_refused() {
     let m = mesh::mesh(2);
     let _c = copies(&m, 5);
-    let msg = pop_dsm::message::PageMsg {
-        vm: 6,
-        page: 0,
-        msg: pop_dsm::protocol::Msg::GetS,
-    };
+    let msg = pop_dsm::message::PageMsg::one(6, 0, pop_dsm::protocol::Msg::GetS);
     let e = m.regions[0].deliver(1, &msg.encode(None)).unwrap_err();
     assert!(e.to_string().contains("no shared region"), "{e}");
     assert!(m.regions[0].deliver(1, b"short").is_err());
