@@ -170,6 +170,8 @@ struct Inner {
     last_read: Option<u32>,
     /// How many pages the next sequential read fault asks for ahead.
     ahead: u32,
+    /// Whether the last read fault was a scan's (its window ends at `last_read`).
+    scanning: bool,
 }
 
 struct HomeSide {
@@ -289,6 +291,7 @@ impl Coherent {
                 failed: None,
                 last_read: None,
                 ahead: READ_AHEAD,
+                scanning: false,
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -531,13 +534,22 @@ impl Shared {
             }
             return self.fill_if_empty(inner, page);
         }
+        let Some(request) = cache.fault(f.write) else {
+            // On its way already: the answer wakes the toucher (a scan that caught up with
+            // what it asked for asks for more).
+            return match f.write {
+                true => Ok(()),
+                false => self.scan_on(inner, page),
+            };
+        };
+        self.count_fault(f.write);
         if f.write {
-            return self.within(inner, |s, inner, b| s.ask(inner, b, page..page + 1, true));
+            return self.within(inner, |s, _, b| s.route(b, request, None));
         }
         // A read of the page after the last one asked for: a sequential scan, whose next
         // pages are asked for now, in the same message (their answers come back while this
         // one is used), more of them at each such fault.
-        let sequential = inner.last_read == page.checked_sub(1);
+        let sequential = page > 0 && inner.last_read == Some(page - 1);
         inner.ahead = if sequential {
             (inner.ahead * 2).min(READ_AHEAD_MAX)
         } else {
@@ -549,7 +561,28 @@ impl Shared {
             page + 1
         };
         inner.last_read = Some(end - 1);
-        self.within(inner, |s, inner, b| s.ask(inner, b, page..end, false))
+        inner.scanning = sequential;
+        self.within(inner, |s, inner, b| {
+            s.route(b, request, None)?;
+            s.ask(inner, b, page + 1..end, false)
+        })
+    }
+
+    /// A scan's touch of `page`, which it asked for already (still on its way): if less
+    /// than half a window of what it asked for is left after `page`, it asks for the next
+    /// window now, so the pages keep coming while it reads.
+    fn scan_on(&self, inner: &mut Inner, page: u32) -> Result<(), CoherenceError> {
+        let Some(last) = inner.last_read.filter(|_| inner.scanning) else {
+            return Ok(());
+        };
+        if page > last || last - page >= inner.ahead / 2 || last + 1 >= self.pages {
+            return Ok(());
+        }
+        inner.ahead = (inner.ahead * 2).min(READ_AHEAD_MAX);
+        let start = last + 1;
+        let end = (start + inner.ahead).min(self.pages);
+        inner.last_read = Some(end - 1);
+        self.within(inner, |s, inner, b| s.ask(inner, b, start..end, false))
     }
 
     /// Asks for the pages of `pages` this node may not yet touch as `write` needs (a fault
@@ -822,6 +855,10 @@ impl Shared {
         let last = b.places.last().map(|x| x.0).max(b.drops.last().copied());
         if last.is_some_and(|l| l >= w.page) {
             self.apply(b)?;
+        }
+        if !matches!(w.msg, Msg::Recall { .. }) && b.protected.contains(&w.page) {
+            // Its protection changes: it is not protected ahead of a recall any more.
+            b.protected = 0..0;
         }
         let p = w.page as usize;
         let addr = self.addr(w.page);

@@ -218,6 +218,102 @@ fn pages_the_home_had_go_to_the_others_and_come_back() {
 }
 
 #[test]
+fn scans_writes_and_reads_on_three_nodes_never_see_a_counter_go_back() {
+    // Each thread, on its node, now scans pages 0..16 in order (its reads ask ahead and take
+    // pages no one shares), now increments the counter of one page: no thread ever sees a
+    // page's counter smaller than it saw before, and the counters end exact.
+    const PAGES: u64 = 16;
+    const ROUNDS: u64 = 300;
+    let nodes = Arc::new(cluster(3, |_| {}));
+    let threads: Vec<_> = (0..6u64)
+        .map(|t| {
+            let nodes = nodes.clone();
+            std::thread::spawn(move || {
+                let node = &nodes[(t % 3) as usize];
+                let mut seen = [0u64; PAGES as usize];
+                for r in 0..ROUNDS {
+                    for p in 0..PAGES {
+                        let v = node.word(p, 0).load(Ordering::SeqCst);
+                        assert!(
+                            v >= seen[p as usize],
+                            "thread {t}: page {p} went back from {} to {v}",
+                            seen[p as usize]
+                        );
+                        seen[p as usize] = v;
+                    }
+                    node.word((r * 7 + t) % PAGES, 0)
+                        .fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total: u64 = (0..PAGES)
+        .map(|p| nodes[0].word(p, 0).load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(total, 6 * ROUNDS);
+    for n in nodes.iter() {
+        assert_eq!(n.region.failure(), None);
+    }
+}
+
+#[test]
+fn a_spin_barrier_of_threads_changing_nodes_is_never_passed_early() {
+    // Six threads, each on another node every round, scan pages, bump one, then meet at a
+    // barrier spun on one word (everybody's increments land before anybody reads past it)
+    // and at a second one.
+    const T: u64 = 6;
+    const ROUNDS: u64 = 200;
+    let nodes = Arc::new(cluster(3, |_| {}));
+    let threads: Vec<_> = (0..T)
+        .map(|t| {
+            let nodes = nodes.clone();
+            std::thread::spawn(move || {
+                for r in 0..ROUNDS {
+                    let node = &nodes[((t + r) % 3) as usize];
+                    for p in 4..20 {
+                        node.word(p, 1).load(Ordering::SeqCst);
+                    }
+                    node.word((4 + (t + r) % 16) as u64, 2)
+                        .fetch_add(1, Ordering::SeqCst);
+                    node.word(0, 0).fetch_add(1, Ordering::SeqCst);
+                    let mut spins = 0u64;
+                    loop {
+                        let v = node.word(0, 0).load(Ordering::SeqCst);
+                        assert!(v <= (r + 1) * T + T, "thread {t} round {r}: {v}");
+                        if v >= (r + 1) * T {
+                            break;
+                        }
+                        spins += 1;
+                        if spins % 64 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    // Everybody arrived: the count is at least this round's.
+                    let node = &nodes[((t + r + 1) % 3) as usize];
+                    let v = node.word(0, 0).load(Ordering::SeqCst);
+                    assert!(v >= (r + 1) * T, "thread {t} round {r}: early, {v}");
+                    // Second barrier on word 1.
+                    node.word(0, 1).fetch_add(1, Ordering::SeqCst);
+                    while node.word(0, 1).load(Ordering::SeqCst) < (r + 1) * T {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let sum: u64 = (4..20)
+        .map(|p| nodes[0].word(p, 2).load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(sum, T * ROUNDS);
+}
+
+#[test]
 fn a_pinned_page_is_not_taken_away_until_the_pin_ends() {
     let nodes = Arc::new(cluster(3, |_| {}));
     let pin = nodes[1].region.acquire(6 * PAGE_SIZE, 16, true).unwrap();

@@ -780,6 +780,7 @@ impl Spans {
                 if let Some(spans) = spans.upgrade() {
                     lock(&spans.shells).remove(&vm_id);
                     if let Some(region) = spans.regions.remove(vm_id) {
+                        tracing::debug!(vm = vm_id, stats = ?region.stats(), "shell ended");
                         region.fail("the VM ended");
                     }
                 }
