@@ -276,7 +276,7 @@ fn a_spin_barrier_of_threads_changing_nodes_is_never_passed_early() {
                     for p in 4..20 {
                         node.word(p, 1).load(Ordering::SeqCst);
                     }
-                    node.word((4 + (t + r) % 16) as u64, 2)
+                    node.word(4 + (t + r) % 16, 2)
                         .fetch_add(1, Ordering::SeqCst);
                     node.word(0, 0).fetch_add(1, Ordering::SeqCst);
                     let mut spins = 0u64;
@@ -287,7 +287,7 @@ fn a_spin_barrier_of_threads_changing_nodes_is_never_passed_early() {
                             break;
                         }
                         spins += 1;
-                        if spins % 64 == 0 {
+                        if spins.is_multiple_of(64) {
                             std::thread::yield_now();
                         }
                     }
