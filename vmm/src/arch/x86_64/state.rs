@@ -7,8 +7,8 @@
 //! out of bounds.
 
 use kvm_bindings::{
-    Msrs, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
+    KVM_MP_STATE_RUNNABLE, Msrs, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::VcpuFd;
 
@@ -106,13 +106,23 @@ impl VcpuState {
     /// Reads the state of `fd`. Call it on a vCPU that is not running, after any pending
     /// MMIO was completed (see `Vcpu::complete_pending`).
     pub fn save(fd: &VcpuFd) -> Result<VcpuState, kvm_ioctls::Error> {
+        // Each vCPU ioctl makes KVM reload the host's state for the vCPU, which nested KVM
+        // pays for with trapped MSR reads: what is implied is not asked for.
         let regs = fd.get_regs()?;
         let sregs = fd.get_sregs()?;
-        let fpu = fd.get_fpu()?;
         let xsave = fd.get_xsave().ok().map(|x| Box::new(x.region));
+        // The XSAVE area holds the legacy FPU/SSE state too (`restore` then ignores `fpu`).
+        let fpu = match xsave {
+            Some(_) => kvm_fpu::default(),
+            None => fd.get_fpu()?,
+        };
         let xcrs = fd.get_xcrs().ok();
         let events = fd.get_vcpu_events()?;
-        let mp_state = fd.get_mp_state()?;
+        // Without an in-kernel irqchip KVM keeps every vCPU runnable (only `KVM_SET_MP_STATE`
+        // changes it, and the VMM never calls it with anything else).
+        let mp_state = kvm_mp_state {
+            mp_state: KVM_MP_STATE_RUNNABLE,
+        };
         let mut wanted = vec![MSR_TSC];
         wanted.extend_from_slice(MSRS);
         let mut msrs = read_msrs(fd, &wanted)?;
@@ -185,7 +195,11 @@ impl VcpuState {
             at += set + 1;
         }
         fd.set_vcpu_events(&self.events)?;
-        fd.set_mp_state(self.mp_state)
+        // Every vCPU is runnable already (see `save`).
+        if self.mp_state.mp_state != KVM_MP_STATE_RUNNABLE {
+            fd.set_mp_state(self.mp_state)?;
+        }
+        Ok(())
     }
 }
 
