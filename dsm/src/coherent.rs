@@ -31,9 +31,11 @@ use std::time::Duration;
 use crate::PAGE_SIZE;
 use crate::message::{PageMsg, RunBuilder, carries_page};
 use crate::protocol::{Cache, Envelope, Home, Msg, NodeId, ProtocolError, State};
-use crate::uffd::{Fault, Uffd, resident_pages};
+use crate::uffd::{Fault, HUGE_PAGE, Staging, Uffd, resident_pages};
 
 const PAGE: usize = PAGE_SIZE as usize;
+/// Pages in a huge page.
+const HUGE_PAGES: u32 = (HUGE_PAGE / PAGE_SIZE) as u32;
 /// Pages asked for ahead of the first sequential read fault; each next one of a scan asks for
 /// twice as many, up to [`READ_AHEAD_MAX`].
 const READ_AHEAD: u32 = 64;
@@ -86,7 +88,9 @@ pub struct RegionConfig {
     pub home: NodeId,
     /// The VM's cluster-wide id, in every message.
     pub vm: u64,
-    /// Where the region is mapped in this process (page-aligned, private anonymous).
+    /// Where the region is mapped in this process (page-aligned, private anonymous,
+    /// read-write, owned by the caller; on a node other than the home nothing may touch it
+    /// while [`Coherent::start`] runs).
     pub host_base: u64,
     /// Its size (a multiple of [`PAGE_SIZE`]).
     pub len: u64,
@@ -107,8 +111,10 @@ pub struct CoherenceStats {
     pub invalidated: u64,
     /// Owned pages sent back to the home (`Recall`).
     pub recalled: u64,
-    /// Requests the directory here served (`GetS`, `GetM`), from any node.
+    /// Requests the directory here served (`GetS`, `GetM`, `GetE`), from any node.
     pub served: u64,
+    /// Huge pages a scan was given whole and that were placed as one.
+    pub huge_pages: u64,
 }
 
 #[derive(Default)]
@@ -120,6 +126,7 @@ struct Counters {
     invalidated: AtomicU64,
     recalled: AtomicU64,
     served: AtomicU64,
+    huge_pages: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -172,6 +179,25 @@ struct Inner {
     ahead: u32,
     /// Whether the last read fault was a scan's (its window ends at `last_read`).
     scanning: bool,
+    /// The huge page being gathered, if one is.
+    gather: Option<Gather>,
+    /// Where gathered pages wait (made at the first gather, kept for the next).
+    staging: Option<Staging>,
+}
+
+/// Pages of one huge page given to this node (a scan's requests answered with the pages),
+/// gathered before they are placed: once all are here, one `UFFDIO_MOVE` puts them in as one
+/// huge page, which KVM maps with one entry (each 4 KiB page placed alone costs the guest an
+/// exit at its first touch). Every page of it not here yet is on its way; a toucher of one
+/// that is here waits for the rest (they are placed together); anything else on one of them
+/// places what is here first.
+struct Gather {
+    /// Its first page.
+    first: u32,
+    /// Which of its pages are here (in the staging area, at their offsets).
+    have: Vec<bool>,
+    /// How many.
+    count: u32,
 }
 
 struct HomeSide {
@@ -210,8 +236,9 @@ type Bytes<'a> = Cow<'a, [u8]>;
 #[derive(Default)]
 struct Batch<'a> {
     queue: VecDeque<Work<'a>>,
-    /// Read copies to place (write-protected), in increasing page order.
-    places: Vec<(u32, Bytes<'a>)>,
+    /// Pages to place, in increasing page order: read copies (write-protected: `true`) and
+    /// pages this node now owns.
+    places: Vec<(u32, Bytes<'a>, bool)>,
     /// Pages to drop, in increasing order.
     drops: Vec<u32>,
     /// Pages write-protected ahead of their recalls (one ioctl for a run of recalls).
@@ -244,7 +271,8 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 impl Coherent {
     /// Registers the region with userfaultfd and starts serving its faults. On the home,
     /// every page is this node's (held Modified, its contents what the mapping has); on any
-    /// other node nothing is (the mapping is emptied).
+    /// other node nothing is (the mapping is replaced with fresh memory: nothing may touch
+    /// it meanwhile).
     pub fn start(cfg: RegionConfig, link: Arc<dyn Link>) -> Result<Coherent, CoherenceError> {
         let os = |what| move |source| crate::Error::Os { what, source };
         if cfg.len == 0
@@ -257,9 +285,16 @@ impl Coherent {
             )));
         }
         let pages = (cfg.len / PAGE_SIZE) as u32;
+        let at_home = cfg.node == cfg.home;
+        if !at_home {
+            // SAFETY: the region is the caller's private anonymous read-write mapping
+            // (`RegionConfig`), whose contents are not this node's (none of its pages are),
+            // and nothing touches it before the region starts.
+            unsafe { crate::uffd::replace_with_fresh(cfg.host_base, cfg.len) }
+                .map_err(os("emptying the shared region"))?;
+        }
         let uffd = Uffd::register_coherent(cfg.host_base, cfg.len)
             .map_err(os("registering the shared region"))?;
-        let at_home = cfg.node == cfg.home;
         let (caches, present, home) = if at_home {
             let present = resident_pages(cfg.host_base, cfg.len)
                 .map_err(os("reading which shared pages are here"))?;
@@ -270,8 +305,6 @@ impl Coherent {
             };
             (caches, present, Some(home))
         } else {
-            uffd.drop_pages(cfg.host_base, cfg.len)
-                .map_err(os("emptying the shared region"))?;
             let caches = (0..pages)
                 .map(|p| Cache::new(cfg.node, cfg.home, p))
                 .collect();
@@ -292,6 +325,8 @@ impl Coherent {
                 last_read: None,
                 ahead: READ_AHEAD,
                 scanning: false,
+                gather: None,
+                staging: None,
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -376,7 +411,7 @@ impl Coherent {
                 });
             }
             s.within(&mut inner, |s, inner, b| {
-                s.ask(inner, b, pages.clone(), write)
+                s.ask(inner, b, pages.clone(), Want::of(write))
             })?;
             inner = s
                 .changed
@@ -403,7 +438,7 @@ impl Coherent {
                     continue;
                 };
                 let pages = (offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32;
-                s.ask(inner, b, pages, write)?;
+                s.ask(inner, b, pages, Want::of(write))?;
             }
             Ok(())
         })
@@ -484,6 +519,7 @@ impl Coherent {
             invalidated: get(&c.invalidated),
             recalled: get(&c.recalled),
             served: get(&c.served),
+            huge_pages: get(&c.huge_pages),
         }
     }
 }
@@ -532,11 +568,25 @@ impl Shared {
                 let _ = self.uffd.wake(self.addr(page), PAGE_SIZE);
                 return Ok(());
             }
+            if in_gather(inner, page) {
+                // Placed with the rest of its huge page, which is on its way.
+                return self.scan_on(inner, page);
+            }
             return self.fill_if_empty(inner, page);
         }
-        let Some(request) = cache.fault(f.write) else {
-            // On its way already: the answer wakes the toucher (a scan that caught up with
-            // what it asked for asks for more).
+        // A read of the page after the last one asked for: a sequential scan, whose next
+        // pages are asked for now, in the same message (their answers come back while this
+        // one is used), more of them at each such fault. A scan's requests take the pages
+        // no other node shares (`GetE`): they arrive writable, so KVM maps them many at a
+        // time, and nothing is left behind to invalidate.
+        let sequential = !f.write && page > 0 && inner.last_read == Some(page - 1);
+        let want = match (f.write, sequential) {
+            (true, _) => Want::Write,
+            (false, true) => Want::Scan,
+            (false, false) => Want::Read,
+        };
+        let Some(request) = want.fault(cache) else {
+            // On its way already: the answer wakes the toucher.
             return match f.write {
                 true => Ok(()),
                 false => self.scan_on(inner, page),
@@ -546,17 +596,13 @@ impl Shared {
         if f.write {
             return self.within(inner, |s, _, b| s.route(b, request, None));
         }
-        // A read of the page after the last one asked for: a sequential scan, whose next
-        // pages are asked for now, in the same message (their answers come back while this
-        // one is used), more of them at each such fault.
-        let sequential = page > 0 && inner.last_read == Some(page - 1);
         inner.ahead = if sequential {
             (inner.ahead * 2).min(READ_AHEAD_MAX)
         } else {
             READ_AHEAD
         };
         let end = if sequential {
-            (page + 1 + inner.ahead).min(self.pages)
+            self.window_end(page + 1 + inner.ahead)
         } else {
             page + 1
         };
@@ -564,13 +610,21 @@ impl Shared {
         inner.scanning = sequential;
         self.within(inner, |s, inner, b| {
             s.route(b, request, None)?;
-            s.ask(inner, b, page + 1..end, false)
+            s.ask(inner, b, page + 1..end, want)
         })
     }
 
-    /// A scan's touch of `page`, which it asked for already (still on its way): if less
-    /// than half a window of what it asked for is left after `page`, it asks for the next
-    /// window now, so the pages keep coming while it reads.
+    /// The end of a scan's window that would end at `end`: the next huge-page boundary, so a
+    /// huge page is asked for whole (and gathered), or the region's end.
+    fn window_end(&self, end: u32) -> u32 {
+        let at = self.addr(end.min(self.pages));
+        let to_boundary = at.next_multiple_of(HUGE_PAGE) - at;
+        (end + (to_boundary / PAGE_SIZE) as u32).min(self.pages)
+    }
+
+    /// A scan's touch of `page`, which it asked for already (still on its way, or gathered):
+    /// if less than half a window of what it asked for is left after `page`, it asks for the
+    /// next window now, so the pages keep coming while it reads.
     fn scan_on(&self, inner: &mut Inner, page: u32) -> Result<(), CoherenceError> {
         let Some(last) = inner.last_read.filter(|_| inner.scanning) else {
             return Ok(());
@@ -580,26 +634,27 @@ impl Shared {
         }
         inner.ahead = (inner.ahead * 2).min(READ_AHEAD_MAX);
         let start = last + 1;
-        let end = (start + inner.ahead).min(self.pages);
+        let end = self.window_end(start + inner.ahead);
         inner.last_read = Some(end - 1);
-        self.within(inner, |s, inner, b| s.ask(inner, b, start..end, false))
+        self.within(inner, |s, inner, b| s.ask(inner, b, start..end, Want::Scan))
     }
 
-    /// Asks for the pages of `pages` this node may not yet touch as `write` needs (a fault
+    /// Asks for the pages of `pages` this node may not yet touch as `want` needs (a fault
     /// for each; those already on their way are left to their requests).
     fn ask(
         &self,
         inner: &mut Inner,
         b: &mut Batch<'_>,
         pages: std::ops::Range<u32>,
-        write: bool,
+        want: Want,
     ) -> Result<(), CoherenceError> {
+        let write = want == Want::Write;
         for p in pages {
             let cache = &mut inner.caches[p as usize];
             if cache.allows(write) {
                 continue;
             }
-            if let Some(request) = cache.fault(write) {
+            if let Some(request) = want.fault(cache) {
                 self.count_fault(write);
                 self.route(b, request, None)?;
             }
@@ -626,6 +681,9 @@ impl Shared {
     /// Gives a page this node may touch but that holds no data zeros (write-protected if it
     /// is a read copy).
     fn fill_if_empty(&self, inner: &mut Inner, page: u32) -> Result<(), CoherenceError> {
+        if in_gather(inner, page) {
+            self.place_gathered(inner)?;
+        }
         if inner.present[page as usize] {
             return Ok(());
         }
@@ -752,9 +810,9 @@ impl Shared {
     /// one `madvise`.
     fn apply(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
         let places = std::mem::take(&mut b.places);
-        for run in places.chunk_by(|x, y| y.0 == x.0 + 1) {
-            let (first, last) = (run[0].0, run[run.len() - 1].0);
-            let borrowed = run.iter().all(|(_, c)| matches!(c, Cow::Borrowed(_)));
+        for run in places.chunk_by(|x, y| y.0 == x.0 + 1 && y.2 == x.2) {
+            let (first, last, protect) = (run[0].0, run[run.len() - 1].0, run[0].2);
+            let borrowed = run.iter().all(|(_, c, _)| matches!(c, Cow::Borrowed(_)));
             let from_source = b.source.filter(|&(at, src)| {
                 borrowed && first >= at && ((last - at + 1) as usize) * PAGE <= src.len()
             });
@@ -766,14 +824,17 @@ impl Shared {
                 None => {
                     gathered = run
                         .iter()
-                        .flat_map(|(_, c)| c.iter().copied())
+                        .flat_map(|(_, c, _)| c.iter().copied())
                         .collect::<Vec<u8>>();
                     &gathered[..]
                 }
             };
-            self.uffd
-                .copy_protected(self.addr(first), bytes)
-                .map_err(Self::os("placing read copies"))?;
+            if protect {
+                self.uffd.copy_protected(self.addr(first), bytes)
+            } else {
+                self.uffd.copy_run(self.addr(first), bytes)
+            }
+            .map_err(Self::os("placing pages"))?;
         }
         let drops = std::mem::take(&mut b.drops);
         for run in drops.chunk_by(|x, y| *y == x + 1) {
@@ -797,7 +858,7 @@ impl Shared {
                 w.msg, w.page, w.from
             )));
         };
-        if matches!(w.msg, Msg::GetS | Msg::GetM) {
+        if matches!(w.msg, Msg::GetS | Msg::GetM | Msg::GetE) {
             bump(&self.counters.served);
         }
         let out = home.dir.handle(w.from, w.page, w.msg)?;
@@ -860,6 +921,9 @@ impl Shared {
             // Its protection changes: it is not protected ahead of a recall any more.
             b.protected = 0..0;
         }
+        if in_gather(inner, w.page) && !matches!(w.msg, Msg::DataM(_)) {
+            self.place_gathered(inner)?;
+        }
         let p = w.page as usize;
         let addr = self.addr(w.page);
         let out = inner.caches[p].handle(w.msg)?;
@@ -921,17 +985,26 @@ impl Shared {
                     .bytes
                     .filter(|c| c.len() == PAGE)
                     .ok_or_else(no_contents)?;
-                b.places.push((w.page, page));
+                b.places.push((w.page, page, true));
                 inner.present[p] = true;
+            }
+            Msg::DataM(_) if !present => {
+                bump(&self.counters.fetched);
+                let page = w
+                    .bytes
+                    .filter(|c| c.len() == PAGE)
+                    .ok_or_else(no_contents)?;
+                if !self.gathered(inner, w.page, &page)? {
+                    b.places.push((w.page, page, false));
+                    inner.present[p] = true;
+                }
             }
             Msg::DataM(_) => {
                 bump(&self.counters.fetched);
                 let page = w.bytes.as_deref().ok_or_else(no_contents)?;
-                if present {
-                    self.uffd
-                        .drop_pages(addr, PAGE_SIZE)
-                        .map_err(Self::os("replacing a stale copy"))?;
-                }
+                self.uffd
+                    .drop_pages(addr, PAGE_SIZE)
+                    .map_err(Self::os("replacing a stale copy"))?;
                 self.uffd
                     .copy(addr, page)
                     .map_err(Self::os("placing a page"))?;
@@ -947,7 +1020,7 @@ impl Shared {
                     self.fill_if_empty(inner, w.page)?;
                 }
             }
-            Msg::GetS | Msg::GetM | Msg::InvAck | Msg::Flush(_) => {}
+            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_) => {}
         }
         for env in out {
             let bytes = matches!(env.msg, Msg::Flush(_))
@@ -956,6 +1029,105 @@ impl Shared {
             self.route(b, env, bytes)?;
         }
         Ok(())
+    }
+
+    /// The first page of the huge page `page` is in, if all of that huge page is in the
+    /// region.
+    fn huge_first(&self, page: u32) -> Option<u32> {
+        let start = self.addr(page) & !(HUGE_PAGE - 1);
+        let base = self.cfg.host_base;
+        (start >= base && start + HUGE_PAGE <= base + self.cfg.len)
+            .then(|| ((start - base) / PAGE_SIZE) as u32)
+    }
+
+    /// Takes `page`, just given to this node, into the huge page being gathered, or starts
+    /// gathering its huge page if it is the first page of one whose other pages are all on
+    /// their way here as a scan's; places the huge page once it is whole. `false`: not
+    /// gathered (the caller places it).
+    fn gathered(&self, inner: &mut Inner, page: u32, bytes: &[u8]) -> Result<bool, CoherenceError> {
+        if !self.uffd.can_move() {
+            return Ok(false);
+        }
+        let Some(first) = self.huge_first(page) else {
+            return Ok(false);
+        };
+        let current = inner.gather.as_ref().is_some_and(|g| g.first == first);
+        if !current {
+            let all_coming = page == first
+                && (first..first + HUGE_PAGES).all(|q| {
+                    let c = &inner.caches[q as usize];
+                    !inner.present[q as usize] && (q == first || (c.waiting.is_some() && c.may_own))
+                });
+            if !all_coming {
+                return Ok(false);
+            }
+            self.place_gathered(inner)?;
+            if inner.staging.is_none() {
+                let staging = Staging::new(HUGE_PAGE).map_err(Self::os("making a staging area"))?;
+                inner.staging = Some(staging);
+            }
+            inner.gather = Some(Gather {
+                first,
+                have: vec![false; HUGE_PAGES as usize],
+                count: 0,
+            });
+        }
+        let (Some(g), Some(staging)) = (inner.gather.as_mut(), inner.staging.as_mut()) else {
+            return Ok(false);
+        };
+        let at = (page - first) as usize;
+        staging.bytes()[at * PAGE..][..PAGE].copy_from_slice(bytes);
+        if !g.have[at] {
+            g.have[at] = true;
+            g.count += 1;
+        }
+        if g.count == HUGE_PAGES {
+            let offsets: Vec<u64> = (0..HUGE_PAGE).step_by(PAGE).collect();
+            self.uffd
+                .move_in(self.addr(first), staging.bytes(), &offsets)
+                .map_err(Self::os("moving in a huge page"))?;
+            staging
+                .clear()
+                .map_err(Self::os("emptying the staging area"))?;
+            for q in first..first + HUGE_PAGES {
+                inner.present[q as usize] = true;
+            }
+            inner.gather = None;
+            bump(&self.counters.huge_pages);
+        }
+        Ok(true)
+    }
+
+    /// Places the pages gathered so far one by one (something needs one of them before
+    /// the huge page is whole), and stops gathering.
+    fn place_gathered(&self, inner: &mut Inner) -> Result<(), CoherenceError> {
+        let (Some(g), Some(staging)) = (inner.gather.take(), inner.staging.as_mut()) else {
+            return Ok(());
+        };
+        let bytes = staging.bytes();
+        let mut at = 0;
+        while at < HUGE_PAGES as usize {
+            if !g.have[at] {
+                at += 1;
+                continue;
+            }
+            let end = (at..HUGE_PAGES as usize)
+                .find(|&i| !g.have[i])
+                .unwrap_or(HUGE_PAGES as usize);
+            self.uffd
+                .copy_run(
+                    self.addr(g.first + at as u32),
+                    &bytes[at * PAGE..end * PAGE],
+                )
+                .map_err(Self::os("placing gathered pages"))?;
+            for i in at..end {
+                inner.present[g.first as usize + i] = true;
+            }
+            at = end;
+        }
+        staging
+            .clear()
+            .map_err(Self::os("emptying the staging area"))
     }
 
     /// On the home, before its read copy of `page` goes: if that copy is what the directory
@@ -990,6 +1162,39 @@ impl Shared {
             end += 1;
         }
         end
+    }
+}
+
+/// Whether `page` is in the huge page being gathered (here or on its way).
+fn in_gather(inner: &Inner, page: u32) -> bool {
+    inner
+        .gather
+        .as_ref()
+        .is_some_and(|g| (g.first..g.first + HUGE_PAGES).contains(&page))
+}
+
+/// What a fault asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// A read copy (`GetS`).
+    Read,
+    /// The page, to write (`GetM`).
+    Write,
+    /// A read copy, or the page if no other node shares it (`GetE`): a sequential scan's.
+    Scan,
+}
+
+impl Want {
+    fn of(write: bool) -> Want {
+        if write { Want::Write } else { Want::Read }
+    }
+
+    fn fault(self, cache: &mut Cache) -> Option<Envelope> {
+        match self {
+            Want::Read => cache.fault(false),
+            Want::Write => cache.fault(true),
+            Want::Scan => cache.fault_scan(),
+        }
     }
 }
 

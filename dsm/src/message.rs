@@ -97,6 +97,7 @@ impl PageMsg {
             8 => Msg::Data(0),
             9 => Msg::DataM(0),
             10 => Msg::Grant,
+            11 => Msg::GetE,
             _ => return Err(WireError("unknown page message")),
         };
         let count = d.u16()? as u32;
@@ -193,6 +194,7 @@ fn kind(msg: Msg) -> u8 {
         Msg::Data(_) => 8,
         Msg::DataM(_) => 9,
         Msg::Grant => 10,
+        Msg::GetE => 11,
     }
 }
 
@@ -214,6 +216,7 @@ mod tests {
             Msg::Data(0),
             Msg::DataM(0),
             Msg::Grant,
+            Msg::GetE,
         ] {
             let m = PageMsg::one(7, 3, msg);
             let bytes = m.encode(Some(&page));

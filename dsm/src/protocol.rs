@@ -55,6 +55,10 @@ pub enum Msg {
     GetS,
     /// Node to home: give me the only, writable copy.
     GetM,
+    /// Node to home: give me a read copy, or the page itself if no node holds a read copy
+    /// (a sequential scan's: the page then moves, writable, and no copy is left behind to
+    /// protect and invalidate).
+    GetE,
     /// Home to node: drop your read copy and say so.
     Inv,
     /// Node to home: dropped.
@@ -77,7 +81,10 @@ pub enum Msg {
 impl Msg {
     /// Whether the message goes to the page's home (else to a node's cache).
     pub fn to_home(self) -> bool {
-        matches!(self, Msg::GetS | Msg::GetM | Msg::InvAck | Msg::Flush(_))
+        matches!(
+            self,
+            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_)
+        )
     }
 }
 
@@ -105,6 +112,8 @@ enum Txn {
         writer: NodeId,
         acks: u32,
         upgrade: bool,
+        /// A scan's (`GetE`) taking the page.
+        scan: bool,
     },
 }
 
@@ -113,6 +122,9 @@ enum Txn {
 pub struct Directory {
     /// The node holding the page Modified, if any.
     owner: Option<NodeId>,
+    /// Whether the owner took the page with a scan (`GetE`): another scan then gets a read
+    /// copy, so that a page several nodes read settles as read copies.
+    scan_owned: bool,
     /// The nodes holding it Shared.
     sharers: BTreeSet<NodeId>,
     /// The contents, while no node owns the page.
@@ -161,6 +173,7 @@ impl Home {
     fn with_owner(id: NodeId, pages: usize, owner: Option<NodeId>) -> Home {
         let entry = Directory {
             owner,
+            scan_owned: false,
             sharers: BTreeSet::new(),
             contents: 0,
             busy: None,
@@ -202,7 +215,7 @@ impl Home {
             })
         };
         match msg {
-            Msg::GetS | Msg::GetM => {
+            Msg::GetS | Msg::GetM | Msg::GetE => {
                 entry.waiting.push_back((from, msg));
             }
             Msg::InvAck => match &mut entry.busy {
@@ -224,6 +237,7 @@ impl Home {
                     writer,
                     acks,
                     upgrade,
+                    scan,
                 }) if acks > 0 && entry.owner == Some(from) => {
                     entry.contents = contents;
                     entry.owner = None;
@@ -231,6 +245,7 @@ impl Home {
                         writer,
                         acks: acks - 1,
                         upgrade,
+                        scan,
                     });
                 }
                 _ => return Err(bad(entry)),
@@ -244,9 +259,11 @@ impl Home {
             writer,
             acks: 0,
             upgrade,
+            scan,
         }) = entry.busy
         {
             entry.owner = Some(writer);
+            entry.scan_owned = scan;
             entry.busy = None;
             send(&mut out, writer, grant(upgrade, entry.contents));
         }
@@ -255,46 +272,55 @@ impl Home {
             let Some((node, request)) = entry.waiting.pop_front() else {
                 break;
             };
-            match request {
-                Msg::GetS => match entry.owner {
+            // A scan's request takes the page if no node holds a read copy of it.
+            let read = match request {
+                Msg::GetS => true,
+                Msg::GetE => !entry.sharers.is_empty() || entry.scan_owned,
+                _ => false,
+            };
+            if read {
+                match entry.owner {
                     Some(owner) => {
                         entry.busy = Some(Txn::Read { reader: node });
+                        entry.scan_owned = false;
                         send(&mut out, owner, Msg::Recall { keep: true });
                     }
                     None => {
                         entry.sharers.insert(node);
                         send(&mut out, node, Msg::Data(entry.contents));
                     }
-                },
-                _ => {
-                    // No one can drop the writer's read copy before the grant: only this
-                    // transaction could invalidate it.
-                    let upgrade = entry.sharers.contains(&node);
-                    let others: Vec<NodeId> = entry
-                        .sharers
-                        .iter()
-                        .copied()
-                        .filter(|&s| s != node)
-                        .collect();
-                    let mut acks = others.len() as u32;
-                    for s in others {
-                        send(&mut out, s, Msg::Inv);
-                    }
-                    entry.sharers.clear();
-                    if let Some(owner) = entry.owner {
-                        acks += 1;
-                        send(&mut out, owner, Msg::Recall { keep: false });
-                    }
-                    if acks == 0 {
-                        entry.owner = Some(node);
-                        send(&mut out, node, grant(upgrade, entry.contents));
-                    } else {
-                        entry.busy = Some(Txn::Write {
-                            writer: node,
-                            acks,
-                            upgrade,
-                        });
-                    }
+                }
+            } else {
+                // No one can drop the writer's read copy before the grant: only this
+                // transaction could invalidate it.
+                let upgrade = entry.sharers.contains(&node);
+                let others: Vec<NodeId> = entry
+                    .sharers
+                    .iter()
+                    .copied()
+                    .filter(|&s| s != node)
+                    .collect();
+                let mut acks = others.len() as u32;
+                for s in others {
+                    send(&mut out, s, Msg::Inv);
+                }
+                entry.sharers.clear();
+                if let Some(owner) = entry.owner {
+                    acks += 1;
+                    send(&mut out, owner, Msg::Recall { keep: false });
+                }
+                let scan = request == Msg::GetE;
+                if acks == 0 {
+                    entry.owner = Some(node);
+                    entry.scan_owned = scan;
+                    send(&mut out, node, grant(upgrade, entry.contents));
+                } else {
+                    entry.busy = Some(Txn::Write {
+                        writer: node,
+                        acks,
+                        upgrade,
+                        scan,
+                    });
                 }
             }
         }
@@ -350,6 +376,8 @@ pub struct Cache {
     pub contents: Contents,
     /// The access it faulted on and waits for: `Some(false)` a read, `Some(true)` a write.
     pub waiting: Option<bool>,
+    /// Whether the read it waits for was asked with `GetE` (so the page itself may come).
+    pub may_own: bool,
 }
 
 impl Cache {
@@ -362,6 +390,7 @@ impl Cache {
             state: State::Invalid,
             contents: 0,
             waiting: None,
+            may_own: false,
         }
     }
 
@@ -393,6 +422,17 @@ impl Cache {
         }
         self.waiting = Some(write);
         Some(self.envelope(if write { Msg::GetM } else { Msg::GetS }))
+    }
+
+    /// A read fault of a sequential scan: as [`Cache::fault`] for a read, but the request
+    /// (`GetE`) takes the page itself if no node holds a read copy of it.
+    pub fn fault_scan(&mut self) -> Option<Envelope> {
+        let request = self.fault(false)?;
+        self.may_own = true;
+        Some(Envelope {
+            msg: Msg::GetE,
+            ..request
+        })
     }
 
     fn envelope(&self, msg: Msg) -> Envelope {
@@ -434,6 +474,7 @@ impl Cache {
                 }
                 self.state = State::Shared;
                 self.contents = contents;
+                self.may_own = false;
                 // A write that came while the read was on its way asks for the page now.
                 if self.waiting == Some(true) {
                     out.push(self.envelope(Msg::GetM));
@@ -442,12 +483,18 @@ impl Cache {
                 }
             }
             Msg::DataM(contents) => {
-                if self.waiting != Some(true) || self.state == State::Modified {
+                // A write's answer, or a scan's that took the page.
+                let scan = self.may_own && self.state == State::Invalid;
+                if self.waiting.is_none()
+                    || (self.waiting == Some(false) && !scan)
+                    || self.state == State::Modified
+                {
                     return Err(bad(self));
                 }
                 self.state = State::Modified;
                 self.contents = contents;
                 self.waiting = None;
+                self.may_own = false;
             }
             Msg::Grant => {
                 if self.waiting != Some(true) || self.state != State::Shared {
@@ -456,7 +503,9 @@ impl Cache {
                 self.state = State::Modified;
                 self.waiting = None;
             }
-            Msg::GetS | Msg::GetM | Msg::InvAck | Msg::Flush(_) => return Err(bad(self)),
+            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_) => {
+                return Err(bad(self));
+            }
         }
         Ok(out)
     }

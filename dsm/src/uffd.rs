@@ -221,6 +221,11 @@ impl Uffd {
         Ok(left_behind)
     }
 
+    /// Whether [`Uffd::move_in`] moves pages (a whole huge page at once) rather than copying.
+    pub fn can_move(&self) -> bool {
+        self.can_move
+    }
+
     /// Fills the missing page at `dst` (page-aligned, in the range) with `page` (4 KiB) and
     /// wakes whoever waits on it. A page already present is left alone (not an error).
     pub fn copy(&self, dst: u64, page: &[u8]) -> std::io::Result<()> {
@@ -398,6 +403,46 @@ pub fn resident_pages(start: u64, len: u64) -> std::io::Result<Vec<bool>> {
         }));
     }
     Ok(out)
+}
+
+/// Replaces `[start, start + len)` (page-aligned) of this process's private anonymous
+/// read-write memory with fresh memory of the same kind: every page reads as zero, and the
+/// page tables under it are gone too (dropping pages keeps them), so that whole huge pages
+/// can be moved in ([`Uffd::move_in`]); transparent huge pages are preferred. A range
+/// registered with userfaultfd is no longer registered afterwards.
+///
+/// # Safety
+///
+/// The range must be private anonymous read-write memory that this process owns and that
+/// nothing reads or writes meanwhile (its contents are dropped; the mapping stays valid).
+pub unsafe fn replace_with_fresh(start: u64, len: u64) -> std::io::Result<()> {
+    if !start.is_multiple_of(4096) || !len.is_multiple_of(4096) || len == 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: the caller's range is its own private anonymous read-write memory; a fixed
+    // mapping of the same kind replaces it atomically (no gap another mapping could take).
+    let p = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: MADV_HUGEPAGE changes no contents or permissions; only a hint.
+    unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            len as usize,
+            libc::MADV_HUGEPAGE,
+        )
+    };
+    Ok(())
 }
 
 /// A private anonymous mapping aligned to [`HUGE_PAGE`], preferring transparent huge pages:

@@ -35,6 +35,7 @@ impl Link for ChannelLink {
 struct TestNode {
     region: Arc<Coherent>,
     base: u64,
+    len: u64,
     /// Dropped after the region (fields drop in order).
     _map: Staging,
 }
@@ -42,7 +43,7 @@ struct TestNode {
 impl TestNode {
     /// The 64-bit word `word` of page `page`, through this node's mapping.
     fn word(&self, page: u64, word: u64) -> &AtomicU64 {
-        assert!(page * PAGE_SIZE + word * 8 < HUGE_PAGE);
+        assert!(page * PAGE_SIZE + word * 8 < self.len);
         // SAFETY: the address is inside this node's live mapping (checked above), aligned to 8;
         // every access to it goes through atomics.
         unsafe { &*((self.base + page * PAGE_SIZE + word * 8) as *const AtomicU64) }
@@ -52,11 +53,16 @@ impl TestNode {
 /// `n` nodes sharing one 2 MiB region whose home (and first holder) is node 0; node 0's
 /// mapping starts with `init` applied to it.
 fn cluster(n: usize, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
+    cluster_of(n, HUGE_PAGE, init)
+}
+
+/// [`cluster`] with a region of `len` bytes (a multiple of [`HUGE_PAGE`]).
+fn cluster_of(n: usize, len: u64, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
     let (txs, rxs): (Vec<Wire>, Vec<Receiver<Carried>>) = (0..n).map(|_| channel()).unzip();
     let mut init = Some(init);
     let mut nodes = Vec::new();
     for (id, rx) in rxs.into_iter().enumerate() {
-        let mut map = Staging::new(HUGE_PAGE).unwrap();
+        let mut map = Staging::new(len).unwrap();
         if id == 0 {
             (init.take().unwrap())(map.bytes());
         }
@@ -70,7 +76,7 @@ fn cluster(n: usize, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
             home: 0,
             vm: 42,
             host_base: base,
-            len: HUGE_PAGE,
+            len,
         };
         let region = Arc::new(Coherent::start(cfg, link).unwrap());
         let serving = Arc::downgrade(&region);
@@ -87,6 +93,7 @@ fn cluster(n: usize, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
         nodes.push(TestNode {
             region,
             base,
+            len,
             _map: map,
         });
     }
@@ -138,8 +145,12 @@ fn atomic_counters_on_three_nodes_end_exact() {
     eprintln!("{stats:#?}");
     assert!(stats.iter().all(|s| s.fetched > 0), "pages did not move");
     assert!(
-        stats.iter().map(|s| s.invalidated).sum::<u64>() > 0,
-        "no read copy dropped"
+        stats
+            .iter()
+            .map(|s| s.invalidated + s.recalled)
+            .sum::<u64>()
+            > 0,
+        "no copy taken back"
     );
     assert_eq!(nodes[0].region.failure(), None);
 }
@@ -188,15 +199,28 @@ fn pages_the_home_had_go_to_the_others_and_come_back() {
         }
     });
     let expect = |i: usize| (i % 251) as u8;
-    // Node 1 reads the home's data (read copies: node 0 keeps them too)...
+    // Node 1 reads the home's data in order: the first page as a read copy (node 0 keeps
+    // one too), the next ones as a scan, which takes the pages no one else shares...
     // SAFETY: 8 pages of node 1's mapping, read through the DSM (they fault in).
     let seen = unsafe { std::slice::from_raw_parts(nodes[1].base as *const u8, 8 * 4096) };
     for (i, &b) in seen.iter().enumerate() {
         assert_eq!(b, expect(i), "byte {i}");
     }
+    assert_eq!(nodes[1].region.state(0), Some(State::Shared));
+    assert_eq!(nodes[0].region.state(0), Some(State::Shared));
+    assert_eq!(nodes[1].region.state(3), Some(State::Modified));
+    assert_eq!(nodes[0].region.state(3), Some(State::Invalid));
+    // ... node 0 reads one of those back (both keep read copies)...
+    assert_eq!(nodes[0].word(3, 7).load(Ordering::SeqCst), {
+        let mut w = [0u8; 8];
+        for (k, b) in w.iter_mut().enumerate() {
+            *b = expect(3 * 4096 + 7 * 8 + k);
+        }
+        u64::from_ne_bytes(w)
+    });
     assert_eq!(nodes[1].region.state(3), Some(State::Shared));
     assert_eq!(nodes[0].region.state(3), Some(State::Shared));
-    // ... then writes one page: node 0's copy is invalidated, and it reads the new bytes.
+    // ... then node 1 writes it: node 0's copy is invalidated, and it reads the new bytes.
     nodes[1].word(3, 7).store(0xfeed, Ordering::SeqCst);
     assert_eq!(nodes[0].region.state(3), Some(State::Invalid));
     assert_eq!(nodes[1].region.state(3), Some(State::Modified));
@@ -212,9 +236,63 @@ fn pages_the_home_had_go_to_the_others_and_come_back() {
     );
     // A page no one ever wrote reads as zeros everywhere.
     assert_eq!(nodes[1].word(200, 0).load(Ordering::SeqCst), 0);
-    assert_eq!(nodes[0].region.held_only_by(1), 0);
-    nodes[1].word(201, 0).store(1, Ordering::SeqCst);
-    assert_eq!(nodes[0].region.held_only_by(1), 1);
+    // The pages the scan took (and asked for ahead) only node 1 holds, and one it writes.
+    let taken = nodes[0].region.held_only_by(1);
+    assert!(taken >= 6, "{taken}");
+    nodes[1].word(0, 0).store(1, Ordering::SeqCst);
+    assert_eq!(nodes[0].region.held_only_by(1), taken + 1);
+}
+
+#[test]
+fn a_scan_takes_whole_huge_pages_and_gives_every_byte_back() {
+    const LEN: u64 = 4 * HUGE_PAGE;
+    let word = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let nodes = cluster_of(2, LEN, |bytes| {
+        for (i, w) in bytes.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&word(i as u64).to_ne_bytes());
+        }
+    });
+    let words = LEN / 8;
+    let at = |n: usize, i: u64| nodes[n].word(i / 512, i % 512);
+    // Node 1 reads it all in order (its scan takes the pages, huge pages gathered whole)...
+    for i in 0..words {
+        assert_eq!(
+            at(1, i).load(Ordering::Relaxed),
+            word(i),
+            "word {i} on node 1"
+        );
+    }
+    let pages = LEN / PAGE_SIZE;
+    assert!(nodes[0].region.held_only_by(1) > pages / 2);
+    let mut probe = Staging::new(HUGE_PAGE).unwrap();
+    let base = probe.bytes().as_ptr() as u64;
+    if pop_dsm::uffd::Uffd::register(base, HUGE_PAGE)
+        .unwrap()
+        .can_move()
+    {
+        // The scan starts in the first huge page: the other three come whole.
+        assert!(
+            nodes[1].region.stats().huge_pages >= 2,
+            "{:?}",
+            nodes[1].region.stats()
+        );
+    }
+    // ... writes every 97th word (its own pages: no fault but on read copies)...
+    for i in (0..words).step_by(97) {
+        at(1, i).store(!word(i), Ordering::Relaxed);
+    }
+    // ... and node 0 reads back every word, as node 1 left it.
+    for i in 0..words {
+        let expect = if i % 97 == 0 { !word(i) } else { word(i) };
+        assert_eq!(
+            at(0, i).load(Ordering::Relaxed),
+            expect,
+            "word {i} on node 0"
+        );
+    }
+    for n in &nodes {
+        assert_eq!(n.region.failure(), None);
+    }
 }
 
 #[test]

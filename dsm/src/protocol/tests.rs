@@ -1,5 +1,5 @@
-//! The protocol explored on a simulated cluster: vCPUs on the nodes run scripts of reads and
-//! writes on shared pages (two vCPUs of one node fault on a page together, so their faults
+//! The protocol explored on a simulated cluster: vCPUs on the nodes run scripts of reads,
+//! writes and scan reads (`GetE`, which may take the page) on shared pages (two vCPUs of one node fault on a page together, so their faults
 //! coalesce, and a write can join a read already asked for); messages travel on FIFO channels, one per ordered pair of nodes (as on one
 //! net-msg connection's page class), and any channel's next message, or any node's next
 //! access, may come next. Checked after every step:
@@ -21,8 +21,27 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use super::*;
 
-/// One access of a script: (page, write).
-type Access = (u32, bool);
+/// What an access does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Op {
+    /// A read (`GetS` if it faults).
+    Read,
+    /// A write (`GetM`).
+    Write,
+    /// A read of a sequential scan (`GetE`).
+    Scan,
+}
+
+use Op::{Read, Scan, Write};
+
+impl Op {
+    fn write(self) -> bool {
+        self == Write
+    }
+}
+
+/// One access of a script: (page, what).
+type Access = (u32, Op);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct World {
@@ -92,9 +111,10 @@ impl World {
     fn steps(&self) -> Vec<Step> {
         let mut steps = Vec::new();
         for (v, (n, script, done)) in self.scripts.iter().enumerate() {
-            let Some(&(page, write)) = script.get(*done) else {
+            let Some(&(page, op)) = script.get(*done) else {
                 continue;
             };
+            let write = op.write();
             // Only steps that change something: the access goes ahead, asks for the page, or
             // turns a read already asked for into a write.
             let c = &self.caches[*n][page as usize];
@@ -123,7 +143,8 @@ impl World {
         match step {
             Step::Access(v) => {
                 let (n, ref script, done) = self.scripts[v];
-                let (page, write) = script[done];
+                let (page, op) = script[done];
+                let write = op.write();
                 let latest = self.latest[page as usize];
                 let cache = &mut self.caches[n][page as usize];
                 if cache.allows(write) {
@@ -137,7 +158,10 @@ impl World {
                         ));
                     }
                     self.scripts[v].2 += 1;
-                } else if let Some(request) = cache.fault(write) {
+                } else if let Some(request) = match op {
+                    Scan => cache.fault_scan(),
+                    _ => cache.fault(write),
+                } {
                     self.send(vec![request]);
                 }
             }
@@ -234,8 +258,8 @@ fn two_nodes_one_page_every_interleaving() {
     let n = explore(
         2,
         vec![
-            (0, vec![(0, true), (0, false)]),
-            (1, vec![(0, true), (0, false)]),
+            (0, vec![(0, Write), (0, Read)]),
+            (1, vec![(0, Write), (0, Read)]),
         ],
         1,
     );
@@ -248,9 +272,9 @@ fn three_nodes_two_pages_every_interleaving() {
     let n = explore(
         3,
         vec![
-            (0, vec![(0, true), (1, false)]),
-            (1, vec![(1, true), (0, false)]),
-            (2, vec![(0, false), (1, true)]),
+            (0, vec![(0, Write), (1, Read)]),
+            (1, vec![(1, Write), (0, Read)]),
+            (2, vec![(0, Read), (1, Write)]),
         ],
         2,
     );
@@ -264,13 +288,30 @@ fn read_upgrades_and_contention_every_interleaving() {
     explore(
         3,
         vec![
-            (1, vec![(0, false), (0, true)]),
-            (1, vec![(0, true)]),
-            (0, vec![(0, true)]),
-            (2, vec![(0, true), (0, false)]),
+            (1, vec![(0, Read), (0, Write)]),
+            (1, vec![(0, Write)]),
+            (0, vec![(0, Write)]),
+            (2, vec![(0, Write), (0, Read)]),
         ],
         1,
     );
+}
+
+#[test]
+fn scans_taking_pages_beside_readers_and_writers_every_interleaving() {
+    // Node 1 scans both pages (taking those no one shares) while a second vCPU there
+    // writes one (a write joining a scan's read), node 2 reads and scans, node 0 writes.
+    let n = explore(
+        3,
+        vec![
+            (1, vec![(0, Scan), (1, Scan)]),
+            (1, vec![(1, Write)]),
+            (2, vec![(0, Read), (1, Scan)]),
+            (0, vec![(1, Write), (0, Read)]),
+        ],
+        2,
+    );
+    assert!(n > 1000, "{n}");
 }
 
 /// A small deterministic generator (xorshift).
@@ -298,7 +339,7 @@ fn random_schedules_of_longer_scripts() {
         let scripts: Vec<(usize, Vec<Access>)> = (0..vcpus)
             .map(|v| {
                 let accesses = (0..1 + rng.below(8))
-                    .map(|_| (rng.below(pages) as u32, rng.below(2) == 1))
+                    .map(|_| (rng.below(pages) as u32, [Read, Write, Scan][rng.below(3)]))
                     .collect();
                 (v % nodes, accesses)
             })
@@ -323,4 +364,47 @@ fn random_schedules_of_longer_scripts() {
             assert!(steps < 100_000, "seed {seed}: no end");
         }
     }
+}
+
+#[test]
+fn scans_writes_and_reads_of_one_page_on_three_nodes_every_interleaving() {
+    // Scans on every node taking the page from each other (or getting read copies once a
+    // scan took it), with writes between.
+    explore(
+        3,
+        vec![
+            (0, vec![(0, Scan), (0, Write), (0, Scan)]),
+            (1, vec![(0, Scan), (0, Write), (0, Read)]),
+            (2, vec![(0, Scan), (0, Scan), (0, Write)]),
+        ],
+        1,
+    );
+    explore(
+        3,
+        vec![
+            (0, vec![(0, Write), (0, Scan)]),
+            (1, vec![(0, Scan), (0, Write)]),
+            (1, vec![(0, Scan)]),
+            (2, vec![(0, Scan), (0, Read), (0, Write)]),
+        ],
+        1,
+    );
+}
+
+#[test]
+fn a_page_two_nodes_scan_settles_as_read_copies() {
+    // Node 0 (the home) holds the page; node 1's scan takes it; node 2's scan then gets a
+    // read copy (node 1 keeps one), so the page does not go back and forth between readers.
+    let mut home = Home::owning(0, 1);
+    let out = home.handle(1, 0, Msg::GetE).unwrap();
+    assert_eq!(out[0].msg, Msg::Recall { keep: false });
+    let out = home.handle(0, 0, Msg::Flush(5)).unwrap();
+    assert_eq!((out[0].to, out[0].msg), (1, Msg::DataM(5)));
+    let out = home.handle(2, 0, Msg::GetE).unwrap();
+    assert_eq!((out[0].to, out[0].msg), (1, Msg::Recall { keep: true }));
+    let out = home.handle(1, 0, Msg::Flush(5)).unwrap();
+    assert_eq!((out[0].to, out[0].msg), (2, Msg::Data(5)));
+    let (owner, sharers) = home.holders(0).unwrap();
+    assert_eq!(owner, None);
+    assert_eq!(sharers.iter().copied().collect::<Vec<_>>(), vec![1, 2]);
 }
