@@ -8,6 +8,10 @@
 //!   (`GetM`), a write to a read copy asks for the page; the toucher sleeps in the kernel
 //!   until the answer is placed (`UFFDIO_COPY`, write-protected for a read copy) or the
 //!   protection lifted (`UFFDIO_WRITEPROTECT`). Concurrent faults on a page coalesce.
+//! * A sequential read is a scan: its faults ask for the next pages ahead, in one message,
+//!   with `GetE` (a read copy, or the page itself if no node shares it). Pages a scan is
+//!   given arrive writable, so KVM maps several at once; whole huge pages of them are
+//!   gathered and moved in with one `UFFDIO_MOVE`, so KVM maps each with one entry.
 //! * The home's directory answers requests, invalidates read copies (`MADV_DONTNEED` on the
 //!   holder) and recalls the owner's page (write-protected first, so no write is lost, then
 //!   read, and dropped unless a read copy stays); it keeps a page's contents while no node

@@ -139,8 +139,9 @@ fn scan(m: &mesh::Mesh, len: u64) -> f64 {
         assert_eq!(r.failure(), None, "node {id}");
     }
     println!("scan, node 1: {:?}", regions[1].stats());
-    for id in 0..2 {
+    for (id, r) in regions.iter().enumerate() {
         m.regions[id].remove(2);
+        r.fail("the scan is over");
     }
     drop(regions);
     drop(maps);
@@ -202,6 +203,9 @@ fn main() {
     let invalidate = each_page(bases[0], write);
     for (id, r) in regions.iter().enumerate() {
         assert_eq!(r.failure(), None, "node {id}");
+    }
+    for r in &regions {
+        r.fail("the faults are timed");
     }
     println!("DSM faults, 2 nodes on loopback, {PAGES} pages each (µs; x = p50 / floor)\n");
     println!("| access | n | p50 | p99 | x floor |");

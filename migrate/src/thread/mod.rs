@@ -778,11 +778,13 @@ impl Spans {
             .spawn(move || {
                 let _ = vm.run();
                 if let Some(spans) = spans.upgrade() {
-                    lock(&spans.shells).remove(&vm_id);
+                    // The region stops before the shell (and with it the VM's memory) goes,
+                    // so a page message still on its way is dropped, not acted on.
                     if let Some(region) = spans.regions.remove(vm_id) {
                         tracing::debug!(vm = vm_id, stats = ?region.stats(), "shell ended");
                         region.fail("the VM ended");
                     }
+                    lock(&spans.shells).remove(&vm_id);
                 }
             });
         let (vm, weak_node, origin) = (

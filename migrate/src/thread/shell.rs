@@ -157,7 +157,9 @@ pub fn make(
     let vm = match Vm::restore(image, &config, fs, mem, &state, None) {
         Ok(vm) => vm,
         Err(e) => {
-            regions.remove(vm_id);
+            if let Some(region) = regions.remove(vm_id) {
+                region.fail("the shell could not be made");
+            }
             return Err(e.to_string());
         }
     };
