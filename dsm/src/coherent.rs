@@ -949,13 +949,7 @@ impl Shared {
                 if present && keep && at_home {
                     // The home keeps its read copy: what it holds is the page's contents
                     // (no copy; `Flush` without bytes says so).
-                    if !b.protected.contains(&w.page) {
-                        let end = self.recalls_after(inner, b, w.page, keep);
-                        self.uffd
-                            .write_protect(addr, (end - w.page) as u64 * PAGE_SIZE, true)
-                            .map_err(Self::os("write-protecting recalled pages"))?;
-                        b.protected = w.page..end;
-                    }
+                    self.protect_for_recall(inner, b, w.page, keep)?;
                     for env in out {
                         self.route(b, env, None)?;
                     }
@@ -963,13 +957,7 @@ impl Shared {
                 }
                 if present {
                     // Protected first: no write can land after the copy is taken.
-                    if !b.protected.contains(&w.page) {
-                        let end = self.recalls_after(inner, b, w.page, keep);
-                        self.uffd
-                            .write_protect(addr, (end - w.page) as u64 * PAGE_SIZE, true)
-                            .map_err(Self::os("write-protecting recalled pages"))?;
-                        b.protected = w.page..end;
-                    }
+                    self.protect_for_recall(inner, b, w.page, keep)?;
                     // SAFETY: the page holds data (`present`), so reading it does not
                     // fault; it is write-protected, so nothing writes it meanwhile; `page`
                     // is a separate 4 KiB buffer.
@@ -1147,6 +1135,26 @@ impl Shared {
             unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, bytes.as_mut_ptr(), PAGE) };
             home.backing[page as usize] = Backing::Bytes(bytes);
         }
+    }
+
+    /// Write-protects `page`, about to be recalled, unless it is already, with the recalls
+    /// of the same kind right after it in the batch (one ioctl for the run).
+    fn protect_for_recall(
+        &self,
+        inner: &Inner,
+        b: &mut Batch<'_>,
+        page: u32,
+        keep: bool,
+    ) -> Result<(), CoherenceError> {
+        if b.protected.contains(&page) {
+            return Ok(());
+        }
+        let end = self.recalls_after(inner, b, page, keep);
+        self.uffd
+            .write_protect(self.addr(page), (end - page) as u64 * PAGE_SIZE, true)
+            .map_err(Self::os("write-protecting recalled pages"))?;
+        b.protected = page..end;
+        Ok(())
     }
 
     /// The end of the run of recalls from `page` on: `page` and the recalls (of the same

@@ -18,14 +18,15 @@
 
 #[path = "../tests/mesh/mod.rs"]
 mod mesh;
+#[path = "../../popvmm/benches/shared/mod.rs"]
+mod shared;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use net_msg::Priority;
 use pop_dsm::PAGE_SIZE;
-use pop_dsm::coherent::RegionConfig;
+use pop_dsm::coherent::{Coherent, RegionConfig};
 use pop_dsm::uffd::Staging;
 use pop_migrate::msg::MsgType;
 
@@ -71,33 +72,21 @@ fn write(p: *mut u64) {
     unsafe { p.write_volatile(p.read_volatile().wrapping_add(1)) };
 }
 
-/// Seconds raw loopback TCP takes to move `bytes` from one thread to another (256 KiB
-/// writes into a buffer of that size), to the reader's one-byte answer.
-fn raw_tcp(bytes: usize) -> f64 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut memory = vec![0u8; bytes];
-        let (mut s, _) = l.accept().unwrap();
-        let mut n = 0;
-        while n < bytes {
-            let k = s.read(&mut memory[n..(n + (1 << 20)).min(bytes)]).unwrap();
-            assert!(k > 0);
-            n += k;
-        }
-        s.write_all(&[memory[bytes - 1]]).unwrap();
-    });
-    let memory = vec![0x5au8; bytes];
-    let mut s = TcpStream::connect(addr).unwrap();
-    let t = Instant::now();
-    for chunk in memory.chunks(256 << 10) {
-        s.write_all(chunk).unwrap();
-    }
-    let mut ack = [0u8];
-    s.read_exact(&mut ack).unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    reader.join().unwrap();
-    secs
+/// The regions of VM `vm` on nodes 0 (the home) and 1, over `maps`.
+fn start_regions(m: &mesh::Mesh, vm: u64, maps: &mut [Staging], len: u64) -> Vec<Arc<Coherent>> {
+    maps.iter_mut()
+        .enumerate()
+        .map(|(id, map)| {
+            let cfg = RegionConfig {
+                node: id as u32,
+                home: 0,
+                vm,
+                host_base: map.bytes().as_mut_ptr() as u64,
+                len,
+            };
+            m.regions[id].start(&m.nodes[id], cfg).unwrap()
+        })
+        .collect()
 }
 
 /// Node 1 reads `len` bytes node 0 (the home) wrote, word by word; returns the seconds.
@@ -107,26 +96,10 @@ fn scan(m: &mesh::Mesh, len: u64) -> f64 {
     for (i, w) in maps[0].bytes().chunks_exact_mut(8).enumerate() {
         w.copy_from_slice(&(i as u64).to_ne_bytes());
     }
-    let bases: Vec<u64> = maps
-        .iter_mut()
-        .map(|s| s.bytes().as_mut_ptr() as u64)
-        .collect();
-    let regions: Vec<_> = (0..2)
-        .map(|id| {
-            let cfg = RegionConfig {
-                node: id,
-                home: 0,
-                vm: 2,
-                host_base: bases[id as usize],
-                len,
-            };
-            m.regions[id as usize]
-                .start(&m.nodes[id as usize], cfg)
-                .unwrap()
-        })
-        .collect();
+    let node1 = maps[1].bytes().as_mut_ptr() as u64;
+    let regions = start_regions(m, 2, &mut maps, len);
     let t = Instant::now();
-    let p = bases[1] as *const u64;
+    let p = node1 as *const u64;
     let mut sum = 0u64;
     for i in 0..words {
         // SAFETY: inside node 1's mapping of the region, kept coherent by the DSM.
@@ -158,20 +131,7 @@ fn main() {
         .collect();
     // The home's pages hold data (the VM ran there), except the second half.
     maps[0].bytes()[..(PAGES * PAGE_SIZE) as usize].fill(1);
-    let regions: Vec<_> = (0..2)
-        .map(|id| {
-            let cfg = RegionConfig {
-                node: id,
-                home: 0,
-                vm: 1,
-                host_base: bases[id as usize],
-                len: LEN,
-            };
-            m.regions[id as usize]
-                .start(&m.nodes[id as usize], cfg)
-                .unwrap()
-        })
-        .collect();
+    let regions = start_regions(&m, 1, &mut maps, LEN);
 
     // The floor: a local fault served with a zero page by the same code, and a round trip.
     let local = each_page(bases[0] + LEN / 2, read);
@@ -233,7 +193,7 @@ fn main() {
 
     let len: u64 = 256 << 20;
     let secs = scan(&m, len);
-    let raw = raw_tcp(len as usize);
+    let raw = shared::raw_tcp(len, false);
     let mb = len as f64 / 1e6;
     println!(
         "\n| sequential read of 256 MiB the home wrote | time | MB/s | raw loopback TCP, same bytes | ratio |"

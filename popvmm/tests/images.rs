@@ -256,7 +256,9 @@ fn files_work_inside_mounts_and_nowhere_else() {
 
 #[test]
 fn more_threads_than_allowed_fail_cleanly() {
-    let out = launch(&["--max-threads", "2"], "primesum", &["1000"]);
+    // Enough work that the first worker still runs when the second is spawned (a worker
+    // that had already ended would have given its vCPU back).
+    let out = launch(&["--max-threads", "2"], "primesum", &["2000000"]);
     assert_eq!(out.status.code(), Some(134));
     assert!(
         stderr(&out).contains("unable to create thread"),
