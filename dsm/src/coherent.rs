@@ -600,21 +600,17 @@ impl Shared {
         if f.write {
             return self.within(inner, |s, _, b| s.route(b, request, None));
         }
-        inner.ahead = if sequential {
-            (inner.ahead * 2).min(READ_AHEAD_MAX)
+        let ahead = if sequential {
+            self.next_window(inner, page + 1)
         } else {
-            READ_AHEAD
+            inner.ahead = READ_AHEAD;
+            inner.last_read = Some(page);
+            page + 1..page + 1
         };
-        let end = if sequential {
-            self.window_end(page + 1 + inner.ahead)
-        } else {
-            page + 1
-        };
-        inner.last_read = Some(end - 1);
         inner.scanning = sequential;
         self.within(inner, |s, inner, b| {
             s.route(b, request, None)?;
-            s.ask(inner, b, page + 1..end, want)
+            s.ask(inner, b, ahead, want)
         })
     }
 
@@ -636,11 +632,17 @@ impl Shared {
         if page > last || last - page >= inner.ahead / 2 || last + 1 >= self.pages {
             return Ok(());
         }
+        let window = self.next_window(inner, last + 1);
+        self.within(inner, |s, inner, b| s.ask(inner, b, window, Want::Scan))
+    }
+
+    /// A scan's next window, from `start`: twice as many pages as the last (up to
+    /// [`READ_AHEAD_MAX`]), to a huge-page boundary; it ends the scan's asked-for pages.
+    fn next_window(&self, inner: &mut Inner, start: u32) -> std::ops::Range<u32> {
         inner.ahead = (inner.ahead * 2).min(READ_AHEAD_MAX);
-        let start = last + 1;
         let end = self.window_end(start + inner.ahead);
         inner.last_read = Some(end - 1);
-        self.within(inner, |s, inner, b| s.ask(inner, b, start..end, Want::Scan))
+        start..end
     }
 
     /// Asks for the pages of `pages` this node may not yet touch as `want` needs (a fault
