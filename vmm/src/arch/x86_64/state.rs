@@ -10,12 +10,23 @@ use kvm_bindings::{
     KVM_MP_STATE_RUNNABLE, Msrs, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{SyncReg, VcpuFd};
 
 use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 
 /// `IA32_TIME_STAMP_COUNTER`.
 pub const MSR_TSC: u32 = 0x10;
+
+/// `CR4.OSXSAVE`: without it the guest cannot run `XSETBV`, so XCR0 keeps its reset value.
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// The registers KVM copies between the vCPU and the shared `kvm_run` page around `KVM_RUN`
+/// (`KVM_CAP_SYNC_REGS`): read and written there, they cost no ioctl of their own.
+const SYNCED: [SyncReg; 3] = [
+    SyncReg::Register,
+    SyncReg::SystemRegister,
+    SyncReg::VcpuEvents,
+];
 
 /// The MSRs carried besides the TSC (the guest runs in ring 3 and uses few of them; those the
 /// host's KVM does not know are skipped).
@@ -103,21 +114,44 @@ impl VcpuState {
         [self.regs.rsp, self.sregs.fs.base]
     }
 
-    /// Reads the state of `fd`. Call it on a vCPU that is not running, after any pending
-    /// MMIO was completed (see `Vcpu::complete_pending`).
+    /// Completes what the last exit left pending (the MMIO store of a hypercall) without
+    /// running the guest — `KVM_RUN` with `immediate_exit` set, as KVM's documentation asks
+    /// before the state is saved — and has KVM store the general and system registers and
+    /// the pending events in the `kvm_run` page on the way out, for [`VcpuState::save`].
+    pub fn sync_out(fd: &mut VcpuFd) -> Result<(), kvm_ioctls::Error> {
+        for reg in SYNCED {
+            fd.set_sync_valid_reg(reg);
+        }
+        fd.set_kvm_immediate_exit(1);
+        let result = fd.run().map(|_| ());
+        fd.set_kvm_immediate_exit(0);
+        // Other exits need only the general registers (hypercall arguments).
+        fd.clear_sync_valid_reg(SyncReg::SystemRegister);
+        fd.clear_sync_valid_reg(SyncReg::VcpuEvents);
+        match result {
+            Err(e) if e.errno() != libc::EINTR && e.errno() != libc::EAGAIN => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the state of `fd`, which must not have run since [`VcpuState::sync_out`]: the
+    /// registers and events from where that left them, the rest with two ioctls.
     pub fn save(fd: &VcpuFd) -> Result<VcpuState, kvm_ioctls::Error> {
-        // Each vCPU ioctl makes KVM reload the host's state for the vCPU, which nested KVM
-        // pays for with trapped MSR reads: what is implied is not asked for.
-        let regs = fd.get_regs()?;
-        let sregs = fd.get_sregs()?;
+        // Each vCPU ioctl makes KVM reload the host's state for the vCPU (about 12 µs under
+        // this nested KVM): what is implied or synchronized is not asked for.
+        let synced = fd.sync_regs();
+        let (regs, sregs, events) = (synced.regs, synced.sregs, synced.events);
         let xsave = fd.get_xsave().ok().map(|x| Box::new(x.region));
         // The XSAVE area holds the legacy FPU/SSE state too (`restore` then ignores `fpu`).
         let fpu = match xsave {
             Some(_) => kvm_fpu::default(),
             None => fd.get_fpu()?,
         };
-        let xcrs = fd.get_xcrs().ok();
-        let events = fd.get_vcpu_events()?;
+        let xcrs = if sregs.cr4 & CR4_OSXSAVE != 0 {
+            fd.get_xcrs().ok()
+        } else {
+            None
+        };
         // Without an in-kernel irqchip KVM keeps every vCPU runnable (only `KVM_SET_MP_STATE`
         // changes it, and the VMM never calls it with anything else).
         let mp_state = kvm_mp_state {
@@ -146,15 +180,28 @@ impl VcpuState {
         })
     }
 
-    /// Writes the state into `fd` (a fresh vCPU with its CPUID set), with the guest TSC set
-    /// to `tsc` (the caller adjusts it for the time the VM was stopped).
-    pub fn restore(&self, fd: &VcpuFd, tsc: u64) -> Result<(), kvm_ioctls::Error> {
+    /// Writes the state into `fd` (a vCPU with its CPUID set), with the guest TSC set to
+    /// `tsc` (the caller adjusts it for the time the VM was stopped). The general and system
+    /// registers and the events go through the `kvm_run` page, which KVM loads with one
+    /// `KVM_RUN` that does not enter the guest. `current` is what the vCPU's system
+    /// registers are known to hold, if anything is.
+    pub fn restore(
+        &self,
+        fd: &mut VcpuFd,
+        tsc: u64,
+        current: Option<&kvm_sregs>,
+    ) -> Result<(), kvm_ioctls::Error> {
+        let synced = fd.sync_regs_mut();
+        synced.regs = self.regs;
+        synced.events = self.events;
         // Setting the system registers resets the vCPU's MMU context, which nested KVM pays
         // dearly for: a thread coming back to the vCPU it left finds them as they were.
-        if fd.get_sregs()? != self.sregs {
-            fd.set_sregs(&self.sregs)?;
+        if current != Some(&self.sregs) {
+            synced.sregs = self.sregs;
+            fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         }
-        fd.set_regs(&self.regs)?;
+        fd.set_sync_dirty_reg(SyncReg::Register);
+        fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
         // The XSAVE area holds the legacy FPU/SSE state too.
         if self.xsave.is_none() {
             fd.set_fpu(&self.fpu)?;
@@ -194,12 +241,13 @@ impl VcpuState {
                 .unwrap_or(0);
             at += set + 1;
         }
-        fd.set_vcpu_events(&self.events)?;
         // Every vCPU is runnable already (see `save`).
         if self.mp_state.mp_state != KVM_MP_STATE_RUNNABLE {
             fd.set_mp_state(self.mp_state)?;
         }
-        Ok(())
+        // KVM loads what was put in the `kvm_run` page now, without running the guest, so
+        // a state it refuses fails here (the thread can still go on where it was).
+        Self::sync_out(fd)
     }
 }
 
@@ -305,12 +353,15 @@ mod tests {
             return; // no KVM here: nothing to save
         };
         let vm = kvm.create_vm().unwrap();
-        let fd = vm.create_vcpu(0).unwrap();
+        let mut fd = vm.create_vcpu(0).unwrap();
         let mut regs = fd.get_regs().unwrap();
         regs.rip = 0x40_1000;
         regs.rax = 0x1234_5678_9abc_def0;
         fd.set_regs(&regs).unwrap();
+        VcpuState::sync_out(&mut fd).unwrap();
         let state = VcpuState::save(&fd).unwrap();
+        assert_eq!(state.regs.rip, 0x40_1000);
+        assert_eq!(state.sregs.cr0, fd.get_sregs().unwrap().cr0);
         let mut e = Encoder::default();
         state.encode(&mut e);
         let wire = e.finish();
@@ -319,10 +370,15 @@ mod tests {
         assert_eq!(bytes(&back.sregs), bytes(&state.sregs));
         assert_eq!(back.msrs, state.msrs);
         assert_eq!(back.xsave.is_some(), state.xsave.is_some());
-        let fd2 = vm.create_vcpu(1).unwrap();
-        back.restore(&fd2, 12345).unwrap();
+        let mut fd2 = vm.create_vcpu(1).unwrap();
+        let mut sregs = fd2.get_sregs().unwrap();
+        sregs.cr2 = 0xdead_b000;
+        fd2.set_sregs(&sregs).unwrap();
+        // What KVM holds afterwards, not only what the kvm_run page says.
+        back.restore(&mut fd2, 12345, None).unwrap();
         assert_eq!(fd2.get_regs().unwrap().rip, 0x40_1000);
         assert_eq!(fd2.get_regs().unwrap().rax, 0x1234_5678_9abc_def0);
+        assert_eq!(fd2.get_sregs().unwrap().cr2, state.sregs.cr2);
         // A cut anywhere is an error, never a panic.
         for cut in [0, 1, wire.len() / 2, wire.len() - 1] {
             assert!(VcpuState::decode(&mut Decoder::new(&wire[..cut])).is_err());

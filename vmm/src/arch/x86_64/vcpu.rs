@@ -39,6 +39,9 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u32,
     sregs: kvm_sregs,
+    /// What the vCPU's system registers hold, while that is known without asking KVM (from
+    /// the last [`Vcpu::complete_pending`] or restore, until the guest runs again).
+    known_sregs: Option<kvm_sregs>,
 }
 
 /// What `KVM_RUN` returned, copied out of the borrowed exit so that registers can be read.
@@ -67,20 +70,21 @@ impl Vcpu {
         fd.set_cpuid2(&cpuid::for_vcpu(&arch.supported_cpuid, index))?;
         fd.set_sync_valid_reg(SyncReg::Register);
         let sregs = long_mode_sregs(fd.get_sregs()?, index, max_vcpus);
-        Ok(Vcpu { fd, index, sregs })
+        Ok(Vcpu {
+            fd,
+            index,
+            sregs,
+            known_sregs: None,
+        })
     }
 
     /// Completes what the last exit left pending (the MMIO store of a hypercall) without
-    /// running the guest: `KVM_RUN` with `immediate_exit` set, as KVM's documentation asks
-    /// before the state is saved.
+    /// running the guest, as KVM's documentation asks before the state is saved, and has the
+    /// registers that [`Persist::save`] reads stored on the way (see [`VcpuState::sync_out`]).
     pub fn complete_pending(&mut self) -> Result<(), kvm_ioctls::Error> {
-        self.fd.set_kvm_immediate_exit(1);
-        let result = self.fd.run().map(|_| ());
-        self.fd.set_kvm_immediate_exit(0);
-        match result {
-            Err(e) if e.errno() != libc::EINTR && e.errno() != libc::EAGAIN => Err(e),
-            _ => Ok(()),
-        }
+        VcpuState::sync_out(&mut self.fd)?;
+        self.known_sregs = Some(self.fd.sync_regs().sregs);
+        Ok(())
     }
 
     /// Index of the vCPU.
@@ -92,6 +96,7 @@ impl Vcpu {
     pub fn start_thread(&mut self, start: &ThreadStart) -> Result<(), kvm_ioctls::Error> {
         let mut sregs = self.sregs;
         sregs.fs.base = start.thread_pointer;
+        self.known_sregs = None;
         self.fd.set_sregs(&sregs)?;
         let regs = kvm_regs {
             rip: start.entry,
@@ -115,6 +120,7 @@ impl Vcpu {
     /// Runs the vCPU until the guest needs the VMM. (`_mem` is for the architectures whose
     /// hypercalls pass their arguments in memory.)
     pub fn run(&mut self, _mem: &GuestMem) -> Result<Exit, kvm_ioctls::Error> {
+        self.known_sregs = None;
         let raw = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, _)) => RawExit::Out(port),
             Ok(VcpuExit::IoIn(port, _)) => RawExit::In(port),
@@ -190,6 +196,7 @@ impl Vcpu {
     pub fn set_thread_pointer(&mut self, tp: u64) -> Result<(), kvm_ioctls::Error> {
         let mut sregs = self.fd.get_sregs()?;
         sregs.fs.base = tp;
+        self.known_sregs = None;
         self.fd.set_sregs(&sregs)
     }
 
@@ -309,11 +316,10 @@ impl Persist for Vcpu {
 
     fn restore(args: VcpuArgs, state: &VcpuState) -> Result<Vcpu, kvm_ioctls::Error> {
         let mut vcpu = args.vcpu;
-        vcpu.fd.clear_sync_dirty_reg(SyncReg::Register);
-        state.restore(&vcpu.fd, args.counter)?;
-        // A hypercall result is written into the synchronized registers, which KVM copies
-        // whole into the vCPU: they must hold the restored registers, not this fresh vCPU's.
-        vcpu.fd.sync_regs_mut().regs = state.regs;
+        // The restore ends with KVM storing the restored registers in the `kvm_run` page,
+        // where a hypercall result is written into them.
+        state.restore(&mut vcpu.fd, args.counter, vcpu.known_sregs.as_ref())?;
+        vcpu.known_sregs = Some(state.sregs);
         Ok(vcpu)
     }
 }
