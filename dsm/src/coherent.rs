@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::PAGE_SIZE;
-use crate::message::{PageMsg, RunBuilder, carries_page};
+use crate::message::{MAX_FRAME, PageMsg, RunBuilder, carries_page};
 use crate::protocol::{Cache, Envelope, Home, Msg, NodeId, ProtocolError, State};
 use crate::uffd::{Fault, HUGE_PAGE, Staging, Uffd, resident_pages};
 
@@ -247,11 +247,14 @@ struct Batch<'a> {
     drops: Vec<u32>,
     /// Pages write-protected ahead of their recalls (one ioctl for a run of recalls).
     protected: std::ops::Range<u32>,
-    /// The contents of the message being delivered, from its first page: where borrowed
-    /// pages come from, so a run of them is placed straight from it.
-    source: Option<(u32, &'a [u8])>,
+    /// The contents of each run of the frame being delivered, from its first page: where
+    /// borrowed pages come from, so a run of them is placed straight from it.
+    sources: Vec<(u32, &'a [u8])>,
     /// The run of messages going to a peer.
     run: Option<(NodeId, RunBuilder)>,
+    /// Finished runs, gathered into frames by peer (in the order they go out), sent when
+    /// the batch ends.
+    out: Vec<(NodeId, Vec<u8>)>,
 }
 
 /// Pages of a region pinned by [`Coherent::acquire`]; dropping it ends the pin.
@@ -347,33 +350,38 @@ impl Coherent {
         })
     }
 
-    /// Acts on a message from node `from` (its bytes as [`PageMsg::encode`] wrote them).
+    /// Acts on a frame from node `from`: one or more runs, as [`PageMsg::encode`] wrote
+    /// them, back to back (one batch: what it leads to goes out as frames too).
     /// An error means the peer broke the protocol or the region cannot go on: the region is
     /// failed and the VM must end.
     pub fn deliver(&self, from: NodeId, bytes: &[u8]) -> Result<(), CoherenceError> {
-        let (m, contents) =
-            PageMsg::decode(bytes).map_err(|e| CoherenceError::BadMessage(e.to_string()))?;
+        let runs =
+            PageMsg::decode_frame(bytes).map_err(|e| CoherenceError::BadMessage(e.to_string()))?;
         let s = &self.shared;
-        if m.vm != s.cfg.vm || m.page + m.count > s.pages || from == s.cfg.node {
-            return Err(CoherenceError::BadMessage(format!(
-                "pages {}..{} of VM {} from node {from}",
-                m.page,
-                m.page as u64 + m.count as u64,
-                m.vm
-            )));
+        for (m, _) in &runs {
+            if m.vm != s.cfg.vm || m.page + m.count > s.pages || from == s.cfg.node {
+                return Err(CoherenceError::BadMessage(format!(
+                    "pages {}..{} of VM {} from node {from}",
+                    m.page,
+                    m.page as u64 + m.count as u64,
+                    m.vm
+                )));
+            }
         }
         let mut inner = lock(&s.state);
         s.check_failed(&inner)?;
         s.within(&mut inner, |_, _, b| {
-            b.source = contents.map(|c| (m.page, c));
-            for i in 0..m.count {
-                let bytes = contents.map(|c| Cow::Borrowed(&c[i as usize * PAGE..][..PAGE]));
-                b.queue.push_back(Work {
-                    from,
-                    page: m.page + i,
-                    msg: m.msg,
-                    bytes,
-                });
+            for (m, contents) in runs {
+                b.sources.extend(contents.map(|c| (m.page, c)));
+                for i in 0..m.count {
+                    let bytes = contents.map(|c| Cow::Borrowed(&c[i as usize * PAGE..][..PAGE]));
+                    b.queue.push_back(Work {
+                        from,
+                        page: m.page + i,
+                        msg: m.msg,
+                        bytes,
+                    });
+                }
             }
             Ok(())
         })
@@ -730,7 +738,8 @@ impl Shared {
         let mut b = Batch::default();
         let r = start(self, inner, &mut b)
             .and_then(|()| self.process(inner, &mut b))
-            .and_then(|()| self.send_run(&mut b));
+            .and_then(|()| self.end_run(&mut b))
+            .and_then(|()| self.send_frames(&mut b));
         self.changed.notify_all();
         if let Err(e) = &r {
             self.fail_locked(inner, e.to_string());
@@ -794,21 +803,35 @@ impl Shared {
         {
             return Ok(());
         }
-        self.send_run(b)?;
+        self.end_run(b)?;
         let run = RunBuilder::new(self.cfg.vm, env.page, env.msg, bytes);
         b.run = Some((env.to, run));
         Ok(())
     }
 
-    /// Carries out the gathered effects, then sends the gathered run.
-    fn send_run(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
+    /// Carries out the gathered effects, then adds the gathered run to the frames going out:
+    /// to the last one for its peer while that has room (runs to one peer keep their order).
+    fn end_run(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
         self.apply(b)?;
         let Some((to, run)) = b.run.take() else {
             return Ok(());
         };
-        self.link
-            .send(to, run.finish())
-            .map_err(|reason| CoherenceError::Link { to, reason })
+        let run = run.finish();
+        match b.out.iter_mut().rev().find(|(peer, _)| *peer == to) {
+            Some((_, frame)) if frame.len() + run.len() <= MAX_FRAME => frame.extend(run),
+            _ => b.out.push((to, run)),
+        }
+        Ok(())
+    }
+
+    /// Sends the batch's frames (its effects were carried out before each run ended).
+    fn send_frames(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
+        for (to, frame) in b.out.drain(..) {
+            self.link
+                .send(to, frame)
+                .map_err(|reason| CoherenceError::Link { to, reason })?;
+        }
+        Ok(())
     }
 
     /// Carries out the gathered effects: each run of consecutive pages placed with one
@@ -819,7 +842,7 @@ impl Shared {
         for run in places.chunk_by(|x, y| y.0 == x.0 + 1 && y.2 == x.2) {
             let (first, last, protect) = (run[0].0, run[run.len() - 1].0, run[0].2);
             let borrowed = run.iter().all(|(_, c, _)| matches!(c, Cow::Borrowed(_)));
-            let from_source = b.source.filter(|&(at, src)| {
+            let from_source = b.sources.iter().copied().find(|&(at, src)| {
                 borrowed && first >= at && ((last - at + 1) as usize) * PAGE <= src.len()
             });
             let gathered;

@@ -6,7 +6,12 @@
 //! as on `count` messages sent one after another. The model's contents values (see
 //! [`crate::protocol::Contents`]) do not travel: the real bytes do, and decode as `0`.
 //!
+//! One frame (one message on the mesh) carries one or more runs back to back, all of one VM:
+//! what one batch of work sends a peer goes out as one frame while it fits, so answering a
+//! request for a thread's stack and its thread-locals costs one message, not two.
+//!
 //! ```text
+//! Frame   = PageMsg+                (at most MAX_FRAME bytes)
 //! PageMsg = vm u64 | page u32 | kind u8 | count u16 | count x 4 KiB (if it carries pages)
 //! ```
 
@@ -20,6 +25,9 @@ pub const MAX_RUN: u32 = 1024;
 /// Most pages one message carries the contents of (240 KiB: a message stays inside a
 /// 256 KiB frame).
 pub const MAX_DATA_RUN: u32 = 60;
+
+/// Most bytes of one frame of runs (a mesh message's payload).
+pub const MAX_FRAME: usize = 256 * 1024;
 
 /// A protocol message about each page of a run of one VM's shared region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +92,31 @@ impl PageMsg {
     /// unknown kind, an empty or too long run, short pages, trailing bytes).
     pub fn decode(bytes: &[u8]) -> Result<(PageMsg, Option<&[u8]>), WireError> {
         let mut d = Decoder::new(bytes);
+        let one = Self::decode_next(&mut d)?;
+        d.end()?;
+        Ok(one)
+    }
+
+    /// Reads a frame: one or more messages back to back, all about the same VM (each
+    /// checked as [`PageMsg::decode`] checks one).
+    pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(PageMsg, Option<&[u8]>)>, WireError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(WireError("a frame of page runs too long"));
+        }
+        let mut d = Decoder::new(bytes);
+        let mut runs = vec![Self::decode_next(&mut d)?];
+        while !d.rest().is_empty() {
+            let next = Self::decode_next(&mut d)?;
+            if next.0.vm != runs[0].0.vm {
+                return Err(WireError("page runs of two VMs in one frame"));
+            }
+            runs.push(next);
+        }
+        Ok(runs)
+    }
+
+    /// Reads the message at `d`.
+    fn decode_next<'a>(d: &mut Decoder<'a>) -> Result<(PageMsg, Option<&'a [u8]>), WireError> {
         let vm = d.u64()?;
         let page = d.u32()?;
         let msg = match d.u8()? {
@@ -112,7 +145,6 @@ impl PageMsg {
         } else {
             None
         };
-        d.end()?;
         Ok((
             PageMsg {
                 vm,
@@ -275,6 +307,37 @@ mod tests {
             ..m
         };
         assert!(PageMsg::decode(&past.encode(None)).is_err());
+    }
+
+    #[test]
+    fn a_frame_carries_runs_in_order_and_refuses_mixed_vms_or_a_cut() {
+        let page = vec![7u8; PAGE_SIZE as usize];
+        let stack = PageMsg {
+            vm: 5,
+            page: 1000,
+            count: 1,
+            msg: Msg::DataM(0),
+        };
+        let tls = PageMsg::one(5, 0, Msg::GetM);
+        let mut frame = stack.encode(Some(&page));
+        frame.extend(tls.encode(None));
+        let runs = PageMsg::decode_frame(&frame).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].0, runs[0].1), (stack, Some(&page[..])));
+        assert_eq!((runs[1].0, runs[1].1), (tls, None));
+        // One message alone is a frame too; a frame is not one message.
+        assert_eq!(PageMsg::decode_frame(&tls.encode(None)).unwrap().len(), 1);
+        assert!(PageMsg::decode(&frame).is_err());
+        for cut in [0, 1, frame.len() - 1] {
+            assert!(
+                PageMsg::decode_frame(&frame[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut mixed = frame.clone();
+        mixed.extend(PageMsg::one(6, 0, Msg::GetS).encode(None));
+        assert!(PageMsg::decode_frame(&mixed).is_err());
+        assert!(PageMsg::decode_frame(&vec![0u8; MAX_FRAME + 1]).is_err());
     }
 
     #[test]

@@ -21,10 +21,13 @@ type Wire = Sender<Carried>;
 struct ChannelLink {
     from: NodeId,
     to: Vec<Wire>,
+    /// Messages sent.
+    sent: Arc<AtomicU64>,
 }
 
 impl Link for ChannelLink {
     fn send(&self, to: NodeId, message: Vec<u8>) -> Result<(), String> {
+        self.sent.fetch_add(1, Ordering::SeqCst);
         self.to[to as usize]
             .send((self.from, message))
             .map_err(|_| "gone".to_string())
@@ -36,6 +39,8 @@ struct TestNode {
     region: Arc<Coherent>,
     base: u64,
     len: u64,
+    /// Messages this node has sent.
+    sent: Arc<AtomicU64>,
     /// Dropped after the region (fields drop in order).
     _map: Staging,
 }
@@ -74,9 +79,11 @@ fn cluster_of(n: usize, len: u64, init: impl FnOnce(&mut [u8])) -> Vec<TestNode>
             (init.take().unwrap())(map.bytes());
         }
         let base = map.bytes().as_ptr() as u64;
+        let sent = Arc::new(AtomicU64::new(0));
         let link = Arc::new(ChannelLink {
             from: id as NodeId,
             to: txs.clone(),
+            sent: sent.clone(),
         });
         let cfg = RegionConfig {
             node: id as NodeId,
@@ -101,6 +108,7 @@ fn cluster_of(n: usize, len: u64, init: impl FnOnce(&mut [u8])) -> Vec<TestNode>
             region,
             base,
             len,
+            sent,
             _map: map,
         });
     }
@@ -248,6 +256,67 @@ fn pages_the_home_had_go_to_the_others_and_come_back() {
     assert!(taken >= 6, "{taken}");
     nodes[1].word(0, 0).store(1, Ordering::SeqCst);
     assert_eq!(nodes[0].region.held_only_by(1), taken + 1);
+}
+
+#[test]
+fn pages_asked_for_ahead_in_two_places_travel_in_one_message_each_way() {
+    // What a thread arriving on a node asks for: its stack top and its thread-locals.
+    let nodes = cluster(2, |bytes| {
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i % 253) as u8;
+        }
+    });
+    let (stack, tls) = (300u64, 2u64);
+    let ranges = [
+        (stack * PAGE_SIZE, 2 * PAGE_SIZE),
+        (tls * PAGE_SIZE, 2 * PAGE_SIZE),
+    ];
+    nodes[1].region.request_ahead(&ranges, true).unwrap();
+    let pages = [stack, stack + 1, tls, tls + 1];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pages
+        .iter()
+        .all(|&p| nodes[1].region.state(p as u32) == Some(State::Modified))
+    {
+        assert!(std::time::Instant::now() < deadline, "the pages never came");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        nodes[1].sent.load(Ordering::SeqCst),
+        1,
+        "one frame of requests"
+    );
+    assert_eq!(
+        nodes[0].sent.load(Ordering::SeqCst),
+        1,
+        "one frame of pages"
+    );
+    for &p in &pages {
+        assert_eq!(nodes[0].region.state(p as u32), Some(State::Invalid));
+        for w in [0, 511] {
+            let at = (p * PAGE_SIZE + w * 8) as usize;
+            let expect = u64::from_ne_bytes(std::array::from_fn(|k| ((at + k) % 253) as u8));
+            assert_eq!(
+                nodes[1].word(p, w).load(Ordering::SeqCst),
+                expect,
+                "page {p}"
+            );
+        }
+    }
+    // The home writes them again (each recalled), and node 1 sees those writes.
+    let before: Vec<u64> = pages
+        .iter()
+        .map(|&p| nodes[1].word(p, 1).load(Ordering::SeqCst))
+        .collect();
+    for &p in &pages {
+        nodes[0].word(p, 1).fetch_add(1, Ordering::SeqCst);
+    }
+    for (&p, b) in pages.iter().zip(before) {
+        assert_eq!(
+            nodes[1].word(p, 1).load(Ordering::SeqCst),
+            b.wrapping_add(1)
+        );
+    }
 }
 
 #[test]

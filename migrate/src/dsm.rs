@@ -68,7 +68,8 @@ impl Regions {
 
     /// Hands a `PAGE` message from node `from` to its VM's region.
     pub fn deliver(&self, from: NodeId, payload: &[u8]) -> Result<()> {
-        let (msg, _) = PageMsg::decode(payload).map_err(|e| Error::malformed("PAGE", e))?;
+        let runs = PageMsg::decode_frame(payload).map_err(|e| Error::malformed("PAGE", e))?;
+        let msg = runs[0].0;
         let region = self
             .get(msg.vm)
             .ok_or_else(|| Error::NoSuchVm(format!("VM {} has no shared region here", msg.vm)))?;

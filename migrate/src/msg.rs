@@ -703,7 +703,7 @@ pub fn check_payload(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         MsgType::File => from_bytes::<FileRequest>(payload).map(drop),
         MsgType::Migrate => from_bytes::<MigrateRequest>(payload).map(drop),
         MsgType::Progress => from_bytes::<Progress>(payload).map(drop),
-        MsgType::Page => pop_dsm::message::PageMsg::decode(payload).map(drop),
+        MsgType::Page => pop_dsm::message::PageMsg::decode_frame(payload).map(drop),
         MsgType::Shell => from_bytes::<ShellPiece>(payload).map(drop),
         MsgType::Arrive => from_bytes::<Arrive>(payload).map(drop),
         MsgType::FutexWait => from_bytes::<FutexWait>(payload).map(drop),
