@@ -22,6 +22,11 @@ use crate::transport::{Listener, Stream};
 
 /// Most handshakes in progress at once (more connections are dropped unanswered).
 const MAX_HANDSHAKES: usize = 16;
+/// The stream kind of a *wake-up*: a node that starts asks each node of a higher id (which
+/// dials it, see [`crate::handshake`]) to dial now rather than when its back-off ends, so a
+/// launch on a restarted node reaches the others at once. An authenticated handshake and
+/// nothing after it; not a kind [`Node::open_stream`] opens.
+const WAKE_KIND: u16 = u16::MAX;
 
 /// Receives the messages that peers send to this node.
 ///
@@ -369,6 +374,11 @@ impl Node {
             let i = inner.clone();
             main_threads.push(spawn("net-dial", move || dial_loop(&i, peer))?);
         }
+        if inner.opts.id as usize + 1 < n {
+            let i = inner.clone();
+            // Not tracked: it ends by itself within the connect and handshake timeouts.
+            spawn("net-wake", move || wake_higher(&i))?;
+        }
         tracing::info!(
             node = inner.opts.id,
             "listening on {} ({} nodes)",
@@ -387,8 +397,10 @@ impl Node {
     /// end. Reads and writes block without a time limit until
     /// [`BulkStream::set_timeout`] sets one.
     pub fn open_stream(&self, peer: NodeId, kind: u16) -> Result<BulkStream> {
-        if kind == 0 {
-            return Err(Error::Misuse("stream kind 0 is the mesh connection"));
+        if kind == 0 || kind == WAKE_KIND {
+            return Err(Error::Misuse(
+                "stream kinds 0 and 65535 are the mesh connection's",
+            ));
         }
         if peer == self.inner.opts.id || peer as usize >= self.inner.slots.len() {
             return Err(Error::NoSuchPeer(peer));
@@ -757,10 +769,16 @@ fn respond(inner: &Arc<Inner>, mut stream: Stream) {
         .and_then(|_| {
             handshake::respond(&mut stream, &inner.params(), |id, kind| match kind {
                 0 => id > me && id < n,
+                WAKE_KIND => id < me,
                 _ => id != me && id < n && inner.streams.get().is_some(),
             })
         });
     match r {
+        Ok(session) if session.stream_kind == WAKE_KIND => {
+            inner.stats.count(Event::HandshakeOk);
+            // The dial loop for that node stops waiting and dials (if it is not connected).
+            inner.slots[session.peer as usize].changed.notify_all();
+        }
         Ok(session) if session.stream_kind != 0 => {
             inner.stats.count(Event::HandshakeOk);
             let Some(handler) = inner.streams.get().cloned() else {
@@ -791,6 +809,27 @@ fn respond(inner: &Arc<Inner>, mut stream: Stream) {
         Err(e) => {
             inner.stats.count(Event::HandshakeFailed);
             tracing::warn!(node = me, "refused an incoming connection: {e}");
+        }
+    }
+}
+
+/// Wakes each node of a higher id once (see [`WAKE_KIND`]); one that is not up dials this
+/// node when it starts.
+fn wake_higher(inner: &Arc<Inner>) {
+    let n = inner.slots.len() as NodeId;
+    for peer in inner.opts.id + 1..n {
+        if inner.stopping() {
+            return;
+        }
+        let addr = &inner.opts.cluster.nodes[peer as usize].address;
+        let woken = Stream::connect(addr, inner.opts.connect_timeout)
+            .map_err(handshake::HandshakeError::Io)
+            .and_then(|mut s| {
+                s.set_timeouts(Some(inner.opts.handshake_timeout))?;
+                handshake::initiate_stream(&mut s, &inner.params(), peer, WAKE_KIND)
+            });
+        if let Err(e) = woken {
+            tracing::debug!(node = inner.opts.id, peer, "node {peer} not woken: {e}");
         }
     }
 }
