@@ -119,6 +119,8 @@ pub struct CoherenceStats {
     pub served: u64,
     /// Huge pages a scan was given whole and that were placed as one.
     pub huge_pages: u64,
+    /// Owned pages given back to the home unasked (`PutM`, as a thread left).
+    pub given_back: u64,
 }
 
 #[derive(Default)]
@@ -131,6 +133,7 @@ struct Counters {
     recalled: AtomicU64,
     served: AtomicU64,
     huge_pages: AtomicU64,
+    given_back: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -456,6 +459,68 @@ impl Coherent {
         })
     }
 
+    /// Gives the pages of the ranges (offsets from the region's start, lengths) that this
+    /// node holds Modified back to the home (`PutM`), with one message: what a thread that
+    /// leaves this node wrote last, so that the node it goes to gets them from the home at
+    /// once rather than through a recall from here. Pinned pages, and every page on the
+    /// home itself, stay. Returns how many pages went.
+    pub fn give_back(&self, ranges: &[(u64, u64)]) -> Result<u32, CoherenceError> {
+        let s = &self.shared;
+        if s.cfg.node == s.cfg.home {
+            return Ok(0);
+        }
+        let mut pages: Vec<u32> = ranges
+            .iter()
+            .filter_map(|&(offset, len)| {
+                let end = offset
+                    .checked_add(len)
+                    .filter(|&e| e <= s.cfg.len && len > 0)?;
+                Some((offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32)
+            })
+            .flatten()
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut inner = lock(&s.state);
+        s.check_failed(&inner)?;
+        let mut given = 0;
+        s.within(&mut inner, |s, inner, b| {
+            for page in pages {
+                let p = page as usize;
+                if inner.pins.contains_key(&page) || in_gather(inner, page) {
+                    continue;
+                }
+                let Some(put) = inner.caches[p].give_back() else {
+                    continue;
+                };
+                let mut bytes = vec![0u8; PAGE];
+                if inner.present[p] {
+                    let addr = s.addr(page);
+                    // Protected first: a write by another vCPU here faults (and asks for the
+                    // page again) instead of landing after the copy is taken.
+                    s.uffd
+                        .write_protect(addr, PAGE_SIZE, true)
+                        .map_err(Shared::os("write-protecting a page given back"))?;
+                    // SAFETY: the page holds data (`present`), so reading it does not fault;
+                    // it is write-protected, so nothing writes it meanwhile; `bytes` is a
+                    // separate 4 KiB buffer.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(addr as *const u8, bytes.as_mut_ptr(), PAGE)
+                    };
+                    b.drops.push(page);
+                    inner.present[p] = false;
+                }
+                given += 1;
+                s.route(b, put, Some(Cow::Owned(bytes)))?;
+            }
+            Ok(())
+        })?;
+        s.counters
+            .given_back
+            .fetch_add(u64::from(given), Ordering::Relaxed);
+        Ok(given)
+    }
+
     fn unpin(&self, pages: std::ops::Range<u32>) {
         let s = &self.shared;
         let mut inner = lock(&s.state);
@@ -532,6 +597,7 @@ impl Coherent {
             recalled: get(&c.recalled),
             served: get(&c.served),
             huge_pages: get(&c.huge_pages),
+            given_back: get(&c.given_back),
         }
     }
 }
@@ -891,7 +957,7 @@ impl Shared {
             bump(&self.counters.served);
         }
         let out = home.dir.handle(w.from, w.page, w.msg)?;
-        if let Msg::Flush(_) = w.msg {
+        if let Msg::Flush(_) | Msg::PutM(_) = w.msg {
             home.backing[w.page as usize] = match w.bytes {
                 Some(page) => Backing::Bytes(page.into_owned().into_boxed_slice()),
                 // The home's own copy, kept.
@@ -1037,7 +1103,7 @@ impl Shared {
                     self.fill_if_empty(inner, w.page)?;
                 }
             }
-            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_) => {}
+            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_) | Msg::PutM(_) => {}
         }
         for env in out {
             let bytes = matches!(env.msg, Msg::Flush(_))

@@ -1,7 +1,7 @@
 //! The coherence protocol's messages on the wire. One [`PageMsg`] carries one protocol
 //! message for each page of a *run* (`count` consecutive pages from `page`, all the same
 //! message: 128 read requests of a sequential scan, the 60 pages that answer them), the
-//! pages' 4 KiB each after the header when the message carries contents (`Flush`, `Data`,
+//! pages' 4 KiB each after the header when the message carries contents (`Flush`, `PutM`, `Data`,
 //! `DataM`). A run is only a way of carrying: the receiver acts on it page by page, exactly
 //! as on `count` messages sent one after another. The model's contents values (see
 //! [`crate::protocol::Contents`]) do not travel: the real bytes do, and decode as `0`.
@@ -45,7 +45,10 @@ pub struct PageMsg {
 
 /// Whether `msg` carries the page's contents.
 pub fn carries_page(msg: Msg) -> bool {
-    matches!(msg, Msg::Flush(_) | Msg::Data(_) | Msg::DataM(_))
+    matches!(
+        msg,
+        Msg::Flush(_) | Msg::Data(_) | Msg::DataM(_) | Msg::PutM(_)
+    )
 }
 
 /// The most pages a run of `msg` may have.
@@ -131,6 +134,7 @@ impl PageMsg {
             9 => Msg::DataM(0),
             10 => Msg::Grant,
             11 => Msg::GetE,
+            12 => Msg::PutM(0),
             _ => return Err(WireError("unknown page message")),
         };
         let count = d.u16()? as u32;
@@ -227,6 +231,7 @@ fn kind(msg: Msg) -> u8 {
         Msg::DataM(_) => 9,
         Msg::Grant => 10,
         Msg::GetE => 11,
+        Msg::PutM(_) => 12,
     }
 }
 
@@ -249,6 +254,7 @@ mod tests {
             Msg::DataM(0),
             Msg::Grant,
             Msg::GetE,
+            Msg::PutM(0),
         ] {
             let m = PageMsg::one(7, 3, msg);
             let bytes = m.encode(Some(&page));

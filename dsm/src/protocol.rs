@@ -76,6 +76,11 @@ pub enum Msg {
     DataM(Contents),
     /// Home to a writer that holds a read copy: the page is yours, your copy is current.
     Grant,
+    /// Owner to home, unasked: take the page back, with these contents; the owner holds
+    /// nothing of it now (a thread leaving a node gives back the pages it wrote last, so the
+    /// node it goes to gets them from the home without a recall). A `Recall` that crossed
+    /// it is answered by it: the owner, holding nothing, ignores that recall.
+    PutM(Contents),
 }
 
 impl Msg {
@@ -83,7 +88,7 @@ impl Msg {
     pub fn to_home(self) -> bool {
         matches!(
             self,
-            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_)
+            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_) | Msg::PutM(_)
         )
     }
 }
@@ -250,6 +255,36 @@ impl Home {
                 }
                 _ => return Err(bad(entry)),
             },
+            // Given back: the owner holds nothing now; if a recall of it is on its way to
+            // the owner (a transaction waits for its contents), these are its answer.
+            Msg::PutM(contents) if entry.owner == Some(from) => {
+                match entry.busy.clone() {
+                    None => {}
+                    Some(Txn::Read { reader }) => {
+                        entry.sharers.insert(reader);
+                        entry.busy = None;
+                        send(&mut out, reader, Msg::Data(contents));
+                    }
+                    Some(Txn::Write {
+                        writer,
+                        acks,
+                        upgrade,
+                        scan,
+                    }) if acks > 0 => {
+                        entry.busy = Some(Txn::Write {
+                            writer,
+                            acks: acks - 1,
+                            upgrade,
+                            scan,
+                        });
+                    }
+                    Some(Txn::Write { .. }) => return Err(bad(entry)),
+                }
+                entry.contents = contents;
+                entry.owner = None;
+                entry.scan_owned = false;
+            }
+            Msg::PutM(_) => return Err(bad(entry)),
             Msg::Inv | Msg::Recall { .. } | Msg::Data(_) | Msg::DataM(_) | Msg::Grant => {
                 return Err(bad(entry));
             }
@@ -378,6 +413,9 @@ pub struct Cache {
     pub waiting: Option<bool>,
     /// Whether the read it waits for was asked with `GetE` (so the page itself may come).
     pub may_own: bool,
+    /// Whether it gave the page back (`PutM`) and has not held it since: a `Recall` that
+    /// finds it holding nothing then crossed that `PutM`, which answers it.
+    pub gave_back: bool,
 }
 
 impl Cache {
@@ -391,6 +429,7 @@ impl Cache {
             contents: 0,
             waiting: None,
             may_own: false,
+            gave_back: false,
         }
     }
 
@@ -435,6 +474,17 @@ impl Cache {
         })
     }
 
+    /// Gives the page back to its home if this node holds it Modified (and is not its
+    /// home): the `PutM` to send; nothing otherwise. The node holds nothing of it after.
+    pub fn give_back(&mut self) -> Option<Envelope> {
+        if self.state != State::Modified || self.id == self.home {
+            return None;
+        }
+        self.state = State::Invalid;
+        self.gave_back = true;
+        Some(self.envelope(Msg::PutM(self.contents)))
+    }
+
     fn envelope(&self, msg: Msg) -> Envelope {
         Envelope {
             from: self.id,
@@ -461,6 +511,9 @@ impl Cache {
                 self.state = State::Invalid;
                 out.push(self.envelope(Msg::InvAck));
             }
+            Msg::Recall { .. } if self.state != State::Modified && self.gave_back => {
+                // Crossed the `PutM` that gave the page back, which answers it.
+            }
             Msg::Recall { keep } => {
                 if self.state != State::Modified {
                     return Err(bad(self));
@@ -475,6 +528,7 @@ impl Cache {
                 self.state = State::Shared;
                 self.contents = contents;
                 self.may_own = false;
+                self.gave_back = false;
                 // A write that came while the read was on its way asks for the page now.
                 if self.waiting == Some(true) {
                     out.push(self.envelope(Msg::GetM));
@@ -495,6 +549,7 @@ impl Cache {
                 self.contents = contents;
                 self.waiting = None;
                 self.may_own = false;
+                self.gave_back = false;
             }
             Msg::Grant => {
                 if self.waiting != Some(true) || self.state != State::Shared {
@@ -503,7 +558,7 @@ impl Cache {
                 self.state = State::Modified;
                 self.waiting = None;
             }
-            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_) => {
+            Msg::GetS | Msg::GetM | Msg::GetE | Msg::InvAck | Msg::Flush(_) | Msg::PutM(_) => {
                 return Err(bad(self));
             }
         }

@@ -320,6 +320,64 @@ fn pages_asked_for_ahead_in_two_places_travel_in_one_message_each_way() {
 }
 
 #[test]
+fn pages_given_back_go_to_the_next_node_from_the_home_without_a_recall() {
+    let nodes = cluster(3, |_| {});
+    // Node 1 writes two pages (a thread's stack top, say), then gives them back as its
+    // thread leaves: one message, and the home holds them again.
+    for p in [40, 41] {
+        nodes[1].word(p, 3).store(1000 + p, Ordering::SeqCst);
+    }
+    let sent = nodes[1].sent.load(Ordering::SeqCst);
+    let range = [(40 * PAGE_SIZE, 2 * PAGE_SIZE)];
+    assert_eq!(nodes[1].region.give_back(&range).unwrap(), 2);
+    assert_eq!(nodes[1].sent.load(Ordering::SeqCst), sent + 1);
+    assert_eq!(nodes[1].region.state(40), Some(State::Invalid));
+    assert_eq!(nodes[1].region.stats().given_back, 2);
+    // Nothing to give back now, and the home never gives back.
+    assert_eq!(nodes[1].region.give_back(&range).unwrap(), 0);
+    assert_eq!(nodes[0].region.give_back(&range).unwrap(), 0);
+    // Node 2 writes them next: the home hands them over with no recall from node 1.
+    for p in [40, 41] {
+        assert_eq!(nodes[2].word(p, 3).fetch_add(1, Ordering::SeqCst), 1000 + p);
+    }
+    assert_eq!(nodes[1].region.stats().recalled, 0);
+    assert_eq!(nodes[0].word(41, 3).load(Ordering::SeqCst), 1042);
+}
+
+#[test]
+fn give_backs_racing_recalls_lose_no_increment() {
+    // A node that keeps writing a page and giving it back while the home and another node
+    // write it too: give-backs cross recalls; every increment counts.
+    const ROUNDS: u64 = 1500;
+    let nodes = Arc::new(cluster(3, |_| {}));
+    let workers: Vec<_> = (0..3)
+        .map(|n| {
+            let nodes = nodes.clone();
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    nodes[n].word(7, 0).fetch_add(1, Ordering::SeqCst);
+                    nodes[n].word(8, 0).fetch_add(1, Ordering::SeqCst);
+                    if n != 0 {
+                        nodes[n]
+                            .region
+                            .give_back(&[(7 * PAGE_SIZE, 2 * PAGE_SIZE)])
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    for n in 0..3 {
+        assert_eq!(nodes[n].word(7, 0).load(Ordering::SeqCst), 3 * ROUNDS);
+        assert_eq!(nodes[n].word(8, 0).load(Ordering::SeqCst), 3 * ROUNDS);
+    }
+    assert!(nodes[1].region.stats().given_back > 0);
+}
+
+#[test]
 fn a_scan_takes_whole_huge_pages_and_gives_every_byte_back() {
     const LEN: u64 = 4 * HUGE_PAGE;
     let word = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);

@@ -1,5 +1,5 @@
 //! The protocol explored on a simulated cluster: vCPUs on the nodes run scripts of reads,
-//! writes and scan reads (`GetE`, which may take the page) on shared pages (two vCPUs of one node fault on a page together, so their faults
+//! writes, scan reads (`GetE`, which may take the page) and give-backs (`PutM`) on shared pages (two vCPUs of one node fault on a page together, so their faults
 //! coalesce, and a write can join a read already asked for); messages travel on FIFO channels, one per ordered pair of nodes (as on one
 //! net-msg connection's page class), and any channel's next message, or any node's next
 //! access, may come next. Checked after every step:
@@ -30,9 +30,12 @@ enum Op {
     Write,
     /// A read of a sequential scan (`GetE`).
     Scan,
+    /// The node gives the page back to its home if it holds it Modified (`PutM`: a thread
+    /// leaving the node); nothing otherwise. Never waits.
+    GiveBack,
 }
 
-use Op::{Read, Scan, Write};
+use Op::{GiveBack, Read, Scan, Write};
 
 impl Op {
     fn write(self) -> bool {
@@ -118,7 +121,11 @@ impl World {
             // Only steps that change something: the access goes ahead, asks for the page, or
             // turns a read already asked for into a write.
             let c = &self.caches[*n][page as usize];
-            if c.allows(write) || c.waiting.is_none() || (write && c.waiting == Some(false)) {
+            if op == GiveBack
+                || c.allows(write)
+                || c.waiting.is_none()
+                || (write && c.waiting == Some(false))
+            {
                 steps.push(Step::Access(v));
             }
         }
@@ -147,7 +154,11 @@ impl World {
                 let write = op.write();
                 let latest = self.latest[page as usize];
                 let cache = &mut self.caches[n][page as usize];
-                if cache.allows(write) {
+                if op == GiveBack {
+                    let put = cache.give_back();
+                    self.send(put.into_iter().collect());
+                    self.scripts[v].2 += 1;
+                } else if cache.allows(write) {
                     if write {
                         cache.contents = latest + 1;
                         self.latest[page as usize] = latest + 1;
@@ -339,7 +350,10 @@ fn random_schedules_of_longer_scripts() {
         let scripts: Vec<(usize, Vec<Access>)> = (0..vcpus)
             .map(|v| {
                 let accesses = (0..1 + rng.below(8))
-                    .map(|_| (rng.below(pages) as u32, [Read, Write, Scan][rng.below(3)]))
+                    .map(|_| {
+                        let op = [Read, Write, Scan, GiveBack][rng.below(4)];
+                        (rng.below(pages) as u32, op)
+                    })
                     .collect();
                 (v % nodes, accesses)
             })
@@ -388,6 +402,62 @@ fn scans_writes_and_reads_of_one_page_on_three_nodes_every_interleaving() {
             (2, vec![(0, Scan), (0, Read), (0, Write)]),
         ],
         1,
+    );
+}
+
+#[test]
+fn pages_given_back_beside_recalls_reads_and_writes_every_interleaving() {
+    // A thread moving between nodes 1 and 2 writes its page and gives it back as it leaves
+    // each, while node 0 reads and writes it (recalls crossing the give-backs).
+    let n = explore(
+        3,
+        vec![
+            (1, vec![(0, Write), (0, GiveBack), (0, Read)]),
+            (2, vec![(0, Write), (0, GiveBack)]),
+            (0, vec![(0, Read), (0, Write)]),
+        ],
+        1,
+    );
+    assert!(n > 1000, "{n}");
+    explore(
+        3,
+        vec![
+            (1, vec![(0, Write), (1, Scan), (0, GiveBack), (1, GiveBack)]),
+            (2, vec![(1, Write), (0, Scan), (1, GiveBack), (0, Write)]),
+            (0, vec![(1, Read), (0, Write)]),
+        ],
+        2,
+    );
+}
+
+#[test]
+fn a_give_back_that_crosses_a_recall_answers_it() {
+    // Node 1 owns the page; node 2 asks for it and the home recalls it just as node 1 gives
+    // it back: the give-back is the recall's answer, and node 1 ignores the recall.
+    let mut home = Home::owning(0, 1);
+    let mut cache = Cache::new(1, 0, 0);
+    assert_eq!(cache.fault(true).unwrap().msg, Msg::GetM);
+    let out = home.handle(1, 0, Msg::GetM).unwrap();
+    assert_eq!(out[0].msg, Msg::Recall { keep: false });
+    let out = home.handle(0, 0, Msg::Flush(3)).unwrap();
+    cache.handle(out[0].msg).unwrap();
+    cache.contents = 4;
+    let out = home.handle(2, 0, Msg::GetS).unwrap();
+    assert_eq!((out[0].to, out[0].msg), (1, Msg::Recall { keep: true }));
+    let put = cache.give_back().unwrap();
+    assert_eq!((put.to, put.msg), (0, Msg::PutM(4)));
+    assert_eq!(cache.state, State::Invalid);
+    assert_eq!(cache.handle(Msg::Recall { keep: true }).unwrap(), vec![]);
+    let out = home.handle(1, 0, put.msg).unwrap();
+    assert_eq!((out[0].to, out[0].msg), (2, Msg::Data(4)));
+    let (owner, sharers) = home.holders(0).unwrap();
+    assert_eq!(owner, None);
+    assert_eq!(sharers.iter().copied().collect::<Vec<_>>(), vec![2]);
+    // A recall that finds a node holding nothing it gave back is still an error.
+    assert!(
+        Cache::new(2, 0, 0)
+            .handle(Msg::Recall { keep: false })
+            .is_err()
     );
 }
 
