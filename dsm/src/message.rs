@@ -29,6 +29,9 @@ pub const MAX_DATA_RUN: u32 = 60;
 /// Most bytes of one frame of runs (a mesh message's payload).
 pub const MAX_FRAME: usize = 256 * 1024;
 
+/// A run read from a frame: the message and, if it carries contents, its pages.
+pub type Run<'a> = (PageMsg, Option<&'a [u8]>);
+
 /// A protocol message about each page of a run of one VM's shared region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageMsg {
@@ -102,7 +105,7 @@ impl PageMsg {
 
     /// Reads a frame: one or more messages back to back, all about the same VM (each
     /// checked as [`PageMsg::decode`] checks one).
-    pub fn decode_frame(bytes: &[u8]) -> Result<Vec<(PageMsg, Option<&[u8]>)>, WireError> {
+    pub fn decode_frame(bytes: &[u8]) -> Result<Vec<Run<'_>>, WireError> {
         if bytes.len() > MAX_FRAME {
             return Err(WireError("a frame of page runs too long"));
         }
@@ -119,7 +122,7 @@ impl PageMsg {
     }
 
     /// Reads the message at `d`.
-    fn decode_next<'a>(d: &mut Decoder<'a>) -> Result<(PageMsg, Option<&'a [u8]>), WireError> {
+    fn decode_next<'a>(d: &mut Decoder<'a>) -> Result<Run<'a>, WireError> {
         let vm = d.u64()?;
         let page = d.u32()?;
         let msg = match d.u8()? {
