@@ -237,6 +237,13 @@ impl Spans {
             .map(drop)
             .map_err(|e| e.to_string())
         };
+        // The pages it wrote last go back to the home first (on the same connection as the
+        // thread, if it goes home), so that where it arrives gets them without a recall.
+        if node.id() != ctx.origin
+            && let Some(region) = self.regions.get(ctx.vm_id)
+        {
+            let _ = region.give_back(&hot_ranges(thread));
+        }
         let has_shell = || to == ctx.origin || origin.is_some_and(|o| o.has_shell(to));
         if has_shell() {
             match arrive(None) {
@@ -686,17 +693,7 @@ impl Spans {
         let Some(region) = self.regions.get(vm_id) else {
             return;
         };
-        let (base, page) = (pop_abi::layout::SHARED_BASE, vmm::memory::PAGE_SIZE);
-        let ranges: Vec<(u64, u64)> = thread
-            .vcpu
-            .state
-            .hot_addresses()
-            .iter()
-            // The page of the address and the one below (the frames it pushes next).
-            .filter_map(|&addr| (addr & !(page - 1)).checked_sub(base + page))
-            .map(|start| (start, 2 * page))
-            .collect();
-        let _ = region.request_ahead(&ranges, true);
+        let _ = region.request_ahead(&hot_ranges(thread), true);
     }
 
     fn arrive(
@@ -1030,6 +1027,21 @@ impl Drop for Timed {
     fn drop(&mut self) {
         tracing::trace!("arrival of thread {}: {:?}", self.1, self.0.elapsed());
     }
+}
+
+/// The shared-region ranges (offsets from its start, lengths) a thread touches first when it
+/// resumes: the page of its stack pointer and of its thread pointer, each with the page
+/// below (the frames it pushes next).
+fn hot_ranges(thread: &ThreadState) -> Vec<(u64, u64)> {
+    let (base, page) = (pop_abi::layout::SHARED_BASE, vmm::memory::PAGE_SIZE);
+    thread
+        .vcpu
+        .state
+        .hot_addresses()
+        .iter()
+        .filter_map(|&addr| (addr & !(page - 1)).checked_sub(base + page))
+        .map(|start| (start, 2 * page))
+        .collect()
 }
 
 /// The shell setup of VM `vm` for a node that has none.
