@@ -875,17 +875,24 @@ impl Shared {
         Ok(())
     }
 
-    /// Carries out the gathered effects, then adds the gathered run to the frames going out:
-    /// to the last one for its peer while that has room (runs to one peer keep their order).
+    /// Carries out the gathered effects, then adds the gathered run to the frame going to
+    /// its peer while that has room; a full frame goes out at once (a long answer streams
+    /// while the rest of it is made). Runs to one peer keep their order.
     fn end_run(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
         self.apply(b)?;
         let Some((to, run)) = b.run.take() else {
             return Ok(());
         };
         let run = run.finish();
-        match b.out.iter_mut().rev().find(|(peer, _)| *peer == to) {
-            Some((_, frame)) if frame.len() + run.len() <= MAX_FRAME => frame.extend(run),
-            _ => b.out.push((to, run)),
+        match b.out.iter().position(|(peer, _)| *peer == to) {
+            Some(i) if b.out[i].1.len() + run.len() <= MAX_FRAME => b.out[i].1.extend(run),
+            Some(i) => {
+                let (_, full) = std::mem::replace(&mut b.out[i], (to, run));
+                self.link
+                    .send(to, full)
+                    .map_err(|reason| CoherenceError::Link { to, reason })?;
+            }
+            None => b.out.push((to, run)),
         }
         Ok(())
     }
