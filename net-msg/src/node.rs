@@ -776,6 +776,7 @@ fn respond(inner: &Arc<Inner>, mut stream: Stream) {
     match r {
         Ok(session) if session.stream_kind == WAKE_KIND => {
             inner.stats.count(Event::HandshakeOk);
+            inner.stats.count(Event::WakeUp);
             // The dial loop for that node stops waiting and dials (if it is not connected).
             inner.slots[session.peer as usize].changed.notify_all();
         }

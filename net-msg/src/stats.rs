@@ -50,6 +50,9 @@ pub struct StatsSnapshot {
     pub bad_frames: u64,
     /// Peers declared lost after missing heartbeats.
     pub heartbeat_losses: u64,
+    /// Wake-ups from (authenticated) nodes of lower ids that started: each made this node
+    /// dial at once.
+    pub wake_ups: u64,
 }
 
 impl StatsSnapshot {
@@ -85,6 +88,7 @@ pub(crate) enum Event {
     HandshakeFailed,
     BadFrame,
     HeartbeatLoss,
+    WakeUp,
 }
 
 impl Default for Stats {
@@ -129,6 +133,7 @@ impl Stats {
                 Event::HandshakeFailed => &mut s.handshakes_failed,
                 Event::BadFrame => &mut s.bad_frames,
                 Event::HeartbeatLoss => &mut s.heartbeat_losses,
+                Event::WakeUp => &mut s.wake_ups,
             } += 1
         })
     }

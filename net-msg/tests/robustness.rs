@@ -321,3 +321,29 @@ fn a_peer_of_another_protocol_version_is_told_and_refused() {
         echo_works(&c, 0, 1);
     }
 }
+
+#[test]
+fn a_node_that_starts_wakes_the_nodes_that_dial_it_and_only_with_the_secret() {
+    for t in BOTH {
+        // A long heartbeat: the others' back-off, once node 0 is gone, is two seconds.
+        let mut c = TestCluster::start_all_with(3, t, "heartbeat_ms = 8000\n");
+        assert!(c.node(0).wait_all_up(SOON));
+        let woken = |c: &TestCluster, id: usize| c.node(id).stats().wake_ups;
+        let before = [woken(&c, 1), woken(&c, 2)];
+        c.stop(0);
+        assert!(eventually(|| !c.node(1).is_up(0) && !c.node(2).is_up(0)));
+        // Restarted without the secret: its wake-ups are refused and count for nothing.
+        c.start_with(0, b"not the cluster's secret at all");
+        assert!(eventually(|| c.node(1).stats().handshakes_failed > 0));
+        assert_eq!([woken(&c, 1), woken(&c, 2)], before);
+        c.stop(0);
+        // With it: both are woken, and dial it.
+        c.start(0);
+        assert!(c.node(0).wait_all_up(SOON));
+        assert!(eventually(
+            || woken(&c, 1) > before[0] && woken(&c, 2) > before[1]
+        ));
+        echo_works(&c, 1, 0);
+        echo_works(&c, 0, 2);
+    }
+}

@@ -123,13 +123,14 @@ pub fn stat(a: &StatArgs) -> Result<String, String> {
     }
     let _ = writeln!(
         out,
-        "heartbeats sent {} received {}; handshakes ok {} failed {}; connections closed for bad frames {}; peers lost to missed heartbeats {}",
+        "heartbeats sent {} received {}; handshakes ok {} failed {}; connections closed for bad frames {}; peers lost to missed heartbeats {}; wake-ups {}",
         n(&s["heartbeats_sent"]),
         n(&s["heartbeats_received"]),
         n(&s["handshakes_ok"]),
         n(&s["handshakes_failed"]),
         n(&s["bad_frames"]),
         n(&s["heartbeat_losses"]),
+        n(&s["wake_ups"]),
     );
     if a.reset {
         out.push_str("counters reset\n");
