@@ -229,38 +229,16 @@ impl Home {
                 }
                 _ => return Err(bad(entry)),
             },
-            Msg::Flush(contents) => match entry.busy.clone() {
-                Some(Txn::Read { reader }) if entry.owner == Some(from) => {
-                    entry.contents = contents;
-                    entry.owner = None;
-                    entry.sharers.insert(from);
-                    entry.sharers.insert(reader);
-                    entry.busy = None;
-                    send(&mut out, reader, Msg::Data(contents));
-                }
-                Some(Txn::Write {
-                    writer,
-                    acks,
-                    upgrade,
-                    scan,
-                }) if acks > 0 && entry.owner == Some(from) => {
-                    entry.contents = contents;
-                    entry.owner = None;
-                    entry.busy = Some(Txn::Write {
-                        writer,
-                        acks: acks - 1,
-                        upgrade,
-                        scan,
-                    });
-                }
-                _ => return Err(bad(entry)),
-            },
-            // Given back: the owner holds nothing now; if a recall of it is on its way to
-            // the owner (a transaction waits for its contents), these are its answer.
-            Msg::PutM(contents) if entry.owner == Some(from) => {
+            // The owner's contents: recalled (`Flush`), or given back unasked (`PutM`: the
+            // owner holds nothing now; a recall on its way to it is answered by this).
+            Msg::Flush(contents) | Msg::PutM(contents) if entry.owner == Some(from) => {
+                let given_back = matches!(msg, Msg::PutM(_));
                 match entry.busy.clone() {
-                    None => {}
+                    None if given_back => entry.scan_owned = false,
                     Some(Txn::Read { reader }) => {
+                        if !given_back {
+                            entry.sharers.insert(from);
+                        }
                         entry.sharers.insert(reader);
                         entry.busy = None;
                         send(&mut out, reader, Msg::Data(contents));
@@ -278,13 +256,12 @@ impl Home {
                             scan,
                         });
                     }
-                    Some(Txn::Write { .. }) => return Err(bad(entry)),
+                    _ => return Err(bad(entry)),
                 }
                 entry.contents = contents;
                 entry.owner = None;
-                entry.scan_owned = false;
             }
-            Msg::PutM(_) => return Err(bad(entry)),
+            Msg::Flush(_) | Msg::PutM(_) => return Err(bad(entry)),
             Msg::Inv | Msg::Recall { .. } | Msg::Data(_) | Msg::DataM(_) | Msg::Grant => {
                 return Err(bad(entry));
             }
