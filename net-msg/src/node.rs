@@ -399,7 +399,7 @@ impl Node {
     pub fn open_stream(&self, peer: NodeId, kind: u16) -> Result<BulkStream> {
         if kind == 0 || kind == WAKE_KIND {
             return Err(Error::Misuse(
-                "stream kinds 0 and 65535 are the mesh connection's",
+                "stream kind 0 is the mesh connection, 65535 a wake-up",
             ));
         }
         if peer == self.inner.opts.id || peer as usize >= self.inner.slots.len() {
