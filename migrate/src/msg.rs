@@ -18,8 +18,9 @@ use vmm::fs::op::FileOp;
 
 use crate::report::{Step, Summary};
 pub use crate::thread::wire::{
-    Answer, Arrive, FutexCancel, FutexWait, FutexWake, Join, MoveThread, ShellPiece, ShellSetup,
-    SpanExit, Spawn, ThreadAt, ThreadExited, ThreadInfo, ThreadList, ThreadStatus,
+    Answer, Arrive, DescAnswer, DescOp, DescRequest, FutexCancel, FutexWait, FutexWake, Join,
+    MoveThread, ShellPiece, ShellSetup, SpanExit, Spawn, ThreadAt, ThreadExited, ThreadInfo,
+    ThreadList, ThreadStatus,
 };
 use vmm::vm::state::{StateHeader, VmState};
 
@@ -86,6 +87,9 @@ pub enum MsgType {
     Threads = 91,
     /// One-way, to the VM's origin ([`ThreadAt`]): where a thread runs now.
     ThreadAt = 92,
+    /// Request, to the VM's origin ([`DescRequest`]): an operation on its descriptor table.
+    /// Answer: [`DescAnswer`].
+    Desc = 93,
 }
 
 /// The services, by range of message types.
@@ -109,7 +113,7 @@ pub enum Service {
 
 impl MsgType {
     /// Every message type.
-    pub const ALL: [MsgType; 28] = [
+    pub const ALL: [MsgType; 29] = [
         MsgType::Ping,
         MsgType::Begin,
         MsgType::Commit,
@@ -138,6 +142,7 @@ impl MsgType {
         MsgType::MoveThread,
         MsgType::Threads,
         MsgType::ThreadAt,
+        MsgType::Desc,
     ];
 
     /// Its name in the protocol's descriptions and in errors (`BEGIN`, `FETCH`, ...).
@@ -171,6 +176,7 @@ impl MsgType {
             MsgType::MoveThread => "MOVE_THREAD",
             MsgType::Threads => "THREADS",
             MsgType::ThreadAt => "THREAD_AT",
+            MsgType::Desc => "DESC",
         }
     }
 
@@ -716,6 +722,7 @@ pub fn check_payload(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         MsgType::Spawn => from_bytes::<Spawn>(payload).map(drop),
         MsgType::MoveThread => from_bytes::<MoveThread>(payload).map(drop),
         MsgType::ThreadAt => from_bytes::<ThreadAt>(payload).map(drop),
+        MsgType::Desc => from_bytes::<DescRequest>(payload).map(drop),
     }
 }
 
@@ -735,6 +742,7 @@ pub fn check_answer(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         | MsgType::Join
         | MsgType::Spawn => from_bytes::<Answer>(payload).map(drop),
         MsgType::Threads => from_bytes::<ThreadList>(payload).map(drop),
+        MsgType::Desc => from_bytes::<DescAnswer>(payload).map(drop),
         _ => Ok(()),
     }
 }

@@ -311,3 +311,28 @@ fn the_std_tour_with_its_threads_spread_prints_what_it_prints_on_one_node() {
         "the tour's threads did not go to node 1"
     );
 }
+
+#[test]
+fn files_opened_on_one_node_are_used_and_closed_on_another() {
+    // One descriptor table for the VM (its origin's): a file a thread on node 1 opened is
+    // read by the main thread on node 0, and one node 0 opened is written and closed on 1.
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "made on the host\n").unwrap();
+    let mount = format!("{}:/data:rw", dir.path().display());
+    let (status, out, err) = finish(c.launch(&["--mount", &mount], "spread", &["files", "/data"]));
+    assert_eq!(
+        (status, out.as_str()),
+        (
+            0,
+            "files: node 0 read \"made on the host\", opened on node 1\n\
+             files: out.txt holds \"written on node 1\"\nok\n"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "written on node 1\n"
+    );
+}

@@ -19,7 +19,10 @@
 //! * `spawn`: the main thread moves to the other node and starts a thread there, which
 //!   reports its node, then joins it;
 //! * `wait MS`: a second thread (tid 2) waits on a `Condvar` until the main thread, after
-//!   `MS` milliseconds, notifies it; it then reports its node (a test moves it meanwhile).
+//!   `MS` milliseconds, notifies it; it then reports its node (a test moves it meanwhile);
+//! * `files DIR`: a thread on the other node opens `DIR/in.txt` and hands the file to the
+//!   main thread, which reads it, then creates `DIR/out.txt` and hands it over to be written
+//!   and closed there (one descriptor table for the whole VM).
 //!
 //! Each prints its result and `ok`, or a reason and exits 1.
 
@@ -255,6 +258,50 @@ fn spawn_there() {
     );
 }
 
+/// Files handed between threads on two nodes (one descriptor table for the VM): a thread
+/// on the other node opens `DIR/in.txt` and hands it to the main thread, which reads it; the
+/// main thread then opens `DIR/out.txt` and hands it over, and the other thread writes it
+/// and closes it there.
+fn files(dir: &str) {
+    use std::io::{Read, Write};
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("files needs two nodes");
+    }
+    let (to_main, from_there) = mpsc::channel::<std::fs::File>();
+    let (to_there, from_main) = mpsc::channel::<std::fs::File>();
+    let (there, d) = (nodes[1], dir.to_string());
+    let worker = thread::spawn(move || {
+        place(1, &[nodes[0], there]);
+        let opened = std::fs::File::open(format!("{d}/in.txt"))
+            .unwrap_or_else(|e| fail(&format!("open on node {there}: {e}")));
+        to_main.send(opened).unwrap();
+        let mut out = from_main.recv().unwrap();
+        writeln!(out, "written on node {}", pop::current_nid())
+            .unwrap_or_else(|e| fail(&format!("write on node {there}: {e}")));
+        // Closed here, on the other node.
+        drop(out);
+    });
+    let mut text = String::new();
+    from_there
+        .recv()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| fail(&format!("read on node {}: {e}", pop::current_nid())));
+    println!(
+        "files: node {} read {:?}, opened on node {there}",
+        pop::current_nid(),
+        text.trim_end()
+    );
+    let out = std::fs::File::create(format!("{dir}/out.txt"))
+        .unwrap_or_else(|e| fail(&format!("create: {e}")));
+    to_there.send(out).unwrap();
+    worker.join().unwrap();
+    let written = std::fs::read_to_string(format!("{dir}/out.txt"))
+        .unwrap_or_else(|e| fail(&format!("read back: {e}")));
+    println!("files: out.txt holds {:?}", written.trim_end());
+}
+
 fn dead(node: u32) {
     match pop::migrate(node) {
         Ok(()) => fail(&format!("moved to node {node}, which should be down")),
@@ -365,8 +412,9 @@ fn main() {
         "timing" => timing(arg(2, 1000)),
         "falseshare" => falseshare(arg(2, 1000)),
         "scan" => scan(arg(2, 256)),
+        "files" => files(&std::env::args().nth(2).unwrap_or_else(|| "/data".into())),
         _ => fail(
-            "usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait|spawn|timing|falseshare|scan [ARGS]",
+            "usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait|spawn|timing|falseshare|scan|files [ARGS]",
         ),
     }
     println!("ok");

@@ -15,6 +15,7 @@
 //! * this module: the service handling the messages, and the hooks' side (what a vCPU
 //!   thread asks for).
 
+pub mod descriptors;
 pub mod origin;
 pub mod shell;
 pub mod wire;
@@ -903,6 +904,15 @@ impl Service for Arc<Spans> {
                 o.thread_at(at.tid, at.node, node.id());
                 Ok(())
             }
+            MsgType::Desc => {
+                let d: msg::DescRequest = pop_wire::from_bytes(&payload).map_err(bad)?;
+                let (_, vm) = self.origin_vm(d.vm)?;
+                let r = responder(m)?;
+                // Quick (a lock on the table), so answered here.
+                let answer = descriptors::serve(vm.fs.descriptors().as_ref(), d.op);
+                let _ = r.respond(&pop_wire::to_bytes(&answer));
+                Ok(())
+            }
             MsgType::Join => {
                 let j: msg::Join = pop_wire::from_bytes(&payload).map_err(bad)?;
                 let (_, vm) = self.origin_vm(j.vm)?;
@@ -1046,10 +1056,6 @@ fn hot_ranges(thread: &ThreadState) -> Vec<(u64, u64)> {
 
 /// The shell setup of VM `vm` for a node that has none.
 fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
-    let fds = match vm.fs.save() {
-        Ok(fds) => fds,
-        Err(never) => match never {},
-    };
     ShellSetup {
         origin: ctx.origin,
         name: vm.image.name.clone(),
@@ -1058,7 +1064,6 @@ fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
         max_threads: vm.max_vcpus,
         image_len: vm.image.bytes.len() as u64,
         image_sha256: crate::vm::images::digest_of(&vm.image.bytes),
-        fds,
         clock: thread.clock,
     }
 }

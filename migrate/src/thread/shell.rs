@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use net_msg::{Node, PeerState};
 use pop_dsm::coherent::{Coherent, RegionConfig};
 use vmm::config::VmConfig;
-use vmm::fs::{FileSystem, FsArgs};
+use vmm::fs::{FdTable, FileSystem, FsArgs};
+
+use super::descriptors::OriginDescriptors;
 use vmm::hooks::Hooks;
 use vmm::image::{Image, ImageBytes};
 use vmm::memory::{GuestMem, PAGE_SIZE};
@@ -126,21 +128,27 @@ pub fn make(
         hooks,
         ..VmConfig::default()
     };
+    // One descriptor table for the whole VM: its origin's.
+    let descriptors = OriginDescriptors {
+        node: node.clone(),
+        origin,
+        vm: vm_id,
+    };
     let args = FsArgs {
         service,
         home,
         stdout,
         stderr,
+        descriptors: Some(Arc::new(descriptors)),
     };
-    let fs = match FileSystem::restore(args, &setup.fds) {
-        Ok(fs) => fs,
-        Err(never) => match never {},
-    };
+    let fs = FileSystem::restore(args, &FdTable::default())
+        .map_err(|e| format!("the descriptor table: errno {e}"))?;
     let state = VmState {
         header: StateHeader::native(vm_id),
         threads: Vec::new(),
         table: ThreadTable::default(),
-        fds: setup.fds.clone(),
+        // Kept at the origin (above), not here.
+        fds: FdTable::default(),
         clock: setup.clock,
     };
     // The shared region is the DSM's from here on (what loading the image put there is

@@ -2,7 +2,7 @@
 
 use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 use vmm::clock::ClockState;
-use vmm::fs::FdTable;
+use vmm::fs::{Fd, FdTable};
 use vmm::moving::ThreadState;
 use vmm::vm::state::StateHeader;
 
@@ -82,8 +82,6 @@ pub struct ShellSetup {
     pub image_len: u64,
     /// Its SHA-256 (a node that has the image needs no image pieces).
     pub image_sha256: [u8; 32],
-    /// The guest's descriptors.
-    pub fds: FdTable,
     /// The guest clock.
     pub clock: ClockState,
 }
@@ -97,7 +95,6 @@ impl Encode for ShellSetup {
             .u32(self.max_threads)
             .u64(self.image_len)
             .bytes(&self.image_sha256);
-        self.fds.encode(e);
         self.clock.encode(e);
     }
 }
@@ -112,7 +109,6 @@ impl Decode for ShellSetup {
             max_threads: d.u32()?,
             image_len: d.u64()?,
             image_sha256: d.bytes(32)?.try_into().expect("32 bytes"),
-            fds: FdTable::decode(d)?,
             clock: ClockState::decode(d)?,
         })
     }
@@ -370,6 +366,124 @@ impl Decode for ThreadList {
     }
 }
 
+/// An operation on the descriptor table of a VM that spans nodes, which its origin keeps
+/// (see [`vmm::fs::Descriptors`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DescOp {
+    /// What a descriptor refers to.
+    Get(i64),
+    /// Gives this the lowest free descriptor.
+    Insert(Fd),
+    /// Frees a descriptor.
+    Remove(i64),
+    /// Gives what a descriptor refers to the lowest free one too.
+    Dup(i64),
+    /// The whole table.
+    Table,
+}
+
+/// `DESC`: an operation on VM `vm`'s descriptor table (to its origin). Answer: [`DescAnswer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescRequest {
+    /// The VM.
+    pub vm: u64,
+    /// What.
+    pub op: DescOp,
+}
+
+impl Encode for DescRequest {
+    fn encode(&self, e: &mut Encoder) {
+        e.u64(self.vm);
+        match self.op {
+            DescOp::Get(fd) => e.u8(0).u64(fd as u64),
+            DescOp::Insert(target) => {
+                e.u8(1);
+                target.encode(e);
+                e
+            }
+            DescOp::Remove(fd) => e.u8(2).u64(fd as u64),
+            DescOp::Dup(fd) => e.u8(3).u64(fd as u64),
+            DescOp::Table => e.u8(4),
+        };
+    }
+}
+
+impl Decode for DescRequest {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+        let vm = d.u64()?;
+        let op = match d.u8()? {
+            0 => DescOp::Get(d.u64()? as i64),
+            1 => DescOp::Insert(Fd::decode(d)?),
+            2 => DescOp::Remove(d.u64()? as i64),
+            3 => DescOp::Dup(d.u64()? as i64),
+            4 => DescOp::Table,
+            _ => return Err(WireError("unknown descriptor operation")),
+        };
+        Ok(DescRequest { vm, op })
+    }
+}
+
+/// The answer to a [`DescRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DescAnswer {
+    /// The operation failed with this errno.
+    Failed(i32),
+    /// A descriptor (`Insert`, `Dup`).
+    Number(i64),
+    /// What a descriptor refers to (`Get`).
+    Refers(Fd),
+    /// What a freed descriptor referred to, and whether another still does (`Remove`).
+    Removed(Fd, bool),
+    /// The table (`Table`).
+    Table(FdTable),
+}
+
+impl Encode for DescAnswer {
+    fn encode(&self, e: &mut Encoder) {
+        match self {
+            DescAnswer::Failed(errno) => {
+                e.u8(0).u32(*errno as u32);
+            }
+            DescAnswer::Number(fd) => {
+                e.u8(1).u64(*fd as u64);
+            }
+            DescAnswer::Refers(target) => {
+                e.u8(2);
+                target.encode(e);
+            }
+            DescAnswer::Removed(target, still) => {
+                e.u8(3);
+                target.encode(e);
+                e.u8(u8::from(*still));
+            }
+            DescAnswer::Table(table) => {
+                e.u8(4);
+                table.encode(e);
+            }
+        }
+    }
+}
+
+impl Decode for DescAnswer {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+        Ok(match d.u8()? {
+            0 => DescAnswer::Failed(d.u32()? as i32),
+            1 => DescAnswer::Number(d.u64()? as i64),
+            2 => DescAnswer::Refers(Fd::decode(d)?),
+            3 => DescAnswer::Removed(
+                Fd::decode(d)?,
+                match d.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError("bad flag")),
+                },
+            ),
+            4 => DescAnswer::Table(FdTable::decode(d)?),
+            _ => return Err(WireError("unknown descriptor answer")),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,5 +519,28 @@ mod tests {
             pop_wire::from_bytes::<ThreadList>(&pop_wire::to_bytes(&list)).unwrap(),
             list
         );
+        for op in [
+            DescOp::Get(3),
+            DescOp::Insert(Fd::Home(9)),
+            DescOp::Remove(4),
+            DescOp::Dup(1),
+            DescOp::Table,
+        ] {
+            let r = DescRequest { vm: 5, op };
+            let bytes = pop_wire::to_bytes(&r);
+            assert_eq!(pop_wire::from_bytes::<DescRequest>(&bytes).unwrap(), r);
+            assert!(pop_wire::from_bytes::<DescRequest>(&bytes[..bytes.len() - 1]).is_err());
+        }
+        for a in [
+            DescAnswer::Failed(9),
+            DescAnswer::Number(3),
+            DescAnswer::Refers(Fd::Stdout),
+            DescAnswer::Removed(Fd::Home(7), true),
+            DescAnswer::Table(FdTable::default()),
+        ] {
+            let bytes = pop_wire::to_bytes(&a);
+            assert_eq!(pop_wire::from_bytes::<DescAnswer>(&bytes).unwrap(), a);
+            assert!(pop_wire::from_bytes::<DescAnswer>(&bytes[..bytes.len() - 1]).is_err());
+        }
     }
 }

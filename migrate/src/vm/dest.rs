@@ -232,11 +232,10 @@ impl Arriving {
             home: files.1,
             stdout,
             stderr,
+            descriptors: None,
         };
-        let fs = match FileSystem::restore(args, &state.fds) {
-            Ok(fs) => fs,
-            Err(never) => match never {},
-        };
+        let fs = FileSystem::restore(args, &state.fds)
+            .map_err(|e| format!("the descriptor table: errno {e}"))?;
         // Made while the pages arrived (an error there is met again, and reported, here).
         let kvm = self
             .kvm

@@ -464,7 +464,11 @@ fn hand_over(
             ));
         }
     }
-    let (Ok(clock), Ok(fds)) = (clock.save(), vm.fs.save());
+    let Ok(clock) = clock.save();
+    let fds = vm
+        .fs
+        .save()
+        .map_err(|e| format!("the descriptor table: errno {e}"))?;
     let commit = Commit {
         state: VmState {
             header: StateHeader::native(id),

@@ -26,16 +26,43 @@ pub struct FdTable {
     slots: Vec<Option<Fd>>,
 }
 
+/// A slot: 0 free, 1 stdout, 2 stderr, 3 and a handle.
+fn encode_slot(e: &mut Encoder, slot: Option<Fd>) {
+    match slot {
+        None => e.u8(0),
+        Some(Fd::Stdout) => e.u8(1),
+        Some(Fd::Stderr) => e.u8(2),
+        Some(Fd::Home(handle)) => e.u8(3).u64(handle),
+    };
+}
+
+fn decode_slot(d: &mut Decoder<'_>) -> Result<Option<Fd>, WireError> {
+    Ok(match d.u8()? {
+        0 => None,
+        1 => Some(Fd::Stdout),
+        2 => Some(Fd::Stderr),
+        3 => Some(Fd::Home(d.u64()?)),
+        _ => return Err(WireError("bad descriptor")),
+    })
+}
+
+impl Encode for Fd {
+    fn encode(&self, e: &mut Encoder) {
+        encode_slot(e, Some(*self));
+    }
+}
+
+impl Decode for Fd {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+        decode_slot(d)?.ok_or(WireError("a free slot where a descriptor was expected"))
+    }
+}
+
 impl Encode for FdTable {
     fn encode(&self, e: &mut Encoder) {
         e.u32(self.slots.len() as u32);
         for slot in &self.slots {
-            match slot {
-                None => e.u8(0),
-                Some(Fd::Stdout) => e.u8(1),
-                Some(Fd::Stderr) => e.u8(2),
-                Some(Fd::Home(handle)) => e.u8(3).u64(*handle),
-            };
+            encode_slot(e, *slot);
         }
     }
 }
@@ -49,13 +76,7 @@ impl Decode for FdTable {
         }
         let mut slots = Vec::with_capacity(n.min(d.rest().len()));
         for _ in 0..n {
-            slots.push(match d.u8()? {
-                0 => None,
-                1 => Some(Fd::Stdout),
-                2 => Some(Fd::Stderr),
-                3 => Some(Fd::Home(d.u64()?)),
-                _ => return Err(WireError("bad descriptor")),
-            });
+            slots.push(decode_slot(d)?);
         }
         Ok(FdTable { slots })
     }

@@ -5,6 +5,7 @@
 //! [`HomeFiles`] while it runs at home, its home node's (over the mesh) once it migrated.
 //! Each method serves one hypercall and returns its result (a negated errno on failure).
 
+pub mod descriptors;
 mod dirent;
 mod fd_table;
 pub mod home;
@@ -15,11 +16,12 @@ mod stat;
 use crate::persist::Persist;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use pop_abi::errno::{EBADF, EINVAL, EIO, ENOTDIR};
 use pop_abi::open_flags as guest;
 
+pub use descriptors::{Descriptors, LocalDescriptors};
 pub use dirent::{Entry, encode as encode_dirents};
 pub use fd_table::{Fd, FdTable, MAX_FDS};
 pub use home::HomeFiles;
@@ -65,7 +67,7 @@ impl FileService for HomeFiles {
 pub struct FileSystem {
     service: Arc<dyn FileService>,
     home: Option<Arc<HomeFiles>>,
-    fds: Mutex<FdTable>,
+    fds: Arc<dyn Descriptors>,
     stdout: Output,
     stderr: Output,
 }
@@ -111,24 +113,32 @@ pub struct FsArgs {
     pub stdout: Output,
     /// Where its standard error goes.
     pub stderr: Output,
+    /// Where the descriptor table is kept if not here (a node a VM's threads moved to: at
+    /// the VM's origin); `None` keeps the restored table here.
+    pub descriptors: Option<Arc<dyn Descriptors>>,
 }
 
 impl Persist for FileSystem {
     /// The descriptor table (host files stay open at the VM's home).
     type State = FdTable;
     type Args<'a> = FsArgs;
-    type Error = std::convert::Infallible;
+    /// The errno of a table kept elsewhere that could not be read.
+    type Error = i32;
 
     fn save(&self) -> Result<FdTable, Self::Error> {
-        Ok(self.fds().clone())
+        self.fds.table()
     }
 
-    /// The file system of a VM that moved here, with its descriptor table.
+    /// The file system of a VM that moved here, with its descriptor table (or, if
+    /// `args.descriptors` says where it is kept, with that one).
     fn restore(args: FsArgs, fds: &FdTable) -> Result<FileSystem, Self::Error> {
+        let fds = args
+            .descriptors
+            .unwrap_or_else(|| Arc::new(LocalDescriptors::new(fds.clone())));
         Ok(FileSystem {
             service: args.service,
             home: args.home,
-            fds: Mutex::new(fds.clone()),
+            fds,
             stdout: args.stdout,
             stderr: args.stderr,
         })
@@ -143,7 +153,7 @@ impl FileSystem {
         FileSystem {
             service: home.clone(),
             home: Some(home),
-            fds: Mutex::new(FdTable::default()),
+            fds: Arc::new(LocalDescriptors::default()),
             stdout,
             stderr,
         }
@@ -154,12 +164,13 @@ impl FileSystem {
         self.home.clone()
     }
 
-    fn fds(&self) -> MutexGuard<'_, FdTable> {
-        crate::sync::lock(&self.fds)
+    /// The descriptor table (for a node its threads moved to, to keep the same one).
+    pub fn descriptors(&self) -> &Arc<dyn Descriptors> {
+        &self.fds
     }
 
     fn fd(&self, fd: u64) -> Result<Fd, i32> {
-        self.fds().get(fd as i64)
+        self.fds.get(fd as i64)
     }
 
     /// Calls the service, checking that the data fits `max` bytes.
@@ -211,7 +222,7 @@ impl FileSystem {
             mode: mode as u32,
         };
         let handle = self.call(op, 0)?.value as u64;
-        let inserted = self.fds().insert(Fd::Home(handle));
+        let inserted = self.fds.insert(Fd::Home(handle));
         if inserted.is_err() {
             let _ = self.service.call(FileOp::Close { handle });
         }
@@ -220,13 +231,11 @@ impl FileSystem {
 
     /// `close(fd)`.
     pub fn close(&self, fd: u64) -> SysResult {
-        let mut fds = self.fds();
-        let removed = fds.remove(fd as i64)?;
+        let (removed, still_referred) = self.fds.remove(fd as i64)?;
         if let Fd::Home(handle) = removed
             && handle > op::STDERR
-            && !fds.refers_to(handle)
+            && !still_referred
         {
-            drop(fds);
             let _ = self.service.call(FileOp::Close { handle });
         }
         Ok(0)
@@ -234,9 +243,7 @@ impl FileSystem {
 
     /// `dup(fd)`.
     pub fn dup(&self, fd: u64) -> SysResult {
-        let mut fds = self.fds();
-        let handle = fds.get(fd as i64)?;
-        fds.insert(handle)
+        self.fds.dup(fd as i64)
     }
 
     /// `lseek(fd, offset, whence)`.
@@ -385,6 +392,38 @@ mod tests {
             self.mem.write(PATH + p.len() as u64, &[0]).unwrap();
             PATH
         }
+    }
+
+    #[test]
+    fn file_systems_sharing_a_descriptor_table_see_each_other_s_descriptors() {
+        // A node a VM's threads moved to keeps its origin's table: a descriptor opened
+        // through one file system is read, and closed, through the other.
+        let f = fixture("shared");
+        let (stdout, _) = Output::capture();
+        let (stderr, _) = Output::capture();
+        let other = FileSystem::restore(
+            FsArgs {
+                service: f.fs.service.clone(),
+                home: None,
+                stdout,
+                stderr,
+                descriptors: Some(f.fs.descriptors().clone()),
+            },
+            &FdTable::default(),
+        )
+        .unwrap();
+        let fd = f.fs.open(&f.mem, f.path("/ro/hello.txt"), 0, 0).unwrap() as u64;
+        assert_eq!(other.read(&f.mem, fd, BUF, 100), Ok(5));
+        assert_eq!(f.mem.read(BUF, 5).unwrap(), b"hello");
+        let dup = other.dup(fd).unwrap() as u64;
+        assert_eq!(other.close(fd), Ok(0));
+        assert_eq!(f.fs.read(&f.mem, fd, BUF, 100), Err(EBADF));
+        assert_eq!(
+            f.fs.lseek(dup, 0, SEEK_SET as u64),
+            Ok(0),
+            "the dup still works"
+        );
+        assert_eq!(f.fs.save().unwrap(), other.save().unwrap());
     }
 
     #[test]
