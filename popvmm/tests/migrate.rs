@@ -2,6 +2,7 @@
 //! `popvmm node` processes as the other nodes (Unix sockets on this machine), `popvmm ps` and
 //! `popvmm migrate`. No timing is asserted; every wait is bounded.
 
+use std::io::{BufRead, BufReader};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -30,11 +31,25 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     // 80 iterations of 50 ms (long enough for four migrations on a loaded machine), a thread
     // rewriting and checking 8 MiB, exit status 7, 12 MiB filled at the start and checked at
     // the end.
-    let vm = c.launch(
+    let mut vm = c.launch(
         &["--memory", "64M"],
         "migrateme",
         &["80", "50", "8", "7", "12"],
     );
+    // The first move once the guest's loop has begun on node 0 (filling its memory first
+    // may take longer than all four moves).
+    let stdout = vm.0.stdout.take().unwrap();
+    let (began, begun) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines() {
+            all += &line.unwrap();
+            all.push('\n');
+            let _ = began.send(());
+        }
+        all
+    });
+    begun.recv_timeout(SOON).expect("the VM printed nothing");
     // Any node can be asked: here, in turn, one that is neither source nor destination, the
     // destination, the source, and the launching node. The third and fourth arrivals find
     // the memory the VM left behind there (and must leave nothing of it but the VM's pages).
@@ -50,7 +65,8 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
         assert_eq!(vms[0]["node"], to, "ps shows where it runs");
         assert_eq!(vms[0]["home"], 0);
     }
-    let (status, out, err) = finish(vm);
+    let (status, _, err) = finish(vm);
+    let out = reader.join().unwrap();
     assert_eq!(status, 7, "stderr: {err}");
     let expected: String = (0..80).map(|i| format!("iteration {i}\n")).collect();
     assert!(out.starts_with(&expected), "{out}");

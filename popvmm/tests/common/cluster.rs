@@ -237,9 +237,14 @@ pub fn finish(mut p: Proc) -> (i32, String, String) {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
+    // (A caller that took a pipe to read it as the VM ran gets nothing of it here.)
     let (mut out, mut err) = (String::new(), String::new());
-    p.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    if let Some(mut o) = p.0.stdout.take() {
+        o.read_to_string(&mut out).unwrap();
+    }
+    if let Some(mut e) = p.0.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
     (status.code().unwrap_or(-1), out, err)
 }
 
