@@ -445,14 +445,7 @@ impl Coherent {
         let mut inner = lock(&s.state);
         s.check_failed(&inner)?;
         s.within(&mut inner, |s, inner, b| {
-            for &(offset, len) in ranges {
-                let Some(end) = offset
-                    .checked_add(len)
-                    .filter(|&e| e <= s.cfg.len && len > 0)
-                else {
-                    continue;
-                };
-                let pages = (offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32;
+            for pages in ranges.iter().filter_map(|&r| s.pages_of(r)) {
                 s.ask(inner, b, pages, Want::of(write))?;
             }
             Ok(())
@@ -471,12 +464,7 @@ impl Coherent {
         }
         let mut pages: Vec<u32> = ranges
             .iter()
-            .filter_map(|&(offset, len)| {
-                let end = offset
-                    .checked_add(len)
-                    .filter(|&e| e <= s.cfg.len && len > 0)?;
-                Some((offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32)
-            })
+            .filter_map(|&r| s.pages_of(r))
             .flatten()
             .collect();
         pages.sort_unstable();
@@ -875,6 +863,22 @@ impl Shared {
         Ok(())
     }
 
+    /// The pages of the range (an offset from the region's start, a length): `None` if it is
+    /// empty or not all inside the region.
+    fn pages_of(&self, (offset, len): (u64, u64)) -> Option<std::ops::Range<u32>> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.cfg.len && len > 0)?;
+        Some((offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32)
+    }
+
+    /// Sends a frame to a peer.
+    fn send(&self, to: NodeId, frame: Vec<u8>) -> Result<(), CoherenceError> {
+        self.link
+            .send(to, frame)
+            .map_err(|reason| CoherenceError::Link { to, reason })
+    }
+
     /// Carries out the gathered effects, then adds the gathered run to the frame going to
     /// its peer while that has room; a full frame goes out at once (a long answer streams
     /// while the rest of it is made). Runs to one peer keep their order.
@@ -888,9 +892,7 @@ impl Shared {
             Some(i) if b.out[i].1.len() + run.len() <= MAX_FRAME => b.out[i].1.extend(run),
             Some(i) => {
                 let (_, full) = std::mem::replace(&mut b.out[i], (to, run));
-                self.link
-                    .send(to, full)
-                    .map_err(|reason| CoherenceError::Link { to, reason })?;
+                self.send(to, full)?;
             }
             None => b.out.push((to, run)),
         }
@@ -900,9 +902,7 @@ impl Shared {
     /// Sends the batch's frames (its effects were carried out before each run ended).
     fn send_frames(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
         for (to, frame) in b.out.drain(..) {
-            self.link
-                .send(to, frame)
-                .map_err(|reason| CoherenceError::Link { to, reason })?;
+            self.send(to, frame)?;
         }
         Ok(())
     }
