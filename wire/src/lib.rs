@@ -113,6 +113,15 @@ impl<'a> Decoder<'a> {
         Ok(self.array::<1>()?[0])
     }
 
+    /// A flag: a byte that is 0 or 1 (anything else is refused).
+    pub fn flag(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError("bad flag")),
+        }
+    }
+
     /// A u16.
     pub fn u16(&mut self) -> Result<u16, WireError> {
         Ok(u16::from_le_bytes(self.array()?))

@@ -470,14 +470,7 @@ impl Decode for DescAnswer {
             0 => DescAnswer::Failed(d.u32()? as i32),
             1 => DescAnswer::Number(d.u64()? as i64),
             2 => DescAnswer::Refers(Fd::decode(d)?),
-            3 => DescAnswer::Removed(
-                Fd::decode(d)?,
-                match d.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(WireError("bad flag")),
-                },
-            ),
+            3 => DescAnswer::Removed(Fd::decode(d)?, d.flag()?),
             4 => DescAnswer::Table(FdTable::decode(d)?),
             _ => return Err(WireError("unknown descriptor answer")),
         })

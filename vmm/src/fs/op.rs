@@ -112,13 +112,6 @@ impl Decode for FileOp {
             }
             Ok(n)
         };
-        let flag = |d: &mut Decoder<'_>| -> Result<bool, WireError> {
-            match d.u8()? {
-                0 => Ok(false),
-                1 => Ok(true),
-                _ => Err(WireError("bad flag")),
-            }
-        };
         let op = match d.u8()? {
             0 => FileOp::Open {
                 flags: d.u32()? as i32,
@@ -141,7 +134,7 @@ impl Decode for FileOp {
             },
             5 => FileOp::Fstat { handle: d.u64()? },
             6 => FileOp::Stat {
-                follow: flag(d)?,
+                follow: d.flag()?,
                 path: path(d)?,
             },
             7 => FileOp::Getdents64 {
@@ -157,7 +150,7 @@ impl Decode for FileOp {
                 path: path(d)?,
             },
             9 => FileOp::Remove {
-                dir: flag(d)?,
+                dir: d.flag()?,
                 path: path(d)?,
             },
             _ => return Err(WireError("unknown file operation")),
