@@ -405,10 +405,7 @@ impl Node {
         if peer == self.inner.opts.id || peer as usize >= self.inner.slots.len() {
             return Err(Error::NoSuchPeer(peer));
         }
-        let addr = &self.inner.opts.cluster.nodes[peer as usize].address;
-        let mut s = Stream::connect(addr, self.inner.opts.connect_timeout)?;
-        s.set_timeouts(Some(self.inner.opts.handshake_timeout))?;
-        let session = handshake::initiate_stream(&mut s, &self.inner.params(), peer, kind)?;
+        let (session, s) = dial(&self.inner, peer, kind)?;
         s.set_timeouts(None)?;
         Ok(BulkStream::new(
             peer,
@@ -814,6 +811,21 @@ fn respond(inner: &Arc<Inner>, mut stream: Stream) {
     }
 }
 
+/// Connects to node `peer` and runs the initiator's handshake for a connection of `kind` (0:
+/// the mesh connection), within the connect and handshake time limits (still set on the
+/// stream it returns).
+fn dial(
+    inner: &Inner,
+    peer: NodeId,
+    kind: u16,
+) -> std::result::Result<(handshake::Session, Stream), handshake::HandshakeError> {
+    let addr = &inner.opts.cluster.nodes[peer as usize].address;
+    let mut s = Stream::connect(addr, inner.opts.connect_timeout)?;
+    s.set_timeouts(Some(inner.opts.handshake_timeout))?;
+    let session = handshake::initiate_stream(&mut s, &inner.params(), peer, kind)?;
+    Ok((session, s))
+}
+
 /// Wakes each node of a higher id once (see [`WAKE_KIND`]); one that is not up dials this
 /// node when it starts.
 fn wake_higher(inner: &Arc<Inner>) {
@@ -822,14 +834,7 @@ fn wake_higher(inner: &Arc<Inner>) {
         if inner.stopping() {
             return;
         }
-        let addr = &inner.opts.cluster.nodes[peer as usize].address;
-        let woken = Stream::connect(addr, inner.opts.connect_timeout)
-            .map_err(handshake::HandshakeError::Io)
-            .and_then(|mut s| {
-                s.set_timeouts(Some(inner.opts.handshake_timeout))?;
-                handshake::initiate_stream(&mut s, &inner.params(), peer, WAKE_KIND)
-            });
-        if let Err(e) = woken {
+        if let Err(e) = dial(inner, peer, WAKE_KIND) {
             tracing::debug!(node = inner.opts.id, peer, "node {peer} not woken: {e}");
         }
     }
@@ -852,12 +857,7 @@ fn dial_loop(inner: &Arc<Inner>, peer: NodeId) {
         if inner.stopping() {
             return;
         }
-        let attempt = Stream::connect(&addr, inner.opts.connect_timeout)
-            .map_err(handshake::HandshakeError::Io)
-            .and_then(|mut s| {
-                s.set_timeouts(Some(inner.opts.handshake_timeout))?;
-                handshake::initiate(&mut s, &inner.params(), peer).map(|session| (session, s))
-            });
+        let attempt = dial(inner, peer, 0);
         match attempt {
             Ok((session, stream)) => {
                 failures = 0;
