@@ -121,6 +121,8 @@ pub struct CoherenceStats {
     pub huge_pages: u64,
     /// Owned pages given back to the home unasked (`PutM`, as a thread left).
     pub given_back: u64,
+    /// Pages the home handed to another node unasked (as a thread left the home for it).
+    pub pushed: u64,
 }
 
 #[derive(Default)]
@@ -134,6 +136,7 @@ struct Counters {
     served: AtomicU64,
     huge_pages: AtomicU64,
     given_back: AtomicU64,
+    pushed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -473,25 +476,36 @@ impl Coherent {
         s.check_failed(&inner)?;
         let mut given = 0;
         s.within(&mut inner, |s, inner, b| {
+            let pages: Vec<u32> = pages
+                .into_iter()
+                .filter(|&page| !inner.pins.contains_key(&page) && !in_gather(inner, page))
+                .collect();
+            // The pages that hold data are write-protected first, a run with one ioctl: a
+            // write by another vCPU here faults (and asks for the page again) instead of
+            // landing after the copy is taken.
+            let held: Vec<u32> = pages
+                .iter()
+                .copied()
+                .filter(|&p| {
+                    inner.present[p as usize] && inner.caches[p as usize].state == State::Modified
+                })
+                .collect();
+            for run in held.chunk_by(|x, y| *y == x + 1) {
+                s.uffd
+                    .write_protect(s.addr(run[0]), run.len() as u64 * PAGE_SIZE, true)
+                    .map_err(Shared::os("write-protecting pages given back"))?;
+            }
             for page in pages {
                 let p = page as usize;
-                if inner.pins.contains_key(&page) || in_gather(inner, page) {
-                    continue;
-                }
                 let Some(put) = inner.caches[p].give_back() else {
                     continue;
                 };
                 let mut bytes = vec![0u8; PAGE];
                 if inner.present[p] {
                     let addr = s.addr(page);
-                    // Protected first: a write by another vCPU here faults (and asks for the
-                    // page again) instead of landing after the copy is taken.
-                    s.uffd
-                        .write_protect(addr, PAGE_SIZE, true)
-                        .map_err(Shared::os("write-protecting a page given back"))?;
                     // SAFETY: the page holds data (`present`), so reading it does not fault;
-                    // it is write-protected, so nothing writes it meanwhile; `bytes` is a
-                    // separate 4 KiB buffer.
+                    // it is write-protected (above), so nothing writes it meanwhile; `bytes`
+                    // is a separate 4 KiB buffer.
                     unsafe {
                         std::ptr::copy_nonoverlapping(addr as *const u8, bytes.as_mut_ptr(), PAGE)
                     };
@@ -507,6 +521,49 @@ impl Coherent {
             .given_back
             .fetch_add(u64::from(given), Ordering::Relaxed);
         Ok(given)
+    }
+
+    /// On the home: hands the pages of the ranges (offsets from the region's start,
+    /// lengths) to node `to` unasked, as if it had faulted on a write of each (with one
+    /// message): what a thread leaving the home for `to` touches first is there when it
+    /// arrives, instead of being asked for after. Only a hint: pages `to` owns already, pages
+    /// the VMM here has pinned and pages a transaction runs or waits on stay as they are; a
+    /// request of `to`'s that crosses a push is answered by it. Returns how many pages go.
+    pub fn push(&self, ranges: &[(u64, u64)], to: NodeId) -> Result<u32, CoherenceError> {
+        let s = &self.shared;
+        if s.cfg.node != s.cfg.home || to == s.cfg.node {
+            return Ok(0);
+        }
+        let mut pages: Vec<u32> = ranges
+            .iter()
+            .filter_map(|&r| s.pages_of(r))
+            .flatten()
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut inner = lock(&s.state);
+        s.check_failed(&inner)?;
+        let mut pushed = 0;
+        s.within(&mut inner, |s, inner, b| {
+            for page in pages {
+                if inner.pins.contains_key(&page) || in_gather(inner, page) {
+                    continue;
+                }
+                let Some(home) = inner.home.as_mut() else {
+                    return Ok(());
+                };
+                let out = home.dir.push(page, to)?;
+                if !out.is_empty() {
+                    pushed += 1;
+                }
+                s.send_from_home(inner, b, out)?;
+            }
+            Ok(())
+        })?;
+        s.counters
+            .pushed
+            .fetch_add(u64::from(pushed), Ordering::Relaxed);
+        Ok(pushed)
     }
 
     fn unpin(&self, pages: std::ops::Range<u32>) {
@@ -586,6 +643,7 @@ impl Coherent {
             served: get(&c.served),
             huge_pages: get(&c.huge_pages),
             given_back: get(&c.given_back),
+            pushed: get(&c.pushed),
         }
     }
 }
@@ -972,6 +1030,20 @@ impl Shared {
                 None => return Err(no_contents()),
             };
         }
+        self.send_from_home(inner, b, out)
+    }
+
+    /// Sends (or queues here) what the directory answered, with the page's contents where
+    /// the message carries them.
+    fn send_from_home<'a>(
+        &self,
+        inner: &mut Inner,
+        b: &mut Batch<'a>,
+        out: Vec<Envelope>,
+    ) -> Result<(), CoherenceError> {
+        let Some(home) = inner.home.as_ref() else {
+            return Ok(());
+        };
         for env in out {
             let contents = match carries_page(env.msg) {
                 false => None,

@@ -284,6 +284,11 @@ impl Home {
             let Some((node, request)) = entry.waiting.pop_front() else {
                 break;
             };
+            if entry.owner == Some(node) {
+                // The page was pushed to its asker (`Home::push`) while the request was on
+                // its way: the push answered it.
+                continue;
+            }
             // A scan's request takes the page if no node holds a read copy of it.
             let read = match request {
                 Msg::GetS => true,
@@ -337,6 +342,21 @@ impl Home {
             }
         }
         Ok(out)
+    }
+
+    /// Hands `page` to node `to` unasked, as if it had asked to write it (`DataM`, or
+    /// `Grant` to a node holding a read copy; other copies are invalidated or recalled
+    /// first): what a thread going from here to `to` touches first is there when it
+    /// arrives. Only a hint: nothing happens if `to` owns the page already, or a transaction
+    /// runs or waits on it. A request `to` made meanwhile is answered by the push.
+    pub fn push(&mut self, page: u32, to: NodeId) -> Result<Vec<Envelope>, ProtocolError> {
+        let Some(entry) = self.pages.get(page as usize) else {
+            return Ok(Vec::new());
+        };
+        if entry.owner == Some(to) || entry.busy.is_some() || !entry.waiting.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.handle(to, page, Msg::GetM)
     }
 
     /// The number of pages.
@@ -498,28 +518,29 @@ impl Cache {
                 self.state = if keep { State::Shared } else { State::Invalid };
                 out.push(self.envelope(Msg::Flush(self.contents)));
             }
+            // A read's answer. Also, when a push answered the read already (the home sent
+            // the page meanwhile, unasked), the answer to that read arriving after all.
             Msg::Data(contents) => {
-                if self.waiting.is_none() || self.state != State::Invalid {
+                if self.state == State::Modified {
                     return Err(bad(self));
                 }
+                let asked = self.state == State::Invalid;
                 self.state = State::Shared;
                 self.contents = contents;
                 self.may_own = false;
                 self.gave_back = false;
-                // A write that came while the read was on its way asks for the page now.
-                if self.waiting == Some(true) {
+                // A write that came while the read was on its way asks for the page now
+                // (from a read copy, it asked already).
+                if self.waiting == Some(true) && asked {
                     out.push(self.envelope(Msg::GetM));
-                } else {
+                } else if self.waiting != Some(true) {
                     self.waiting = None;
                 }
             }
+            // A write's answer, a scan's that took the page, or a push (`Home::push`): the
+            // page is this node's, whatever it waited for.
             Msg::DataM(contents) => {
-                // A write's answer, or a scan's that took the page.
-                let scan = self.may_own && self.state == State::Invalid;
-                if self.waiting.is_none()
-                    || (self.waiting == Some(false) && !scan)
-                    || self.state == State::Modified
-                {
+                if self.state == State::Modified {
                     return Err(bad(self));
                 }
                 self.state = State::Modified;
@@ -528,10 +549,12 @@ impl Cache {
                 self.may_own = false;
                 self.gave_back = false;
             }
+            // An upgrade's answer, or a push to a node holding a read copy.
             Msg::Grant => {
-                if self.waiting != Some(true) || self.state != State::Shared {
+                if self.state != State::Shared {
                     return Err(bad(self));
                 }
+                self.may_own = false;
                 self.state = State::Modified;
                 self.waiting = None;
             }

@@ -378,6 +378,74 @@ fn give_backs_racing_recalls_lose_no_increment() {
 }
 
 #[test]
+fn pages_pushed_to_a_node_are_there_before_it_touches_them() {
+    let nodes = cluster(3, |_| {});
+    for p in [40, 41] {
+        nodes[0].word(p, 3).store(2000 + p, Ordering::SeqCst);
+    }
+    // The home hands the two pages (a thread's stack top, say) to node 1 as its thread
+    // leaves for it: one message.
+    let sent = nodes[0].sent.load(Ordering::SeqCst);
+    let range = [(40 * PAGE_SIZE, 2 * PAGE_SIZE)];
+    assert_eq!(nodes[0].region.push(&range, 1).unwrap(), 2);
+    assert_eq!(nodes[0].sent.load(Ordering::SeqCst), sent + 1);
+    assert_eq!(nodes[0].region.state(40), Some(State::Invalid));
+    let t0 = std::time::Instant::now();
+    while nodes[1].region.state(41) != Some(State::Modified) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the push did not arrive"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Node 1 reads and writes them without a fault.
+    for p in [40, 41] {
+        assert_eq!(nodes[1].word(p, 3).fetch_add(1, Ordering::SeqCst), 2000 + p);
+    }
+    let stats = nodes[1].region.stats();
+    assert_eq!((stats.read_faults, stats.write_faults), (0, 0));
+    assert_eq!(nodes[0].region.stats().pushed, 2);
+    // Nothing to push to the owner; only the home pushes.
+    assert_eq!(nodes[0].region.push(&range, 1).unwrap(), 0);
+    assert_eq!(nodes[1].region.push(&range, 2).unwrap(), 0);
+    assert_eq!(nodes[0].word(41, 3).load(Ordering::SeqCst), 2042);
+}
+
+#[test]
+fn pushes_racing_faults_and_recalls_lose_no_increment() {
+    // The home keeps pushing two pages to nodes 1 and 2 in turn while all three nodes
+    // increment words of them: pushes cross the nodes' own requests and recalls.
+    const ROUNDS: u64 = 1500;
+    let nodes = Arc::new(cluster(3, |_| {}));
+    let workers: Vec<_> = (0..3)
+        .map(|n| {
+            let nodes = nodes.clone();
+            std::thread::spawn(move || {
+                for i in 0..ROUNDS {
+                    nodes[n].word(7, 0).fetch_add(1, Ordering::SeqCst);
+                    nodes[n].word(8, 1).fetch_add(1, Ordering::SeqCst);
+                    if n == 0 {
+                        let to = 1 + (i % 2) as NodeId;
+                        nodes[0]
+                            .region
+                            .push(&[(7 * PAGE_SIZE, 2 * PAGE_SIZE)], to)
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    for n in 0..3 {
+        assert_eq!(nodes[n].word(7, 0).load(Ordering::SeqCst), 3 * ROUNDS);
+        assert_eq!(nodes[n].word(8, 1).load(Ordering::SeqCst), 3 * ROUNDS);
+    }
+    assert!(nodes[0].region.stats().pushed > 0);
+}
+
+#[test]
 fn a_scan_takes_whole_huge_pages_and_gives_every_byte_back() {
     const LEN: u64 = 4 * HUGE_PAGE;
     let word = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);

@@ -1,8 +1,10 @@
 //! The protocol explored on a simulated cluster: vCPUs on the nodes run scripts of reads,
-//! writes, scan reads (`GetE`, which may take the page) and give-backs (`PutM`) on shared pages (two vCPUs of one node fault on a page together, so their faults
-//! coalesce, and a write can join a read already asked for); messages travel on FIFO channels, one per ordered pair of nodes (as on one
-//! net-msg connection's page class), and any channel's next message, or any node's next
-//! access, may come next. Checked after every step:
+//! writes, scan reads (`GetE`, which may take the page), give-backs (`PutM`) and pushes (the
+//! home handing a page to a node unasked) on shared pages (two vCPUs of one node fault on a
+//! page together, so their faults coalesce, and a write can join a read already asked for);
+//! messages travel on FIFO channels, one per ordered pair of nodes (as on one net-msg
+//! connection's page class), and any channel's next message, or any node's next access, may
+//! come next. Checked after every step:
 //!
 //! * single writer or readers only: at most one node holds a page Modified, and then no node
 //!   holds it Shared;
@@ -33,9 +35,12 @@ enum Op {
     /// The node gives the page back to its home if it holds it Modified (`PutM`: a thread
     /// leaving the node); nothing otherwise. Never waits.
     GiveBack,
+    /// The page's home, if it is this vCPU's node, pushes the page to this node (a thread
+    /// leaving the home for it): [`Home::push`]. Never waits.
+    Push(NodeId),
 }
 
-use Op::{GiveBack, Read, Scan, Write};
+use Op::{GiveBack, Push, Read, Scan, Write};
 
 impl Op {
     fn write(self) -> bool {
@@ -121,7 +126,7 @@ impl World {
             // Only steps that change something: the access goes ahead, asks for the page, or
             // turns a read already asked for into a write.
             let c = &self.caches[*n][page as usize];
-            if op == GiveBack
+            if matches!(op, GiveBack | Push(_))
                 || c.allows(write)
                 || c.waiting.is_none()
                 || (write && c.waiting == Some(false))
@@ -157,6 +162,12 @@ impl World {
                 if op == GiveBack {
                     let put = cache.give_back();
                     self.send(put.into_iter().collect());
+                    self.scripts[v].2 += 1;
+                } else if let Push(to) = op {
+                    if cache.home == n as NodeId {
+                        let pushed = self.homes[n].push(page, to).map_err(|e| e.to_string())?;
+                        self.send(pushed);
+                    }
                     self.scripts[v].2 += 1;
                 } else if cache.allows(write) {
                     if write {
@@ -351,7 +362,8 @@ fn random_schedules_of_longer_scripts() {
             .map(|v| {
                 let accesses = (0..1 + rng.below(8))
                     .map(|_| {
-                        let op = [Read, Write, Scan, GiveBack][rng.below(4)];
+                        let to = rng.below(nodes) as NodeId;
+                        let op = [Read, Write, Scan, GiveBack, Push(to)][rng.below(5)];
                         (rng.below(pages) as u32, op)
                     })
                     .collect();
@@ -477,4 +489,59 @@ fn a_page_two_nodes_scan_settles_as_read_copies() {
     let (owner, sharers) = home.holders(0).unwrap();
     assert_eq!(owner, None);
     assert_eq!(sharers.iter().copied().collect::<Vec<_>>(), vec![1, 2]);
+}
+
+#[test]
+fn pages_pushed_beside_requests_recalls_and_give_backs_every_interleaving() {
+    // The home (node 0) pushes the page to node 1 as a thread leaves for it, while node 1's
+    // own faults on it are on their way (a push answers them), node 2 writes it (recalling
+    // it from node 1) and node 1 gives it back.
+    let n = explore(
+        3,
+        vec![
+            (0, vec![(0, Write), (0, Push(1)), (0, Read)]),
+            (1, vec![(0, Read), (0, Write), (0, GiveBack)]),
+            (2, vec![(0, Write)]),
+        ],
+        1,
+    );
+    assert!(n > 1000, "{n}");
+    // Pushes of two pages to two nodes, with scans and read copies (a push to a node
+    // holding a read copy upgrades it); page 1's home is node 1 when the homes are spread.
+    explore(
+        3,
+        vec![
+            (
+                0,
+                vec![(0, Push(1)), (1, Push(2)), (0, Write), (1, Push(1))],
+            ),
+            (1, vec![(0, Scan), (1, Read), (1, Write), (1, Push(2))]),
+            (2, vec![(1, Write), (0, Read)]),
+        ],
+        2,
+    );
+}
+
+#[test]
+fn a_request_that_crosses_a_push_is_answered_by_it() {
+    // Node 1 asks for the page just as the home pushes it there: node 1 takes the push,
+    // and the home drops the request (node 1 owns the page already).
+    let mut home = Home::owning(0, 1);
+    let mut home_cache = Cache::owned(0, 0);
+    let mut cache = Cache::new(1, 0, 0);
+    let request = cache.fault(false).unwrap();
+    let out = home.push(0, 1).unwrap();
+    assert_eq!((out[0].to, out[0].msg), (0, Msg::Recall { keep: false }));
+    let flush = home_cache.handle(out[0].msg).unwrap();
+    let out = home.handle(0, 0, flush[0].msg).unwrap();
+    assert_eq!((out[0].to, out[0].msg), (1, Msg::DataM(0)));
+    cache.handle(out[0].msg).unwrap();
+    assert_eq!((cache.state, cache.waiting), (State::Modified, None));
+    assert_eq!(home.handle(1, 0, request.msg).unwrap(), vec![]);
+    assert!(home.is_idle());
+    // Nothing is pushed to the owner, nor while a transaction runs.
+    assert_eq!(home.push(0, 1).unwrap(), vec![]);
+    let out = home.handle(2, 0, Msg::GetS).unwrap();
+    assert_eq!(out[0].msg, Msg::Recall { keep: true });
+    assert_eq!(home.push(0, 2).unwrap(), vec![]);
 }

@@ -238,14 +238,20 @@ impl Spans {
             .map(drop)
             .map_err(|e| e.to_string())
         };
-        // The pages it wrote last go back to the home first (on the same connection as the
-        // thread, if it goes home), so that where it arrives gets them without a recall.
-        if node.id() != ctx.origin
-            && let Some(region) = self.regions.get(ctx.vm_id)
-        {
-            let _ = region.give_back(&hot_ranges(thread));
-        }
         let has_shell = || to == ctx.origin || origin.is_some_and(|o| o.has_shell(to));
+        // The pages it touches first go ahead of it, on the same connection: from the home,
+        // straight to where it goes if that node has a shell (whose region takes them);
+        // from another node, back to the home, which hands them on at once when asked,
+        // without a recall from here.
+        if let Some(region) = self.regions.get(ctx.vm_id) {
+            let _ = if node.id() != ctx.origin {
+                region.give_back(&hot_ranges(thread))
+            } else if has_shell() {
+                region.push(&hot_ranges(thread), to)
+            } else {
+                Ok(0)
+            };
+        }
         if has_shell() {
             match arrive(None) {
                 Err(e) if e.contains(NO_SHELL) => {}
