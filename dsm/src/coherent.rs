@@ -225,6 +225,9 @@ enum Backing {
     /// What the home's own mapping holds: the home kept a read copy when the page was
     /// recalled from it, and copies it here before that copy goes.
     Mapped,
+    /// Nothing: a node owns the page, and its contents come back with its `Flush` or
+    /// `PutM` (the home keeps no stale copy of what nodes took).
+    AtOwner,
 }
 
 /// One message to act on: from `from`, about `page`, with the page's contents if it carries
@@ -611,6 +614,17 @@ impl Coherent {
         let Some(home) = &inner.home else { return 0 };
         (0..home.dir.len() as u32)
             .filter(|&p| home.dir.holders(p).is_some_and(|(o, _)| o == Some(node)))
+            .count() as u64
+    }
+
+    /// On the home: how many pages the directory keeps a copy of (pages no node owns that
+    /// were written; a page a node owns has its only copy there).
+    pub fn copies_kept(&self) -> u64 {
+        let inner = lock(&self.shared.state);
+        let Some(home) = &inner.home else { return 0 };
+        home.backing
+            .iter()
+            .filter(|b| matches!(b, Backing::Bytes(_)))
             .count() as u64
     }
 
@@ -1041,31 +1055,53 @@ impl Shared {
         b: &mut Batch<'a>,
         out: Vec<Envelope>,
     ) -> Result<(), CoherenceError> {
-        let Some(home) = inner.home.as_ref() else {
-            return Ok(());
-        };
         for env in out {
+            let Some(home) = inner.home.as_mut() else {
+                return Ok(());
+            };
+            let backing = &mut home.backing[env.page as usize];
+            // A grant with contents makes the receiver the page's only holder: the
+            // directory's copy goes with it (moved, not copied, when it stays here).
+            if matches!(env.msg, Msg::DataM(_))
+                && let Backing::Bytes(_) = backing
+                && let Backing::Bytes(page) = std::mem::replace(backing, Backing::AtOwner)
+            {
+                if env.to == self.cfg.node {
+                    self.route(b, env, Some(Cow::Owned(page.into_vec())))?;
+                } else {
+                    self.post(b, env, Some(&page))?;
+                }
+                continue;
+            }
+            if matches!(env.msg, Msg::DataM(_) | Msg::Grant) {
+                // Nothing of the page stays here once the message is sent (its contents
+                // are borrowed below until then).
+                let owned = std::mem::replace(backing, Backing::AtOwner);
+                let contents = match (carries_page(env.msg), &owned) {
+                    (false, _) => None,
+                    (true, Backing::Zeros) => Some(&ZEROS[..]),
+                    (true, _) => Some(self.home_contents(inner, env.page, &owned)?),
+                };
+                if env.to == self.cfg.node {
+                    let bytes = contents.map(|c| Cow::Owned(c.to_vec()));
+                    self.route(b, env, bytes)?;
+                } else {
+                    self.post(b, env, contents)?;
+                }
+                continue;
+            }
             let contents = match carries_page(env.msg) {
                 false => None,
-                true => Some(match &home.backing[env.page as usize] {
-                    Backing::Zeros => &ZEROS[..],
-                    Backing::Bytes(b) => &b[..],
-                    Backing::Mapped if inner.present[env.page as usize] => {
-                        // SAFETY: the page holds data here (`present`), so reading it does
-                        // not fault; the home holds it Shared (`Mapped` lasts while it
-                        // does), so it is write-protected and pinned by no writer: nothing
-                        // writes it while it is borrowed (it is copied out at once).
-                        unsafe {
-                            std::slice::from_raw_parts(self.addr(env.page) as *const u8, PAGE)
-                        }
-                    }
-                    Backing::Mapped => {
-                        return Err(CoherenceError::Failed(format!(
-                            "the home's copy of page {} is gone",
-                            env.page
-                        )));
-                    }
-                }),
+                true => {
+                    let backing = match inner.home.as_ref() {
+                        Some(h) => &h.backing[env.page as usize],
+                        None => return Ok(()),
+                    };
+                    Some(match backing {
+                        Backing::Zeros => &ZEROS[..],
+                        other => self.home_contents(inner, env.page, other)?,
+                    })
+                }
             };
             if env.to == self.cfg.node {
                 let bytes = contents.map(|c| Cow::Owned(c.to_vec()));
@@ -1075,6 +1111,29 @@ impl Shared {
             }
         }
         Ok(())
+    }
+
+    /// The page's contents as the home keeps them (`backing`, not [`Backing::Zeros`]).
+    fn home_contents<'b>(
+        &self,
+        inner: &Inner,
+        page: u32,
+        backing: &'b Backing,
+    ) -> Result<&'b [u8], CoherenceError> {
+        match backing {
+            Backing::Zeros => Ok(&ZEROS[..]),
+            Backing::Bytes(b) => Ok(&b[..]),
+            Backing::Mapped if inner.present[page as usize] => {
+                // SAFETY: the page holds data here (`present`), so reading it does not
+                // fault; the home holds it Shared (`Mapped` lasts while it does), so it is
+                // write-protected and pinned by no writer: nothing writes it while it is
+                // borrowed (it is copied out at once).
+                Ok(unsafe { std::slice::from_raw_parts(self.addr(page) as *const u8, PAGE) })
+            }
+            Backing::Mapped | Backing::AtOwner => Err(CoherenceError::Failed(format!(
+                "the home's copy of page {page} is gone"
+            ))),
+        }
     }
 
     /// This node's part: the home's word on a page, carried out on memory (read copies

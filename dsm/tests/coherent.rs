@@ -378,6 +378,30 @@ fn give_backs_racing_recalls_lose_no_increment() {
 }
 
 #[test]
+fn the_home_keeps_no_copy_of_pages_a_node_owns() {
+    let nodes = cluster(3, |bytes| bytes.fill(7));
+    // Node 1 takes 40 pages to write them: their only copy is there.
+    for p in 100..140 {
+        nodes[1].word(p, 0).fetch_add(1, Ordering::SeqCst);
+    }
+    assert_eq!(nodes[0].region.copies_kept(), 0);
+    // Node 2 reads them (backwards: not a scan, which would take them): node 1 keeps a read
+    // copy, and the directory one for the next reader.
+    for p in (100..140).rev() {
+        assert_eq!(
+            nodes[2].word(p, 0).load(Ordering::SeqCst),
+            0x0707_0707_0707_0708
+        );
+    }
+    assert_eq!(nodes[0].region.copies_kept(), 40);
+    // Node 2 writes them: the copies go again.
+    for p in 100..140 {
+        nodes[2].word(p, 1).store(1, Ordering::SeqCst);
+    }
+    assert_eq!(nodes[0].region.copies_kept(), 0);
+}
+
+#[test]
 fn pages_pushed_to_a_node_are_there_before_it_touches_them() {
     let nodes = cluster(3, |_| {});
     for p in [40, 41] {

@@ -17,6 +17,7 @@ use vmm::launch::EXIT_VMM_ERROR;
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    vmm::sys::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {

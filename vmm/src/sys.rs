@@ -194,3 +194,24 @@ pub fn run_on_cpus(cpus: &[usize]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// How much freed memory the allocator keeps at the top of its heaps before giving it back
+/// to the kernel (see [`keep_freed_memory`]).
+const KEEP_FREED: libc::c_int = 64 << 20;
+
+/// Tells the C allocator to keep freed memory for reuse instead of giving it back at once,
+/// and to serve buffers of up to [`KEEP_FREED`] from its heaps: the buffers of page messages
+/// (a few hundred KiB, made and freed many thousand times a second) then reuse memory
+/// already there, rather than each costing fresh pages the kernel must zero (and, on a
+/// virtual machine whose host reclaims freed memory, fault in again). Called first thing,
+/// before the process has other threads. Only glibc has these knobs (musl: nothing done).
+pub fn keep_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `mallopt` only changes the allocator's tunables; called before any other
+    // thread exists, so no allocation runs concurrently.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP_FREED);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, KEEP_FREED);
+        libc::mallopt(libc::M_TOP_PAD, 4 << 20);
+    }
+}
