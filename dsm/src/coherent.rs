@@ -228,6 +228,10 @@ enum Backing {
     /// Nothing: a node owns the page, and its contents come back with its `Flush` or
     /// `PutM` (the home keeps no stale copy of what nodes took).
     AtOwner,
+    /// What the home's own mapping holds, write-protected: the page was recalled from the
+    /// home to go to a writer, and is copied straight from the mapping into the message
+    /// that grants it (then dropped), instead of being copied out first.
+    Staged,
 }
 
 /// One message to act on: from `from`, about `page`, with the page's contents if it carries
@@ -1026,6 +1030,8 @@ impl Shared {
         b: &mut Batch<'a>,
         w: Work<'a>,
     ) -> Result<(), CoherenceError> {
+        // Whether the home's own copy, recalled, stays as a read copy.
+        let kept_here = inner.caches[w.page as usize].state == State::Shared;
         let Some(home) = inner.home.as_mut() else {
             return Err(CoherenceError::BadMessage(format!(
                 "{:?} for page {} from node {}: this node is not the home",
@@ -1039,8 +1045,9 @@ impl Shared {
         if let Msg::Flush(_) | Msg::PutM(_) = w.msg {
             home.backing[w.page as usize] = match w.bytes {
                 Some(page) => Backing::Bytes(page.into_owned().into_boxed_slice()),
-                // The home's own copy, kept.
-                None if w.from == self.cfg.node => Backing::Mapped,
+                // The home's own copy: kept as a read copy, or staged for the writer.
+                None if w.from == self.cfg.node && kept_here => Backing::Mapped,
+                None if w.from == self.cfg.node => Backing::Staged,
                 None => return Err(no_contents()),
             };
         }
@@ -1063,6 +1070,23 @@ impl Shared {
             // A grant with contents makes the receiver the page's only holder: the
             // directory's copy goes with it (moved, not copied, when it stays here).
             if matches!(env.msg, Msg::DataM(_))
+                && matches!(backing, Backing::Staged)
+                && env.to != self.cfg.node
+                && inner.present[env.page as usize]
+            {
+                *backing = Backing::AtOwner;
+                // SAFETY: the page holds data here (`present`) and is write-protected
+                // (staged by its recall), so reading it does not fault and nothing writes
+                // it while it is copied into the run (at once).
+                let contents =
+                    unsafe { std::slice::from_raw_parts(self.addr(env.page) as *const u8, PAGE) };
+                self.post(b, env, Some(contents))?;
+                // Dropped with the batch's effects, before the run goes out.
+                b.drops.push(env.page);
+                inner.present[env.page as usize] = false;
+                continue;
+            }
+            if matches!(env.msg, Msg::DataM(_))
                 && let Backing::Bytes(_) = backing
                 && let Backing::Bytes(page) = std::mem::replace(backing, Backing::AtOwner)
             {
@@ -1082,11 +1106,17 @@ impl Shared {
                     (true, Backing::Zeros) => Some(&ZEROS[..]),
                     (true, _) => Some(self.home_contents(inner, env.page, &owned)?),
                 };
+                let page = env.page;
                 if env.to == self.cfg.node {
                     let bytes = contents.map(|c| Cow::Owned(c.to_vec()));
                     self.route(b, env, bytes)?;
                 } else {
                     self.post(b, env, contents)?;
+                    if matches!(owned, Backing::Staged) && inner.present[page as usize] {
+                        // The staged copy goes: the receiver holds the page now.
+                        b.drops.push(page);
+                        inner.present[page as usize] = false;
+                    }
                 }
                 continue;
             }
@@ -1123,16 +1153,16 @@ impl Shared {
         match backing {
             Backing::Zeros => Ok(&ZEROS[..]),
             Backing::Bytes(b) => Ok(&b[..]),
-            Backing::Mapped if inner.present[page as usize] => {
+            Backing::Mapped | Backing::Staged if inner.present[page as usize] => {
                 // SAFETY: the page holds data here (`present`), so reading it does not
                 // fault; the home holds it Shared (`Mapped` lasts while it does), so it is
                 // write-protected and pinned by no writer: nothing writes it while it is
                 // borrowed (it is copied out at once).
                 Ok(unsafe { std::slice::from_raw_parts(self.addr(page) as *const u8, PAGE) })
             }
-            Backing::Mapped | Backing::AtOwner => Err(CoherenceError::Failed(format!(
-                "the home's copy of page {page} is gone"
-            ))),
+            Backing::Mapped | Backing::Staged | Backing::AtOwner => Err(CoherenceError::Failed(
+                format!("the home's copy of page {page} is gone"),
+            )),
         }
     }
 
@@ -1175,9 +1205,11 @@ impl Shared {
                 bump(&self.counters.recalled);
                 let mut page = vec![0u8; PAGE];
                 let at_home = self.cfg.node == self.cfg.home;
-                if present && keep && at_home {
-                    // The home keeps its read copy: what it holds is the page's contents
-                    // (no copy; `Flush` without bytes says so).
+                if present && at_home {
+                    // The home's copy is the page's contents (no copy; `Flush` without bytes
+                    // says so): kept as its read copy, or staged in place for the writer it
+                    // goes to (`Backing::Staged`: it stays mapped, write-protected, until
+                    // copied into the grant).
                     self.protect_for_recall(inner, b, w.page, keep)?;
                     for env in out {
                         self.route(b, env, None)?;
