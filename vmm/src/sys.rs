@@ -200,7 +200,7 @@ pub fn run_on_cpus(cpus: &[usize]) -> std::io::Result<()> {
 const KEEP_FREED: libc::c_int = 64 << 20;
 
 /// Tells the C allocator to keep freed memory for reuse instead of giving it back at once,
-/// and to serve buffers of up to [`KEEP_FREED`] from its heaps: the buffers of page messages
+/// and to serve buffers of up to 64 MiB from its heaps: the buffers of page messages
 /// (a few hundred KiB, made and freed many thousand times a second) then reuse memory
 /// already there, rather than each costing fresh pages the kernel must zero (and, on a
 /// virtual machine whose host reclaims freed memory, fault in again). Called first thing,
