@@ -472,13 +472,7 @@ impl Coherent {
         if s.cfg.node == s.cfg.home {
             return Ok(0);
         }
-        let mut pages: Vec<u32> = ranges
-            .iter()
-            .filter_map(|&r| s.pages_of(r))
-            .flatten()
-            .collect();
-        pages.sort_unstable();
-        pages.dedup();
+        let pages = s.pages_in(ranges);
         let mut inner = lock(&s.state);
         s.check_failed(&inner)?;
         let mut given = 0;
@@ -541,13 +535,7 @@ impl Coherent {
         if s.cfg.node != s.cfg.home || to == s.cfg.node {
             return Ok(0);
         }
-        let mut pages: Vec<u32> = ranges
-            .iter()
-            .filter_map(|&r| s.pages_of(r))
-            .flatten()
-            .collect();
-        pages.sort_unstable();
-        pages.dedup();
+        let pages = s.pages_in(ranges);
         let mut inner = lock(&s.state);
         s.check_failed(&inner)?;
         let mut pushed = 0;
@@ -948,6 +936,18 @@ impl Shared {
         Some((offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32)
     }
 
+    /// The pages of the ranges (see [`Shared::pages_of`]), in order, each once.
+    fn pages_in(&self, ranges: &[(u64, u64)]) -> Vec<u32> {
+        let mut pages: Vec<u32> = ranges
+            .iter()
+            .filter_map(|&r| self.pages_of(r))
+            .flatten()
+            .collect();
+        pages.sort_unstable();
+        pages.dedup();
+        pages
+    }
+
     /// Sends a frame to a peer.
     fn send(&self, to: NodeId, frame: Vec<u8>) -> Result<(), CoherenceError> {
         self.link
@@ -1067,53 +1067,29 @@ impl Shared {
                 return Ok(());
             };
             let backing = &mut home.backing[env.page as usize];
-            // A grant with contents makes the receiver the page's only holder: the
-            // directory's copy goes with it (moved, not copied, when it stays here).
-            if matches!(env.msg, Msg::DataM(_))
-                && matches!(backing, Backing::Staged)
-                && env.to != self.cfg.node
-                && inner.present[env.page as usize]
-            {
-                *backing = Backing::AtOwner;
-                // SAFETY: the page holds data here (`present`) and is write-protected
-                // (staged by its recall), so reading it does not fault and nothing writes
-                // it while it is copied into the run (at once).
-                let contents =
-                    unsafe { std::slice::from_raw_parts(self.addr(env.page) as *const u8, PAGE) };
-                self.post(b, env, Some(contents))?;
-                // Dropped with the batch's effects, before the run goes out.
-                b.drops.push(env.page);
-                inner.present[env.page as usize] = false;
-                continue;
-            }
-            if matches!(env.msg, Msg::DataM(_))
-                && let Backing::Bytes(_) = backing
-                && let Backing::Bytes(page) = std::mem::replace(backing, Backing::AtOwner)
-            {
-                if env.to == self.cfg.node {
-                    self.route(b, env, Some(Cow::Owned(page.into_vec())))?;
-                } else {
-                    self.post(b, env, Some(&page))?;
-                }
-                continue;
-            }
             if matches!(env.msg, Msg::DataM(_) | Msg::Grant) {
-                // Nothing of the page stays here once the message is sent (its contents
-                // are borrowed below until then).
+                // A grant makes the receiver the page's only holder: the directory's copy
+                // goes with it (moved, not copied, when it stays here; a staged copy read
+                // straight from the mapping, then dropped).
                 let owned = std::mem::replace(backing, Backing::AtOwner);
-                let contents = match (carries_page(env.msg), &owned) {
-                    (false, _) => None,
-                    (true, Backing::Zeros) => Some(&ZEROS[..]),
-                    (true, _) => Some(self.home_contents(inner, env.page, &owned)?),
-                };
                 let page = env.page;
                 if env.to == self.cfg.node {
-                    let bytes = contents.map(|c| Cow::Owned(c.to_vec()));
+                    let bytes = match (carries_page(env.msg), owned) {
+                        (false, _) => None,
+                        (true, Backing::Bytes(kept)) => Some(Cow::Owned(kept.into_vec())),
+                        (true, other) => Some(Cow::Owned(
+                            self.home_contents(inner, page, &other)?.to_vec(),
+                        )),
+                    };
                     self.route(b, env, bytes)?;
                 } else {
+                    let contents = match carries_page(env.msg) {
+                        false => None,
+                        true => Some(self.home_contents(inner, page, &owned)?),
+                    };
                     self.post(b, env, contents)?;
                     if matches!(owned, Backing::Staged) && inner.present[page as usize] {
-                        // The staged copy goes: the receiver holds the page now.
+                        // Dropped with the batch's effects, before the run goes out.
                         b.drops.push(page);
                         inner.present[page as usize] = false;
                     }
@@ -1127,10 +1103,7 @@ impl Shared {
                         Some(h) => &h.backing[env.page as usize],
                         None => return Ok(()),
                     };
-                    Some(match backing {
-                        Backing::Zeros => &ZEROS[..],
-                        other => self.home_contents(inner, env.page, other)?,
-                    })
+                    Some(self.home_contents(inner, env.page, backing)?)
                 }
             };
             if env.to == self.cfg.node {
@@ -1143,7 +1116,7 @@ impl Shared {
         Ok(())
     }
 
-    /// The page's contents as the home keeps them (`backing`, not [`Backing::Zeros`]).
+    /// The page's contents as the home keeps them (`backing`).
     fn home_contents<'b>(
         &self,
         inner: &Inner,
@@ -1155,8 +1128,8 @@ impl Shared {
             Backing::Bytes(b) => Ok(&b[..]),
             Backing::Mapped | Backing::Staged if inner.present[page as usize] => {
                 // SAFETY: the page holds data here (`present`), so reading it does not
-                // fault; the home holds it Shared (`Mapped` lasts while it does), so it is
-                // write-protected and pinned by no writer: nothing writes it while it is
+                // fault; it is write-protected (held Shared while `Mapped` lasts; `Staged`
+                // by its recall) and pinned by no writer: nothing writes it while it is
                 // borrowed (it is copied out at once).
                 Ok(unsafe { std::slice::from_raw_parts(self.addr(page) as *const u8, PAGE) })
             }

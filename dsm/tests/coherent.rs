@@ -344,25 +344,26 @@ fn pages_given_back_go_to_the_next_node_from_the_home_without_a_recall() {
     assert_eq!(nodes[0].word(41, 3).load(Ordering::SeqCst), 1042);
 }
 
-#[test]
-fn give_backs_racing_recalls_lose_no_increment() {
-    // A node that keeps writing a page and giving it back while the home and another node
-    // write it too: give-backs cross recalls; every increment counts.
-    const ROUNDS: u64 = 1500;
+/// Rounds each of three nodes runs in [`racing_increments`].
+const RACING_ROUNDS: u64 = 1500;
+
+/// Three nodes (home: node 0) each incrementing `words` (page, word) [`RACING_ROUNDS`]
+/// times, running `between(nodes, node, round)` after each round; checks that every node
+/// ends seeing every increment, and returns the nodes.
+fn racing_increments(
+    words: [(u64, u64); 2],
+    between: fn(&[TestNode], usize, u64),
+) -> Arc<Vec<TestNode>> {
     let nodes = Arc::new(cluster(3, |_| {}));
     let workers: Vec<_> = (0..3)
         .map(|n| {
             let nodes = nodes.clone();
             std::thread::spawn(move || {
-                for _ in 0..ROUNDS {
-                    nodes[n].word(7, 0).fetch_add(1, Ordering::SeqCst);
-                    nodes[n].word(8, 0).fetch_add(1, Ordering::SeqCst);
-                    if n != 0 {
-                        nodes[n]
-                            .region
-                            .give_back(&[(7 * PAGE_SIZE, 2 * PAGE_SIZE)])
-                            .unwrap();
+                for i in 0..RACING_ROUNDS {
+                    for (page, word) in words {
+                        nodes[n].word(page, word).fetch_add(1, Ordering::SeqCst);
                     }
+                    between(&nodes, n, i);
                 }
             })
         })
@@ -371,9 +372,28 @@ fn give_backs_racing_recalls_lose_no_increment() {
         w.join().unwrap();
     }
     for n in 0..3 {
-        assert_eq!(nodes[n].word(7, 0).load(Ordering::SeqCst), 3 * ROUNDS);
-        assert_eq!(nodes[n].word(8, 0).load(Ordering::SeqCst), 3 * ROUNDS);
+        for (page, word) in words {
+            assert_eq!(
+                nodes[n].word(page, word).load(Ordering::SeqCst),
+                3 * RACING_ROUNDS
+            );
+        }
     }
+    nodes
+}
+
+#[test]
+fn give_backs_racing_recalls_lose_no_increment() {
+    // A node that keeps writing a page and giving it back while the home and another node
+    // write it too: give-backs cross recalls; every increment counts.
+    let nodes = racing_increments([(7, 0), (8, 0)], |nodes, n, _| {
+        if n != 0 {
+            nodes[n]
+                .region
+                .give_back(&[(7 * PAGE_SIZE, 2 * PAGE_SIZE)])
+                .unwrap();
+        }
+    });
     assert!(nodes[1].region.stats().given_back > 0);
 }
 
@@ -439,33 +459,15 @@ fn pages_pushed_to_a_node_are_there_before_it_touches_them() {
 fn pushes_racing_faults_and_recalls_lose_no_increment() {
     // The home keeps pushing two pages to nodes 1 and 2 in turn while all three nodes
     // increment words of them: pushes cross the nodes' own requests and recalls.
-    const ROUNDS: u64 = 1500;
-    let nodes = Arc::new(cluster(3, |_| {}));
-    let workers: Vec<_> = (0..3)
-        .map(|n| {
-            let nodes = nodes.clone();
-            std::thread::spawn(move || {
-                for i in 0..ROUNDS {
-                    nodes[n].word(7, 0).fetch_add(1, Ordering::SeqCst);
-                    nodes[n].word(8, 1).fetch_add(1, Ordering::SeqCst);
-                    if n == 0 {
-                        let to = 1 + (i % 2) as NodeId;
-                        nodes[0]
-                            .region
-                            .push(&[(7 * PAGE_SIZE, 2 * PAGE_SIZE)], to)
-                            .unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
-    for n in 0..3 {
-        assert_eq!(nodes[n].word(7, 0).load(Ordering::SeqCst), 3 * ROUNDS);
-        assert_eq!(nodes[n].word(8, 1).load(Ordering::SeqCst), 3 * ROUNDS);
-    }
+    let nodes = racing_increments([(7, 0), (8, 1)], |nodes, n, i| {
+        if n == 0 {
+            let to = 1 + (i % 2) as NodeId;
+            nodes[0]
+                .region
+                .push(&[(7 * PAGE_SIZE, 2 * PAGE_SIZE)], to)
+                .unwrap();
+        }
+    });
     assert!(nodes[0].region.stats().pushed > 0);
 }
 
