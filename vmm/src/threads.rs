@@ -16,17 +16,26 @@ use crate::moving::ThreadState;
 /// Thread id of the main thread.
 pub const MAIN_TID: u32 = 1;
 
+/// Told, once, on the vCPU thread, whether an arriving thread was restored (just before it
+/// runs) or why not.
+pub type Restored = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 /// What a waiting vCPU thread is given to run.
-#[derive(Debug)]
 pub enum Next {
     /// A new guest thread.
     Start(ThreadStart),
-    /// A guest thread of this vCPU's index coming back from another node; the result of
-    /// restoring it goes to the sender.
-    Arrive(
-        Box<ThreadState>,
-        std::sync::mpsc::Sender<Result<(), String>>,
-    ),
+    /// A guest thread of this vCPU's index coming back from another node, and who is told
+    /// how restoring it went.
+    Arrive(Box<ThreadState>, Restored),
+}
+
+impl std::fmt::Debug for Next {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Next::Start(s) => f.debug_tuple("Start").field(s).finish(),
+            Next::Arrive(t, _) => f.debug_tuple("Arrive").field(&t.vcpu.tid).finish(),
+        }
+    }
 }
 
 /// Where a parked vCPU thread waits for its next guest thread.

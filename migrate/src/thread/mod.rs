@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use net_msg::{Incoming, Node, Priority};
+use net_msg::{Incoming, Node, Priority, Responder};
 use pop_abi::errno::{EAGAIN, EHOSTUNREACH, EINVAL, ENOEXEC, ENOSYS};
 use pop_dsm::coherent::RegionConfig;
 use vmm::arch::ThreadStart;
@@ -81,7 +81,7 @@ pub struct Spans {
     /// Held while a shell is made here.
     making: Mutex<()>,
     /// Hands arrivals to the arrivals thread.
-    arrivals: Mutex<Option<std::sync::mpsc::Sender<(msg::Arrive, net_msg::Responder)>>>,
+    arrivals: Mutex<Option<std::sync::mpsc::Sender<Arrival>>>,
     waiter_seq: AtomicU64,
 }
 
@@ -661,32 +661,23 @@ impl Spans {
 
     // ---- the service ----
 
-    /// The thread that handles this node's arrivals, in order (started on the first).
-    fn arrivals(
-        self: &Arc<Self>,
-        node: &Arc<Node>,
-    ) -> std::sync::mpsc::Sender<(msg::Arrive, net_msg::Responder)> {
+    /// The thread that makes this node's shells, for arrivals that bring a shell's setup,
+    /// in order (started on the first).
+    fn arrivals(self: &Arc<Self>, node: &Arc<Node>) -> std::sync::mpsc::Sender<Arrival> {
         let mut slot = lock(&self.arrivals);
         if let Some(tx) = slot.as_ref() {
             return tx.clone();
         }
-        let (tx, rx) = std::sync::mpsc::channel::<(msg::Arrive, net_msg::Responder)>();
+        let (tx, rx) = std::sync::mpsc::channel::<Arrival>();
         let (spans, node) = (Arc::downgrade(self), Arc::downgrade(node));
         let _ = std::thread::Builder::new()
             .name("arrivals".into())
             .spawn(move || {
-                for (a, r) in rx {
+                for (from, a, r) in rx {
                     let (Some(spans), Some(node)) = (spans.upgrade(), node.upgrade()) else {
                         return;
                     };
-                    match spans.arrive(&node, a) {
-                        Ok(()) => {
-                            let _ = r.respond(&[]);
-                        }
-                        Err(e) => {
-                            let _ = r.fail(&e);
-                        }
-                    }
+                    spans.arrive_with_setup(&node, from, a, r);
                 }
             });
         *slot = Some(tx.clone());
@@ -703,52 +694,108 @@ impl Spans {
         let _ = region.request_ahead(&hot_ranges(thread), true);
     }
 
-    fn arrive(
-        self: &Arc<Self>,
-        node: &Arc<Node>,
-        a: msg::Arrive,
-    ) -> std::result::Result<(), String> {
+    /// Takes thread `a.thread` that node `from` sent here, into the origin's VM or this
+    /// node's shell of it, and answers `r` once its vCPU is restored (or why not). Quick
+    /// unless a shell must be made first: that goes to the arrivals thread.
+    fn arrive(self: &Arc<Self>, node: &Arc<Node>, from: u32, a: msg::Arrive, r: Responder) {
         let vm_id = a.header.vm;
-        let me = node.id();
-        let tid = a.thread.vcpu.tid;
-        let t0 = Instant::now();
-        let _timed = Timed(t0, tid);
+        let (me, tid) = (node.id(), a.thread.vcpu.tid);
+        let timed = Timed(Instant::now(), tid);
         if let Some(o) = self.origin(vm_id) {
-            let vm = o.vm.upgrade().ok_or("the VM ended")?;
+            let Some(vm) = o.vm.upgrade() else {
+                let _ = r.fail("the VM ended");
+                return;
+            };
             tracing::debug!("VM {vm_id:x}: thread {tid} came back");
             self.prefetch(vm_id, &a.thread);
-            vm.arrive(a.thread)?;
-            o.thread_at(tid, me, me);
-            return Ok(());
+            return vm.arrive_then(
+                a.thread,
+                Box::new(move |restored| {
+                    if restored.is_ok() {
+                        o.thread_at(tid, me, me);
+                    }
+                    answer(r, restored);
+                    drop(timed);
+                }),
+            );
         }
-        let existing = lock(&self.shells).get(&vm_id).cloned();
-        let shell = match (existing, a.setup) {
-            (Some(s), _) => s,
-            (None, Some(setup)) => {
-                // One shell per VM, even if two nodes send their setups at once.
-                let _making = lock(&self.making);
-                let made = lock(&self.shells).get(&vm_id).cloned();
-                match made {
-                    Some(s) => s,
-                    None => self.make_shell(node, vm_id, &setup)?,
+        let shell = lock(&self.shells).get(&vm_id).cloned();
+        match (shell, a.setup.is_some()) {
+            (Some(shell), _) => self.arrive_in(node, &shell, from, a.thread, r, timed),
+            (None, true) => {
+                if let Err(e) = self.arrivals(node).send((from, a, r)) {
+                    let _ = e.0.2.fail("the arrivals thread is gone");
                 }
             }
-            (None, None) => return Err(NO_SHELL.into()),
+            (None, false) => {
+                let _ = r.fail(NO_SHELL);
+            }
+        }
+    }
+
+    /// As [`Spans::arrive`] for a thread that brings the setup of a shell this node may not
+    /// have yet (made here, once per VM even if two nodes send theirs at once).
+    fn arrive_with_setup(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        from: u32,
+        a: msg::Arrive,
+        r: Responder,
+    ) {
+        let vm_id = a.header.vm;
+        let timed = Timed(Instant::now(), a.thread.vcpu.tid);
+        let made = {
+            let _making = lock(&self.making);
+            let existing = lock(&self.shells).get(&vm_id).cloned();
+            match (existing, &a.setup) {
+                (Some(s), _) => Ok(s),
+                (None, Some(setup)) => self.make_shell(node, vm_id, setup),
+                (None, None) => Err(NO_SHELL.to_string()),
+            }
         };
-        self.prefetch(vm_id, &a.thread);
-        shell.vm.arrive(a.thread)?;
-        let at = msg::ThreadAt {
-            vm: vm_id,
-            tid,
-            node: me,
-        };
-        let _ = node.send(
-            shell.origin,
-            MsgType::ThreadAt.number(),
-            Priority::Control,
-            &pop_wire::to_bytes(&at),
+        match made {
+            Ok(shell) => self.arrive_in(node, &shell, from, a.thread, r, timed),
+            Err(e) => {
+                let _ = r.fail(&e);
+            }
+        }
+    }
+
+    /// Restores `thread`, sent by node `from`, into `shell`, answering `r`.
+    fn arrive_in(
+        &self,
+        node: &Arc<Node>,
+        shell: &Shell,
+        from: u32,
+        thread: ThreadState,
+        r: Responder,
+        timed: Timed,
+    ) {
+        let (vm_id, me, tid, origin) = (shell.vm_id, node.id(), thread.vcpu.tid, shell.origin);
+        self.prefetch(vm_id, &thread);
+        let node = node.clone();
+        shell.vm.arrive_then(
+            thread,
+            Box::new(move |restored| {
+                // The origin learns where the thread runs from the answer when it sent the
+                // thread itself; from a third node, it is told.
+                if restored.is_ok() && from != origin {
+                    let at = msg::ThreadAt {
+                        vm: vm_id,
+                        tid,
+                        node: me,
+                    };
+                    let _ = node.send(
+                        origin,
+                        MsgType::ThreadAt.number(),
+                        Priority::Control,
+                        &pop_wire::to_bytes(&at),
+                    );
+                }
+                answer(r, restored);
+                drop(timed);
+            }),
         );
-        Ok(())
     }
 
     fn make_shell(
@@ -868,12 +915,9 @@ impl Service for Arc<Spans> {
             MsgType::Arrive => {
                 let a: msg::Arrive = pop_wire::from_bytes(&payload).map_err(bad)?;
                 let r = responder(m)?;
-                // Making a shell and restoring a vCPU take a while: not on the reader thread,
-                // but on this node's arrivals thread (made once: a thread per arrival would
-                // cost a thread's start on every move).
-                self.arrivals(node)
-                    .send((a, r))
-                    .map_err(|_| Error::Host("the arrivals thread is gone".into()))?;
+                // Quick here (the vCPU's thread restores it and answers), unless a shell is
+                // to be made: that goes to this node's arrivals thread.
+                self.arrive(node, m.from, a, r);
                 Ok(())
             }
             MsgType::FutexWait => {
@@ -1093,6 +1137,17 @@ fn written_private_pages(vm: &VmShared) -> std::result::Result<Vec<(u64, Vec<u8>
         addr += 4096;
     }
     Ok(pages)
+}
+
+/// A thread sent here: the node it came from, the message, and where its answer goes.
+type Arrival = (u32, msg::Arrive, Responder);
+
+/// Answers the sender of an arriving thread: restored, or why not.
+fn answer(r: Responder, restored: std::result::Result<(), String>) {
+    let _ = match restored {
+        Ok(()) => r.respond(&[]),
+        Err(e) => r.fail(&e),
+    };
 }
 
 /// A request to node `to` whose answer is awaited here.

@@ -5,8 +5,8 @@
 //! the thread goes and how is the hooks' business ([`crate::hooks::Hooks::move_thread`]).
 
 use std::mem::offset_of;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pop_abi::BootInfo;
@@ -19,7 +19,8 @@ use crate::arch::{Vcpu, VcpuArgs};
 use crate::clock::ClockState;
 use crate::moving::{ParkedVcpu, ThreadState};
 use crate::persist::Persist;
-use crate::threads::{Mailbox, Next};
+use crate::sync::lock;
+use crate::threads::{Mailbox, Next, Restored};
 
 /// How long an arriving thread's vCPU may take to be restored.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,32 +66,64 @@ impl VmShared {
     /// this node has none). Returns once it is restored (and about to run), or why not.
     pub fn arrive(self: &Arc<Self>, thread: ThreadState) -> Result<(), String> {
         let index = thread.vcpu.index;
-        if index >= self.max_vcpus || thread.percpu.len() != PERCPU_SIZE as usize {
-            return Err(format!("an arriving thread on vCPU {index}, out of range"));
-        }
-        if self.stopping() {
-            return Err("the VM is ending".into());
-        }
         let (tx, rx) = mpsc::channel();
-        match self.threads.mailbox(index) {
-            Some(mailbox) => mailbox.post_next(Next::Arrive(Box::new(thread), tx)),
-            None => {
-                let vcpu = Vcpu::new(&self.vm_fd, &self.arch, index, self.max_vcpus)
-                    .map_err(|e| format!("cannot make vCPU {index}: {e}"))?;
-                let mailbox = Arc::new(Mailbox::default());
-                let (vm, waiting) = (self.clone(), mailbox.clone());
-                let begin = Begin::Arrive(Box::new(thread), tx);
-                let handle = std::thread::Builder::new()
-                    .name(format!("vcpu{index}"))
-                    .spawn(move || vcpu_thread(vm, vcpu, begin, waiting))
-                    .map_err(|e| format!("cannot start vCPU {index}: {e}"))?;
-                if !self.threads.add_arrived(index, mailbox, handle) {
-                    return Err("the VM is ending".into());
-                }
-            }
-        }
+        self.arrive_then(
+            thread,
+            Box::new(move |restored| {
+                let _ = tx.send(restored);
+            }),
+        );
         rx.recv_timeout(RESTORE_TIMEOUT)
             .map_err(|_| format!("vCPU {index} did not take the thread"))?
+    }
+
+    /// As [`VmShared::arrive`], without waiting: `then` is told, exactly once, whether the
+    /// thread was restored (on its vCPU's thread, just before it runs) or why not.
+    pub fn arrive_then(self: &Arc<Self>, thread: ThreadState, then: Restored) {
+        let index = thread.vcpu.index;
+        if index >= self.max_vcpus || thread.percpu.len() != PERCPU_SIZE as usize {
+            return then(Err(format!(
+                "an arriving thread on vCPU {index}, out of range"
+            )));
+        }
+        if self.stopping() {
+            return then(Err("the VM is ending".into()));
+        }
+        if let Some(mailbox) = self.threads.mailbox(index) {
+            return mailbox.post_next(Next::Arrive(Box::new(thread), then));
+        }
+        let vcpu = match Vcpu::new(&self.vm_fd, &self.arch, index, self.max_vcpus) {
+            Ok(v) => v,
+            Err(e) => return then(Err(format!("cannot make vCPU {index}: {e}"))),
+        };
+        let mailbox = Arc::new(Mailbox::default());
+        let (vm, waiting) = (self.clone(), mailbox.clone());
+        // The callback must reach whoever runs the thread, or come back if nothing does.
+        let slot = Arc::new(Mutex::new(Some(then)));
+        let given = slot.clone();
+        let begin = Begin::Arrive(
+            Box::new(thread),
+            Box::new(move |restored| {
+                if let Some(then) = lock(&given).take() {
+                    then(restored);
+                }
+            }),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu_thread(vm, vcpu, begin, waiting));
+        let failed = match spawned {
+            Ok(handle) => {
+                if self.threads.add_arrived(index, mailbox, handle) {
+                    return;
+                }
+                "the VM is ending".to_string()
+            }
+            Err(e) => format!("cannot start vCPU {index}: {e}"),
+        };
+        if let Some(then) = lock(&slot).take() {
+            then(Err(failed));
+        }
     }
 
     /// Restores an arriving thread onto `vcpu` (of its index): its per-vCPU area, its

@@ -14,14 +14,13 @@ use crate::boot;
 use crate::fault;
 use crate::moving::ThreadState;
 use crate::outcome::Outcome;
-use crate::threads::{MAIN_TID, Mailbox, Next};
+use crate::threads::{MAIN_TID, Mailbox, Next, Restored};
 
 use super::VmShared;
 use super::hypercall::{self, Flow};
 use super::pause::ParkEnd;
 
 /// How a vCPU host thread begins.
-#[derive(Debug)]
 pub(super) enum Begin {
     /// A new guest thread.
     Start(ThreadStart),
@@ -30,14 +29,26 @@ pub(super) enum Begin {
         tid: u32,
         pending: Option<HypercallRequest>,
     },
-    /// A guest thread arriving from another node (restored here first; the result goes to
-    /// the sender).
-    Arrive(
-        Box<ThreadState>,
-        std::sync::mpsc::Sender<Result<(), String>>,
-    ),
+    /// A guest thread arriving from another node (restored here first; how that went is
+    /// told before it runs).
+    Arrive(Box<ThreadState>, Restored),
     /// No thread: wait in the pool.
     Idle,
+}
+
+impl std::fmt::Debug for Begin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Begin::Start(s) => f.debug_tuple("Start").field(s).finish(),
+            Begin::Resume { tid, pending } => f
+                .debug_struct("Resume")
+                .field("tid", tid)
+                .field("pending", pending)
+                .finish(),
+            Begin::Arrive(t, _) => f.debug_tuple("Arrive").field(&t.vcpu.tid).finish(),
+            Begin::Idle => f.write_str("Idle"),
+        }
+    }
 }
 
 /// Stops vCPU threads: they see `stopping` at their next exit, which a signal forces.
@@ -99,17 +110,17 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
             }
             Some(Begin::Resume { tid, pending }) => (tid, pending),
             Some(Begin::Arrive(thread, reply)) => {
-                let restored = vm.restore_arrival(vcpu, &thread);
-                let ok = restored.as_ref().map(drop).map_err(Clone::clone);
-                let _ = reply.send(ok);
-                match restored {
+                match vm.restore_arrival(vcpu, &thread) {
                     Ok(v) => {
                         vcpu = v;
                         vm.threads.visiting(thread.vcpu.tid, true);
+                        // Told here, not by a thread woken for it: on a node of one core,
+                        // that thread would run first and hold the guest back.
+                        reply(Ok(()));
                     }
                     // The vCPU is gone (KVM refused its state): this host thread ends; the
-                    // source was told and runs the thread on.
-                    Err(_) => return,
+                    // source is told and runs the thread on.
+                    Err(e) => return reply(Err(e)),
                 }
                 (thread.vcpu.tid, thread.vcpu.pending)
             }
