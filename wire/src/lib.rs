@@ -21,6 +21,9 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
+/// The piece size of [`Encoder::sparse`].
+pub const SPARSE_PIECE: usize = 64;
+
 /// Builds a message, little-endian.
 #[derive(Debug, Default)]
 pub struct Encoder(Vec<u8>);
@@ -64,6 +67,28 @@ impl Encoder {
     /// Appends a u32 length and the bytes.
     pub fn blob(&mut self, b: &[u8]) -> &mut Self {
         self.u32(b.len() as u32).bytes(b)
+    }
+
+    /// Appends `b` with its all-zero pieces left out: a u32 length, a bitmap of its
+    /// [`SPARSE_PIECE`]-byte pieces (one bit each, set for a piece with a non-zero byte), and
+    /// those pieces. What a mostly empty area (an unused stack, a register file with its
+    /// wide registers unused) costs on the wire.
+    pub fn sparse(&mut self, b: &[u8]) -> &mut Self {
+        self.u32(b.len() as u32);
+        let pieces: Vec<&[u8]> = b.chunks(SPARSE_PIECE).collect();
+        let mut map = vec![0u8; pieces.len().div_ceil(8)];
+        for (i, p) in pieces.iter().enumerate() {
+            if p.iter().any(|&x| x != 0) {
+                map[i / 8] |= 1 << (i % 8);
+            }
+        }
+        self.bytes(&map);
+        for (i, p) in pieces.iter().enumerate() {
+            if map[i / 8] & (1 << (i % 8)) != 0 {
+                self.bytes(p);
+            }
+        }
+        self
     }
 
     /// Bytes written so far.
@@ -144,6 +169,25 @@ impl<'a> Decoder<'a> {
             return Err(WireError("field too long"));
         }
         self.bytes(n)
+    }
+
+    /// What [`Encoder::sparse`] wrote, exactly `len` bytes long (else an error).
+    pub fn sparse(&mut self, len: usize) -> Result<Vec<u8>, WireError> {
+        if self.u32()? as usize != len {
+            return Err(WireError("a sparse field of the wrong length"));
+        }
+        let count = len.div_ceil(SPARSE_PIECE);
+        let map = self.bytes(count.div_ceil(8))?;
+        if count % 8 != 0 && map[count / 8] >> (count % 8) != 0 {
+            return Err(WireError("a sparse field's map names pieces past its end"));
+        }
+        let mut out = vec![0u8; len];
+        for (i, piece) in out.chunks_mut(SPARSE_PIECE).enumerate() {
+            if map[i / 8] & (1 << (i % 8)) != 0 {
+                piece.copy_from_slice(self.bytes(piece.len())?);
+            }
+        }
+        Ok(out)
     }
 
     /// What is left.
@@ -303,6 +347,29 @@ mod tests {
         assert!(Decoder::new(&bytes[..3]).u64().is_err());
         let mut d = Decoder::new(&[9, 0, 0, 0, 1]);
         assert!(d.blob(100).is_err());
+    }
+
+    #[test]
+    fn sparse_fields_leave_out_zero_pieces_and_come_back_whole() {
+        let mut area = vec![0u8; 16 * 1024 + 10];
+        area[3] = 1;
+        area[8000] = 2;
+        area[16 * 1024 + 9] = 3;
+        let mut e = Encoder::default();
+        e.sparse(&area);
+        let bytes = e.finish();
+        // Length, a 33-byte map, three 64-byte pieces (the last one 10 bytes).
+        assert_eq!(bytes.len(), 4 + 33 + 64 + 64 + 10);
+        assert_eq!(Decoder::new(&bytes).sparse(area.len()), Ok(area.clone()));
+        assert!(Decoder::new(&bytes).sparse(area.len() - 1).is_err());
+        assert!(Decoder::new(&bytes[..bytes.len() - 1]).sparse(area.len()).is_err());
+        // A map bit past the end is refused.
+        let mut bad = bytes.clone();
+        bad[4 + 32] |= 0x80;
+        assert!(Decoder::new(&bad).sparse(area.len()).is_err());
+        let mut e = Encoder::default();
+        e.sparse(&[]);
+        assert_eq!(Decoder::new(&e.finish()).sparse(0), Ok(vec![]));
     }
 
     #[derive(Debug, PartialEq)]

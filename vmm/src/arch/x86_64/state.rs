@@ -92,19 +92,25 @@ unsafe impl Pod for kvm_vcpu_events {}
 // SAFETY: as above.
 unsafe impl Pod for kvm_mp_state {}
 
-fn put<T: Pod>(e: &mut Encoder, value: &T) {
+fn bytes_of<T: Pod>(value: &T) -> &[u8] {
     // SAFETY: `T: Pod` is plain integers, so all of its `size_of::<T>()` bytes are
     // initialised (padding-free bindgen structs) and may be read as bytes.
-    let bytes =
-        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
-    e.bytes(bytes);
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+fn from_bytes<T: Pod>(bytes: &[u8]) -> T {
+    assert_eq!(bytes.len(), size_of::<T>());
+    // SAFETY: `bytes` has exactly `size_of::<T>()` bytes (checked) and every bit pattern is
+    // a valid `T` (`Pod`); `read_unaligned` copes with any alignment.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+fn put<T: Pod>(e: &mut Encoder, value: &T) {
+    e.bytes(bytes_of(value));
 }
 
 fn get<T: Pod>(d: &mut Decoder<'_>) -> Result<T, WireError> {
-    let bytes = d.bytes(size_of::<T>())?;
-    // SAFETY: `bytes` has exactly `size_of::<T>()` bytes and every bit pattern is a valid `T`
-    // (`Pod`); `read_unaligned` copes with any alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    Ok(from_bytes(d.bytes(size_of::<T>())?))
 }
 
 impl VcpuState {
@@ -265,7 +271,8 @@ impl Encode for VcpuState {
         }
         e.u8(self.xsave.is_some() as u8);
         if let Some(xsave) = &self.xsave {
-            put(e, &**xsave);
+            // Mostly zeros (the wide registers' halves a program does not use).
+            e.sparse(bytes_of(&**xsave));
         }
         e.u32(self.msrs.len() as u32);
         for &(index, value) in &self.msrs {
@@ -290,7 +297,7 @@ impl Decode for VcpuState {
         };
         let xsave = match d.u8()? {
             0 => None,
-            1 => Some(Box::new(get(d)?)),
+            1 => Some(Box::new(from_bytes(&d.sparse(size_of::<[u32; 1024]>())?))),
             _ => return Err(WireError("bad XSAVE flag")),
         };
         let n = d.u32()?;
