@@ -362,7 +362,11 @@ mod tests {
         assert_eq!(bytes.len(), 4 + 33 + 64 + 64 + 10);
         assert_eq!(Decoder::new(&bytes).sparse(area.len()), Ok(area.clone()));
         assert!(Decoder::new(&bytes).sparse(area.len() - 1).is_err());
-        assert!(Decoder::new(&bytes[..bytes.len() - 1]).sparse(area.len()).is_err());
+        assert!(
+            Decoder::new(&bytes[..bytes.len() - 1])
+                .sparse(area.len())
+                .is_err()
+        );
         // A map bit past the end is refused.
         let mut bad = bytes.clone();
         bad[4 + 32] |= 0x80;

@@ -228,11 +228,17 @@ impl Spans {
                 setup,
                 thread: thread.clone(),
             };
+            let bytes = pop_wire::to_bytes(&a);
+            tracing::trace!(
+                "ARRIVE of thread {}: {} bytes",
+                thread.vcpu.tid,
+                bytes.len()
+            );
             node.request(
                 to,
                 MsgType::Arrive.number(),
                 Priority::Control,
-                &pop_wire::to_bytes(&a),
+                &bytes,
                 ARRIVE_TIMEOUT,
             )
             .map(drop)
