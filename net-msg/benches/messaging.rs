@@ -343,9 +343,9 @@ fn tag_costs() {
         );
     };
     {
-        // The frame tag in use (AEGIS-128L MAC, sequence number as nonce).
+        // The frame tag in use (AEGIS-128X2 MAC, sequence number as nonce).
         let mac = std::cell::RefCell::new(net_msg::frame::FrameMac::new(key));
-        time("frame tag (AEGIS-128L) payload|hdr", &|_| {
+        time("frame tag (AEGIS-128X2) payload|hdr", &|_| {
             mac.borrow_mut().tag(&hdr, &page)[0]
         });
     }

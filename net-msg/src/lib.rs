@@ -9,7 +9,7 @@
 //! - [`handshake`]: mutual HMAC-SHA256 challenge-response over fresh nonces; derives per-
 //!   direction session keys.
 //! - [`frame`]: the bounded frame codec (version, kind, priority, type, length, correlation),
-//!   with an AEGIS-128L MAC tag per frame and implicit sequence numbers (the nonces).
+//!   with an AEGIS-128X2 MAC tag per frame and implicit sequence numbers (the nonces).
 //! - `connection` (internal): per-priority send queues, one reader thread and one writer
 //!   thread per connection; idle connections are written directly by the caller.
 //! - [`stream`]: bulk streams, connections of their own for large transfers (records read

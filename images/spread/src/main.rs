@@ -376,7 +376,9 @@ fn scan(mib: u64) {
         fail("scan needs two nodes");
     }
     let words = (mib << 20) as usize / 8;
+    let t = std::time::Instant::now();
     let buf: Vec<u64> = (0..words as u64).collect();
+    let wrote = t.elapsed().as_secs_f64();
     tutorial_move(nodes[1]);
     let t = std::time::Instant::now();
     let sum: u64 = buf.iter().fold(0u64, |s, &w| s.wrapping_add(w));
@@ -386,8 +388,9 @@ fn scan(mib: u64) {
         fail(&format!("scan: sum {sum}, expected {expected}"));
     }
     println!(
-        "scan: {mib} MiB read on node {} in {secs:.3} s",
-        pop::current_nid()
+        "scan: {mib} MiB read on node {} in {secs:.3} s (written on node {} in {wrote:.3} s)",
+        pop::current_nid(),
+        nodes[0]
     );
 }
 
