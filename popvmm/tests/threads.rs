@@ -336,3 +336,34 @@ fn files_opened_on_one_node_are_used_and_closed_on_another() {
         "written on node 1\n"
     );
 }
+
+#[test]
+fn the_vmm_s_own_accesses_share_a_page_with_another_node_s_writes() {
+    // A file read's data, written into guest memory by node 1's VMM, and a file write's,
+    // read from it, in a page whose counter a thread on node 0 keeps incrementing: the
+    // VMM's accesses go through the DSM as the guest's do (no stale byte, no lost increment,
+    // and nothing waits forever on a page).
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.txt"), "bytes from the host\n").unwrap();
+    let mount = format!("{}:/data:rw", dir.path().display());
+    let (status, out, err) = finish(c.launch(
+        &["--mount", &mount],
+        "spread",
+        &["vmmshare", "300", "/data"],
+    ));
+    assert_eq!(
+        (status, out.as_str()),
+        (
+            0,
+            "vmmshare: 300 file reads into and writes from a page node 0 writes, on node 1: \
+             every byte and every increment there\nok\n"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+        "bytes from the host\n".repeat(300)
+    );
+}

@@ -22,7 +22,12 @@
 //!   `MS` milliseconds, notifies it; it then reports its node (a test moves it meanwhile);
 //! * `files DIR`: a thread on the other node opens `DIR/in.txt` and hands the file to the
 //!   main thread, which reads it, then creates `DIR/out.txt` and hands it over to be written
-//!   and closed there (one descriptor table for the whole VM).
+//!   and closed there (one descriptor table for the whole VM);
+//! * `vmmshare ROUNDS DIR`: a thread on node 0 increments a counter while the main thread,
+//!   on the other node, reads `DIR/in.txt` `ROUNDS` times into a buffer in the counter's
+//!   page and appends it to `DIR/out.txt`: the VMM's own writes and reads of guest memory
+//!   (a file read's data, a file write's) share a page with another node's writes; every
+//!   read is checked, and no increment may be lost.
 //!
 //! Each prints its result and `ok`, or a reason and exits 1.
 
@@ -394,6 +399,87 @@ fn scan(mib: u64) {
     );
 }
 
+/// A counter and a buffer in one page of their own (`vmmshare`).
+#[repr(C, align(4096))]
+struct SharedPage {
+    counter: AtomicU64,
+    buf: std::cell::UnsafeCell<[u8; 256]>,
+}
+
+// SAFETY: only the main thread touches `buf`; `counter` is atomic.
+unsafe impl Sync for SharedPage {}
+
+/// See the module documentation (`vmmshare`).
+fn vmmshare(rounds: u64, dir: &str) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("vmmshare needs two nodes");
+    }
+    let page = Arc::new(SharedPage {
+        counter: AtomicU64::new(0),
+        buf: std::cell::UnsafeCell::new([0; 256]),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    // Started here, so it runs on node 0.
+    let (p, halt) = (page.clone(), stop.clone());
+    let counter = thread::spawn(move || {
+        let mut n = 0u64;
+        while !halt.load(Ordering::Relaxed) {
+            p.counter.fetch_add(1, Ordering::Relaxed);
+            n += 1;
+        }
+        n
+    });
+    tutorial_move(nodes[1]);
+    let open = |name: &str, create: bool| {
+        let path = format!("{dir}/{name}");
+        if create {
+            std::fs::File::create(&path)
+        } else {
+            std::fs::File::open(&path)
+        }
+        .unwrap_or_else(|e| fail(&format!("{path}: {e}")))
+    };
+    let expected = std::fs::read(format!("{dir}/in.txt")).unwrap_or_else(|e| fail(&e.to_string()));
+    if expected.is_empty() || expected.len() > 256 {
+        fail("in.txt must hold 1 to 256 bytes");
+    }
+    let (mut input, mut output) = (open("in.txt", false), open("out.txt", true));
+    for round in 0..rounds {
+        // SAFETY: only this thread touches the buffer.
+        let buf = unsafe { &mut *page.buf.get() };
+        buf.fill(0);
+        input.seek(SeekFrom::Start(0)).unwrap();
+        let n = input.read(buf).unwrap_or_else(|e| fail(&e.to_string()));
+        if buf[..n] != expected[..] {
+            fail(&format!(
+                "round {round}: read {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ));
+        }
+        output
+            .write_all(&buf[..n])
+            .unwrap_or_else(|e| fail(&e.to_string()));
+    }
+    drop(output);
+    stop.store(true, Ordering::Relaxed);
+    let done = counter.join().unwrap();
+    let seen = page.counter.load(Ordering::Relaxed);
+    if seen != done || done == 0 {
+        fail(&format!("{done} increments made, {seen} seen"));
+    }
+    let written = std::fs::read(format!("{dir}/out.txt")).unwrap_or_else(|e| fail(&e.to_string()));
+    if written != expected.repeat(rounds as usize) {
+        fail("out.txt does not hold what was read");
+    }
+    println!(
+        "vmmshare: {rounds} file reads into and writes from a page node {} writes, on node {}: every byte and every increment there",
+        nodes[0],
+        pop::current_nid()
+    );
+}
+
 fn tutorial_move(to: u32) {
     if let Err(e) = pop::migrate(to) {
         fail(&format!("move to node {to}: {e}"));
@@ -416,8 +502,12 @@ fn main() {
         "falseshare" => falseshare(arg(2, 1000)),
         "scan" => scan(arg(2, 256)),
         "files" => files(&std::env::args().nth(2).unwrap_or_else(|| "/data".into())),
+        "vmmshare" => vmmshare(
+            arg(2, 200),
+            &std::env::args().nth(3).unwrap_or_else(|| "/data".into()),
+        ),
         _ => fail(
-            "usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait|spawn|timing|falseshare|scan|files [ARGS]",
+            "usage: spread mutex|atomic|condvar|channel|barrier|bounce|dead|wait|spawn|timing|falseshare|scan|files|vmmshare [ARGS]",
         ),
     }
     println!("ok");
