@@ -37,9 +37,9 @@ impl Host {
     /// A host not yet on the mesh; [`Host::attach`] it to its node.
     pub fn new() -> Arc<Host> {
         let local = Arc::new(Local::default());
-        let vms = Arc::new(Migrations::new(local.clone()));
-        let relays = Arc::new(Relays::new(local.clone(), vms.clone()));
         let regions: Arc<Regions> = Arc::default();
+        let vms = Arc::new(Migrations::new(local.clone(), regions.clone()));
+        let relays = Arc::new(Relays::new(local.clone(), vms.clone()));
         let spans = Spans::new(local.clone(), regions.clone());
         Arc::new(Host {
             node: OnceLock::new(),

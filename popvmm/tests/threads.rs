@@ -210,6 +210,13 @@ fn threads_move_from_outside_in_a_sleep_a_futex_wait_and_a_join() {
     wait_thread(&c, 2, 0, Some("blocked"));
     move_thread(&c, "migratemep", 2, 1);
     wait_thread(&c, 2, 1, None);
+    // Now that it spans nodes, the VM cannot move whole: refused in one line, and it goes on.
+    let whole = c.migrate("migratemep", 1, &[]);
+    let said = text(&whole.stderr);
+    assert!(
+        !whole.status.success() && said.contains("spans nodes") && said.trim().lines().count() == 1,
+        "a whole move of a spanning VM: {said}"
+    );
     move_thread(&c, "migratemep", 1, 1);
     wait_thread(&c, 1, 1, None);
     move_thread(&c, "migratemep", 2, 0);

@@ -26,6 +26,7 @@ use net_msg::{Incoming, Node, Priority, StreamCloser};
 use vmm::memory::{GuestMem, PAGE_SIZE};
 use vmm::vm::{Outcome, VmShared};
 
+use crate::dsm::Regions;
 use crate::error::{Error, Result};
 use crate::home::Homes;
 use crate::hooks::ClusterHooks;
@@ -47,6 +48,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Migrations {
     /// The VMs of this node process.
     local: Arc<Local>,
+    /// The coherent regions of VMs that span nodes (such a VM cannot move whole).
+    regions: Arc<Regions>,
     arriving: Mutex<HashMap<u64, Arriving>>,
     /// VMs whose `BEGIN` was refused lately, with the node and when: their page streams
     /// (opened while `BEGIN` was on its way) are refused at once.
@@ -60,10 +63,12 @@ pub struct Migrations {
 }
 
 impl Migrations {
-    /// The migrations of the node process whose VMs are `local`.
-    pub fn new(local: Arc<Local>) -> Migrations {
+    /// The migrations of the node process whose VMs are `local` and whose spanning VMs'
+    /// shared regions are `regions`.
+    pub fn new(local: Arc<Local>, regions: Arc<Regions>) -> Migrations {
         Migrations {
             local,
+            regions,
             arriving: Mutex::default(),
             refused: Mutex::default(),
             postcopy_in: Mutex::default(),
@@ -337,6 +342,13 @@ impl Migrations {
             return Err(Error::Busy(
                 "this VM is still receiving its pages (post-copy); try again soon".into(),
             ));
+        }
+        if self.regions.get(hvm.id).is_some() {
+            return Err(Error::Aborted(format!(
+                "VM {:x} spans nodes (its threads ran on other nodes, which may hold some of \
+                 its memory): it cannot move whole; move its threads (`--thread`)",
+                hvm.id
+            )));
         }
         source::check_destination(node, to).map_err(Error::Unreachable)?;
         let registry = &self.local.registry;
