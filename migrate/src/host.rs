@@ -38,9 +38,13 @@ impl Host {
     pub fn new() -> Arc<Host> {
         let local = Arc::new(Local::default());
         let regions: Arc<Regions> = Arc::default();
-        let vms = Arc::new(Migrations::new(local.clone(), regions.clone()));
-        let relays = Arc::new(Relays::new(local.clone(), vms.clone()));
         let spans = Spans::new(local.clone(), regions.clone());
+        let vms = Arc::new(Migrations::new(
+            local.clone(),
+            regions.clone(),
+            Arc::downgrade(&spans),
+        ));
+        let relays = Arc::new(Relays::new(local.clone(), vms.clone()));
         Arc::new(Host {
             node: OnceLock::new(),
             local,

@@ -72,6 +72,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         spans: std::sync::Arc::downgrade(host.spans()),
         vm_id,
         origin: id,
+        home: id,
     });
     let files = vm
         .shared()

@@ -374,3 +374,36 @@ fn the_vmm_s_own_accesses_share_a_page_with_another_node_s_writes() {
         "bytes from the host\n".repeat(300)
     );
 }
+
+#[test]
+fn a_vm_moved_whole_spans_nodes_from_where_it_went() {
+    // `helloS` is launched on node 0 and moved whole to node 2 during its first sleep; its
+    // thread then moves to node 1 and back to node 0 (where the launch is), with node 2 as
+    // the VM's origin now: its output still comes to the launch, exactly as without the move.
+    let mut c = Cluster::new();
+    c.start(1, false);
+    c.start(2, false);
+    let p = c.launch(&[], "helloS", &["2", "3000"]);
+    let t0 = Instant::now();
+    loop {
+        let moved = c.migrate("helloS", 2, &[]);
+        if moved.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the whole move: {}",
+            text(&moved.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, out, err) = finish(p);
+    assert_eq!(
+        (status, out.as_str()),
+        (
+            0,
+            "hello, world (node 0)\nhello, world (node 1)\nhello, world (node 0)\n"
+        ),
+        "{err}"
+    );
+}

@@ -61,8 +61,11 @@ pub struct SpanCtx {
     pub spans: Weak<Spans>,
     /// The VM.
     pub vm_id: u64,
-    /// Its origin.
+    /// Its origin: where its thread table, futexes, descriptor table and the home of its
+    /// shared region are (the node it was launched on, or the one it moved to whole).
     pub origin: u32,
+    /// Its home: where its output, files and exit go (the node it was launched on).
+    pub home: u32,
 }
 
 /// The per-thread services of a node: the spanning VMs whose origin is here, and the shells
@@ -555,11 +558,14 @@ impl Spans {
         if to == node.id() {
             return Ok(());
         }
-        let origin_node = self.origin_node(vm_id).unwrap_or(node.id());
+        let (origin, home) = self
+            .origin_and_home(node.id(), vm_id)
+            .unwrap_or((node.id(), node.id()));
         let ctx = SpanCtx {
             spans: Weak::new(),
             vm_id,
-            origin: origin_node,
+            origin,
+            home,
         };
         let parked = vm
             .pause_thread(tid, Duration::from_secs(5))
@@ -580,12 +586,13 @@ impl Spans {
         }
     }
 
-    /// The origin of VM `vm_id` as this node knows it.
-    fn origin_node(&self, vm_id: u64) -> Option<u32> {
+    /// The origin and home of VM `vm_id` as this node (`me`) knows them: a shell's, or,
+    /// for a VM that runs here, this node and its home.
+    fn origin_and_home(&self, me: u32, vm_id: u64) -> Option<(u32, u32)> {
         if let Some(s) = lock(&self.shells).get(&vm_id) {
-            return Some(s.origin);
+            return Some((s.origin, s.home));
         }
-        self.local.registry.get(vm_id).map(|h| h.home)
+        self.local.registry.get(vm_id).map(|h| (me, h.home))
     }
 
     /// The threads of VM `vm_id` and where they run: all of them if its origin is here
@@ -815,6 +822,7 @@ impl Spans {
             spans: Arc::downgrade(self),
             vm_id,
             origin: setup.origin,
+            home: setup.home,
         });
         // The pieces stay until the shell is made (a first try may only learn that the
         // image is missing).
@@ -1114,6 +1122,7 @@ fn hot_ranges(thread: &ThreadState) -> Vec<(u64, u64)> {
 fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
     ShellSetup {
         origin: ctx.origin,
+        home: ctx.home,
         name: vm.image.name.clone(),
         private_size: vm.mem.private_size(),
         shared_size: vm.mem.shared_size(),

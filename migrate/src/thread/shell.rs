@@ -58,6 +58,8 @@ pub struct Shell {
     pub vm_id: u64,
     /// Its origin.
     pub origin: u32,
+    /// Its home (output, files).
+    pub home: u32,
     /// The shell's VM.
     pub vm: Arc<VmShared>,
     /// Its copy of the shared region.
@@ -113,12 +115,12 @@ pub fn make(
         mem.write(*addr, page)
             .map_err(|e| format!("private page at {addr:#x}: errno {e}"))?;
     }
-    let origin = setup.origin;
+    let (origin, home_node) = (setup.origin, setup.home);
     let (stdout, stderr) = (
-        Homes::output(node, vm_id, origin, Stream::Stdout),
-        Homes::output(node, vm_id, origin, Stream::Stderr),
+        Homes::output(node, vm_id, home_node, Stream::Stdout),
+        Homes::output(node, vm_id, home_node, Stream::Stderr),
     );
-    let (service, home) = homes.file_service(node, vm_id, origin);
+    let (service, home) = homes.file_service(node, vm_id, home_node);
     let config = VmConfig {
         memory: setup.shared_size,
         max_threads: setup.max_threads,
@@ -175,6 +177,7 @@ pub fn make(
     let shell = Shell {
         vm_id,
         origin,
+        home: home_node,
         vm: vm.shared(),
         region,
     };

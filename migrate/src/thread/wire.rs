@@ -68,8 +68,10 @@ impl Decode for ShellPiece {
 /// How to make the shell of a VM on a node that has none (with the pieces sent before).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShellSetup {
-    /// The VM's origin: its thread table, futexes, home and directory.
+    /// The VM's origin: its thread table, futexes, descriptor table and directory.
     pub origin: u32,
+    /// Its home: where its output and file operations go.
+    pub home: u32,
     /// Its name.
     pub name: String,
     /// Private region size.
@@ -89,6 +91,7 @@ pub struct ShellSetup {
 impl Encode for ShellSetup {
     fn encode(&self, e: &mut Encoder) {
         e.u32(self.origin)
+            .u32(self.home)
             .string(&self.name)
             .u64(self.private_size)
             .u64(self.shared_size)
@@ -103,6 +106,7 @@ impl Decode for ShellSetup {
     fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
         Ok(ShellSetup {
             origin: d.u32()?,
+            home: d.u32()?,
             name: d.string(MAX_NAME)?,
             private_size: d.u64()?,
             shared_size: d.u64()?,

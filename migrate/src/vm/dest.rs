@@ -40,7 +40,13 @@ pub struct PostcopyIn {
     pub region: Arc<PostcopyRegion>,
     /// The source.
     pub from: u32,
+    /// Lets the VM's threads span nodes once every page is here (see [`Arriving::span`]).
+    pub span: Mutex<Option<Span>>,
 }
+
+/// What lets a VM that arrived whole span nodes from here: its hooks, and the context to
+/// give them (this node its origin, its home unchanged).
+pub type Span = (Arc<crate::hooks::ClusterHooks>, crate::thread::SpanCtx);
 
 /// A VM on its way here.
 #[derive(Debug)]
@@ -65,6 +71,9 @@ pub struct Arriving {
     pub prepared: Option<Vm>,
     /// Post-copy: the shared region, registered for missing-page faults at `COMMIT`.
     pub postcopy: Option<Arc<PostcopyRegion>>,
+    /// Set at `COMMIT`: given to its hooks when it runs here with all its pages, so that its
+    /// threads may then move to other nodes with this node as their origin.
+    pub span: Option<Span>,
     /// When its last message came.
     pub since: Instant,
     /// Its KVM VM, being made meanwhile (not while the VM is stopped).
@@ -157,6 +166,7 @@ pub fn begin(
             resend: BTreeSet::new(),
         })),
         closer: None,
+        span: None,
         donor,
         from,
         image: Vec::new(),

@@ -19,7 +19,7 @@ pub mod pool;
 pub mod source;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use net_msg::{Incoming, Node, Priority, StreamCloser};
@@ -34,6 +34,7 @@ use crate::local::Local;
 use crate::msg::{self, BeginReply, Fetch, MsgType, Stream, VmRef};
 use crate::registry::{HostedVm, VmStatus};
 use crate::report::{Step, Summary};
+use crate::thread::Spans;
 use crate::{Mode, lock, test_hook};
 use dest::{Arriving, PostcopyIn};
 use page_stream::{Arrivals, Spares, Target};
@@ -50,6 +51,8 @@ pub struct Migrations {
     local: Arc<Local>,
     /// The coherent regions of VMs that span nodes (such a VM cannot move whole).
     regions: Arc<Regions>,
+    /// This node's spans (a VM that arrives whole may span nodes from here).
+    spans: Weak<Spans>,
     arriving: Mutex<HashMap<u64, Arriving>>,
     /// VMs whose `BEGIN` was refused lately, with the node and when: their page streams
     /// (opened while `BEGIN` was on its way) are refused at once.
@@ -63,12 +66,13 @@ pub struct Migrations {
 }
 
 impl Migrations {
-    /// The migrations of the node process whose VMs are `local` and whose spanning VMs'
-    /// shared regions are `regions`.
-    pub fn new(local: Arc<Local>, regions: Arc<Regions>) -> Migrations {
+    /// The migrations of the node process whose VMs are `local`, whose spanning VMs' shared
+    /// regions are `regions`, and whose spans are `spans`.
+    pub fn new(local: Arc<Local>, regions: Arc<Regions>, spans: Weak<Spans>) -> Migrations {
         Migrations {
             local,
             regions,
+            spans,
             arriving: Mutex::default(),
             refused: Mutex::default(),
             postcopy_in: Mutex::default(),
@@ -216,15 +220,20 @@ impl Migrations {
                     fill.zero_unwritten(&a.mem);
                     fill.resend.len()
                 };
+                let hooks = ClusterHooks::on(node);
+                a.span = Some((
+                    hooks.clone(),
+                    crate::thread::SpanCtx {
+                        spans: self.spans.clone(),
+                        vm_id: id,
+                        origin: node.id(),
+                        home,
+                    },
+                ));
                 let result = if resend > 0 {
                     Err(format!("{resend} pages of the VM did not arrive intact"))
                 } else {
-                    a.commit(
-                        (node.id(), ClusterHooks::on(node)),
-                        &commit.state,
-                        outputs,
-                        files,
-                    )
+                    a.commit((node.id(), hooks), &commit.state, outputs, files)
                 };
                 let result = result.map_err(Error::Aborted);
                 if result.is_err() {
@@ -273,8 +282,12 @@ impl Migrations {
             Arc::new(PostcopyIn {
                 region,
                 from: a.from,
+                span: Mutex::new(a.span.take()),
             })
         });
+        if let Some((hooks, ctx)) = a.span.take() {
+            hooks.span(ctx);
+        }
         if let Some(pin) = &postcopy {
             lock(&self.postcopy_in).insert(id, pin.clone());
         }
@@ -304,6 +317,9 @@ impl Migrations {
         };
         pin.region.finish();
         lock(&self.postcopy_in).remove(&id);
+        if let Some((hooks, ctx)) = lock(&pin.span).take() {
+            hooks.span(ctx);
+        }
         if let Some(v) = self.local.registry.get(id) {
             v.set_status(VmStatus::Running);
         }
