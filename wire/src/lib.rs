@@ -178,7 +178,7 @@ impl<'a> Decoder<'a> {
         }
         let count = len.div_ceil(SPARSE_PIECE);
         let map = self.bytes(count.div_ceil(8))?;
-        if count % 8 != 0 && map[count / 8] >> (count % 8) != 0 {
+        if !count.is_multiple_of(8) && map[count / 8] >> (count % 8) != 0 {
             return Err(WireError("a sparse field's map names pieces past its end"));
         }
         let mut out = vec![0u8; len];
