@@ -90,8 +90,13 @@ pub struct LaunchArgs {
     #[arg(value_name = "IMAGE")]
     pub image: PathBuf,
 
-    /// Arguments passed to the application.
-    #[arg(last = true, value_name = "ARGS")]
+    /// Arguments passed to the application: everything after `IMAGE` (or after `--`), so
+    /// that `popvmm launch --` serves as cargo's `runner` (`RUNNER EXE ARGS...`).
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub args: Vec<OsString>,
 }
 

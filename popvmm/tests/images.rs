@@ -141,6 +141,32 @@ fn args_and_only_the_given_env_reach_main() {
 }
 
 #[test]
+fn popvmm_launch_takes_arguments_as_cargo_s_runner_gives_them() {
+    // `runner = "popvmm launch --"`: cargo runs `RUNNER EXE ARGS...`; and without `--`,
+    // everything after the image goes to the application too.
+    let checks = image("checks");
+    let expected = format!(
+        "arg[0]={}\narg[1]=args\narg[2]=--nocapture\narg[3]=-x\n",
+        checks.display()
+    );
+    for form in [
+        vec!["launch", "--"],
+        vec!["launch", "--memory", "64M", "--"],
+        vec!["launch"],
+    ] {
+        let mut argv: Vec<std::ffi::OsString> = form.iter().map(Into::into).collect();
+        argv.push(checks.clone().into());
+        argv.extend(["args", "--nocapture", "-x"].map(Into::into));
+        let out = Command::new(env!("CARGO_BIN_EXE_popvmm"))
+            .args(&argv)
+            .output()
+            .expect("run popvmm");
+        assert_eq!(out.status.code(), Some(0), "{form:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), expected, "{form:?}");
+    }
+}
+
+#[test]
 fn process_exit_status_is_popvmms_status() {
     for code in ["0", "7", "255"] {
         let out = launch(&[], "checks", &["exit", code]);
