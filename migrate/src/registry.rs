@@ -26,6 +26,17 @@ pub struct HostedVm {
     /// The running VM.
     pub vm: Arc<VmShared>,
     status: Mutex<VmStatus>,
+    /// Spanning nodes and moving whole exclude each other.
+    claims: Mutex<Claims>,
+}
+
+/// What a VM has begun that excludes the other (see [`HostedVm::start_spanning`]).
+#[derive(Debug, Default)]
+struct Claims {
+    /// Its threads have gone to other nodes (which may hold some of its memory).
+    spanned: bool,
+    /// A whole-VM move of it is under way.
+    moving: bool,
 }
 
 impl HostedVm {
@@ -37,7 +48,42 @@ impl HostedVm {
             home,
             vm,
             status: Mutex::new(VmStatus::Running),
+            claims: Mutex::default(),
         }
+    }
+
+    /// Marks the VM as spanning nodes (its first thread is about to leave): refused while it
+    /// moves whole or its pages are still arriving (post-copy).
+    pub fn start_spanning(&self) -> std::result::Result<(), String> {
+        let mut c = lock(&self.claims);
+        if c.moving {
+            return Err("the VM is moving whole".into());
+        }
+        if self.status() == VmStatus::Postcopy {
+            return Err("the VM's pages are still arriving".into());
+        }
+        c.spanned = true;
+        Ok(())
+    }
+
+    /// Marks a whole-VM move of it as begun: refused once it has spanned nodes. The move
+    /// ends with [`HostedVm::done_moving_whole`].
+    pub fn start_moving_whole(&self) -> std::result::Result<(), String> {
+        let mut c = lock(&self.claims);
+        if c.spanned {
+            return Err(format!(
+                "VM {:x} spans nodes (its threads ran on other nodes, which may hold some of \
+                 its memory): it cannot move whole; move its threads (`--thread`)",
+                self.id
+            ));
+        }
+        c.moving = true;
+        Ok(())
+    }
+
+    /// The whole-VM move begun by [`HostedVm::start_moving_whole`] is over (either way).
+    pub fn done_moving_whole(&self) {
+        lock(&self.claims).moving = false;
     }
 
     /// Sets what `ps` shows as its state.

@@ -138,13 +138,13 @@ impl Spans {
         if let Some(o) = origins.get(&vm_id) {
             return Ok(o.clone());
         }
-        let vm = self
+        let hosted = self
             .local
             .registry
             .get(vm_id)
-            .ok_or("the VM does not run here")?
-            .vm
-            .clone();
+            .ok_or("the VM does not run here")?;
+        hosted.start_spanning()?;
+        let vm = hosted.vm.clone();
         let shared = vm.mem.shared_region();
         let cfg = RegionConfig {
             node: node.id(),

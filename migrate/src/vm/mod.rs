@@ -39,6 +39,21 @@ use crate::{Mode, lock, test_hook};
 use dest::{Arriving, PostcopyIn};
 use page_stream::{Arrivals, Spares, Target};
 
+/// Runs `f` when dropped.
+struct Guard<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
+    Guard(Some(f))
+}
+
 /// How long a refused `BEGIN` is remembered (see [`Migrations::was_refused`]).
 const REFUSAL_KEPT: Duration = Duration::from_secs(5);
 /// How long a post-copy destination waits for one page from the source.
@@ -359,13 +374,17 @@ impl Migrations {
                 "this VM is still receiving its pages (post-copy); try again soon".into(),
             ));
         }
+        // A shell (a region here, no claim) or a VM whose threads left cannot move whole;
+        // while it does, none of its threads may leave (`HostedVm::start_spanning`).
         if self.regions.get(hvm.id).is_some() {
             return Err(Error::Aborted(format!(
-                "VM {:x} spans nodes (its threads ran on other nodes, which may hold some of \
-                 its memory): it cannot move whole; move its threads (`--thread`)",
+                "VM {:x} spans nodes: it cannot move whole; move its threads (`--thread`)",
                 hvm.id
             )));
         }
+        hvm.start_moving_whole().map_err(Error::Aborted)?;
+        let moving = hvm.clone();
+        let _moving = scopeguard(move || moving.done_moving_whole());
         source::check_destination(node, to).map_err(Error::Unreachable)?;
         let registry = &self.local.registry;
         if mode == Mode::Precopy {

@@ -15,8 +15,10 @@ use crate::threads::ThreadTable;
 
 use crate::moving::ParkedVcpu;
 
-/// Version of the [`VmState`] wire form; a node refuses any other.
-pub const STATE_VERSION: u16 = 1;
+/// Version of the [`VmState`] wire form (and of the thread and shell states that carry a
+/// [`StateHeader`]); a node refuses any other. 2: per-vCPU and XSAVE areas sparse, shells
+/// know their home apart from their origin.
+pub const STATE_VERSION: u16 = 2;
 
 /// Most threads a [`VmState`] may carry.
 pub const MAX_STATE_THREADS: usize = 128;
