@@ -30,6 +30,16 @@ pub struct HostedVm {
     claims: Mutex<Claims>,
 }
 
+/// A whole-VM move under way ([`HostedVm::start_moving_whole`]): over when dropped.
+#[derive(Debug)]
+pub struct MovingWhole<'a>(&'a HostedVm);
+
+impl Drop for MovingWhole<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.claims).moving = false;
+    }
+}
+
 /// What a VM has begun that excludes the other (see [`HostedVm::start_spanning`]).
 #[derive(Debug, Default)]
 struct Claims {
@@ -66,9 +76,9 @@ impl HostedVm {
         Ok(())
     }
 
-    /// Marks a whole-VM move of it as begun: refused once it has spanned nodes. The move
-    /// ends with [`HostedVm::done_moving_whole`].
-    pub fn start_moving_whole(&self) -> std::result::Result<(), String> {
+    /// Marks a whole-VM move of it as begun, until the returned value is dropped: refused
+    /// once it has spanned nodes.
+    pub fn start_moving_whole(&self) -> std::result::Result<MovingWhole<'_>, String> {
         let mut c = lock(&self.claims);
         if c.spanned {
             return Err(format!(
@@ -78,12 +88,7 @@ impl HostedVm {
             ));
         }
         c.moving = true;
-        Ok(())
-    }
-
-    /// The whole-VM move begun by [`HostedVm::start_moving_whole`] is over (either way).
-    pub fn done_moving_whole(&self) {
-        lock(&self.claims).moving = false;
+        Ok(MovingWhole(self))
     }
 
     /// Sets what `ps` shows as its state.

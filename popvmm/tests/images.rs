@@ -155,7 +155,7 @@ fn popvmm_launch_takes_arguments_as_cargo_s_runner_gives_them() {
         vec!["launch"],
     ] {
         let mut argv: Vec<std::ffi::OsString> = form.iter().map(Into::into).collect();
-        argv.push(checks.clone().into());
+        argv.push(checks.into());
         argv.extend(["args", "--nocapture", "-x"].map(Into::into));
         let out = Command::new(env!("CARGO_BIN_EXE_popvmm"))
             .args(&argv)

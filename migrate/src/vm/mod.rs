@@ -39,21 +39,6 @@ use crate::{Mode, lock, test_hook};
 use dest::{Arriving, PostcopyIn};
 use page_stream::{Arrivals, Spares, Target};
 
-/// Runs `f` when dropped.
-struct Guard<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for Guard<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
-
-fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
-    Guard(Some(f))
-}
-
 /// How long a refused `BEGIN` is remembered (see [`Migrations::was_refused`]).
 const REFUSAL_KEPT: Duration = Duration::from_secs(5);
 /// How long a post-copy destination waits for one page from the source.
@@ -382,9 +367,7 @@ impl Migrations {
                 hvm.id
             )));
         }
-        hvm.start_moving_whole().map_err(Error::Aborted)?;
-        let moving = hvm.clone();
-        let _moving = scopeguard(move || moving.done_moving_whole());
+        let _moving = hvm.start_moving_whole().map_err(Error::Aborted)?;
         source::check_destination(node, to).map_err(Error::Unreachable)?;
         let registry = &self.local.registry;
         if mode == Mode::Precopy {
