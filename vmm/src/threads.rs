@@ -43,17 +43,35 @@ impl std::fmt::Debug for Next {
 pub struct Mailbox {
     next: Mutex<Option<Next>>,
     ready: Condvar,
+    /// Its vCPU thread has ended ([`Mailbox::close`]): nothing posted here would be taken.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Mailbox {
     fn post(&self, start: ThreadStart) {
-        self.post_next(Next::Start(start));
+        // (An idle mailbox's thread waits in the pool: it is open.)
+        let _ = self.post_next(Next::Start(start));
     }
 
-    /// Hands the waiting vCPU thread a guest thread arriving from another node.
-    pub fn post_next(&self, next: Next) {
-        *crate::sync::lock(&self.next) = Some(next);
+    /// Hands the waiting vCPU thread a guest thread (arriving from another node); gives it
+    /// back if that thread has ended or has one not yet taken.
+    pub fn post_next(&self, next: Next) -> Result<(), Next> {
+        let mut slot = crate::sync::lock(&self.next);
+        if slot.is_some() || self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(next);
+        }
+        *slot = Some(next);
         self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Its vCPU thread ends: from now on nothing is posted here; returns what was posted
+    /// and not taken.
+    pub fn close(&self) -> Option<Next> {
+        let mut slot = crate::sync::lock(&self.next);
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        slot.take()
     }
 
     fn wake(&self) {

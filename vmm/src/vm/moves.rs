@@ -90,7 +90,12 @@ impl VmShared {
             return then(Err("the VM is ending".into()));
         }
         if let Some(mailbox) = self.threads.mailbox(index) {
-            return mailbox.post_next(Next::Arrive(Box::new(thread), then));
+            if let Err(Next::Arrive(_, then)) =
+                mailbox.post_next(Next::Arrive(Box::new(thread), then))
+            {
+                then(Err(format!("vCPU {index} here takes no thread")));
+            }
+            return;
         }
         let vcpu = match Vcpu::new(&self.vm_fd, &self.arch, index, self.max_vcpus) {
             Ok(v) => v,

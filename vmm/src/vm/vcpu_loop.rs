@@ -82,7 +82,17 @@ enum ThreadEnd {
 }
 
 /// Body of a vCPU's host thread: runs guest threads one after another.
-pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailbox: Arc<Mailbox>) {
+pub(super) fn vcpu_thread(vm: Arc<VmShared>, vcpu: Vcpu, begin: Begin, mailbox: Arc<Mailbox>) {
+    run_threads(&vm, vcpu, begin, &mailbox);
+    // Nothing runs on this vCPU any more: a thread sent here meanwhile, or later, is refused
+    // at once (its sender runs it on) rather than left to time out.
+    if let Some(Next::Arrive(_, reply)) = mailbox.close() {
+        reply(Err("the vCPU's thread here has ended".into()));
+    }
+}
+
+/// The body of [`vcpu_thread`]: runs guest threads until the VM is over or the vCPU is gone.
+fn run_threads(vm: &Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailbox: &Arc<Mailbox>) {
     let mut next = Some(begin);
     loop {
         let (tid, pending) = match next.take() {
@@ -96,7 +106,7 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                 }
                 boot::write_percpu(&vm.mem, vcpu.index(), start.tid);
                 if start.tid == MAIN_TID {
-                    record_boot(&vm, &vcpu);
+                    record_boot(vm, &vcpu);
                 }
                 // Placed on another node: it goes there before its first instruction (if it
                 // cannot, it runs here).
@@ -136,7 +146,7 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                 None => return,
             },
         };
-        match run_thread(&vm, &mut vcpu, tid, pending) {
+        match run_thread(vm, &mut vcpu, tid, pending) {
             ThreadEnd::VmOver => return,
             ThreadEnd::Away => vm.threads.visiting(tid, false),
             ThreadEnd::Exited { done } => {
@@ -151,7 +161,7 @@ pub(super) fn vcpu_thread(vm: Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailb
                 }
                 if vm.hooks.thread_exited(tid, vcpu.index()) {
                     vm.threads.visiting(tid, false);
-                } else if vm.threads.exited(tid, &mailbox) {
+                } else if vm.threads.exited(tid, mailbox) {
                     vm.finish(Outcome::Exit(0));
                 }
             }
