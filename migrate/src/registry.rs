@@ -30,6 +30,14 @@ pub struct HostedVm {
     claims: Mutex<Claims>,
 }
 
+/// Why VM `id`, which spans nodes, cannot move whole.
+pub fn cannot_move_whole(id: u64) -> String {
+    format!(
+        "VM {id:x} spans nodes (its threads ran on other nodes, which may hold some of its \
+         memory): it cannot move whole; move its threads (`--thread`)"
+    )
+}
+
 /// A whole-VM move under way ([`HostedVm::start_moving_whole`]): over when dropped.
 #[derive(Debug)]
 pub struct MovingWhole<'a>(&'a HostedVm);
@@ -81,11 +89,7 @@ impl HostedVm {
     pub fn start_moving_whole(&self) -> std::result::Result<MovingWhole<'_>, String> {
         let mut c = lock(&self.claims);
         if c.spanned {
-            return Err(format!(
-                "VM {:x} spans nodes (its threads ran on other nodes, which may hold some of \
-                 its memory): it cannot move whole; move its threads (`--thread`)",
-                self.id
-            ));
+            return Err(cannot_move_whole(self.id));
         }
         c.moving = true;
         Ok(MovingWhole(self))

@@ -362,10 +362,7 @@ impl Migrations {
         // A shell (a region here, no claim) or a VM whose threads left cannot move whole;
         // while it does, none of its threads may leave (`HostedVm::start_spanning`).
         if self.regions.get(hvm.id).is_some() {
-            return Err(Error::Aborted(format!(
-                "VM {:x} spans nodes: it cannot move whole; move its threads (`--thread`)",
-                hvm.id
-            )));
+            return Err(Error::Aborted(crate::registry::cannot_move_whole(hvm.id)));
         }
         let _moving = hvm.start_moving_whole().map_err(Error::Aborted)?;
         source::check_destination(node, to).map_err(Error::Unreachable)?;

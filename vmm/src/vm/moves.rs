@@ -1,13 +1,11 @@
 //! A VM whose threads span nodes: a thread leaving this node (`VmShared::depart`, from its
 //! own `migrate` hypercall; a thread stopped from outside leaves through
 //! [`VmShared::thread_state`] and [`VmShared::thread_left`]) and one arriving
-//! ([`VmShared::arrive`]), on the vCPU of its index here, made if this node has none. Where
+//! ([`VmShared::arrive_then`]), on the vCPU of its index here, made if this node has none. Where
 //! the thread goes and how is the hooks' business ([`crate::hooks::Hooks::move_thread`]).
 
 use std::mem::offset_of;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use pop_abi::BootInfo;
 use pop_abi::errno::EIO;
@@ -21,9 +19,6 @@ use crate::moving::{ParkedVcpu, ThreadState};
 use crate::persist::Persist;
 use crate::sync::lock;
 use crate::threads::{Mailbox, Next, Restored};
-
-/// How long an arriving thread's vCPU may take to be restored.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl VmShared {
     /// The node this copy of the VM runs on.
@@ -63,21 +58,7 @@ impl VmShared {
     }
 
     /// Runs `thread`, arriving from another node, on the vCPU of its index here (made if
-    /// this node has none). Returns once it is restored (and about to run), or why not.
-    pub fn arrive(self: &Arc<Self>, thread: ThreadState) -> Result<(), String> {
-        let index = thread.vcpu.index;
-        let (tx, rx) = mpsc::channel();
-        self.arrive_then(
-            thread,
-            Box::new(move |restored| {
-                let _ = tx.send(restored);
-            }),
-        );
-        rx.recv_timeout(RESTORE_TIMEOUT)
-            .map_err(|_| format!("vCPU {index} did not take the thread"))?
-    }
-
-    /// As [`VmShared::arrive`], without waiting: `then` is told, exactly once, whether the
+    /// this node has none), without waiting: `then` is told, exactly once, whether the
     /// thread was restored (on its vCPU's thread, just before it runs) or why not.
     pub fn arrive_then(self: &Arc<Self>, thread: ThreadState, then: Restored) {
         let index = thread.vcpu.index;
