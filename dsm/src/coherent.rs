@@ -11,7 +11,11 @@
 //! * A sequential read is a scan: its faults ask for the next pages ahead, in one message,
 //!   with `GetE` (a read copy, or the page itself if no node shares it). Pages a scan is
 //!   given arrive writable, so KVM maps several at once; whole huge pages of them are
-//!   gathered and moved in with one `UFFDIO_MOVE`, so KVM maps each with one entry.
+//!   gathered and moved in with one `UFFDIO_MOVE`, so KVM maps each with one entry. Where
+//!   the [`Link`] has page streams, the home sends each whole huge page of a scan's answer as
+//!   one streamed run: the frame says which pages, the 2 MiB follow on the stream, written
+//!   after the region is unlocked, and are read by the receiver straight into the memory it
+//!   moves into the region.
 //! * The home's directory answers requests, invalidates read copies (`MADV_DONTNEED` on the
 //!   holder) and recalls the owner's page (write-protected first, so no write is lost, then
 //!   read, and dropped unless a read copy stays); it keeps a page's contents while no node
@@ -33,7 +37,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::PAGE_SIZE;
-use crate::message::{MAX_FRAME, PageMsg, RunBuilder, carries_page};
+use crate::message::{
+    Contents, HEADER, MAX_FRAME, PageMsg, RunBuilder, STREAMED_RUN, carries_page,
+};
 use crate::protocol::{Cache, Envelope, Home, Msg, NodeId, ProtocolError, State};
 use crate::uffd::{Fault, HUGE_PAGE, Staging, Uffd, resident_pages};
 
@@ -54,6 +60,29 @@ pub trait Link: Send + Sync {
     /// they were sent; the call must not wait for this node's own region (it is made with
     /// the region locked).
     fn send(&self, to: NodeId, message: Vec<u8>) -> Result<(), String>;
+
+    /// Whether the link has page streams ([`Link::send_pages`], [`Link::recv_pages`]): then
+    /// the whole huge pages of a scan's answer are streamed (see [`crate::message`]).
+    fn has_streams(&self) -> bool {
+        false
+    }
+
+    /// Sends a streamed run's record, `head` and then `pages`, on the region's page stream
+    /// to node `to`. Records to one node must arrive in the order they were sent. Called
+    /// with the region unlocked; it may wait for the peer to read.
+    fn send_pages(&self, to: NodeId, head: &[u8], pages: &[u8]) -> Result<(), String> {
+        let _ = (to, head, pages);
+        Err("this link has no page streams".into())
+    }
+
+    /// Reads the next record of node `from`'s page stream to this region: returns its head
+    /// and reads its pages straight into `into` (a record of another length is an error).
+    /// Called with the region unlocked, by the deliverer of the frame that announced it; it
+    /// must not wait forever for a peer that is gone.
+    fn recv_pages(&self, from: NodeId, into: &mut [u8]) -> Result<Vec<u8>, String> {
+        let _ = (from, into);
+        Err("this link has no page streams".into())
+    }
 }
 
 /// Why the DSM could not do what it was asked.
@@ -169,6 +198,56 @@ struct Shared {
     changed: Condvar,
     stop: AtomicBool,
     counters: Counters,
+    /// Streamed runs to write to their page streams once the region is unlocked, in the
+    /// order their frames went out: (to, the record's head, a buffer holding the run's
+    /// header and then its pages).
+    outbox: Mutex<VecDeque<(NodeId, [u8; HEADER], Vec<u8>)>>,
+    /// Held while the outbox is written out (one writer at a time keeps records in order).
+    writing: Mutex<()>,
+    /// Buffers of streamed runs, kept for the next ones (their memory stays touched).
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+/// The region's lock held: dropping it unlocks the region, then writes out what its holder
+/// left in the outbox.
+struct Held<'s> {
+    shared: &'s Shared,
+    guard: Option<MutexGuard<'s, Inner>>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        self.guard.as_ref().expect("held")
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        self.guard.as_mut().expect("held")
+    }
+}
+
+impl Held<'_> {
+    /// Waits on the region's condition variable (the lock released meanwhile) for at most
+    /// `timeout`.
+    fn wait(&mut self, timeout: Duration) {
+        let guard = self.guard.take().expect("held");
+        let guard = self
+            .shared
+            .changed
+            .wait_timeout(guard, timeout)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        self.guard = Some(guard);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.shared.write_out();
+    }
 }
 
 struct Inner {
@@ -288,6 +367,10 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock_plain<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Coherent {
     /// Registers the region with userfaultfd and starts serving its faults. On the home,
     /// every page is this node's (held Modified, its contents what the mapping has); on any
@@ -351,6 +434,9 @@ impl Coherent {
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
             counters: Counters::default(),
+            outbox: Mutex::default(),
+            writing: Mutex::default(),
+            buffers: Mutex::default(),
         });
         let serving = shared.clone();
         let faults = std::thread::Builder::new()
@@ -381,10 +467,14 @@ impl Coherent {
                 )));
             }
         }
-        let mut inner = lock(&s.state);
+        if let [(m, Contents::Streamed)] = runs[..] {
+            return self.deliver_streamed(from, m);
+        }
+        let mut inner = s.hold();
         s.check_failed(&inner)?;
         s.within(&mut inner, |_, _, b| {
             for (m, contents) in runs {
+                let contents = contents.inline();
                 b.sources.extend(contents.map(|c| (m.page, c)));
                 for i in 0..m.count {
                     let bytes = contents.map(|c| Cow::Borrowed(&c[i as usize * PAGE..][..PAGE]));
@@ -396,6 +486,66 @@ impl Coherent {
                     });
                 }
             }
+            Ok(())
+        })
+    }
+
+    /// Acts on a streamed run from node `from`: reads its pages from the page stream into
+    /// fresh memory and, if every page of the huge page is on its way here as a scan's,
+    /// moves that memory into the region whole (else the pages are placed one by one, as
+    /// a frame's are).
+    fn deliver_streamed(&self, from: NodeId, m: PageMsg) -> Result<(), CoherenceError> {
+        let s = &self.shared;
+        let first = m.page;
+        if s.huge_first(first) != Some(first) {
+            return Err(CoherenceError::BadMessage(format!(
+                "a streamed run of pages {first}.. from node {from} that is not a huge page"
+            )));
+        }
+        let mut staging = Staging::new(HUGE_PAGE).map_err(Shared::os("making a staging area"))?;
+        let head = s
+            .link
+            .recv_pages(from, staging.bytes())
+            .map_err(|reason| CoherenceError::Link { to: from, reason })?;
+        if head[..] != PageMsg::streamed(m.vm, first) {
+            return Err(CoherenceError::BadMessage(format!(
+                "a page-stream record from node {from} for other pages than its frame's                  ({first}..)"
+            )));
+        }
+        let mut inner = s.hold();
+        s.check_failed(&inner)?;
+        let pages = first..first + STREAMED_RUN;
+        let whole = s.uffd.can_move()
+            && !in_gather(&inner, first)
+            && pages.clone().all(|q| {
+                let c = &inner.caches[q as usize];
+                !inner.present[q as usize] && c.waiting.is_some() && c.may_own
+            });
+        let staging = &mut staging;
+        s.within(&mut inner, move |s, inner, b| {
+            if whole {
+                let offsets: Vec<u64> = (0..HUGE_PAGE).step_by(PAGE).collect();
+                s.uffd
+                    .move_in(s.addr(first), staging.bytes(), &offsets)
+                    .map_err(Shared::os("moving in a huge page"))?;
+                for q in pages {
+                    inner.present[q as usize] = true;
+                    bump(&s.counters.fetched);
+                    for env in inner.caches[q as usize].handle(m.msg)? {
+                        s.route(b, env, None)?;
+                    }
+                }
+                bump(&s.counters.huge_pages);
+                return Ok(());
+            }
+            let bytes: &[u8] = staging.bytes();
+            b.sources.push((first, bytes));
+            b.queue.extend(pages.map(|q| Work {
+                from,
+                page: q,
+                msg: m.msg,
+                bytes: Some(Cow::Borrowed(&bytes[(q - first) as usize * PAGE..][..PAGE])),
+            }));
             Ok(())
         })
     }
@@ -419,7 +569,7 @@ impl Coherent {
             }));
         };
         let pages = (offset / PAGE_SIZE) as u32..end.div_ceil(PAGE_SIZE) as u32;
-        let mut inner = lock(&s.state);
+        let mut inner = s.hold();
         loop {
             s.check_failed(&inner)?;
             if pages
@@ -438,11 +588,10 @@ impl Coherent {
             s.within(&mut inner, |s, inner, b| {
                 s.ask(inner, b, pages.clone(), Want::of(write))
             })?;
-            inner = s
-                .changed
-                .wait_timeout(inner, Duration::from_millis(200))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            // What the asking left in the outbox goes out before the wait.
+            drop(inner);
+            inner = s.hold();
+            inner.wait(Duration::from_millis(200));
         }
     }
 
@@ -452,7 +601,7 @@ impl Coherent {
     /// (faults coalesce) instead of making another. Ranges outside the region are ignored.
     pub fn request_ahead(&self, ranges: &[(u64, u64)], write: bool) -> Result<(), CoherenceError> {
         let s = &self.shared;
-        let mut inner = lock(&s.state);
+        let mut inner = s.hold();
         s.check_failed(&inner)?;
         s.within(&mut inner, |s, inner, b| {
             for pages in ranges.iter().filter_map(|&r| s.pages_of(r)) {
@@ -473,7 +622,7 @@ impl Coherent {
             return Ok(0);
         }
         let pages = s.pages_in(ranges);
-        let mut inner = lock(&s.state);
+        let mut inner = s.hold();
         s.check_failed(&inner)?;
         let mut given = 0;
         s.within(&mut inner, |s, inner, b| {
@@ -536,7 +685,7 @@ impl Coherent {
             return Ok(0);
         }
         let pages = s.pages_in(ranges);
-        let mut inner = lock(&s.state);
+        let mut inner = s.hold();
         s.check_failed(&inner)?;
         let mut pushed = 0;
         s.within(&mut inner, |s, inner, b| {
@@ -563,7 +712,7 @@ impl Coherent {
 
     fn unpin(&self, pages: std::ops::Range<u32>) {
         let s = &self.shared;
-        let mut inner = lock(&s.state);
+        let mut inner = s.hold();
         let mut freed = Vec::new();
         for p in pages {
             if let Some(n) = inner.pins.get_mut(&p) {
@@ -665,6 +814,48 @@ impl Drop for Coherent {
 }
 
 impl Shared {
+    /// Locks the region; unlocking it writes out the outbox.
+    fn hold(&self) -> Held<'_> {
+        Held {
+            shared: self,
+            guard: Some(lock(&self.state)),
+        }
+    }
+
+    /// Writes the streamed runs in the outbox to their page streams, in order (with the
+    /// region unlocked: a peer that is slow to read holds up only this). A record that
+    /// cannot be sent fails the region.
+    fn write_out(&self) {
+        if lock_plain(&self.outbox).is_empty() {
+            return;
+        }
+        let _one = lock_plain(&self.writing);
+        loop {
+            let Some((to, head, buffer)) = lock_plain(&self.outbox).pop_front() else {
+                return;
+            };
+            let sent = self.link.send_pages(to, &head, &buffer[HEADER..]);
+            self.give_buffer(buffer);
+            if let Err(reason) = sent {
+                let mut inner = lock(&self.state);
+                self.fail_locked(&mut inner, format!("cannot stream pages to node {to}: {reason}"));
+            }
+        }
+    }
+
+    /// A buffer for a streamed run (a kept one if there is one).
+    fn take_buffer(&self) -> Vec<u8> {
+        lock_plain(&self.buffers).pop().unwrap_or_default()
+    }
+
+    /// Keeps `buffer` for the next streamed run (a few at most).
+    fn give_buffer(&self, buffer: Vec<u8>) {
+        let mut kept = lock_plain(&self.buffers);
+        if kept.len() < 4 && buffer.capacity() > HEADER {
+            kept.push(buffer);
+        }
+    }
+
     fn serve_faults(&self) {
         while !self.stop.load(Ordering::Relaxed) {
             let fault = match self.uffd.next_event(50) {
@@ -676,7 +867,7 @@ impl Shared {
                     return;
                 }
             };
-            let mut inner = lock(&self.state);
+            let mut inner = self.hold();
             if inner.failed.is_some() {
                 continue;
             }
@@ -922,7 +1113,13 @@ impl Shared {
             return Ok(());
         }
         self.end_run(b)?;
-        let run = RunBuilder::new(self.cfg.vm, env.page, env.msg, bytes);
+        let whole = matches!(env.msg, Msg::DataM(_))
+            && self.link.has_streams()
+            && self.huge_first(env.page) == Some(env.page);
+        let run = match whole {
+            true => RunBuilder::whole(self.cfg.vm, env.page, bytes, self.take_buffer()),
+            false => RunBuilder::new(self.cfg.vm, env.page, env.msg, bytes),
+        };
         b.run = Some((env.to, run));
         Ok(())
     }
@@ -963,14 +1160,31 @@ impl Shared {
         let Some((to, run)) = b.run.take() else {
             return Ok(());
         };
-        let run = run.finish();
-        match b.out.iter().position(|(peer, _)| *peer == to) {
-            Some(i) if b.out[i].1.len() + run.len() <= MAX_FRAME => b.out[i].1.extend(run),
-            Some(i) => {
-                let (_, full) = std::mem::replace(&mut b.out[i], (to, run));
-                self.send(to, full)?;
+        let m = run.message();
+        if m.count == STREAMED_RUN && carries_page(m.msg) {
+            // A whole huge page: its frame alone, after what the batch has for `to` so far;
+            // its pages on the stream once the region is unlocked.
+            if let Some(i) = b.out.iter().position(|(peer, _)| *peer == to) {
+                let (_, before) = b.out.remove(i);
+                self.send(to, before)?;
             }
-            None => b.out.push((to, run)),
+            let head = PageMsg::streamed(m.vm, m.page);
+            lock_plain(&self.outbox).push_back((to, head, run.finish()));
+            return self.send(to, head.to_vec());
+        }
+        let (runs, buffer) = run.split();
+        if buffer.capacity() > 0 {
+            self.give_buffer(buffer);
+        }
+        for run in runs {
+            match b.out.iter().position(|(peer, _)| *peer == to) {
+                Some(i) if b.out[i].1.len() + run.len() <= MAX_FRAME => b.out[i].1.extend(run),
+                Some(i) => {
+                    let (_, full) = std::mem::replace(&mut b.out[i], (to, run));
+                    self.send(to, full)?;
+                }
+                None => b.out.push((to, run)),
+            }
         }
         Ok(())
     }

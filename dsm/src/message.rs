@@ -10,9 +10,18 @@
 //! what one batch of work sends a peer goes out as one frame while it fits, so answering a
 //! request for a thread's stack and its thread-locals costs one message, not two.
 //!
+//! A `DataM` run of a whole huge page (512 pages, the answer to a scan's request) may instead
+//! be *streamed*: its frame carries the run's header alone (kind 13) and its 2 MiB go, with
+//! that header as the record's head, as the next record of the sender's page stream to the
+//! receiver (a bulk stream of the VM's, see [`crate::coherent::Link`]). The receiver reads
+//! the record before it acts on the run, straight into memory it then moves into the region
+//! whole; records come in the order of the frames that announce them. A streamed run is
+//! alone in its frame.
+//!
 //! ```text
-//! Frame   = PageMsg+                (at most MAX_FRAME bytes)
+//! Frame   = PageMsg+ | Streamed     (at most MAX_FRAME bytes)
 //! PageMsg = vm u64 | page u32 | kind u8 | count u16 | count x 4 KiB (if it carries pages)
+//! Streamed = vm u64 | page u32 | 13 u8 | 512 u16  (the pages: the next page-stream record)
 //! ```
 
 use pop_wire::{Decoder, Encoder, WireError};
@@ -28,9 +37,36 @@ pub const MAX_DATA_RUN: u32 = 60;
 
 /// Most bytes of one frame of runs (a mesh message's payload).
 pub const MAX_FRAME: usize = 256 * 1024;
+/// Pages of a streamed run: one huge page.
+pub const STREAMED_RUN: u32 = 512;
+/// Bytes of a message's header (before its pages): also a streamed run's record head.
+pub const HEADER: usize = 15;
+/// The kind byte of a streamed run.
+const STREAMED: u8 = 13;
 
-/// A run read from a frame: the message and, if it carries contents, its pages.
-pub type Run<'a> = (PageMsg, Option<&'a [u8]>);
+/// A run read from a frame: the message and where its pages' contents are.
+pub type Run<'a> = (PageMsg, Contents<'a>);
+
+/// Where a run's page contents are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contents<'a> {
+    /// It carries none (a request, an acknowledgement, a grant).
+    None,
+    /// In the frame, after the run's header (`count` x 4 KiB).
+    Inline(&'a [u8]),
+    /// In the sender's next page-stream record (a `DataM` of [`STREAMED_RUN`] pages).
+    Streamed,
+}
+
+impl<'a> Contents<'a> {
+    /// The pages, if the frame carries them.
+    pub fn inline(self) -> Option<&'a [u8]> {
+        match self {
+            Contents::Inline(c) => Some(c),
+            Contents::None | Contents::Streamed => None,
+        }
+    }
+}
 
 /// A protocol message about each page of a run of one VM's shared region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,9 +130,17 @@ impl PageMsg {
         e.finish()
     }
 
+    /// The header of a streamed run of `DataM` (the frame that announces it, and the head
+    /// of the page-stream record that carries its pages).
+    pub fn streamed(vm: u64, page: u32) -> [u8; HEADER] {
+        let mut e = Encoder::with_capacity(HEADER);
+        e.u64(vm).u32(page).u8(STREAMED).u16(STREAMED_RUN as u16);
+        e.finish().try_into().expect("a run header")
+    }
+
     /// Reads a message and, if it carries contents, its pages; rejects anything else (an
     /// unknown kind, an empty or too long run, short pages, trailing bytes).
-    pub fn decode(bytes: &[u8]) -> Result<(PageMsg, Option<&[u8]>), WireError> {
+    pub fn decode(bytes: &[u8]) -> Result<Run<'_>, WireError> {
         let mut d = Decoder::new(bytes);
         let one = Self::decode_next(&mut d)?;
         d.end()?;
@@ -104,7 +148,7 @@ impl PageMsg {
     }
 
     /// Reads a frame: one or more messages back to back, all about the same VM (each
-    /// checked as [`PageMsg::decode`] checks one).
+    /// checked as [`PageMsg::decode`] checks one), or one streamed run alone.
     pub fn decode_frame(bytes: &[u8]) -> Result<Vec<Run<'_>>, WireError> {
         if bytes.len() > MAX_FRAME {
             return Err(WireError("a frame of page runs too long"));
@@ -118,6 +162,9 @@ impl PageMsg {
             }
             runs.push(next);
         }
+        if runs.len() > 1 && runs.iter().any(|r| r.1 == Contents::Streamed) {
+            return Err(WireError("a streamed page run not alone in its frame"));
+        }
         Ok(runs)
     }
 
@@ -125,7 +172,23 @@ impl PageMsg {
     fn decode_next<'a>(d: &mut Decoder<'a>) -> Result<Run<'a>, WireError> {
         let vm = d.u64()?;
         let page = d.u32()?;
-        let msg = match d.u8()? {
+        let kind = d.u8()?;
+        if kind == STREAMED {
+            if d.u16()? as u32 != STREAMED_RUN {
+                return Err(WireError("a streamed page run that is not one huge page"));
+            }
+            if page.checked_add(STREAMED_RUN).is_none() {
+                return Err(WireError("a page run past the last page"));
+            }
+            let msg = PageMsg {
+                vm,
+                page,
+                count: STREAMED_RUN,
+                msg: Msg::DataM(0),
+            };
+            return Ok((msg, Contents::Streamed));
+        }
+        let msg = match kind {
             1 => Msg::GetS,
             2 => Msg::GetM,
             3 => Msg::Inv,
@@ -148,9 +211,9 @@ impl PageMsg {
             return Err(WireError("a page run past the last page"));
         }
         let contents = if carries_page(msg) {
-            Some(d.bytes(count as usize * PAGE_SIZE as usize)?)
+            Contents::Inline(d.bytes(count as usize * PAGE_SIZE as usize)?)
         } else {
-            None
+            Contents::None
         };
         Ok((
             PageMsg {
@@ -164,15 +227,14 @@ impl PageMsg {
     }
 }
 
-/// Bytes of a message's header (before its pages).
-const HEADER: usize = 15;
-
 /// A run gathered page by page straight into one message's bytes: each page's contents are
 /// copied once, into the message.
 #[derive(Debug)]
 pub struct RunBuilder {
     first: PageMsg,
     bytes: Vec<u8>,
+    /// Most pages it takes.
+    limit: u32,
 }
 
 impl RunBuilder {
@@ -184,7 +246,26 @@ impl RunBuilder {
         if carries_page(msg) {
             bytes.reserve(PAGE_SIZE as usize * 7);
         }
-        RunBuilder { first, bytes }
+        RunBuilder {
+            first,
+            bytes,
+            limit: max_run(msg),
+        }
+    }
+
+    /// A run of `DataM` from page `page` (the first of a huge page) that may grow to a
+    /// whole huge page ([`STREAMED_RUN`] pages, to be streamed), gathered in `buffer` (its
+    /// allocation reused; its contents dropped).
+    pub fn whole(vm: u64, page: u32, contents: Option<&[u8]>, mut buffer: Vec<u8>) -> RunBuilder {
+        let first = PageMsg::one(vm, page, Msg::DataM(0));
+        buffer.clear();
+        buffer.reserve(HEADER + STREAMED_RUN as usize * PAGE_SIZE as usize);
+        buffer.extend_from_slice(&first.encode(contents));
+        RunBuilder {
+            first,
+            bytes: buffer,
+            limit: STREAMED_RUN,
+        }
     }
 
     /// The run so far.
@@ -199,7 +280,7 @@ impl RunBuilder {
         if kind(msg) != kind(m.msg) || Some(page) != m.page.checked_add(m.count) {
             return false;
         }
-        if m.count >= max_run(msg) {
+        if m.count >= self.limit {
             return false;
         }
         m.count += 1;
@@ -212,12 +293,45 @@ impl RunBuilder {
         true
     }
 
-    /// The message's bytes, as [`PageMsg::encode`] writes them.
+    /// The message's bytes, as [`PageMsg::encode`] writes them (one message: the caller
+    /// of a [`RunBuilder::whole`] run that did not grow whole uses [`RunBuilder::split`]).
     pub fn finish(mut self) -> Vec<u8> {
         let mut e = Encoder::with_capacity(2);
         e.u16(self.first.count as u16);
         self.bytes[HEADER - 2..HEADER].copy_from_slice(&e.finish());
         self.bytes
+    }
+
+    /// The run as messages of at most [`max_run`] pages each, in order (one if it is not
+    /// longer), and the buffer it was gathered in.
+    pub fn split(self) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let m = self.first;
+        let per = max_run(m.msg);
+        if m.count <= per {
+            let whole = self.limit > per;
+            let mut bytes = self.finish();
+            if !whole {
+                return (vec![bytes], Vec::new());
+            }
+            // The message copied out of the large buffer, which is kept for the next.
+            let message = bytes.clone();
+            bytes.clear();
+            return (vec![message], bytes);
+        }
+        let page = PAGE_SIZE as usize;
+        let runs = self.bytes[HEADER..]
+            .chunks(per as usize * page)
+            .enumerate()
+            .map(|(i, pages)| {
+                PageMsg {
+                    page: m.page + i as u32 * per,
+                    count: (pages.len() / page) as u32,
+                    ..m
+                }
+                .encode(Some(pages))
+            })
+            .collect();
+        (runs, self.bytes)
     }
 }
 
@@ -263,8 +377,8 @@ mod tests {
             let bytes = m.encode(Some(&page));
             let (back, contents) = PageMsg::decode(&bytes).unwrap();
             assert_eq!(back, m);
-            assert_eq!(contents.is_some(), carries_page(msg));
-            if let Some(c) = contents {
+            assert_eq!(contents.inline().is_some(), carries_page(msg));
+            if let Some(c) = contents.inline() {
                 assert_eq!(c, &page[..]);
             }
             // Cut short, or with a byte more: refused.
@@ -294,7 +408,7 @@ mod tests {
         assert!(bytes.len() <= 256 << 10);
         let (back, contents) = PageMsg::decode(&bytes).unwrap();
         assert_eq!(back, m);
-        assert_eq!(contents.unwrap(), &pages[..]);
+        assert_eq!(contents.inline().unwrap(), &pages[..]);
         let requests = PageMsg {
             count: MAX_RUN,
             msg: Msg::GetS,
@@ -332,8 +446,8 @@ mod tests {
         frame.extend(tls.encode(None));
         let runs = PageMsg::decode_frame(&frame).unwrap();
         assert_eq!(runs.len(), 2);
-        assert_eq!((runs[0].0, runs[0].1), (stack, Some(&page[..])));
-        assert_eq!((runs[1].0, runs[1].1), (tls, None));
+        assert_eq!((runs[0].0, runs[0].1), (stack, Contents::Inline(&page[..])));
+        assert_eq!((runs[1].0, runs[1].1), (tls, Contents::None));
         // One message alone is a frame too; a frame is not one message.
         assert_eq!(PageMsg::decode_frame(&tls.encode(None)).unwrap().len(), 1);
         assert!(PageMsg::decode(&frame).is_err());
@@ -377,5 +491,65 @@ mod tests {
             }
             .encode(None)
         );
+    }
+
+    #[test]
+    fn a_streamed_run_is_one_huge_page_alone_in_its_frame() {
+        let head = PageMsg::streamed(9, 1024);
+        let runs = PageMsg::decode_frame(&head).unwrap();
+        assert_eq!(
+            runs,
+            vec![(
+                PageMsg {
+                    vm: 9,
+                    page: 1024,
+                    count: STREAMED_RUN,
+                    msg: Msg::DataM(0)
+                },
+                Contents::Streamed
+            )]
+        );
+        // With another run in its frame, of another length, or cut: refused.
+        let mut two = head.to_vec();
+        two.extend(PageMsg::one(9, 0, Msg::GetS).encode(None));
+        assert!(PageMsg::decode_frame(&two).is_err());
+        let mut short = head;
+        short[13] = 1;
+        assert!(PageMsg::decode_frame(&short).is_err());
+        assert!(PageMsg::decode_frame(&head[..HEADER - 1]).is_err());
+        let past = PageMsg::streamed(9, u32::MAX - 3);
+        assert!(PageMsg::decode_frame(&past).is_err());
+    }
+
+    #[test]
+    fn a_whole_run_grows_to_a_huge_page_or_splits_into_messages() {
+        let page = |i: u32| vec![i as u8; PAGE_SIZE as usize];
+        let mut run = RunBuilder::whole(3, 512, Some(&page(0)), vec![1; 10]);
+        for i in 1..STREAMED_RUN {
+            assert!(run.push(512 + i, Msg::DataM(0), Some(&page(i))));
+        }
+        assert!(!run.push(512 + STREAMED_RUN, Msg::DataM(0), None));
+        assert_eq!(run.message().count, STREAMED_RUN);
+        let bytes = run.finish();
+        let all: Vec<u8> = (0..STREAMED_RUN).flat_map(page).collect();
+        assert_eq!(&bytes[HEADER..], &all[..]);
+        // Cut short at 130 pages: three messages of at most 60 pages, every page in order.
+        let mut run = RunBuilder::whole(3, 512, Some(&page(0)), bytes);
+        for i in 1..130 {
+            assert!(run.push(512 + i, Msg::DataM(0), Some(&page(i))));
+        }
+        let (runs, buffer) = run.split();
+        assert!(buffer.capacity() >= STREAMED_RUN as usize * PAGE_SIZE as usize);
+        let mut next = 512;
+        for r in &runs {
+            let (m, c) = PageMsg::decode(r).unwrap();
+            assert_eq!((m.page, m.msg), (next, Msg::DataM(0)));
+            assert!(m.count <= MAX_DATA_RUN);
+            for (i, p) in c.inline().unwrap().chunks(PAGE_SIZE as usize).enumerate() {
+                assert_eq!(p, &page(m.page - 512 + i as u32)[..]);
+            }
+            next += m.count;
+        }
+        assert_eq!((runs.len(), next), (3, 512 + 130));
     }
 }

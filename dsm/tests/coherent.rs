@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use pop_dsm::PAGE_SIZE;
@@ -17,12 +17,18 @@ use pop_dsm::uffd::{HUGE_PAGE, Staging};
 /// A message as it travels: its sender and its bytes.
 type Carried = (NodeId, Vec<u8>);
 type Wire = Sender<Carried>;
+/// A page-stream record: its head and its pages.
+type Record = (Vec<u8>, Vec<u8>);
 
 struct ChannelLink {
     from: NodeId,
     to: Vec<Wire>,
     /// Messages sent.
     sent: Arc<AtomicU64>,
+    /// Page streams, if the link has them: to each node, and from each node.
+    streams: Option<(Vec<Sender<Record>>, Vec<Mutex<Receiver<Record>>>)>,
+    /// Page-stream records sent.
+    streamed: Arc<AtomicU64>,
 }
 
 impl Link for ChannelLink {
@@ -31,6 +37,32 @@ impl Link for ChannelLink {
         self.to[to as usize]
             .send((self.from, message))
             .map_err(|_| "gone".to_string())
+    }
+
+    fn has_streams(&self) -> bool {
+        self.streams.is_some()
+    }
+
+    fn send_pages(&self, to: NodeId, head: &[u8], pages: &[u8]) -> Result<(), String> {
+        let (out, _) = self.streams.as_ref().ok_or("no page streams")?;
+        self.streamed.fetch_add(1, Ordering::SeqCst);
+        out[to as usize]
+            .send((head.to_vec(), pages.to_vec()))
+            .map_err(|_| "gone".to_string())
+    }
+
+    fn recv_pages(&self, from: NodeId, into: &mut [u8]) -> Result<Vec<u8>, String> {
+        let (_, incoming) = self.streams.as_ref().ok_or("no page streams")?;
+        let (head, pages) = incoming[from as usize]
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        if pages.len() != into.len() {
+            return Err(format!("a record of {} bytes", pages.len()));
+        }
+        into.copy_from_slice(&pages);
+        Ok(head)
     }
 }
 
@@ -41,6 +73,8 @@ struct TestNode {
     len: u64,
     /// Messages this node has sent.
     sent: Arc<AtomicU64>,
+    /// Page-stream records this node has sent.
+    streamed: Arc<AtomicU64>,
     /// Dropped after the region (fields drop in order).
     _map: Staging,
 }
@@ -70,7 +104,37 @@ fn cluster(n: usize, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
 
 /// [`cluster`] with a region of `len` bytes (a multiple of [`HUGE_PAGE`]).
 fn cluster_of(n: usize, len: u64, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
+    cluster_with(n, len, true, init)
+}
+
+/// [`cluster_of`], its links with page streams or without.
+fn cluster_with(
+    n: usize,
+    len: u64,
+    streams: bool,
+    init: impl FnOnce(&mut [u8]),
+) -> Vec<TestNode> {
     let (txs, rxs): (Vec<Wire>, Vec<Receiver<Carried>>) = (0..n).map(|_| channel()).unzip();
+    // pages[from][to]: the page stream from node `from` to node `to`.
+    let mut pages: Vec<Vec<(Sender<Record>, Option<Receiver<Record>>)>> = (0..n)
+        .map(|_| {
+            (0..n)
+                .map(|_| {
+                    let (tx, rx) = channel();
+                    (tx, Some(rx))
+                })
+                .collect()
+        })
+        .collect();
+    let mut ends: Vec<_> = (0..n)
+        .map(|id| {
+            let out: Vec<Sender<Record>> = pages[id].iter().map(|(tx, _)| tx.clone()).collect();
+            let incoming: Vec<Mutex<Receiver<Record>>> = (0..n)
+                .map(|from| Mutex::new(pages[from][id].1.take().unwrap()))
+                .collect();
+            Some((out, incoming))
+        })
+        .collect();
     let mut init = Some(init);
     let mut nodes = Vec::new();
     for (id, rx) in rxs.into_iter().enumerate() {
@@ -80,10 +144,13 @@ fn cluster_of(n: usize, len: u64, init: impl FnOnce(&mut [u8])) -> Vec<TestNode>
         }
         let base = map.bytes().as_ptr() as u64;
         let sent = Arc::new(AtomicU64::new(0));
+        let streamed = Arc::new(AtomicU64::new(0));
         let link = Arc::new(ChannelLink {
             from: id as NodeId,
             to: txs.clone(),
             sent: sent.clone(),
+            streams: ends[id].take().filter(|_| streams),
+            streamed: streamed.clone(),
         });
         let cfg = RegionConfig {
             node: id as NodeId,
@@ -109,6 +176,7 @@ fn cluster_of(n: usize, len: u64, init: impl FnOnce(&mut [u8])) -> Vec<TestNode>
             base,
             len,
             sent,
+            streamed,
             _map: map,
         });
     }
@@ -473,9 +541,20 @@ fn pushes_racing_faults_and_recalls_lose_no_increment() {
 
 #[test]
 fn a_scan_takes_whole_huge_pages_and_gives_every_byte_back() {
+    scan_takes_whole_huge_pages(false);
+}
+
+#[test]
+fn a_scan_over_page_streams_takes_whole_huge_pages_and_gives_every_byte_back() {
+    scan_takes_whole_huge_pages(true);
+}
+
+/// Node 1 scans a region node 0 wrote, writes some of it, and node 0 reads it all back:
+/// every byte as it should be, with the huge pages given whole (streamed if `streams`).
+fn scan_takes_whole_huge_pages(streams: bool) {
     const LEN: u64 = 4 * HUGE_PAGE;
     let word = |i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let nodes = cluster_of(2, LEN, |bytes| {
+    let nodes = cluster_with(2, LEN, streams, |bytes| {
         for (i, w) in bytes.chunks_exact_mut(8).enumerate() {
             w.copy_from_slice(&word(i as u64).to_ne_bytes());
         }
@@ -504,6 +583,13 @@ fn a_scan_takes_whole_huge_pages_and_gives_every_byte_back() {
             "{:?}",
             nodes[1].region.stats()
         );
+    }
+    // Streamed: the home wrote each of those huge pages as one record (the first is asked
+    // for by pages, so not whole); without streams, none.
+    let records = nodes[0].streamed.load(Ordering::SeqCst);
+    match streams {
+        true => assert!(records >= 2, "{records} records"),
+        false => assert_eq!(records, 0),
     }
     // ... writes every 97th word (its own pages: no fault but on read copies)...
     for i in (0..words).step_by(97) {
