@@ -199,14 +199,17 @@ struct Shared {
     stop: AtomicBool,
     counters: Counters,
     /// Streamed runs to write to their page streams once the region is unlocked, in the
-    /// order their frames went out: (to, the record's head, a buffer holding the run's
-    /// header and then its pages).
-    outbox: Mutex<VecDeque<(NodeId, [u8; HEADER], Vec<u8>)>>,
+    /// order their frames went out.
+    outbox: Mutex<VecDeque<Record>>,
     /// Held while the outbox is written out (one writer at a time keeps records in order).
     writing: Mutex<()>,
     /// Buffers of streamed runs, kept for the next ones (their memory stays touched).
     buffers: Mutex<Vec<Vec<u8>>>,
 }
+
+/// A streamed run's page-stream record waiting to be written: to whom, its head, and a
+/// buffer holding the run's header and then its pages.
+type Record = (NodeId, [u8; HEADER], Vec<u8>);
 
 /// The region's lock held: dropping it unlocks the region, then writes out what its holder
 /// left in the outbox.
@@ -838,7 +841,10 @@ impl Shared {
             self.give_buffer(buffer);
             if let Err(reason) = sent {
                 let mut inner = lock(&self.state);
-                self.fail_locked(&mut inner, format!("cannot stream pages to node {to}: {reason}"));
+                self.fail_locked(
+                    &mut inner,
+                    format!("cannot stream pages to node {to}: {reason}"),
+                );
             }
         }
     }

@@ -20,13 +20,19 @@ type Wire = Sender<Carried>;
 /// A page-stream record: its head and its pages.
 type Record = (Vec<u8>, Vec<u8>);
 
+/// A node's ends of the page streams: to each node, and from each node.
+struct PageStreams {
+    out: Vec<Sender<Record>>,
+    incoming: Vec<Mutex<Receiver<Record>>>,
+}
+
 struct ChannelLink {
     from: NodeId,
     to: Vec<Wire>,
     /// Messages sent.
     sent: Arc<AtomicU64>,
-    /// Page streams, if the link has them: to each node, and from each node.
-    streams: Option<(Vec<Sender<Record>>, Vec<Mutex<Receiver<Record>>>)>,
+    /// Page streams, if the link has them.
+    streams: Option<PageStreams>,
     /// Page-stream records sent.
     streamed: Arc<AtomicU64>,
 }
@@ -44,16 +50,16 @@ impl Link for ChannelLink {
     }
 
     fn send_pages(&self, to: NodeId, head: &[u8], pages: &[u8]) -> Result<(), String> {
-        let (out, _) = self.streams.as_ref().ok_or("no page streams")?;
+        let streams = self.streams.as_ref().ok_or("no page streams")?;
         self.streamed.fetch_add(1, Ordering::SeqCst);
-        out[to as usize]
+        streams.out[to as usize]
             .send((head.to_vec(), pages.to_vec()))
             .map_err(|_| "gone".to_string())
     }
 
     fn recv_pages(&self, from: NodeId, into: &mut [u8]) -> Result<Vec<u8>, String> {
-        let (_, incoming) = self.streams.as_ref().ok_or("no page streams")?;
-        let (head, pages) = incoming[from as usize]
+        let streams = self.streams.as_ref().ok_or("no page streams")?;
+        let (head, pages) = streams.incoming[from as usize]
             .lock()
             .unwrap()
             .recv_timeout(Duration::from_secs(10))
@@ -108,33 +114,24 @@ fn cluster_of(n: usize, len: u64, init: impl FnOnce(&mut [u8])) -> Vec<TestNode>
 }
 
 /// [`cluster_of`], its links with page streams or without.
-fn cluster_with(
-    n: usize,
-    len: u64,
-    streams: bool,
-    init: impl FnOnce(&mut [u8]),
-) -> Vec<TestNode> {
+fn cluster_with(n: usize, len: u64, streams: bool, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
     let (txs, rxs): (Vec<Wire>, Vec<Receiver<Carried>>) = (0..n).map(|_| channel()).unzip();
-    // pages[from][to]: the page stream from node `from` to node `to`.
-    let mut pages: Vec<Vec<(Sender<Record>, Option<Receiver<Record>>)>> = (0..n)
-        .map(|_| {
-            (0..n)
-                .map(|_| {
-                    let (tx, rx) = channel();
-                    (tx, Some(rx))
-                })
-                .collect()
+    // The page stream from node `from` to node `to`: a channel, its sender in `from`'s
+    // ends, its receiver in `to`'s.
+    let mut ends: Vec<PageStreams> = (0..n)
+        .map(|_| PageStreams {
+            out: Vec::new(),
+            incoming: Vec::new(),
         })
         .collect();
-    let mut ends: Vec<_> = (0..n)
-        .map(|id| {
-            let out: Vec<Sender<Record>> = pages[id].iter().map(|(tx, _)| tx.clone()).collect();
-            let incoming: Vec<Mutex<Receiver<Record>>> = (0..n)
-                .map(|from| Mutex::new(pages[from][id].1.take().unwrap()))
-                .collect();
-            Some((out, incoming))
-        })
-        .collect();
+    for from in 0..n {
+        for to in 0..n {
+            let (tx, rx) = channel();
+            ends[from].out.push(tx);
+            ends[to].incoming.push(Mutex::new(rx));
+        }
+    }
+    let mut ends: Vec<Option<PageStreams>> = ends.into_iter().map(Some).collect();
     let mut init = Some(init);
     let mut nodes = Vec::new();
     for (id, rx) in rxs.into_iter().enumerate() {

@@ -58,11 +58,19 @@ impl Host {
     /// Attaches the started node, serves the page streams of arriving VMs, and starts
     /// dropping arriving VMs that were abandoned.
     pub fn attach(&self, node: Arc<Node>) {
-        let vms = Arc::downgrade(&self.vms);
-        node.serve_streams(move |stream| {
-            if let (Some(vms), page_stream::KIND) = (vms.upgrade(), stream.kind()) {
-                page_stream::serve(&*vms, stream);
+        let (vms, regions) = (Arc::downgrade(&self.vms), Arc::downgrade(&self.regions));
+        node.serve_streams(move |stream| match stream.kind() {
+            page_stream::KIND => {
+                if let Some(vms) = vms.upgrade() {
+                    page_stream::serve(&*vms, stream);
+                }
             }
+            crate::dsm::STREAM_KIND => {
+                if let Some(regions) = regions.upgrade() {
+                    regions.accept_stream(stream);
+                }
+            }
+            _ => {}
         });
         self.vms.open_spares(&node);
         self.spans.attach(&node);

@@ -29,8 +29,9 @@ use subtle::ConstantTimeEq;
 /// The protocol version spoken by this build (in the handshake and in every frame). It
 /// covers the messages the nodes carry too: a build whose messages changed form speaks a new
 /// version, so nodes of two builds refuse each other with a clear error instead of
-/// misreading each other (2: page messages carry several runs, and `PutM`).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// misreading each other (2: page messages carry several runs, and `PutM`; 3: streamed
+/// runs of page messages, and the page streams that carry their pages).
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Size of a frame header.
 pub const HEADER_LEN: usize = 24;
 /// Size of a frame tag when frame authentication is on.
