@@ -376,6 +376,27 @@ fn the_vmm_s_own_accesses_share_a_page_with_another_node_s_writes() {
 }
 
 #[test]
+fn a_scan_of_memory_written_on_another_node_reads_every_word_and_brings_it_back() {
+    // 64 MiB written on node 0 and read in order on node 1 (its whole huge pages come as
+    // streamed runs: a frame each, their 2 MiB on the page stream), every word checked there;
+    // every 97th word then changed on node 1, and every word checked back on node 0.
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let (status, out, err) = finish(c.launch(&[], "spread", &["scan", "64"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(status, 0, "{out}{err}");
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("scan: 64 MiB read on node 1 in "),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["scan: every word as node 1 left it, back on node 0", "ok"]
+    );
+}
+
+#[test]
 fn a_vm_moved_whole_spans_nodes_from_where_it_went() {
     // `helloS` is launched on node 0 and moved whole to node 2 during its first sleep; its
     // thread then moves to node 1 and back to node 0 (where the launch is), with node 2 as

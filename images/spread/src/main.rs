@@ -14,8 +14,9 @@
 //!   benchmarks: `moves: N p50 X us p99 Y us`);
 //! * `falseshare MS`: two threads on two nodes increment two counters in one page for `MS`
 //!   milliseconds (`falseshare: A and B increments`);
-//! * `scan MIB`: the main thread fills `MIB` MiB, moves to the other node and reads it all
-//!   (`scan: MIB MiB read on node N in S s`);
+//! * `scan MIB`: the main thread fills `MIB` MiB, moves to the other node and reads it all,
+//!   checking every word (`scan: MIB MiB read on node N in S s`), changes every 97th word,
+//!   and moves back to check every word again;
 //! * `spawn`: the main thread moves to the other node and starts a thread there, which
 //!   reports its node, then joins it;
 //! * `wait MS`: a second thread (tid 2) waits on a `Condvar` until the main thread, after
@@ -382,21 +383,35 @@ fn scan(mib: u64) {
     }
     let words = (mib << 20) as usize / 8;
     let t = std::time::Instant::now();
-    let buf: Vec<u64> = (0..words as u64).collect();
+    let mut buf: Vec<u64> = (0..words as u64).collect();
     let wrote = t.elapsed().as_secs_f64();
     tutorial_move(nodes[1]);
     let t = std::time::Instant::now();
-    let sum: u64 = buf.iter().fold(0u64, |s, &w| s.wrapping_add(w));
+    let wrong = (0..words as u64).zip(&buf).filter(|(i, w)| i != *w).count();
     let secs = t.elapsed().as_secs_f64();
-    let expected = (words as u64).wrapping_mul(words as u64 - 1) / 2;
-    if sum != expected {
-        fail(&format!("scan: sum {sum}, expected {expected}"));
+    if wrong != 0 {
+        fail(&format!("scan: {wrong} words read wrong on node {}", nodes[1]));
     }
     println!(
         "scan: {mib} MiB read on node {} in {secs:.3} s (written on node {} in {wrote:.3} s)",
         pop::current_nid(),
         nodes[0]
     );
+    // Every 97th word changed here, the rest as they came; back on node 0, every word is
+    // what node 1 left.
+    for w in buf.iter_mut().step_by(97) {
+        *w = !*w;
+    }
+    tutorial_move(nodes[0]);
+    let wrong = buf
+        .iter()
+        .enumerate()
+        .filter(|&(i, &w)| w != if i % 97 == 0 { !(i as u64) } else { i as u64 })
+        .count();
+    if wrong != 0 {
+        fail(&format!("scan: {wrong} words wrong back on node {}", nodes[0]));
+    }
+    println!("scan: every word as node 1 left it, back on node {}", nodes[0]);
 }
 
 /// A counter and a buffer in one page of their own (`vmmshare`).
