@@ -390,7 +390,10 @@ fn scan(mib: u64) {
     let wrong = (0..words as u64).zip(&buf).filter(|(i, w)| i != *w).count();
     let secs = t.elapsed().as_secs_f64();
     if wrong != 0 {
-        fail(&format!("scan: {wrong} words read wrong on node {}", nodes[1]));
+        fail(&format!(
+            "scan: {wrong} words read wrong on node {}",
+            nodes[1]
+        ));
     }
     println!(
         "scan: {mib} MiB read on node {} in {secs:.3} s (written on node {} in {wrote:.3} s)",
@@ -409,9 +412,15 @@ fn scan(mib: u64) {
         .filter(|&(i, &w)| w != if i % 97 == 0 { !(i as u64) } else { i as u64 })
         .count();
     if wrong != 0 {
-        fail(&format!("scan: {wrong} words wrong back on node {}", nodes[0]));
+        fail(&format!(
+            "scan: {wrong} words wrong back on node {}",
+            nodes[0]
+        ));
     }
-    println!("scan: every word as node 1 left it, back on node {}", nodes[0]);
+    println!(
+        "scan: every word as node 1 left it, back on node {}",
+        nodes[0]
+    );
 }
 
 /// A counter and a buffer in one page of their own (`vmmshare`).
