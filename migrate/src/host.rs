@@ -65,6 +65,7 @@ impl Host {
                     page_stream::serve(&*vms, stream);
                 }
             }
+            crate::probe::KIND => crate::probe::serve(stream),
             crate::dsm::STREAM_KIND => {
                 if let Some(regions) = regions.upgrade() {
                     regions.accept_stream(stream);

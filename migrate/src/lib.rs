@@ -11,6 +11,7 @@
 //! * [`local`]: both of those, with running a VM here (what the services below build on);
 //! * [`vm`]: whole-VM pre-copy and post-copy (source, destination, page stream, memory pool);
 //! * [`dsm`]: the shared regions of VMs whose threads span nodes, on the mesh;
+//! * [`probe`]: timed bulk streams between node processes (`popvmm ping --stream`);
 //! * [`relay`]: `popvmm migrate` asked of a node other than the one running the VM;
 //! * [`report`]: a migration's steps and summary;
 //! * [`thread`]: threads of one VM on several nodes (shells, arrivals, futexes, joins);
@@ -27,6 +28,7 @@ pub mod hooks;
 pub mod host;
 pub mod local;
 pub mod msg;
+pub mod probe;
 pub mod registry;
 pub mod relay;
 pub mod report;

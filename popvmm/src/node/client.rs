@@ -140,6 +140,25 @@ pub fn stat(a: &StatArgs) -> Result<String, String> {
 
 /// `popvmm ping`: round trips from the node to another node.
 pub fn ping(a: &PingArgs) -> Result<String, String> {
+    if let Some(mib) = a.stream {
+        let v = ask(
+            &a.target,
+            &Request::Stream {
+                to: a.to,
+                bytes: mib << 20,
+            },
+        )?;
+        if a.target.json {
+            return Ok(format!("{v}\n"));
+        }
+        let secs = v["secs"].as_f64().unwrap_or(0.0);
+        return Ok(format!(
+            "node {} -> node {}: streamed {mib} MiB in {secs:.3} s ({:.0} MB/s), into fresh memory there\n",
+            v["node"],
+            a.to,
+            (mib << 20) as f64 / 1e6 / secs.max(1e-9)
+        ));
+    }
     let v = ask(
         &a.target,
         &Request::Ping {

@@ -38,6 +38,13 @@ pub enum Request {
         /// Payload bytes.
         size: u32,
     },
+    /// A timed bulk stream to another node, received there into fresh memory.
+    Stream {
+        /// The receiving node.
+        to: u32,
+        /// Bytes (a multiple of 2 MiB).
+        bytes: u64,
+    },
     /// Stop the node.
     Shutdown,
     /// The VMs of the cluster (`popvmm ps`).

@@ -220,6 +220,12 @@ fn answer(node: &Node, req: Request, stop: &AtomicBool) -> Value {
             }
             json!({"ok": true, "node": node.id(), "to": to, "size": size, "rtt_us": rtts})
         }
+        Request::Stream { to, bytes } => match pop_migrate::probe::stream_to(node, to, bytes) {
+            Ok(secs) => {
+                json!({"ok": true, "node": node.id(), "to": to, "bytes": bytes, "secs": secs})
+            }
+            Err(e) => json!({"ok": false, "error": e}),
+        },
         Request::Ps
         | Request::Threads
         | Request::Migrate { .. }

@@ -93,4 +93,18 @@ pub struct PingArgs {
     /// Payload bytes.
     #[arg(long, value_name = "BYTES", default_value = "64", value_parser = clap::value_parser!(u32).range(0..=262_144))]
     pub size: u32,
+
+    /// Instead of round trips, time a bulk stream of this many MiB (even, at most 1024) to
+    /// the node, received there into fresh memory as a scan's pages are.
+    #[arg(long, value_name = "MIB", conflicts_with_all = ["count", "size"], value_parser = parse_stream_mib)]
+    pub stream: Option<u64>,
+}
+
+/// A `--stream` size: an even number of MiB from 2 to 1024.
+fn parse_stream_mib(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(m) if (2..=1024).contains(&m) && m.is_multiple_of(2) => Ok(m),
+        Ok(m) => Err(format!("{m} MiB: give an even number from 2 to 1024")),
+        Err(e) => Err(e.to_string()),
+    }
 }
