@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 mod common;
 mod shared;
 use common::{Proc, repo};
-use shared::{bulk_stream, free_port, median, raw_tcp};
+use shared::{bulk_stream, free_port, median, raw_tcp, warm_up};
 
 struct Bench {
     cluster: PathBuf,
@@ -206,18 +206,22 @@ fn main() {
     // A thread on node 1 reading memory written on node 0, beside a net-msg bulk stream and
     // raw TCP copying as much into fresh memory across the same two CPUs. All three depend
     // on how dear this machine's first touches of memory are at the moment (see
-    // BENCHMARKS.md), so they run in turns, and each figure is given as the median and the
-    // best of seven (the best: the run least held up by the machine).
+    // BENCHMARKS.md), so they run in turns, each right after a warm-up (so that all of them
+    // get memory the host backs), and each figure is given as the median and the best of
+    // seven (the best: the run least held up by the machine).
     let mib = 256;
     let turns = 7;
     let (mut scans, mut writes, mut probes, mut streams, mut raws) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let warm = 1536;
     for _ in 0..turns {
+        warm_up(warm);
         let (out, _) = b.launch(&spread, &["scan", &mib.to_string()], true, false);
         scans.push(number_after(&out, " in "));
         writes.push(number_after(&out, "written on node 0 in "));
         // A bulk stream into node 1's process, from node 2 (on node 0's CPU), as the scan's
         // pages come into it.
+        warm_up(warm);
         let probe = b
             .popvmm()
             .args([
@@ -235,14 +239,16 @@ fn main() {
             &String::from_utf8_lossy(&probe.stdout),
             " in ",
         ));
+        warm_up(warm);
         streams.push(bulk_stream(mib << 20, pin));
+        warm_up(warm);
         raws.push(raw_tcp(mib << 20, pin));
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (secs, fastest) = (median(scans.clone()), best(&scans));
     let mb = (mib << 20) as f64 / 1e6;
     println!(
-        "\n| reading {mib} MiB written on the other node, into fresh memory ({turns} runs in turns) | median | MB/s | the scan's share | best | the scan's share |"
+        "\n| reading {mib} MiB written on the other node, into fresh memory ({turns} runs in turns, each after touching and freeing {warm} MiB) | median | MB/s | the scan's share | best | the scan's share |"
     );
     println!("|---|---|---|---|---|---|");
     println!(
