@@ -279,6 +279,9 @@ struct SlotState {
     conn: Option<Arc<Connection>>,
     since: Instant,
     connects: u64,
+    /// The last attempt to reach the peer (a dial, or a wake-up) failed, and it has not
+    /// connected since.
+    unreachable: bool,
 }
 
 #[derive(Debug)]
@@ -349,6 +352,7 @@ impl Node {
                         conn: None,
                         since: now,
                         connects: 0,
+                        unreachable: false,
                     }),
                     changed: Condvar::new(),
                 })
@@ -568,6 +572,28 @@ impl Node {
         }
     }
 
+    /// Waits until every peer is connected or was found unreachable (an attempt to dial or
+    /// wake it failed: a node that is down refuses at once), at most `timeout`: what a node
+    /// that starts waits for before it says who is up. False if some peer is neither yet.
+    pub fn wait_settled(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let settled = (0..self.inner.slots.len() as NodeId)
+                .filter(|&p| p != self.id())
+                .all(|p| {
+                    let s = lock(&self.inner.slots[p as usize].state);
+                    s.conn.is_some() || s.unreachable
+                });
+            if settled {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Peer state changes from now on.
     pub fn subscribe(&self) -> Receiver<PeerEvent> {
         let (tx, rx) = mpsc::channel();
@@ -650,6 +676,14 @@ impl Inner {
     }
 
     /// Makes an authenticated stream the connection to its peer (replacing an older one).
+    /// Notes that an attempt to reach `peer` failed (unless it is connected meanwhile).
+    fn unreachable(&self, peer: NodeId) {
+        let mut s = lock(&self.slots[peer as usize].state);
+        if s.conn.is_none() {
+            s.unreachable = true;
+        }
+    }
+
     fn install(self: &Arc<Self>, session: handshake::Session, stream: Stream) -> Result<()> {
         let peer = session.peer;
         stream.set_timeouts(None)?;
@@ -678,6 +712,7 @@ impl Inner {
             }
             s.since = Instant::now();
             s.connects += 1;
+            s.unreachable = false;
         }
         slot.changed.notify_all();
         let c = conn.clone();
@@ -836,6 +871,7 @@ fn wake_higher(inner: &Arc<Inner>) {
         }
         if let Err(e) = dial(inner, peer, WAKE_KIND) {
             tracing::debug!(node = inner.opts.id, peer, "node {peer} not woken: {e}");
+            inner.unreachable(peer);
         }
     }
 }
@@ -868,6 +904,7 @@ fn dial_loop(inner: &Arc<Inner>, peer: NodeId) {
                 continue;
             }
             Err(handshake::HandshakeError::Io(e)) => {
+                inner.unreachable(peer);
                 if failures == 0 {
                     tracing::debug!(
                         node = me,
@@ -877,6 +914,7 @@ fn dial_loop(inner: &Arc<Inner>, peer: NodeId) {
                 }
             }
             Err(e) => {
+                inner.unreachable(peer);
                 inner.stats.count(Event::HandshakeFailed);
                 tracing::warn!(
                     node = me,

@@ -350,3 +350,27 @@ fn a_node_that_starts_wakes_the_nodes_that_dial_it_and_only_with_the_secret() {
         echo_works(&c, 0, 2);
     }
 }
+
+#[test]
+fn a_starting_node_settles_once_each_peer_is_up_or_refuses() {
+    for t in BOTH {
+        // Node 2 is down; 1 runs. Node 3 starts, dialing 0, 1 and 2: it settles with 0 and
+        // 1 up and 2 down, without waiting for 2 (a wait would end in a time-out: false).
+        let mut c = TestCluster::new(4, t, "");
+        c.close(2);
+        c.start(0);
+        c.start(1);
+        assert!(eventually(|| c.node(1).is_up(0)));
+        c.start(3);
+        assert!(c.node(3).wait_settled(SOON));
+        let up = |c: &TestCluster, id: usize| {
+            [0u32, 1, 2, 3].map(|p| p as usize == id || c.node(id).is_up(p))
+        };
+        assert_eq!(up(&c, 3), [true, true, false, true]);
+        // Node 0 starts again: it wakes 1, 2 and 3; 2 refuses, the others dial it.
+        c.stop(0);
+        c.start(0);
+        assert!(c.node(0).wait_settled(SOON));
+        assert_eq!(up(&c, 0), [true, true, false, true]);
+    }
+}

@@ -57,11 +57,13 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
     })?;
     let host = started.host.clone();
     hooks.attach(host.node());
-    // The nodes that run reach a starting node within two heartbeats (their redial period):
-    // give the mesh that long, so that the application sees them up from its first
-    // instruction (nodes that are down stay down).
+    // The nodes that run reach a starting node at once (it wakes or dials each): wait for
+    // each to connect or to be found down (its dial or wake-up refused), so that the
+    // application sees the nodes that run up from its first instruction, and a node that is
+    // down costs no wait; at most three heartbeats, for one that neither answers nor
+    // refuses.
     let settle = (host.node().cluster().heartbeat * 3).min(Duration::from_secs(2));
-    host.node().wait_all_up(settle);
+    host.node().wait_settled(settle);
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || daemon::serve_control(started))

@@ -156,6 +156,12 @@ impl TestCluster {
         c
     }
 
+    /// Closes the address of node `id`, never started: dials and wake-ups to it are
+    /// refused, as a node that is down refuses them.
+    pub fn close(&mut self, id: usize) {
+        self.listeners[id] = None;
+    }
+
     pub fn node(&self, id: usize) -> &Node {
         self.nodes[id].as_ref().expect("node running")
     }
