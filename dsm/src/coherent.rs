@@ -61,9 +61,12 @@ pub trait Link: Send + Sync {
     /// the region locked).
     fn send(&self, to: NodeId, message: Vec<u8>) -> Result<(), String>;
 
-    /// Whether the link has page streams ([`Link::send_pages`], [`Link::recv_pages`]): then
-    /// the whole huge pages of a scan's answer are streamed (see [`crate::message`]).
-    fn has_streams(&self) -> bool {
+    /// Whether a page stream to node `to` is open ([`Link::send_pages`]): then the whole
+    /// huge pages of a scan's answer to it are streamed (see [`crate::message`]). A link
+    /// that can open one starts opening it when asked, without waiting (the call is made
+    /// with the region locked); until it is open, pages go inline.
+    fn has_stream_to(&self, to: NodeId) -> bool {
+        let _ = to;
         false
     }
 
@@ -152,6 +155,8 @@ pub struct CoherenceStats {
     pub given_back: u64,
     /// Pages the home handed to another node unasked (as a thread left the home for it).
     pub pushed: u64,
+    /// Whole huge pages sent as streamed runs (their 2 MiB on a page stream).
+    pub streamed: u64,
 }
 
 #[derive(Default)]
@@ -166,6 +171,7 @@ struct Counters {
     huge_pages: AtomicU64,
     given_back: AtomicU64,
     pushed: AtomicU64,
+    streamed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -802,6 +808,7 @@ impl Coherent {
             huge_pages: get(&c.huge_pages),
             given_back: get(&c.given_back),
             pushed: get(&c.pushed),
+            streamed: get(&c.streamed),
         }
     }
 }
@@ -1120,8 +1127,8 @@ impl Shared {
         }
         self.end_run(b)?;
         let whole = matches!(env.msg, Msg::DataM(_))
-            && self.link.has_streams()
-            && self.huge_first(env.page) == Some(env.page);
+            && self.huge_first(env.page) == Some(env.page)
+            && self.link.has_stream_to(env.to);
         let run = match whole {
             true => RunBuilder::whole(self.cfg.vm, env.page, bytes, self.take_buffer()),
             false => RunBuilder::new(self.cfg.vm, env.page, env.msg, bytes),
@@ -1176,6 +1183,7 @@ impl Shared {
             }
             let head = PageMsg::streamed(m.vm, m.page);
             lock_plain(&self.outbox).push_back((to, head, run.finish()));
+            bump(&self.counters.streamed);
             return self.send(to, head.to_vec());
         }
         let (runs, buffer) = run.split();

@@ -45,7 +45,7 @@ impl Link for ChannelLink {
             .map_err(|_| "gone".to_string())
     }
 
-    fn has_streams(&self) -> bool {
+    fn has_stream_to(&self, _to: NodeId) -> bool {
         self.streams.is_some()
     }
 

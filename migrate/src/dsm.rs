@@ -29,11 +29,23 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct MeshLink {
     node: Weak<Node>,
     vm: u64,
-    /// Page streams to peers, each opened at its first streamed run.
-    out: Mutex<HashMap<NodeId, BulkStream>>,
+    /// Page streams to peers, each opened (on a thread of its own) when the region first
+    /// has whole huge pages for that peer.
+    out: Arc<Mutex<HashMap<NodeId, Outgoing>>>,
     /// Page streams from peers, as they are accepted (taken out while one is read).
     incoming: Mutex<HashMap<NodeId, BulkStream>>,
     accepted: Condvar,
+}
+
+/// A page stream to a peer.
+#[derive(Debug)]
+enum Outgoing {
+    /// Being opened.
+    Opening,
+    /// Open (locked while a record is written).
+    Open(Arc<Mutex<BulkStream>>),
+    /// It could not be opened (the region's pages go to that peer inline).
+    Refused,
 }
 
 impl MeshLink {
@@ -43,22 +55,21 @@ impl MeshLink {
         MeshLink {
             node: Arc::downgrade(node),
             vm,
-            out: Mutex::default(),
+            out: Arc::default(),
             incoming: Mutex::default(),
             accepted: Condvar::new(),
         }
     }
 
-    /// Opens the page stream to `to`.
-    fn open(&self, to: NodeId) -> std::result::Result<BulkStream, String> {
-        let node = self.node.upgrade().ok_or("this node is shutting down")?;
+    /// Opens the page stream of VM `vm`'s region to `to`.
+    fn open(node: &Weak<Node>, vm: u64, to: NodeId) -> std::result::Result<BulkStream, String> {
+        let node = node.upgrade().ok_or("this node is shutting down")?;
         let mut s = node
             .open_stream(to, STREAM_KIND)
             .map_err(|e| e.to_string())?;
         s.set_timeout(Some(STREAM_TIMEOUT))
             .map_err(|e| e.to_string())?;
-        s.send(&self.vm.to_le_bytes(), &[])
-            .map_err(|e| e.to_string())?;
+        s.send(&vm.to_le_bytes(), &[]).map_err(|e| e.to_string())?;
         Ok(s)
     }
 }
@@ -70,20 +81,47 @@ impl Link for MeshLink {
             .map_err(|e| e.to_string())
     }
 
-    fn has_streams(&self) -> bool {
-        true
+    fn has_stream_to(&self, to: NodeId) -> bool {
+        let mut out = lock(&self.out);
+        match out.get(&to) {
+            Some(Outgoing::Open(_)) => return true,
+            Some(Outgoing::Opening | Outgoing::Refused) => return false,
+            None => {}
+        }
+        out.insert(to, Outgoing::Opening);
+        let (node, vm, table) = (self.node.clone(), self.vm, Arc::downgrade(&self.out));
+        let opening = std::thread::Builder::new()
+            .name("dsm-stream".into())
+            .spawn(move || {
+                let opened = Self::open(&node, vm, to);
+                let Some(table) = table.upgrade() else {
+                    return;
+                };
+                let state = match opened {
+                    Ok(s) => Outgoing::Open(Arc::new(Mutex::new(s))),
+                    Err(e) => {
+                        tracing::info!(vm, "no page stream to node {to} (pages go inline): {e}");
+                        Outgoing::Refused
+                    }
+                };
+                lock(&table).insert(to, state);
+            });
+        if opening.is_err() {
+            out.insert(to, Outgoing::Refused);
+        }
+        false
     }
 
     fn send_pages(&self, to: NodeId, head: &[u8], pages: &[u8]) -> std::result::Result<(), String> {
-        let mut out = lock(&self.out);
-        let s = match out.entry(to) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.open(to)?),
+        let stream = match lock(&self.out).get(&to) {
+            Some(Outgoing::Open(s)) => s.clone(),
+            _ => return Err(format!("no page stream to node {to}")),
         };
-        s.send(head, pages).map_err(|e| {
-            out.remove(&to);
-            e.to_string()
-        })
+        let sent = lock(&stream).send(head, pages).map_err(|e| e.to_string());
+        if sent.is_err() {
+            lock(&self.out).insert(to, Outgoing::Refused);
+        }
+        sent
     }
 
     fn recv_pages(&self, from: NodeId, into: &mut [u8]) -> std::result::Result<Vec<u8>, String> {

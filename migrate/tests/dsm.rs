@@ -15,6 +15,7 @@ use pop_dsm::uffd::{HUGE_PAGE, Staging};
 struct Copy {
     region: Arc<Coherent>,
     base: u64,
+    len: u64,
     _map: Staging,
 }
 
@@ -28,28 +29,37 @@ impl Drop for Copy {
 
 impl Copy {
     fn word(&self, page: u64, word: u64) -> &AtomicU64 {
-        assert!(page * PAGE_SIZE + word * 8 < HUGE_PAGE);
+        assert!(page * PAGE_SIZE + word * 8 < self.len);
         // SAFETY: inside this copy's live mapping, aligned to 8, only accessed atomically.
         unsafe { &*((self.base + page * PAGE_SIZE + word * 8) as *const AtomicU64) }
     }
 }
 
 fn copies(m: &mesh::Mesh, vm: u64) -> Vec<Copy> {
+    copies_of(m, vm, HUGE_PAGE, |_| {})
+}
+
+/// Copies of a region of `len` bytes, the home's mapping first given `init`.
+fn copies_of(m: &mesh::Mesh, vm: u64, len: u64, init: impl Fn(&mut [u8])) -> Vec<Copy> {
     (0..m.nodes.len())
         .map(|id| {
-            let mut map = Staging::new(HUGE_PAGE).unwrap();
+            let mut map = Staging::new(len).unwrap();
+            if id == 0 {
+                init(map.bytes());
+            }
             let base = map.bytes().as_mut_ptr() as u64;
             let cfg = RegionConfig {
                 node: id as u32,
                 home: 0,
                 vm,
                 host_base: base,
-                len: HUGE_PAGE,
+                len,
             };
             let region = m.regions[id].start(&m.nodes[id], cfg).unwrap();
             Copy {
                 region,
                 base,
+                len,
                 _map: map,
             }
         })
@@ -98,4 +108,41 @@ fn a_page_message_for_a_vm_without_a_region_is_refused() {
     let e = m.regions[0].deliver(1, &msg.encode(None)).unwrap_err();
     assert!(e.to_string().contains("no shared region"), "{e}");
     assert!(m.regions[0].deliver(1, b"short").is_err());
+}
+
+/// Node 1 scans a region of 64 MiB node 0 wrote, a huge page at a time with pauses between
+/// (time for its page stream to open), until some huge pages came streamed (or the region
+/// ends), then the rest; every word is checked. Returns node 0's count of streamed runs.
+fn scan_over_the_mesh(streams: bool) -> u64 {
+    const LEN: u64 = 64 << 20;
+    let m = mesh::mesh_with(2, streams);
+    let word = |i: u64| i ^ 0x5555_aaaa_0000_ffff;
+    let c = copies_of(&m, 9, LEN, |bytes| {
+        for (i, w) in bytes.chunks_exact_mut(8).enumerate() {
+            w.copy_from_slice(&word(i as u64).to_ne_bytes());
+        }
+    });
+    let per_huge = HUGE_PAGE / 8;
+    for i in 0..LEN / 8 {
+        let page = i * 8 / PAGE_SIZE;
+        let got = c[1].word(page, i % 512).load(Ordering::Relaxed);
+        assert_eq!(got, word(i), "word {i} on node 1");
+        if i % per_huge == per_huge - 1 && c[0].region.stats().streamed == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    for here in &c {
+        assert_eq!(here.region.failure(), None);
+    }
+    c[0].region.stats().streamed
+}
+
+#[test]
+fn a_scan_over_the_mesh_streams_whole_huge_pages_once_its_page_stream_is_open() {
+    assert!(scan_over_the_mesh(true) > 0);
+}
+
+#[test]
+fn a_scan_to_a_node_that_refuses_page_streams_gets_every_page_inline() {
+    assert_eq!(scan_over_the_mesh(false), 0);
 }

@@ -26,6 +26,12 @@ pub struct Mesh {
 
 /// Starts `n` nodes and waits until each sees every other.
 pub fn mesh(n: usize) -> Mesh {
+    mesh_with(n, true)
+}
+
+/// [`mesh`], its nodes taking the page streams their peers open, or (`streams` false)
+/// refusing them, as a node without that service would.
+pub fn mesh_with(n: usize, streams: bool) -> Mesh {
     let mut text = String::from("heartbeat_ms = 250\nheartbeat_misses = 8\n");
     let mut listeners = Vec::new();
     for id in 0..n {
@@ -53,7 +59,16 @@ pub fn mesh(n: usize) -> Mesh {
                 eprintln!("node {id}: {e}");
             }
         };
-        nodes.push(Arc::new(Node::start_on(opts, l, handler).unwrap()));
+        let node = Arc::new(Node::start_on(opts, l, handler).unwrap());
+        let served = mine.clone();
+        if streams {
+            node.serve_streams(move |s| {
+                if s.kind() == pop_migrate::dsm::STREAM_KIND {
+                    served.accept_stream(s);
+                }
+            });
+        }
+        nodes.push(node);
         regions.push(mine);
     }
     for n in &nodes {
