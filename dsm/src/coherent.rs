@@ -157,6 +157,8 @@ pub struct CoherenceStats {
     pub pushed: u64,
     /// Whole huge pages sent as streamed runs (their 2 MiB on a page stream).
     pub streamed: u64,
+    /// Of those, the home's own huge pages moved out of its mapping whole (no copy).
+    pub moved_out: u64,
 }
 
 #[derive(Default)]
@@ -172,6 +174,7 @@ struct Counters {
     given_back: AtomicU64,
     pushed: AtomicU64,
     streamed: AtomicU64,
+    moved_out: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -211,11 +214,20 @@ struct Shared {
     writing: Mutex<()>,
     /// Buffers of streamed runs, kept for the next ones (their memory stays touched).
     buffers: Mutex<Vec<Vec<u8>>>,
+    /// Empty areas registered with the region's userfaultfd, where the home's huge pages are
+    /// moved out to be streamed ([`Uffd::move_out`]), kept for the next.
+    areas: Mutex<Vec<Staging>>,
 }
 
-/// A streamed run's page-stream record waiting to be written: to whom, its head, and a
-/// buffer holding the run's header and then its pages.
-type Record = (NodeId, [u8; HEADER], Vec<u8>);
+/// A streamed run's page-stream record waiting to be written.
+struct Record {
+    to: NodeId,
+    head: [u8; HEADER],
+    /// The run's header, then its pages (unless they were moved out).
+    buffer: Vec<u8>,
+    /// The pages, moved out of the region whole (then `buffer`'s are placeholders).
+    moved: Option<Staging>,
+}
 
 /// The region's lock held: dropping it unlocks the region, then writes out what its holder
 /// left in the outbox.
@@ -353,6 +365,10 @@ struct Batch<'a> {
     sources: Vec<(u32, &'a [u8])>,
     /// The run of messages going to a peer.
     run: Option<(NodeId, RunBuilder)>,
+    /// Pages of that run (a whole one) whose contents are still only in this node's
+    /// mapping, write-protected: moved out with one ioctl if they make the whole huge page,
+    /// else copied in before any effect drops them.
+    deferred: Vec<u32>,
     /// Finished runs, gathered into frames by peer (in the order they go out), sent when
     /// the batch ends.
     out: Vec<(NodeId, Vec<u8>)>,
@@ -446,6 +462,7 @@ impl Coherent {
             outbox: Mutex::default(),
             writing: Mutex::default(),
             buffers: Mutex::default(),
+            areas: Mutex::default(),
         });
         let serving = shared.clone();
         let faults = std::thread::Builder::new()
@@ -809,6 +826,7 @@ impl Coherent {
             given_back: get(&c.given_back),
             pushed: get(&c.pushed),
             streamed: get(&c.streamed),
+            moved_out: get(&c.moved_out),
         }
     }
 }
@@ -841,11 +859,28 @@ impl Shared {
         }
         let _one = lock_plain(&self.writing);
         loop {
-            let Some((to, head, buffer)) = lock_plain(&self.outbox).pop_front() else {
+            let Some(r) = lock_plain(&self.outbox).pop_front() else {
                 return;
             };
-            let sent = self.link.send_pages(to, &head, &buffer[HEADER..]);
+            let Record {
+                to,
+                head,
+                buffer,
+                mut moved,
+            } = r;
+            let sent = match &mut moved {
+                Some(area) => self.link.send_pages(to, &head, area.bytes()),
+                None => self.link.send_pages(to, &head, &buffer[HEADER..]),
+            };
             self.give_buffer(buffer);
+            if let Some(mut area) = moved
+                && area.clear().is_ok()
+            {
+                let mut kept = lock_plain(&self.areas);
+                if kept.len() < 4 {
+                    kept.push(area);
+                }
+            }
             if let Err(reason) = sent {
                 let mut inner = lock(&self.state);
                 self.fail_locked(
@@ -1108,33 +1143,106 @@ impl Shared {
             });
             return Ok(());
         }
-        self.post(b, env, bytes.as_deref())
+        self.post(b, env, bytes.as_deref(), false)
     }
 
     /// Adds a message for a peer to the run being gathered, or sends that run and starts
-    /// another.
+    /// another. `mapped`: `bytes` are this node's mapping of the page, write-protected,
+    /// dropped with the batch's effects (a whole run takes them later, see
+    /// [`Batch::deferred`]).
     fn post(
         &self,
         b: &mut Batch<'_>,
         env: Envelope,
         bytes: Option<&[u8]>,
+        mapped: bool,
     ) -> Result<(), CoherenceError> {
         if let Some((to, run)) = &mut b.run
             && *to == env.to
-            && run.push(env.page, env.msg, bytes)
         {
-            return Ok(());
+            let defer = mapped && run.is_whole();
+            if run.push(env.page, env.msg, if defer { None } else { bytes }) {
+                if defer {
+                    b.deferred.push(env.page);
+                }
+                return Ok(());
+            }
         }
         self.end_run(b)?;
         let whole = matches!(env.msg, Msg::DataM(_))
             && self.huge_first(env.page) == Some(env.page)
             && self.link.has_stream_to(env.to);
         let run = match whole {
-            true => RunBuilder::whole(self.cfg.vm, env.page, bytes, self.take_buffer()),
+            true => {
+                let contents = if mapped { None } else { bytes };
+                if mapped {
+                    b.deferred.push(env.page);
+                }
+                RunBuilder::whole(self.cfg.vm, env.page, contents, self.take_buffer())
+            }
             false => RunBuilder::new(self.cfg.vm, env.page, env.msg, bytes),
         };
         b.run = Some((env.to, run));
         Ok(())
+    }
+
+    /// Copies the deferred pages' contents from the mapping into the run.
+    fn take_deferred(&self, b: &mut Batch<'_>) {
+        let Some((_, run)) = &mut b.run else {
+            b.deferred.clear();
+            return;
+        };
+        for page in b.deferred.drain(..) {
+            // SAFETY: a deferred page holds data here and is write-protected (it was
+            // recalled to be granted, `Backing::Staged`), and its drop waits for this: it
+            // can be read and does not change; the run's buffer is separate memory.
+            let contents =
+                unsafe { std::slice::from_raw_parts(self.addr(page) as *const u8, PAGE) };
+            run.fill(page, contents);
+        }
+    }
+
+    /// If the run is a whole huge page whose every page is deferred, moves that huge page
+    /// out of the mapping into an area of its own (no copy; the move is its drop); else
+    /// (or if it cannot move) nothing.
+    fn move_out_whole(&self, b: &mut Batch<'_>) -> Result<Option<Staging>, CoherenceError> {
+        let Some((_, run)) = &b.run else {
+            return Ok(None);
+        };
+        let m = run.message();
+        if !run.is_whole()
+            || m.count != STREAMED_RUN
+            || b.deferred.len() != STREAMED_RUN as usize
+            || !self.uffd.can_move()
+        {
+            return Ok(None);
+        }
+        let kept = lock_plain(&self.areas).pop();
+        let mut area = match kept {
+            Some(a) => a,
+            None => self
+                .uffd
+                .out_area()
+                .map_err(Self::os("making an area to move pages to"))?,
+        };
+        let src = self.addr(m.page);
+        if !self
+            .uffd
+            .move_out(src, &mut area)
+            .map_err(Self::os("moving pages out"))?
+        {
+            // Moved back: protected again, then copied as any other run's.
+            self.uffd
+                .write_protect(src, HUGE_PAGE, true)
+                .map_err(Self::os("write-protecting pages moved back"))?;
+            lock_plain(&self.areas).push(area);
+            return Ok(None);
+        }
+        let pages = m.page..m.page + STREAMED_RUN;
+        b.deferred.clear();
+        b.drops.retain(|p| !pages.contains(p));
+        bump(&self.counters.moved_out);
+        Ok(Some(area))
     }
 
     /// The pages of the range (an offset from the region's start, a length): `None` if it is
@@ -1169,6 +1277,7 @@ impl Shared {
     /// its peer while that has room; a full frame goes out at once (a long answer streams
     /// while the rest of it is made). Runs to one peer keep their order.
     fn end_run(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
+        let moved = self.move_out_whole(b)?;
         self.apply(b)?;
         let Some((to, run)) = b.run.take() else {
             return Ok(());
@@ -1182,7 +1291,12 @@ impl Shared {
                 self.send(to, before)?;
             }
             let head = PageMsg::streamed(m.vm, m.page);
-            lock_plain(&self.outbox).push_back((to, head, run.finish()));
+            lock_plain(&self.outbox).push_back(Record {
+                to,
+                head,
+                buffer: run.finish(),
+                moved,
+            });
             bump(&self.counters.streamed);
             return self.send(to, head.to_vec());
         }
@@ -1215,6 +1329,7 @@ impl Shared {
     /// `UFFDIO_COPY` (straight from the message that carried them when it can), dropped with
     /// one `madvise`.
     fn apply(&self, b: &mut Batch<'_>) -> Result<(), CoherenceError> {
+        self.take_deferred(b);
         let places = std::mem::take(&mut b.places);
         for run in places.chunk_by(|x, y| y.0 == x.0 + 1 && y.2 == x.2) {
             let (first, last, protect) = (run[0].0, run[run.len() - 1].0, run[0].2);
@@ -1315,8 +1430,9 @@ impl Shared {
                         false => None,
                         true => Some(self.home_contents(inner, page, &owned)?),
                     };
-                    self.post(b, env, contents)?;
-                    if matches!(owned, Backing::Staged) && inner.present[page as usize] {
+                    let staged = matches!(owned, Backing::Staged) && inner.present[page as usize];
+                    self.post(b, env, contents, staged && carries_page(env.msg))?;
+                    if staged {
                         // Dropped with the batch's effects, before the run goes out.
                         b.drops.push(page);
                         inner.present[page as usize] = false;
@@ -1338,7 +1454,7 @@ impl Shared {
                 let bytes = contents.map(|c| Cow::Owned(c.to_vec()));
                 self.route(b, env, bytes)?;
             } else {
-                self.post(b, env, contents)?;
+                self.post(b, env, contents, false)?;
             }
         }
         Ok(())

@@ -273,6 +273,21 @@ impl RunBuilder {
         self.first
     }
 
+    /// Whether it was made by [`RunBuilder::whole`].
+    pub fn is_whole(&self) -> bool {
+        self.limit == STREAMED_RUN
+    }
+
+    /// Puts `contents` (4 KiB) in as page `page`'s, which the run has (pushed without
+    /// them); nothing for a page it does not have.
+    pub fn fill(&mut self, page: u32, contents: &[u8]) {
+        let m = self.first;
+        if carries_page(m.msg) && page >= m.page && page < m.page + m.count {
+            let at = HEADER + (page - m.page) as usize * PAGE_SIZE as usize;
+            self.bytes[at..at + PAGE_SIZE as usize].copy_from_slice(contents);
+        }
+    }
+
     /// Adds `msg` about page `page` if it continues the run (the same message, the next
     /// page, room left); `false` (and nothing added) otherwise.
     pub fn push(&mut self, page: u32, msg: Msg, contents: Option<&[u8]>) -> bool {

@@ -221,6 +221,72 @@ impl Uffd {
         Ok(left_behind)
     }
 
+    /// A huge page of fresh memory registered with this userfaultfd (missing faults), for
+    /// [`Uffd::move_out`]: pages moved there have left the region and are read there. (Its
+    /// registration ends with its mapping.)
+    pub fn out_area(&self) -> std::io::Result<Staging> {
+        let area = Staging::new(HUGE_PAGE)?;
+        let mut reg = UffdioRegister {
+            range: UffdioRange {
+                start: area.addr,
+                len: area.len,
+            },
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER takes a pointer to a live `uffdio_register`; the range is
+        // the area's own mapping, which nothing else uses.
+        check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) })?;
+        Ok(area)
+    }
+
+    /// Moves the huge page at `src` (in the registered range, aligned) into `area` (from
+    /// [`Uffd::out_area`], empty) without a copy: afterwards it reads as missing at `src`
+    /// and its contents are in `area`. All or nothing: `Ok(false)` if not every page could
+    /// move (what moved is moved back; the caller write-protects it again if it was).
+    pub fn move_out(&self, src: u64, area: &mut Staging) -> std::io::Result<bool> {
+        let len = area.len;
+        if !self.can_move
+            || !src.is_multiple_of(HUGE_PAGE)
+            || src < self.start
+            || src + len > self.start + self.len
+        {
+            return Ok(false);
+        }
+        let mut done = 0;
+        while done < len {
+            let mut m = UffdioMove {
+                dst: area.addr + done,
+                src: src + done,
+                len: len - done,
+                mode: 0,
+                moved: 0,
+            };
+            // SAFETY: UFFDIO_MOVE takes a pointer to a live `uffdio_move`; `src` is part of
+            // the registered range whose pages the caller gives up, `dst` the caller's empty
+            // area, registered with this userfaultfd.
+            let r = check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_MOVE, &mut m) });
+            done += u64::try_from(m.moved).unwrap_or(0);
+            match r {
+                Ok(()) => return Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(_) => break,
+            }
+        }
+        if done > 0 {
+            let mut back = UffdioMove {
+                dst: src,
+                src: area.addr,
+                len: done,
+                mode: UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+                moved: 0,
+            };
+            // SAFETY: as above, the other way: the pages just moved go back where they were.
+            check(unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_MOVE, &mut back) })?;
+        }
+        Ok(false)
+    }
+
     /// Whether [`Uffd::move_in`] moves pages (a whole huge page at once) rather than copying.
     pub fn can_move(&self) -> bool {
         self.can_move

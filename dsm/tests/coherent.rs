@@ -588,6 +588,13 @@ fn scan_takes_whole_huge_pages(streams: bool) {
         true => assert!(records >= 2, "{records} records"),
         false => assert_eq!(records, 0),
     }
+    // The home's own huge pages (written there, never elsewhere) are moved out of its
+    // mapping into the record, not copied, where the kernel can move pages.
+    let home = nodes[0].region.stats();
+    assert_eq!(home.streamed, records);
+    if streams && nodes[1].region.stats().huge_pages >= 2 {
+        assert!(home.moved_out >= 2, "{home:?}");
+    }
     // ... writes every 97th word (its own pages: no fault but on read copies)...
     for i in (0..words).step_by(97) {
         at(1, i).store(!word(i), Ordering::Relaxed);
