@@ -225,30 +225,25 @@ fn three_nodes_list_peers_ping_and_count() {
             Some(0)
         );
         // A timed bulk stream, received into fresh memory on node 2; an odd size is refused.
-        let out = popvmm(&[
-            "ping",
-            "--control",
-            &c.control(1),
-            "--to",
-            "2",
-            "--stream",
-            "16",
-        ]);
+        let stream = |mib: &str| {
+            popvmm(&[
+                "ping",
+                "--control",
+                &c.control(1),
+                "--to",
+                "2",
+                "--stream",
+                mib,
+            ])
+        };
+        let out = stream("16");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.starts_with("node 1 -> node 2: streamed 16 MiB in "),
             "{text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let out = popvmm(&[
-            "ping",
-            "--control",
-            &c.control(1),
-            "--to",
-            "2",
-            "--stream",
-            "3",
-        ]);
+        let out = stream("3");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains("give an even number"),
