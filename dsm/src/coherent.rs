@@ -396,6 +396,14 @@ fn lock_plain<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Keeps `item` in `pool` for reuse, unless the pool holds a few already.
+fn keep<T>(pool: &Mutex<Vec<T>>, item: T) {
+    let mut kept = lock_plain(pool);
+    if kept.len() < 4 {
+        kept.push(item);
+    }
+}
+
 impl Coherent {
     /// Registers the region with userfaultfd and starts serving its faults. On the home,
     /// every page is this node's (held Modified, its contents what the mapping has); on any
@@ -876,10 +884,7 @@ impl Shared {
             if let Some(mut area) = moved
                 && area.clear().is_ok()
             {
-                let mut kept = lock_plain(&self.areas);
-                if kept.len() < 4 {
-                    kept.push(area);
-                }
+                keep(&self.areas, area);
             }
             if let Err(reason) = sent {
                 let mut inner = lock(&self.state);
@@ -898,9 +903,8 @@ impl Shared {
 
     /// Keeps `buffer` for the next streamed run (a few at most).
     fn give_buffer(&self, buffer: Vec<u8>) {
-        let mut kept = lock_plain(&self.buffers);
-        if kept.len() < 4 && buffer.capacity() > HEADER {
-            kept.push(buffer);
+        if buffer.capacity() > HEADER {
+            keep(&self.buffers, buffer);
         }
     }
 
@@ -1235,7 +1239,7 @@ impl Shared {
             self.uffd
                 .write_protect(src, HUGE_PAGE, true)
                 .map_err(Self::os("write-protecting pages moved back"))?;
-            lock_plain(&self.areas).push(area);
+            keep(&self.areas, area);
             return Ok(None);
         }
         let pages = m.page..m.page + STREAMED_RUN;

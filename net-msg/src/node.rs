@@ -557,34 +557,24 @@ impl Node {
 
     /// Waits until every peer is connected; false on time-out.
     pub fn wait_all_up(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let all = (0..self.inner.slots.len() as NodeId)
-                .filter(|&p| p != self.id())
-                .all(|p| self.is_up(p));
-            if all {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.wait_for_peers(timeout, |s| s.conn.is_some())
     }
 
     /// Waits until every peer is connected or was found unreachable (an attempt to dial or
     /// wake it failed: a node that is down refuses at once), at most `timeout`: what a node
     /// that starts waits for before it says who is up. False if some peer is neither yet.
     pub fn wait_settled(&self, timeout: Duration) -> bool {
+        self.wait_for_peers(timeout, |s| s.conn.is_some() || s.unreachable)
+    }
+
+    /// Waits until `done` holds for every peer's slot, at most `timeout`; false on time-out.
+    fn wait_for_peers(&self, timeout: Duration, done: impl Fn(&SlotState) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let settled = (0..self.inner.slots.len() as NodeId)
+            let all = (0..self.inner.slots.len() as NodeId)
                 .filter(|&p| p != self.id())
-                .all(|p| {
-                    let s = lock(&self.inner.slots[p as usize].state);
-                    s.conn.is_some() || s.unreachable
-                });
-            if settled {
+                .all(|p| done(&lock(&self.inner.slots[p as usize].state)));
+            if all {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -675,7 +665,6 @@ impl Inner {
         threads.push(t);
     }
 
-    /// Makes an authenticated stream the connection to its peer (replacing an older one).
     /// Notes that an attempt to reach `peer` failed (unless it is connected meanwhile).
     fn unreachable(&self, peer: NodeId) {
         let mut s = lock(&self.slots[peer as usize].state);
@@ -684,6 +673,7 @@ impl Inner {
         }
     }
 
+    /// Makes an authenticated stream the connection to its peer (replacing an older one).
     fn install(self: &Arc<Self>, session: handshake::Session, stream: Stream) -> Result<()> {
         let peer = session.peer;
         stream.set_timeouts(None)?;
