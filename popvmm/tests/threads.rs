@@ -161,6 +161,20 @@ fn a_thread_moved_1000_times_there_and_back_finds_shared_data_intact() {
 }
 
 #[test]
+fn a_thread_that_moves_keeps_its_rounding_mode_and_its_floating_point_values() {
+    // Its vector registers stay behind (it asks from a call boundary): what it keeps live
+    // across a move, and the control word it set, must come out as on one node.
+    let mut c = Cluster::new();
+    c.start(1, false);
+    assert_output(
+        &c,
+        "spread",
+        &["fp", "200"],
+        "fp: 200 moves, rounding kept\nok\n",
+    );
+}
+
+#[test]
 fn a_move_to_a_node_that_is_down_or_of_another_isa_fails_and_the_thread_goes_on() {
     let mut c = Cluster::new();
     c.start(1, false);

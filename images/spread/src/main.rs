@@ -12,6 +12,10 @@
 //! * `dead NODE`: tries to move to `NODE` (down): prints the error and goes on;
 //! * `timing N`: moves there and back `N` times, timing each round trip (for the
 //!   benchmarks: `moves: N p50 X us p99 Y us`);
+//! * `fp MOVES`: a thread sets its rounding mode (x86-64: MXCSR toward zero) and moves
+//!   there and back `MOVES` times with floating-point values and vectors live across each
+//!   move; the rounding mode and every value must come out as without moves
+//!   (`fp: MOVES moves, rounding kept`);
 //! * `falseshare MS`: two threads on two nodes increment two counters in one page for `MS`
 //!   milliseconds (`falseshare: A and B increments`);
 //! * `scan MIB`: the main thread fills `MIB` MiB, moves to the other node and reads it all,
@@ -352,6 +356,78 @@ fn timing(n: u64) {
     println!("moves: {n} p50 {:.1} us p99 {:.1} us", at(0.5), at(0.99));
 }
 
+/// Sets the calling thread's rounding mode to toward zero (x86-64; elsewhere nothing).
+fn round_toward_zero() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr = 0u32;
+        // SAFETY: stmxcsr/ldmxcsr read and write MXCSR through `csr`, a local; setting the
+        // rounding-control bits (13-14) to toward zero changes nothing else.
+        unsafe {
+            std::arch::asm!("stmxcsr dword ptr [{0}]", in(reg) &raw mut csr, options(nostack));
+            csr |= 0x6000;
+            std::arch::asm!("ldmxcsr dword ptr [{0}]", in(reg) &raw const csr, options(nostack));
+        }
+    }
+}
+
+/// `1/10` in the thread's rounding mode: its last digit tells toward zero (`...9999`) from
+/// to nearest (`...999a`).
+fn one_tenth() -> u64 {
+    (std::hint::black_box(1.0f64) / std::hint::black_box(10.0f64)).to_bits()
+}
+
+/// A step of the check's arithmetic, on values the compiler may keep in vector registers.
+fn fp_step(acc: &mut [f64; 8], v: &mut [f32; 8], i: u64) {
+    let x = f64::from_bits(one_tenth()) + i as f64;
+    for (k, a) in acc.iter_mut().enumerate() {
+        *a = (*a * 1.000_001 + x) / (k as f64 + 1.5);
+    }
+    for (k, w) in v.iter_mut().enumerate() {
+        *w = w.mul_add(0.999, k as f32 / 7.0);
+    }
+}
+
+fn fp(moves: u64) {
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("fp needs two nodes");
+    }
+    // The check without moves runs on a thread of its own, whose rounding mode it sets too.
+    let here = nodes.clone();
+    let still = thread::spawn(move || fp_run(moves, &here, false))
+        .join()
+        .unwrap();
+    if fp_run(moves, &nodes, true) != still {
+        fail("floating-point values changed across moves");
+    }
+    if pop::current_nid() != nodes[0] && moves.is_multiple_of(2) {
+        fail("not back home");
+    }
+    println!("fp: {moves} moves, rounding kept");
+}
+
+/// The arithmetic of [`fp`], moving between the first two of `nodes` if `moving`; the
+/// results' bits.
+fn fp_run(moves: u64, nodes: &[u32], moving: bool) -> ([u64; 8], [u32; 8]) {
+    round_toward_zero();
+    let (mut acc, mut v) = ([1.0f64; 8], [0.5f32; 8]);
+    for i in 0..moves {
+        fp_step(&mut acc, &mut v, i);
+        if moving {
+            let to = nodes[if i % 2 == 0 { 1 } else { 0 }];
+            if let Err(e) = pop::migrate(to) {
+                fail(&format!("move to node {to}: {e}"));
+            }
+        }
+        if cfg!(target_arch = "x86_64") && one_tenth() & 0xf != 0x9 {
+            fail(&format!("the rounding mode was lost at move {i}"));
+        }
+        fp_step(&mut acc, &mut v, i);
+    }
+    (acc.map(f64::to_bits), v.map(f32::to_bits))
+}
+
 fn falseshare(ms: u64) {
     #[repr(align(64))]
     struct Counters([AtomicU64; 2]);
@@ -524,6 +600,7 @@ fn main() {
         "spawn" => spawn_there(),
         "timing" => timing(arg(2, 1000)),
         "falseshare" => falseshare(arg(2, 1000)),
+        "fp" => fp(arg(2, 200)),
         "scan" => scan(arg(2, 256)),
         "files" => files(&std::env::args().nth(2).unwrap_or_else(|| "/data".into())),
         "vmmshare" => vmmshare(

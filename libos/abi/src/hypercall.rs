@@ -37,6 +37,14 @@ pub struct HypercallBlock {
 /// Sentinel timeout meaning "wait forever" for [`Hypercall::FutexWait`].
 pub const NO_TIMEOUT: u64 = u64::MAX;
 
+/// [`Hypercall::Migrate`] flag: the thread asks from a call boundary, where its
+/// floating-point and vector registers are dead (its caller saved what it needs, as the C
+/// calling convention has it) and it restores its floating-point control words (x86-64:
+/// MXCSR and the x87 control word) itself once it runs again. Those registers do not travel
+/// with it, and its counter comes as the hypercall's third argument: the thread's state then
+/// costs the VMM no vCPU ioctl at the source.
+pub const MIGRATE_AT_CALL: u64 = 1;
+
 /// Hypercall numbers.
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,11 +114,13 @@ pub enum Hypercall {
     /// saved registers (x86-64: [`crate::X86FaultFrame`]; aarch64: [`crate::Aarch64FaultFrame`]). The VMM reports it and ends the VM
     /// with [`crate::EXIT_FAULT`]. Does not return.
     Fault = 30,
-    /// `migrate(node) -> 0`: moves the calling thread to node `node` of the cluster and
-    /// returns there (to its own node: at once). `-EINVAL` for a node the cluster does not
-    /// have, `-EHOSTUNREACH` for one that is down or cannot take it, `-ENOEXEC` for a node of
-    /// another ISA, `-ENOSYS` for a VM not in a cluster; on an error the thread goes on where
-    /// it was.
+    /// `migrate(node, flags, counter) -> 0`: moves the calling thread to node `node` of the
+    /// cluster and returns there (to its own node: at once). `-EINVAL` for a node the cluster
+    /// does not have, `-EHOSTUNREACH` for one that is down or cannot take it, `-ENOEXEC` for a
+    /// node of another ISA, `-ENOSYS` for a VM not in a cluster; on an error the thread goes
+    /// on where it was. With [`MIGRATE_AT_CALL`] in `flags` the thread asks from a call
+    /// boundary and `counter` is its counter (x86-64: the TSC) read just before; the VMM then
+    /// leaves its floating-point and vector registers where they are (see the flag).
     Migrate = 31,
 }
 

@@ -1,5 +1,5 @@
 //! Architecture-specific code. Each architecture module exports the same items:
-//! `ABI_ARCH`, `hypercall` (with `call`, `exit`, `abort`, `thread_exit`), `counter()`,
+//! `ABI_ARCH`, `hypercall` (with `call` and `migrate`), `counter()`,
 //! `set_thread_pointer()`, `thread_stack_pointer()`, `spin_hint()`, `tls::block_layout()`,
 //! `tls::init_tcb()`, and `init_cpu()` for the boot vCPU.
 

@@ -2,7 +2,7 @@
 
 use pop_abi::Hypercall;
 
-use super::{ERRNO, hc};
+use super::{ERRNO, check, hc};
 use crate::boot_info;
 use crate::hypercall;
 
@@ -58,7 +58,7 @@ unsafe extern "C" fn pop_nodes(buf: *mut pop_abi::NodeEntry, max: usize) -> isiz
 /// negated errno (and it runs on here).
 #[unsafe(no_mangle)]
 extern "C" fn pop_migrate(node: u32) -> i32 {
-    hc(Hypercall::Migrate, u64::from(node), 0, 0, 0, 0) as i32
+    check(crate::arch::hypercall::migrate(node)) as i32
 }
 
 /// The id of the node the calling thread runs on (for the `pop` crate). The boot information

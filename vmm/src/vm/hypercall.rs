@@ -34,8 +34,9 @@ pub enum Flow {
     /// The VM is pausing (to migrate) while this blocking call was in progress: it is to be
     /// issued again, as given here (a sleep with the time left), wherever the VM resumes.
     Pending(HypercallRequest),
-    /// Move the calling thread to this node (`pop::migrate`).
-    Migrate(u32),
+    /// Move the calling thread to this node (`pop::migrate`); with the counter it read if it
+    /// asks from a call boundary ([`pop_abi::hypercall::MIGRATE_AT_CALL`]).
+    Migrate(u32, Option<u64>),
 }
 
 /// Serves `request` made by guest thread `tid`.
@@ -52,7 +53,10 @@ pub fn handle(vm: &Arc<VmShared>, request: HypercallRequest, tid: u32) -> Flow {
             }
             return Flow::Stop;
         }
-        Hypercall::Migrate => return Flow::Migrate(a0 as u32),
+        Hypercall::Migrate => {
+            let at_call = (a1 & pop_abi::hypercall::MIGRATE_AT_CALL != 0).then_some(a2);
+            return Flow::Migrate(a0 as u32, at_call);
+        }
         Hypercall::Abort => return Flow::Abort,
         Hypercall::ThreadExit => return Flow::ThreadExit(a0),
         Hypercall::Fault => return Flow::Fault(a0),

@@ -44,10 +44,21 @@ impl VmShared {
     }
 
     /// Moves thread `tid`, which runs on `vcpu` and asked for it (its hypercall answered
-    /// already), to node `to`. `Ok`: it runs there; `Err(errno)`: it goes on here.
-    pub(super) fn depart(&self, vcpu: &mut Vcpu, tid: u32, to: u32) -> Result<(), i32> {
-        vcpu.complete_pending().map_err(|_| EIO)?;
-        let state = vcpu.save().map_err(|_| EIO)?;
+    /// already), to node `to`; `at_call`: the counter it read, if it asked from a call
+    /// boundary (then its state is what the exit left, without a vCPU ioctl). `Ok`: it runs
+    /// there; `Err(errno)`: it goes on here.
+    pub(super) fn depart(
+        &self,
+        vcpu: &mut Vcpu,
+        tid: u32,
+        to: u32,
+        at_call: Option<u64>,
+    ) -> Result<(), i32> {
+        let state = match at_call {
+            Some(counter) => vcpu.save_at_call(counter),
+            None => vcpu.complete_pending().and_then(|()| vcpu.save()),
+        }
+        .map_err(|_| EIO)?;
         let parked = ParkedVcpu {
             index: vcpu.index(),
             tid,

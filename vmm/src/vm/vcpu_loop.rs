@@ -111,7 +111,7 @@ fn run_threads(vm: &Arc<VmShared>, mut vcpu: Vcpu, begin: Begin, mailbox: &Arc<M
                 // Placed on another node: it goes there before its first instruction (if it
                 // cannot, it runs here).
                 if let Some(to) = start.node
-                    && vm.depart(&mut vcpu, start.tid, to).is_ok()
+                    && vm.depart(&mut vcpu, start.tid, to, None).is_ok()
                 {
                     vm.threads.visiting(start.tid, false);
                     continue;
@@ -227,13 +227,13 @@ fn run_thread(
                     }
                 }
                 Flow::ThreadExit(done) => return ThreadEnd::Exited { done },
-                Flow::Migrate(to) => {
+                Flow::Migrate(to, at_call) => {
                     // The thread resumes (wherever it runs) with 0 from the hypercall.
                     vcpu.set_hypercall_result(&vm.mem, 0);
                     if to == boot::node_id(&vm.mem) {
                         continue;
                     }
-                    match vm.depart(vcpu, tid, to) {
+                    match vm.depart(vcpu, tid, to, at_call) {
                         Ok(()) => return ThreadEnd::Away,
                         Err(errno) => {
                             vcpu.set_hypercall_result(&vm.mem, -i64::from(errno));

@@ -27,6 +27,12 @@ pub fn call(nr: Hypercall, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
     }
 }
 
+/// Issues [`Hypercall::Migrate`] to `node`, the whole register state carried by the VMM
+/// (aarch64 does not use [`pop_abi::hypercall::MIGRATE_AT_CALL`] yet).
+pub fn migrate(node: u32) -> i64 {
+    call(Hypercall::Migrate, u64::from(node), 0, 0, 0, 0)
+}
+
 /// The register frame the exception handlers hand to [`crate::hypercall::fault`].
 pub type FaultFrame = pop_abi::Aarch64FaultFrame;
 

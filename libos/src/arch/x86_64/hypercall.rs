@@ -27,6 +27,41 @@ pub fn call(nr: Hypercall, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> i64 {
     ret
 }
 
+/// Issues [`Hypercall::Migrate`] to `node` as a call boundary
+/// ([`pop_abi::hypercall::MIGRATE_AT_CALL`]): every caller-saved register, the vector and x87
+/// registers among them, is declared clobbered, so the compiler keeps nothing live in them
+/// across the store, and the callee-saved control words (MXCSR, the x87 control word) are
+/// saved here and restored once the thread runs again, wherever that is.
+pub fn migrate(node: u32) -> i64 {
+    let ret: i64;
+    let mut control = [0u32; 2];
+    let counter = super::counter();
+    // SAFETY: as for `call`, the store exits to the VMM, which answers in rax; the thread
+    // resumes with every general register as it left them (on this node or another), and
+    // `control` (on this thread's stack, which moves with it) holds the control words
+    // stored before the exit.
+    unsafe {
+        core::arch::asm!(
+            "stmxcsr dword ptr [{control}]",
+            "fnstcw word ptr [{control} + 4]",
+            "mov qword ptr [r11], rax",
+            "ldmxcsr dword ptr [{control}]",
+            "fldcw word ptr [{control} + 4]",
+            control = in(reg) control.as_mut_ptr(),
+            in("r11") Hypercall::Migrate.address(),
+            inout("rax") 0u64 => ret,
+            in("rdi") u64::from(node),
+            in("rsi") pop_abi::hypercall::MIGRATE_AT_CALL,
+            in("rdx") counter,
+            in("r10") 0u64,
+            in("r8") 0u64,
+            clobber_abi("C"),
+            options(nostack),
+        );
+    }
+    ret
+}
+
 /// The register frame the exception handlers hand to [`crate::hypercall::fault`].
 pub type FaultFrame = pop_abi::X86FaultFrame;
 

@@ -47,6 +47,33 @@ const MSRS: &[u32] = &[
 /// Most MSRs a decoded state may carry.
 const MAX_MSRS: u32 = 64;
 
+/// A thread's floating-point and vector registers.
+#[derive(Clone, Debug)]
+pub enum FpState {
+    /// The (4 KiB, legacy layout) XSAVE area, which holds the legacy FPU/SSE state too.
+    Xsave(Box<[u32; 1024]>),
+    /// The legacy FPU/SSE state, on a host without XSAVE.
+    Legacy(Box<kvm_fpu>),
+    /// Not carried: the thread stopped at a call boundary of its own
+    /// ([`pop_abi::hypercall::MIGRATE_AT_CALL`]), where these registers are dead and it
+    /// restores the control words itself. The vCPU it resumes on keeps what it holds.
+    CallerSaved,
+}
+
+/// What a vCPU is known to hold without asking KVM: each vCPU ioctl makes KVM reload the
+/// host's state for the vCPU (about 12 µs under this nested KVM), so what is known is not
+/// asked for or set again.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// Its system registers: as the last exit stored them in the `kvm_run` page, or as the
+    /// last restore set them (until it runs again).
+    pub sregs: Option<kvm_sregs>,
+    /// Its MSRs besides the TSC, as last read or set. The guest writes none of them (the
+    /// libos runs in ring 3 and its exception entry writes no MSR), so they change only
+    /// through a restore.
+    pub msrs: Option<Vec<(u32, u64)>>,
+}
+
 /// Everything KVM holds about one x86-64 vCPU.
 #[derive(Clone, Debug)]
 pub struct VcpuState {
@@ -54,10 +81,8 @@ pub struct VcpuState {
     pub regs: kvm_regs,
     /// Segment, control and descriptor-table registers.
     pub sregs: kvm_sregs,
-    /// Legacy FPU/SSE state (always present; XSAVE supersedes it when available).
-    pub fpu: kvm_fpu,
-    /// The (4 KiB) XSAVE area, when the host supports it.
-    pub xsave: Option<Box<[u32; 1024]>>,
+    /// Floating-point and vector registers.
+    pub fp: FpState,
     /// Extended control registers (XCR0), when the host supports them.
     pub xcrs: Option<kvm_xcrs>,
     /// Pending exceptions, interrupts, NMIs and shadows.
@@ -120,20 +145,24 @@ impl VcpuState {
         [self.regs.rsp, self.sregs.fs.base]
     }
 
+    /// Has KVM store the general and system registers and the pending events in the
+    /// `kvm_run` page at every exit (they are then read there without an ioctl; storing
+    /// them costs KVM far less than an ioctl costs).
+    pub fn sync_at_exits(fd: &mut VcpuFd) {
+        for reg in SYNCED {
+            fd.set_sync_valid_reg(reg);
+        }
+    }
+
     /// Completes what the last exit left pending (the MMIO store of a hypercall) without
     /// running the guest — `KVM_RUN` with `immediate_exit` set, as KVM's documentation asks
     /// before the state is saved — and has KVM store the general and system registers and
     /// the pending events in the `kvm_run` page on the way out, for [`VcpuState::save`].
     pub fn sync_out(fd: &mut VcpuFd) -> Result<(), kvm_ioctls::Error> {
-        for reg in SYNCED {
-            fd.set_sync_valid_reg(reg);
-        }
+        Self::sync_at_exits(fd);
         fd.set_kvm_immediate_exit(1);
         let result = fd.run().map(|_| ());
         fd.set_kvm_immediate_exit(0);
-        // Other exits need only the general registers (hypercall arguments).
-        fd.clear_sync_valid_reg(SyncReg::SystemRegister);
-        fd.clear_sync_valid_reg(SyncReg::VcpuEvents);
         match result {
             Err(e) if e.errno() != libc::EINTR && e.errno() != libc::EAGAIN => Err(e),
             _ => Ok(()),
@@ -147,11 +176,9 @@ impl VcpuState {
         // this nested KVM): what is implied or synchronized is not asked for.
         let synced = fd.sync_regs();
         let (regs, sregs, events) = (synced.regs, synced.sregs, synced.events);
-        let xsave = fd.get_xsave().ok().map(|x| Box::new(x.region));
-        // The XSAVE area holds the legacy FPU/SSE state too (`restore` then ignores `fpu`).
-        let fpu = match xsave {
-            Some(_) => kvm_fpu::default(),
-            None => fd.get_fpu()?,
+        let fp = match fd.get_xsave() {
+            Ok(x) => FpState::Xsave(Box::new(x.region)),
+            Err(_) => FpState::Legacy(Box::new(fd.get_fpu()?)),
         };
         let xcrs = if sregs.cr4 & CR4_OSXSAVE != 0 {
             fd.get_xcrs().ok()
@@ -176,8 +203,7 @@ impl VcpuState {
         Ok(VcpuState {
             regs,
             sregs,
-            fpu,
-            xsave,
+            fp,
             xcrs,
             events,
             mp_state,
@@ -186,74 +212,116 @@ impl VcpuState {
         })
     }
 
+    /// The state of a thread that stopped at a call boundary of its own
+    /// ([`pop_abi::hypercall::MIGRATE_AT_CALL`]) with its counter at `counter`, from what
+    /// its exit stored (see [`VcpuState::sync_at_exits`]; the MMIO store it left pending has
+    /// nothing to complete: KVM finished a store before it exited) and the MSRs `msrs` of its
+    /// vCPU: no ioctl. Its floating-point registers stay behind ([`FpState::CallerSaved`]),
+    /// and so does XCR0, which the guest cannot change (it does not set `CR4.OSXSAVE`).
+    pub fn at_call(fd: &VcpuFd, counter: u64, msrs: Vec<(u32, u64)>) -> VcpuState {
+        let synced = fd.sync_regs();
+        VcpuState {
+            regs: synced.regs,
+            sregs: synced.sregs,
+            fp: FpState::CallerSaved,
+            xcrs: None,
+            events: synced.events,
+            mp_state: kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            },
+            tsc: counter,
+            msrs,
+        }
+    }
+
+    /// The MSRs (besides the TSC) a state carries, read from `fd`.
+    pub fn read_msrs(fd: &VcpuFd) -> Result<Vec<(u32, u64)>, kvm_ioctls::Error> {
+        read_msrs(fd, MSRS)
+    }
+
     /// Writes the state into `fd` (a vCPU with its CPUID set), with the guest TSC set to
     /// `tsc` (the caller adjusts it for the time the VM was stopped). The general and system
     /// registers and the events go through the `kvm_run` page, which KVM loads with one
-    /// `KVM_RUN` that does not enter the guest. `current` is what the vCPU's system
-    /// registers are known to hold, if anything is.
+    /// `KVM_RUN`. `known` is what the vCPU is known to hold (updated here): what it holds
+    /// already is not set again.
     pub fn restore(
         &self,
         fd: &mut VcpuFd,
         tsc: u64,
-        current: Option<&kvm_sregs>,
+        known: &mut Known,
     ) -> Result<(), kvm_ioctls::Error> {
         let synced = fd.sync_regs_mut();
         synced.regs = self.regs;
         synced.events = self.events;
         // Setting the system registers resets the vCPU's MMU context, which nested KVM pays
         // dearly for: a thread coming back to the vCPU it left finds them as they were.
-        if current != Some(&self.sregs) {
+        let sregs_change = known.sregs.as_ref() != Some(&self.sregs);
+        if sregs_change {
             synced.sregs = self.sregs;
             fd.set_sync_dirty_reg(SyncReg::SystemRegister);
         }
         fd.set_sync_dirty_reg(SyncReg::Register);
         fd.set_sync_dirty_reg(SyncReg::VcpuEvents);
-        // The XSAVE area holds the legacy FPU/SSE state too.
-        if self.xsave.is_none() {
-            fd.set_fpu(&self.fpu)?;
+        known.sregs = None;
+        match &self.fp {
+            FpState::Xsave(region) => {
+                let xsave = kvm_xsave {
+                    region: **region,
+                    ..Default::default()
+                };
+                // SAFETY: `xsave` is a complete legacy (4 KiB) `kvm_xsave`, as `get_xsave`
+                // returned it; it does not use the larger XSAVE2 layout.
+                unsafe { fd.set_xsave(&xsave) }?;
+            }
+            FpState::Legacy(fpu) => fd.set_fpu(fpu)?,
+            FpState::CallerSaved => {}
         }
         if let Some(xcrs) = &self.xcrs {
             fd.set_xcrs(xcrs)?;
         }
-        if let Some(region) = &self.xsave {
-            let xsave = kvm_xsave {
-                region: **region,
-                ..Default::default()
-            };
-            // SAFETY: `xsave` is a complete legacy (4 KiB) `kvm_xsave`, as `get_xsave` returned
-            // it; it does not use the larger XSAVE2 layout.
-            unsafe { fd.set_xsave(&xsave) }?;
-        }
-        let mut entries: Vec<kvm_msr_entry> = self
-            .msrs
-            .iter()
-            .map(|&(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
-            .collect();
+        // The TSC always; the others unless the vCPU holds them already.
+        let msrs_held = known.msrs.as_deref() == Some(&self.msrs[..]);
+        let mut entries: Vec<kvm_msr_entry> = if msrs_held {
+            Vec::new()
+        } else {
+            self.msrs
+                .iter()
+                .map(|&(index, data)| kvm_msr_entry {
+                    index,
+                    data,
+                    ..Default::default()
+                })
+                .collect()
+        };
         entries.push(kvm_msr_entry {
             index: MSR_TSC,
             data: tsc,
             ..Default::default()
         });
         // All at once; KVM stops at an MSR it refuses: that one is skipped, the rest go on.
-        let mut at = 0;
+        let (mut at, mut all) = (0, true);
         while at < entries.len() {
             let set = Msrs::from_entries(&entries[at..])
                 .ok()
                 .and_then(|msrs| fd.set_msrs(&msrs).ok())
                 .unwrap_or(0);
+            all &= at + set == entries.len();
             at += set + 1;
         }
+        known.msrs = all.then(|| self.msrs.clone());
         // Every vCPU is runnable already (see `save`).
         if self.mp_state.mp_state != KVM_MP_STATE_RUNNABLE {
             fd.set_mp_state(self.mp_state)?;
         }
-        // KVM loads what was put in the `kvm_run` page now, without running the guest, so
-        // a state it refuses fails here (the thread can still go on where it was).
-        Self::sync_out(fd)
+        if sregs_change || !quiet(&self.events) {
+            // KVM loads what was put in the `kvm_run` page now, without running the guest,
+            // so a state it refuses fails here (the thread can still go on where it was).
+            Self::sync_out(fd)?;
+        }
+        // Otherwise the `KVM_RUN` that enters the guest loads the general registers and the
+        // quiet events, neither of which KVM can refuse.
+        known.sregs = Some(self.sregs);
+        Ok(())
     }
 }
 
@@ -261,7 +329,6 @@ impl Encode for VcpuState {
     fn encode(&self, e: &mut Encoder) {
         put(e, &self.regs);
         put(e, &self.sregs);
-        put(e, &self.fpu);
         put(e, &self.events);
         put(e, &self.mp_state);
         e.u64(self.tsc);
@@ -269,10 +336,18 @@ impl Encode for VcpuState {
         if let Some(xcrs) = &self.xcrs {
             put(e, xcrs);
         }
-        e.u8(self.xsave.is_some() as u8);
-        if let Some(xsave) = &self.xsave {
-            // Mostly zeros (the wide registers' halves a program does not use).
-            e.sparse(bytes_of(&**xsave));
+        match &self.fp {
+            FpState::CallerSaved => {
+                e.u8(0);
+            }
+            FpState::Legacy(fpu) => {
+                e.u8(1);
+                put(e, &**fpu);
+            }
+            FpState::Xsave(xsave) => {
+                // Mostly zeros (the wide registers' halves a program does not use).
+                e.u8(2).sparse(bytes_of(&**xsave));
+            }
         }
         e.u32(self.msrs.len() as u32);
         for &(index, value) in &self.msrs {
@@ -286,7 +361,6 @@ impl Decode for VcpuState {
     fn decode(d: &mut Decoder<'_>) -> Result<VcpuState, WireError> {
         let regs = get(d)?;
         let sregs = get(d)?;
-        let fpu = get(d)?;
         let events = get(d)?;
         let mp_state = get(d)?;
         let tsc = d.u64()?;
@@ -295,10 +369,11 @@ impl Decode for VcpuState {
             1 => Some(get(d)?),
             _ => return Err(WireError("bad XCR flag")),
         };
-        let xsave = match d.u8()? {
-            0 => None,
-            1 => Some(Box::new(from_bytes(&d.sparse(size_of::<[u32; 1024]>())?))),
-            _ => return Err(WireError("bad XSAVE flag")),
+        let fp = match d.u8()? {
+            0 => FpState::CallerSaved,
+            1 => FpState::Legacy(Box::new(get(d)?)),
+            2 => FpState::Xsave(Box::new(from_bytes(&d.sparse(size_of::<[u32; 1024]>())?))),
+            _ => return Err(WireError("bad floating-point state kind")),
         };
         let n = d.u32()?;
         if n > MAX_MSRS {
@@ -311,8 +386,7 @@ impl Decode for VcpuState {
         Ok(VcpuState {
             regs,
             sregs,
-            fpu,
-            xsave,
+            fp,
             xcrs,
             events,
             mp_state,
@@ -322,7 +396,27 @@ impl Decode for VcpuState {
     }
 }
 
-/// One MSR of `fd`, or `None` if KVM does not have it.
+/// Whether `events` has nothing pending (no exception, interrupt, NMI, SMI or shadow): what
+/// a thread has at a hypercall, and what KVM cannot refuse to load.
+fn quiet(events: &kvm_vcpu_events) -> bool {
+    let (x, i, n, s) = (
+        &events.exception,
+        &events.interrupt,
+        &events.nmi,
+        &events.smi,
+    );
+    x.injected == 0
+        && x.pending == 0
+        && events.exception_has_payload == 0
+        && i.injected == 0
+        && i.shadow == 0
+        && n.injected == 0
+        && n.pending == 0
+        && s.smm == 0
+        && s.pending == 0
+        && events.triple_fault.pending == 0
+}
+
 /// Reads the MSRs `indices` with as few ioctls as it can (KVM stops at one it does not
 /// know: that one is skipped); returns those read, in order.
 fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, kvm_ioctls::Error> {
@@ -376,13 +470,17 @@ mod tests {
         assert_eq!(bytes(&back.regs), bytes(&state.regs));
         assert_eq!(bytes(&back.sregs), bytes(&state.sregs));
         assert_eq!(back.msrs, state.msrs);
-        assert_eq!(back.xsave.is_some(), state.xsave.is_some());
+        assert_eq!(
+            matches!(back.fp, FpState::Xsave(_)),
+            matches!(state.fp, FpState::Xsave(_))
+        );
         let mut fd2 = vm.create_vcpu(1).unwrap();
         let mut sregs = fd2.get_sregs().unwrap();
         sregs.cr2 = 0xdead_b000;
         fd2.set_sregs(&sregs).unwrap();
         // What KVM holds afterwards, not only what the kvm_run page says.
-        back.restore(&mut fd2, 12345, None).unwrap();
+        back.restore(&mut fd2, 12345, &mut Known::default())
+            .unwrap();
         assert_eq!(fd2.get_regs().unwrap().rip, 0x40_1000);
         assert_eq!(fd2.get_regs().unwrap().rax, 0x1234_5678_9abc_def0);
         assert_eq!(fd2.get_sregs().unwrap().cr2, state.sregs.cr2);
@@ -390,6 +488,54 @@ mod tests {
         for cut in [0, 1, wire.len() / 2, wire.len() - 1] {
             assert!(VcpuState::decode(&mut Decoder::new(&wire[..cut])).is_err());
         }
+    }
+
+    #[test]
+    fn a_state_from_a_call_boundary_leaves_the_fp_registers_and_loads_with_the_next_run() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            return; // no KVM here
+        };
+        let vm = kvm.create_vm().unwrap();
+        let mut fd = vm.create_vcpu(0).unwrap();
+        let mut regs = fd.get_regs().unwrap();
+        regs.rip = 0x40_2000;
+        fd.set_regs(&regs).unwrap();
+        VcpuState::sync_out(&mut fd).unwrap();
+        let msrs = VcpuState::read_msrs(&fd).unwrap();
+        let state = VcpuState::at_call(&fd, 777_000, msrs.clone());
+        assert!(matches!(state.fp, FpState::CallerSaved));
+        assert_eq!((state.regs.rip, state.tsc), (0x40_2000, 777_000));
+        let mut e = Encoder::default();
+        state.encode(&mut e);
+        let back = VcpuState::decode(&mut Decoder::new(&e.finish())).unwrap();
+        assert!(matches!(back.fp, FpState::CallerSaved));
+
+        let mut fd2 = vm.create_vcpu(1).unwrap();
+        let mut marked = kvm_fpu {
+            fcw: 0x27f,
+            ..Default::default()
+        };
+        marked.xmm[3][0] = 0x5a;
+        fd2.set_fpu(&marked).unwrap();
+        let mut known = Known::default();
+        back.restore(&mut fd2, 999, &mut known).unwrap();
+        let fpu = fd2.get_fpu().unwrap();
+        assert_eq!(
+            (fpu.fcw, fpu.xmm[3][0]),
+            (0x27f, 0x5a),
+            "the FP registers stay"
+        );
+        assert_eq!(fd2.get_regs().unwrap().rip, 0x40_2000);
+        assert_eq!(known.msrs.as_ref(), Some(&msrs));
+        assert_eq!(known.sregs.as_ref(), Some(&state.sregs));
+
+        // Again onto the vCPU that holds its system registers and MSRs: the registers are
+        // loaded by the run that follows.
+        let mut again = back.clone();
+        again.regs.rip = 0x40_3000;
+        again.restore(&mut fd2, 999, &mut known).unwrap();
+        VcpuState::sync_out(&mut fd2).unwrap();
+        assert_eq!(fd2.get_regs().unwrap().rip, 0x40_3000);
     }
 
     #[test]

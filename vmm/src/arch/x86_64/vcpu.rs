@@ -12,7 +12,7 @@ use pop_abi::layout::{
     percpu_data,
 };
 
-use super::state::VcpuState;
+use super::state::{Known, VcpuState};
 use super::{VmArch, cpuid, fault, gdt};
 use crate::arch::{Crash, Exit, HypercallRequest, ThreadStart};
 use crate::memory::GuestMem;
@@ -39,9 +39,8 @@ pub struct Vcpu {
     fd: VcpuFd,
     index: u32,
     sregs: kvm_sregs,
-    /// What the vCPU's system registers hold, while that is known without asking KVM (from
-    /// the last [`Vcpu::complete_pending`] or restore, until the guest runs again).
-    known_sregs: Option<kvm_sregs>,
+    /// What the vCPU holds, as far as that is known without asking KVM.
+    known: Known,
 }
 
 /// What `KVM_RUN` returned, copied out of the borrowed exit so that registers can be read.
@@ -68,13 +67,13 @@ impl Vcpu {
     ) -> Result<Vcpu, kvm_ioctls::Error> {
         let mut fd = vm.create_vcpu(u64::from(index))?;
         fd.set_cpuid2(&cpuid::for_vcpu(&arch.supported_cpuid, index))?;
-        fd.set_sync_valid_reg(SyncReg::Register);
+        VcpuState::sync_at_exits(&mut fd);
         let sregs = long_mode_sregs(fd.get_sregs()?, index, max_vcpus);
         Ok(Vcpu {
             fd,
             index,
             sregs,
-            known_sregs: None,
+            known: Known::default(),
         })
     }
 
@@ -83,8 +82,24 @@ impl Vcpu {
     /// registers that [`Persist::save`] reads stored on the way (see [`VcpuState::sync_out`]).
     pub fn complete_pending(&mut self) -> Result<(), kvm_ioctls::Error> {
         VcpuState::sync_out(&mut self.fd)?;
-        self.known_sregs = Some(self.fd.sync_regs().sregs);
+        self.known.sregs = Some(self.fd.sync_regs().sregs);
         Ok(())
+    }
+
+    /// The state of the thread on this vCPU, which stopped at a call boundary of its own
+    /// with its counter at `counter` ([`pop_abi::hypercall::MIGRATE_AT_CALL`]): what its
+    /// exit stored, without completing it (a store has nothing left to complete) and,
+    /// once this vCPU's MSRs are known, without an ioctl.
+    pub fn save_at_call(&mut self, counter: u64) -> Result<VcpuState, kvm_ioctls::Error> {
+        let msrs = match &self.known.msrs {
+            Some(msrs) => msrs.clone(),
+            None => {
+                let msrs = VcpuState::read_msrs(&self.fd)?;
+                self.known.msrs = Some(msrs.clone());
+                msrs
+            }
+        };
+        Ok(VcpuState::at_call(&self.fd, counter, msrs))
     }
 
     /// Index of the vCPU.
@@ -96,7 +111,7 @@ impl Vcpu {
     pub fn start_thread(&mut self, start: &ThreadStart) -> Result<(), kvm_ioctls::Error> {
         let mut sregs = self.sregs;
         sregs.fs.base = start.thread_pointer;
-        self.known_sregs = None;
+        self.known.sregs = None;
         self.fd.set_sregs(&sregs)?;
         let regs = kvm_regs {
             rip: start.entry,
@@ -120,7 +135,7 @@ impl Vcpu {
     /// Runs the vCPU until the guest needs the VMM. (`_mem` is for the architectures whose
     /// hypercalls pass their arguments in memory.)
     pub fn run(&mut self, _mem: &GuestMem) -> Result<Exit, kvm_ioctls::Error> {
-        self.known_sregs = None;
+        self.known.sregs = None;
         let raw = match self.fd.run() {
             Ok(VcpuExit::IoOut(port, _)) => RawExit::Out(port),
             Ok(VcpuExit::IoIn(port, _)) => RawExit::In(port),
@@ -135,6 +150,8 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => RawExit::Interrupted,
             Err(e) => return Err(e),
         };
+        // Stored at the exit (see `VcpuState::sync_at_exits`).
+        self.known.sregs = Some(self.fd.sync_regs().sregs);
         let crash = |what: &str, detail: Option<String>| {
             Ok(Exit::Crash(Box::new(self.crash_here(what, detail))))
         };
@@ -196,7 +213,7 @@ impl Vcpu {
     pub fn set_thread_pointer(&mut self, tp: u64) -> Result<(), kvm_ioctls::Error> {
         let mut sregs = self.fd.get_sregs()?;
         sregs.fs.base = tp;
-        self.known_sregs = None;
+        self.known.sregs = None;
         self.fd.set_sregs(&sregs)
     }
 
@@ -318,8 +335,7 @@ impl Persist for Vcpu {
         let mut vcpu = args.vcpu;
         // The restore ends with KVM storing the restored registers in the `kvm_run` page,
         // where a hypercall result is written into them.
-        state.restore(&mut vcpu.fd, args.counter, vcpu.known_sregs.as_ref())?;
-        vcpu.known_sregs = Some(state.sregs);
+        state.restore(&mut vcpu.fd, args.counter, &mut vcpu.known)?;
         Ok(vcpu)
     }
 }
