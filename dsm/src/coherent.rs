@@ -685,7 +685,8 @@ impl Coherent {
                     continue;
                 };
                 let mut bytes = vec![0u8; PAGE];
-                if inner.present[p] {
+                let present = inner.present[p];
+                if present {
                     let addr = s.addr(page);
                     // SAFETY: the page holds data (`present`), so reading it does not fault;
                     // it is write-protected (above), so nothing writes it meanwhile; `bytes`
@@ -693,11 +694,15 @@ impl Coherent {
                     unsafe {
                         std::ptr::copy_nonoverlapping(addr as *const u8, bytes.as_mut_ptr(), PAGE)
                     };
-                    b.drops.push(page);
                     inner.present[p] = false;
                 }
                 given += 1;
                 s.route(b, put, Some(Cow::Owned(bytes)))?;
+                // Dropped with the run it joined, before that goes out: after the route,
+                // which may end the run before it (consecutive pages: one `madvise`).
+                if present {
+                    b.drops.push(page);
+                }
             }
             Ok(())
         })?;
@@ -1347,10 +1352,11 @@ impl Shared {
                     &src[(first - at) as usize * PAGE..(last - at + 1) as usize * PAGE]
                 }
                 None => {
-                    gathered = run
-                        .iter()
-                        .flat_map(|(_, c, _)| c.iter().copied())
-                        .collect::<Vec<u8>>();
+                    let mut all = Vec::with_capacity(run.len() * PAGE);
+                    for (_, c, _) in run {
+                        all.extend_from_slice(c);
+                    }
+                    gathered = all;
                     &gathered[..]
                 }
             };

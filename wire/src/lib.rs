@@ -78,7 +78,8 @@ impl Encoder {
         let pieces: Vec<&[u8]> = b.chunks(SPARSE_PIECE).collect();
         let mut map = vec![0u8; pieces.len().div_ceil(8)];
         for (i, p) in pieces.iter().enumerate() {
-            if p.iter().any(|&x| x != 0) {
+            // An OR over the whole piece (no early exit) vectorizes: 64 bytes in a few steps.
+            if p.iter().fold(0u8, |acc, &x| acc | x) != 0 {
                 map[i / 8] |= 1 << (i % 8);
             }
         }
