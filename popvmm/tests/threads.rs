@@ -161,7 +161,7 @@ fn a_thread_moved_1000_times_there_and_back_finds_shared_data_intact() {
 }
 
 #[test]
-fn a_thread_that_moves_keeps_its_rounding_mode_and_its_floating_point_values() {
+fn a_thread_that_moves_keeps_its_rounding_mode_its_floating_point_values_and_its_clock() {
     // Its vector registers stay behind (it asks from a call boundary): what it keeps live
     // across a move, and the control word it set, must come out as on one node.
     let mut c = Cluster::new();
@@ -170,7 +170,7 @@ fn a_thread_that_moves_keeps_its_rounding_mode_and_its_floating_point_values() {
         &c,
         "spread",
         &["fp", "200"],
-        "fp: 200 moves, rounding kept\nok\n",
+        "fp: 200 moves, rounding kept, the clock never went back\nok\n",
     );
 }
 

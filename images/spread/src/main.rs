@@ -14,8 +14,9 @@
 //!   benchmarks: `moves: N p50 X us p99 Y us`);
 //! * `fp MOVES`: a thread sets its rounding mode (x86-64: MXCSR toward zero) and moves
 //!   there and back `MOVES` times with floating-point values and vectors live across each
-//!   move; the rounding mode and every value must come out as without moves
-//!   (`fp: MOVES moves, rounding kept`);
+//!   move; the rounding mode and every value must come out as without moves, and the
+//!   monotonic clock must never go back across a move
+//!   (`fp: MOVES moves, rounding kept, the clock never went back`);
 //! * `falseshare MS`: two threads on two nodes increment two counters in one page for `MS`
 //!   milliseconds (`falseshare: A and B increments`);
 //! * `scan MIB`: the main thread fills `MIB` MiB, moves to the other node and reads it all,
@@ -39,6 +40,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex, mpsc};
 use std::thread;
+use std::time::Instant;
 
 fn arg(index: usize, default: u64) -> u64 {
     std::env::args()
@@ -342,7 +344,7 @@ fn timing(n: u64) {
     }
     let mut us: Vec<f64> = (0..n)
         .map(|_| {
-            let t = std::time::Instant::now();
+            let t = Instant::now();
             for to in [nodes[1], nodes[0]] {
                 if let Err(e) = pop::migrate(to) {
                     fail(&format!("move to node {to}: {e}"));
@@ -404,7 +406,7 @@ fn fp(moves: u64) {
     if pop::current_nid() != nodes[0] && moves.is_multiple_of(2) {
         fail("not back home");
     }
-    println!("fp: {moves} moves, rounding kept");
+    println!("fp: {moves} moves, rounding kept, the clock never went back");
 }
 
 /// The arithmetic of [`fp`], moving between the first two of `nodes` if `moving`; the
@@ -416,8 +418,12 @@ fn fp_run(moves: u64, nodes: &[u32], moving: bool) -> ([u64; 8], [u32; 8]) {
         fp_step(&mut acc, &mut v, i);
         if moving {
             let to = nodes[if i % 2 == 0 { 1 } else { 0 }];
+            let before = Instant::now();
             if let Err(e) = pop::migrate(to) {
                 fail(&format!("move to node {to}: {e}"));
+            }
+            if Instant::now().checked_duration_since(before).is_none() {
+                fail(&format!("the clock went backwards at move {i}"));
             }
         }
         if cfg!(target_arch = "x86_64") && one_tenth() & 0xf != 0x9 {
@@ -458,11 +464,11 @@ fn scan(mib: u64) {
         fail("scan needs two nodes");
     }
     let words = (mib << 20) as usize / 8;
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let mut buf: Vec<u64> = (0..words as u64).collect();
     let wrote = t.elapsed().as_secs_f64();
     tutorial_move(nodes[1]);
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let wrong = (0..words as u64).zip(&buf).filter(|(i, w)| i != *w).count();
     let secs = t.elapsed().as_secs_f64();
     if wrong != 0 {

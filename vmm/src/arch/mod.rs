@@ -15,10 +15,14 @@ pub use self::x86_64::{ELF_MACHINE, Entries, Vcpu, VcpuState, VmArch, setup_vm, 
 /// What restoring a vCPU needs on this host (see [`crate::persist::Persist`]).
 #[derive(Debug)]
 pub struct VcpuArgs {
-    /// A fresh vCPU (from [`Vcpu::new`]) at the saved vCPU's index.
+    /// A vCPU (from [`Vcpu::new`], or one that ran threads already) at the saved vCPU's
+    /// index.
     pub vcpu: Vcpu,
     /// The value its counter continues from.
     pub counter: u64,
+    /// How far past `counter` the vCPU's own counter may be for it to be kept as it is,
+    /// when it is not behind the saved state's (0: always set).
+    pub counter_slack: u64,
 }
 
 /// A hypercall a vCPU made: its number and its five argument registers.

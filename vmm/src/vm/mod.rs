@@ -306,6 +306,7 @@ impl Vm {
                     let args = VcpuArgs {
                         vcpu,
                         counter: clock.counter(),
+                        counter_slack: 0,
                     };
                     let vcpu = Vcpu::restore(args, &p.state)
                         .map_err(kvm_error("cannot restore a vCPU"))?;

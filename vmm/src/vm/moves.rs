@@ -132,9 +132,12 @@ impl VmShared {
             .map_err(|e| format!("per-vCPU area: errno {e}"))?;
         let khz_at = BOOT_INFO_ADDR + offset_of!(BootInfo, counter_khz) as u64;
         let khz = self.mem.read_u64(khz_at).unwrap_or(0);
+        // A vCPU that ran here keeps its counter if it goes on from the thread's (this VM's
+        // vCPUs here share one offset) and is at most 1 ms past the estimate.
         let args = VcpuArgs {
             vcpu,
             counter: thread.clock.resumed_counter(khz),
+            counter_slack: khz,
         };
         Vcpu::restore(args, &thread.vcpu.state).map_err(|e| format!("cannot restore the vCPU: {e}"))
     }

@@ -72,6 +72,9 @@ pub struct Known {
     /// libos runs in ring 3 and its exception entry writes no MSR), so they change only
     /// through a restore.
     pub msrs: Option<Vec<(u32, u64)>>,
+    /// Bounds of its counter's offset from the host's (guest TSC minus host TSC), read after
+    /// the counter was last set.
+    pub counter_offset: Option<(i128, i128)>,
 }
 
 /// Everything KVM holds about one x86-64 vCPU.
@@ -243,11 +246,13 @@ impl VcpuState {
     /// `tsc` (the caller adjusts it for the time the VM was stopped). The general and system
     /// registers and the events go through the `kvm_run` page, which KVM loads with one
     /// `KVM_RUN`. `known` is what the vCPU is known to hold (updated here): what it holds
-    /// already is not set again.
+    /// already is not set again, the counter included while it lies between this state's
+    /// and `tsc + slack` (a vCPU of the same VM that ran here before keeps its offset).
     pub fn restore(
         &self,
         fd: &mut VcpuFd,
         tsc: u64,
+        slack: u64,
         known: &mut Known,
     ) -> Result<(), kvm_ioctls::Error> {
         let synced = fd.sync_regs_mut();
@@ -279,7 +284,11 @@ impl VcpuState {
         if let Some(xcrs) = &self.xcrs {
             fd.set_xcrs(xcrs)?;
         }
-        // The TSC always; the others unless the vCPU holds them already.
+        // The TSC unless the vCPU's goes on from this state's already (never behind it, at most
+        // `slack` past `tsc`); the others unless the vCPU holds them already.
+        let counter_held = known
+            .counter_offset
+            .is_some_and(|offset| counter_goes_on(offset, host_counter(), self.tsc, tsc, slack));
         let msrs_held = known.msrs.as_deref() == Some(&self.msrs[..]);
         let mut entries: Vec<kvm_msr_entry> = if msrs_held {
             Vec::new()
@@ -293,11 +302,13 @@ impl VcpuState {
                 })
                 .collect()
         };
-        entries.push(kvm_msr_entry {
-            index: MSR_TSC,
-            data: tsc,
-            ..Default::default()
-        });
+        if !counter_held {
+            entries.push(kvm_msr_entry {
+                index: MSR_TSC,
+                data: tsc,
+                ..Default::default()
+            });
+        }
         // All at once; KVM stops at an MSR it refuses: that one is skipped, the rest go on.
         let (mut at, mut all) = (0, true);
         while at < entries.len() {
@@ -309,6 +320,9 @@ impl VcpuState {
             at += set + 1;
         }
         known.msrs = all.then(|| self.msrs.clone());
+        if !counter_held {
+            known.counter_offset = counter_offset(fd);
+        }
         // Every vCPU is runnable already (see `save`).
         if self.mp_state.mp_state != KVM_MP_STATE_RUNNABLE {
             fd.set_mp_state(self.mp_state)?;
@@ -417,6 +431,32 @@ fn quiet(events: &kvm_vcpu_events) -> bool {
         && events.triple_fault.pending == 0
 }
 
+/// The host's counter (TSC), which KVM offsets for the guest's.
+fn host_counter() -> u64 {
+    // SAFETY: rdtsc only reads the counter; every x86-64 host has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Whether a counter at `offset` (bounds of guest minus host) from the host's `host` goes on
+/// from a saved `saved`: never behind it, and at most `slack` past `tsc`.
+fn counter_goes_on(offset: (i128, i128), host: u64, saved: u64, tsc: u64, slack: u64) -> bool {
+    let (low, high) = offset;
+    let host = i128::from(host);
+    host + low >= i128::from(saved) && host + high <= i128::from(tsc) + i128::from(slack)
+}
+
+/// Bounds of `fd`'s counter offset (guest TSC minus host TSC), from one read of its TSC
+/// between two reads of the host's; `None` if KVM does not give it.
+fn counter_offset(fd: &VcpuFd) -> Option<(i128, i128)> {
+    let before = i128::from(host_counter());
+    let guest = match read_msrs(fd, &[MSR_TSC]).ok()?.first() {
+        Some(&(MSR_TSC, value)) => i128::from(value),
+        _ => return None,
+    };
+    let after = i128::from(host_counter());
+    Some((guest - after, guest - before))
+}
+
 /// Reads the MSRs `indices` with as few ioctls as it can (KVM stops at one it does not
 /// know: that one is skipped); returns those read, in order.
 fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, kvm_ioctls::Error> {
@@ -441,6 +481,21 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<(u32, u64)>, kvm_ioctls
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counter_is_kept_only_when_it_goes_on_from_the_saved_one_within_the_slack() {
+        // Guest = host + 100..=110; the host is at 1000: the guest is at 1100..=1110.
+        let offset = (100, 110);
+        assert!(counter_goes_on(offset, 1000, 1100, 1100, 10));
+        // Behind the saved counter (it could be 1100 while the thread saw 1101): set it.
+        assert!(!counter_goes_on(offset, 1000, 1101, 1200, 0));
+        // Further past the estimate than the slack allows: set it.
+        assert!(!counter_goes_on(offset, 1000, 1000, 1105, 4));
+        assert!(counter_goes_on(offset, 1000, 1000, 1105, 5));
+        // Offsets below the host's (a guest counter set back) work alike.
+        assert!(counter_goes_on((-500, -490), 1000, 400, 505, 5));
+        assert!(!counter_goes_on((-500, -490), 1000, 400, 505, 4));
+    }
 
     fn bytes<T: Pod>(v: &T) -> Vec<u8> {
         let mut e = Encoder::default();
@@ -479,7 +534,7 @@ mod tests {
         sregs.cr2 = 0xdead_b000;
         fd2.set_sregs(&sregs).unwrap();
         // What KVM holds afterwards, not only what the kvm_run page says.
-        back.restore(&mut fd2, 12345, &mut Known::default())
+        back.restore(&mut fd2, 12345, 0, &mut Known::default())
             .unwrap();
         assert_eq!(fd2.get_regs().unwrap().rip, 0x40_1000);
         assert_eq!(fd2.get_regs().unwrap().rax, 0x1234_5678_9abc_def0);
@@ -518,7 +573,7 @@ mod tests {
         marked.xmm[3][0] = 0x5a;
         fd2.set_fpu(&marked).unwrap();
         let mut known = Known::default();
-        back.restore(&mut fd2, 999, &mut known).unwrap();
+        back.restore(&mut fd2, 999, 0, &mut known).unwrap();
         let fpu = fd2.get_fpu().unwrap();
         assert_eq!(
             (fpu.fcw, fpu.xmm[3][0]),
@@ -533,7 +588,7 @@ mod tests {
         // loaded by the run that follows.
         let mut again = back.clone();
         again.regs.rip = 0x40_3000;
-        again.restore(&mut fd2, 999, &mut known).unwrap();
+        again.restore(&mut fd2, 999, 0, &mut known).unwrap();
         VcpuState::sync_out(&mut fd2).unwrap();
         assert_eq!(fd2.get_regs().unwrap().rip, 0x40_3000);
     }

@@ -335,7 +335,12 @@ impl Persist for Vcpu {
         let mut vcpu = args.vcpu;
         // The restore ends with KVM storing the restored registers in the `kvm_run` page,
         // where a hypercall result is written into them.
-        state.restore(&mut vcpu.fd, args.counter, &mut vcpu.known)?;
+        state.restore(
+            &mut vcpu.fd,
+            args.counter,
+            args.counter_slack,
+            &mut vcpu.known,
+        )?;
         Ok(vcpu)
     }
 }
