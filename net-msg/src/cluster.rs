@@ -8,6 +8,10 @@
 //! heartbeat_ms = 500
 //! # Optional: authenticate every frame after the handshake (default true).
 //! frame_mac = true
+//! # Optional: how long a connection's reader polls for the next frame after one, in
+//! # microseconds (default 500; 0: it sleeps in its read at once). Polling spends CPU while
+//! # a peer is busy talking to this node; it saves the wake-up of a sleeping thread and CPU.
+//! poll_us = 500
 //!
 //! [[node]]            # node 0 first, then 1, 2, ... (like Popcorn's node list)
 //! id = 0
@@ -37,6 +41,11 @@ pub const MAX_NODES: usize = 64;
 pub const MIN_SECRET_LEN: usize = 16;
 /// Longest accepted cluster file or secret file, in bytes.
 const MAX_FILE_LEN: u64 = 1 << 20;
+/// How long a reader polls after a frame unless the file says (microseconds): longer than a
+/// thread's move takes a direction on loopback, so a move there and back wakes no reader.
+const DEFAULT_POLL_US: u64 = 500;
+/// Longest poll a cluster file may ask for (microseconds).
+const MAX_POLL_US: u64 = 10_000;
 
 /// Where a node listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -138,6 +147,9 @@ pub struct ClusterConfig {
     pub heartbeat_misses: u32,
     /// Whether every frame carries a tag.
     pub frame_mac: bool,
+    /// How long after a connection's last frame (sent or received) its reader polls for the
+    /// next one, yielding the CPU between polls, before it sleeps in its read.
+    pub poll: Duration,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +159,7 @@ struct RawCluster {
     heartbeat_ms: Option<u64>,
     heartbeat_misses: Option<u32>,
     frame_mac: Option<bool>,
+    poll_us: Option<u64>,
     #[serde(default)]
     node: Vec<RawNode>,
 }
@@ -216,6 +229,12 @@ impl ClusterConfig {
                 "heartbeat_misses must be within 2..=100".into(),
             ));
         }
+        let poll_us = raw.poll_us.unwrap_or(DEFAULT_POLL_US);
+        if poll_us > MAX_POLL_US {
+            return Err(Error::Config(format!(
+                "poll_us must be within 0..={MAX_POLL_US}"
+            )));
+        }
         let secret = match raw.secret_file {
             Some(f) => Some(Secret::from_file(&dir.join(f))?),
             None => None,
@@ -226,6 +245,7 @@ impl ClusterConfig {
             heartbeat: Duration::from_millis(heartbeat_ms),
             heartbeat_misses,
             frame_mac: raw.frame_mac.unwrap_or(true),
+            poll: Duration::from_micros(poll_us),
         })
     }
 
@@ -276,6 +296,7 @@ mod tests {
         assert_eq!(c.secret.unwrap().bytes(), b"0123456789abcdef0123");
         assert_eq!(c.heartbeat, Duration::from_millis(100));
         assert!(c.frame_mac);
+        assert_eq!(c.poll, Duration::from_micros(DEFAULT_POLL_US));
     }
 
     #[test]
@@ -295,6 +316,10 @@ mod tests {
             (
                 "heartbeat_ms = 1\n".to_string() + &node(0, "127.0.0.1:1"),
                 "heartbeat_ms",
+            ),
+            (
+                "poll_us = 10001\n".to_string() + &node(0, "127.0.0.1:1"),
+                "poll_us must be within 0..=10000",
             ),
             (
                 "bogus = 1\n".to_string() + &node(0, "127.0.0.1:1"),

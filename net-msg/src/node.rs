@@ -683,6 +683,7 @@ impl Inner {
             session.send_mac,
             session.recv_mac,
             self.stats.clone(),
+            self.opts.cluster.poll,
         )?;
         conn.touch_recv();
         let slot = &self.slots[peer as usize];
@@ -934,6 +935,9 @@ fn reader_loop(
 ) {
     let peer = conn.peer;
     let result = loop {
+        if read.reader.buffer().is_empty() {
+            conn.await_input(read.reader.get_ref());
+        }
         let f = match frame::read_frame(&mut read.reader, read.mac.as_mut()) {
             Ok(f) => f,
             Err(e) => break e,

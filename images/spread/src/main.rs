@@ -10,8 +10,8 @@
 //! * `bounce MOVES WRITERS`: a thread moves there and back `MOVES` times while `WRITERS`
 //!   threads (spread) write their own words of a shared buffer; then every word is checked;
 //! * `dead NODE`: tries to move to `NODE` (down): prints the error and goes on;
-//! * `timing N`: moves there and back `N` times, timing each round trip (for the
-//!   benchmarks: `moves: N p50 X us p99 Y us`);
+//! * `timing N`: moves there and back `N` times, timing each round trip and each way (for
+//!   the benchmarks: `moves: N p50 X us p99 Y us max Z us (there: ...; back: ...)`);
 //! * `fp MOVES`: a thread sets its rounding mode (x86-64: MXCSR toward zero) and moves
 //!   there and back `MOVES` times with floating-point values and vectors live across each
 //!   move; the rounding mode and every value must come out as without moves, and the
@@ -342,20 +342,34 @@ fn timing(n: u64) {
     if nodes.len() < 2 {
         fail("timing needs two nodes");
     }
-    let mut us: Vec<f64> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            for to in [nodes[1], nodes[0]] {
-                if let Err(e) = pop::migrate(to) {
-                    fail(&format!("move to node {to}: {e}"));
-                }
+    let (mut round, mut out, mut back) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n {
+        let mut at = [Instant::now(); 3];
+        for (leg, to) in [nodes[1], nodes[0]].into_iter().enumerate() {
+            if let Err(e) = pop::migrate(to) {
+                fail(&format!("move to node {to}: {e}"));
             }
-            t.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    us.sort_by(f64::total_cmp);
-    let at = |p: f64| us[((us.len() - 1) as f64 * p).round() as usize];
-    println!("moves: {n} p50 {:.1} us p99 {:.1} us", at(0.5), at(0.99));
+            at[leg + 1] = Instant::now();
+        }
+        let us = |from: usize, to: usize| (at[to] - at[from]).as_secs_f64() * 1e6;
+        round.push(us(0, 2));
+        out.push(us(0, 1));
+        back.push(us(1, 2));
+    }
+    let at = |us: &mut Vec<f64>, p: f64| {
+        us.sort_by(f64::total_cmp);
+        us[((us.len() - 1) as f64 * p).round() as usize]
+    };
+    println!(
+        "moves: {n} p50 {:.1} us p99 {:.1} us max {:.1} us (there: p50 {:.1} p99 {:.1}; back: p50 {:.1} p99 {:.1})",
+        at(&mut round, 0.5),
+        at(&mut round, 0.99),
+        at(&mut round, 1.0),
+        at(&mut out, 0.5),
+        at(&mut out, 0.99),
+        at(&mut back, 0.5),
+        at(&mut back, 0.99),
+    );
 }
 
 /// Sets the calling thread's rounding mode to toward zero (x86-64; elsewhere nothing).

@@ -177,16 +177,22 @@ pub fn ping(a: &PingArgs) -> Result<String, String> {
         .filter_map(Value::as_f64)
         .collect();
     rtts.sort_by(f64::total_cmp);
-    let median = rtts.get(rtts.len() / 2).copied().unwrap_or(0.0);
+    let at = |p: f64| {
+        let last = rtts.len().saturating_sub(1) as f64;
+        rtts.get((last * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(format!(
-        "node {} -> node {}: {} round trips of {} bytes, min {:.1} µs, median {:.1} µs, max {:.1} µs\n",
+        "node {} -> node {}: {} round trips of {} bytes, min {:.1} µs, median {:.1} µs, p99 {:.1} µs, max {:.1} µs\n",
         v["node"],
         a.to,
         rtts.len(),
         a.size,
-        rtts.first().unwrap_or(&0.0),
-        median,
-        rtts.last().unwrap_or(&0.0)
+        at(0.0),
+        at(0.5),
+        at(0.99),
+        at(1.0)
     ))
 }
 
