@@ -213,10 +213,11 @@ impl Connection {
         )
     }
 
-    /// While the connection was busy within its poll window (the cluster's `poll_us`), waits for `stream` to
-    /// have input by polling it, yielding the CPU between polls, instead of letting the
-    /// reader sleep in its read: a frame that comes then needs no wake-up of this thread nor
-    /// of an idle CPU (hundreds of microseconds at times under nested virtualization).
+    /// While the connection sent or received a frame within its poll window (the cluster's
+    /// `poll_us`), waits for `stream` to have input by polling it, yielding the CPU between
+    /// polls, instead of letting the reader sleep in its read: a frame that comes then needs
+    /// no wake-up of this thread nor of an idle CPU (up to a millisecond at times under
+    /// nested virtualization).
     pub(crate) fn await_input(&self, stream: &Stream) {
         let busy = |c: &Connection| c.since_recv().min(c.since_send()) < c.poll;
         if !busy(self) {
