@@ -220,9 +220,6 @@ impl Connection {
     /// nested virtualization).
     pub(crate) fn await_input(&self, stream: &Stream) {
         let busy = |c: &Connection| c.since_recv().min(c.since_send()) < c.poll;
-        if !busy(self) {
-            return;
-        }
         let mut fd = libc::pollfd {
             fd: stream.as_raw_fd(),
             events: libc::POLLIN,
