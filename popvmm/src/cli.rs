@@ -59,6 +59,12 @@ pub struct LaunchArgs {
     #[arg(long = "mount", value_name = "HOST_DIR:GUEST_DIR[:rw]", value_parser = config::parse_mount)]
     pub mounts: Vec<Mount>,
 
+    /// Give the guest no `/tmp` of its own (by default it gets an empty, writable one in the
+    /// host's memory, private to the VM and removed with it, unless `--mount` puts a
+    /// directory there).
+    #[arg(long)]
+    pub no_tmp: bool,
+
     /// Most threads that may exist at once, main thread included (1 to 128).
     #[arg(long, value_name = "N", default_value = "64", value_parser = config::parse_max_threads)]
     pub max_threads: u32,
@@ -109,6 +115,7 @@ impl LaunchArgs {
             memory: self.memory,
             env: self.env.clone(),
             mounts: self.mounts.clone(),
+            scratch_tmp: !self.no_tmp,
             max_threads: self.max_threads,
             args,
             timings: self.timings,

@@ -81,6 +81,11 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         .fs
         .home_files()
         .ok_or("a new VM has its files at home")?;
+    // The process exits without dropping the VM (its threads may be anywhere): its /tmp
+    // goes when this returns, whatever the end.
+    let _tmp = files
+        .scratch_dir()
+        .map(|d| RemovedOnReturn(d.to_path_buf()));
     let ended = host.homes().add(vm_id, files);
     host.run_vm(vm_id, name, id, vm);
     // Wait for the end, wherever the VM runs; if the node running it is lost, say so.
@@ -110,4 +115,13 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         eprintln!("popvmm: error: {e}");
     }
     Ok(ended.status)
+}
+
+/// A directory removed, with all it holds, when this goes out of scope.
+struct RemovedOnReturn(std::path::PathBuf);
+
+impl Drop for RemovedOnReturn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -280,6 +280,68 @@ fn files_work_inside_mounts_and_nowhere_else() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The host directories of the scratch `/tmp`s process `pid` made that are still there.
+fn scratch_dirs_of(pid: u32) -> Vec<String> {
+    let prefix = format!("popvmm-tmp-{pid}-");
+    ["/dev/shm".into(), std::env::temp_dir()]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn a_vm_has_a_private_tmp_with_no_mount_and_it_goes_away_with_it() {
+    let child = Command::new(env!("CARGO_BIN_EXE_popvmm"))
+        .args(["launch", image("checks").to_str().unwrap(), "tmp"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "temp_dir: /tmp\nread back: hello from the guest\nnumber: 42\nlisted: hello.txt work\nleft: 0\n"
+    );
+    assert_eq!(scratch_dirs_of(pid), Vec::<String>::new());
+
+    // Each VM has its own: what one left there, the next does not see.
+    let out = launch(&[], "checks", &["write", "/tmp/left.txt", "x"]);
+    assert_eq!(stdout(&out), "wrote 1 bytes\n", "{}", stderr(&out));
+    let out = launch(&[], "checks", &["read", "/tmp/left.txt"]);
+    assert_eq!(
+        stdout(&out),
+        "error: No such file or directory (os error 2)\n"
+    );
+
+    // `--no-tmp`: none.
+    let out = launch(&["--no-tmp"], "checks", &["write", "/tmp/x", "x"]);
+    assert_eq!(
+        stdout(&out),
+        "error: No such file or directory (os error 2)\n"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // A mount at /tmp is the guest's /tmp.
+    let dir = scratch("tmp");
+    let mount = format!("{}:/tmp:rw", dir.display());
+    let out = launch(
+        &["--mount", &mount],
+        "checks",
+        &["write", "/tmp/kept.txt", "kept"],
+    );
+    assert_eq!(stdout(&out), "wrote 4 bytes\n", "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("kept.txt")).unwrap(),
+        "kept"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn more_threads_than_allowed_fail_cleanly() {
     // Enough work that the first worker still runs when the second is spawned (a worker

@@ -359,6 +359,33 @@ fn files_opened_on_one_node_are_used_and_closed_on_another() {
 }
 
 #[test]
+fn a_thread_on_another_node_uses_the_vm_s_own_tmp() {
+    // No mount: the VM's /tmp is kept at its home, for its threads wherever they run, and
+    // goes when the launch ends.
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let p = c.launch(&[], "spread", &["tmp"]);
+    let pid = p.0.id();
+    let (status, out, err) = finish(p);
+    assert_eq!(
+        (status, out.as_str()),
+        (
+            0,
+            "tmp: node 0 read \"written on node 1\" from /tmp/made.txt\nok\n"
+        ),
+        "{err}"
+    );
+    let prefix = format!("popvmm-tmp-{pid}-");
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+}
+
+#[test]
 fn the_vmm_s_own_accesses_share_a_page_with_another_node_s_writes() {
     // A file read's data, written into guest memory by node 1's VMM, and a file write's,
     // read from it, in a page whose counter a thread on node 0 keeps incrementing: the

@@ -24,6 +24,9 @@ pub struct VmConfig {
     pub env: Vec<OsString>,
     /// Host directories visible to the guest.
     pub mounts: Vec<Mount>,
+    /// Give the guest a scratch `/tmp` of its own ([`crate::fs::Scratch`]), unless a mount
+    /// is there already (`--no-tmp` turns it off).
+    pub scratch_tmp: bool,
     /// Most threads (vCPUs) that may exist at once, main included.
     pub max_threads: u32,
     /// The guest's `argv`, program name first.
@@ -46,6 +49,7 @@ impl Default for VmConfig {
             memory: DEFAULT_MEMORY,
             env: Vec::new(),
             mounts: Vec::new(),
+            scratch_tmp: true,
             max_threads: DEFAULT_MAX_THREADS,
             args: Vec::new(),
             timings: false,

@@ -31,6 +31,9 @@ pub enum LaunchError {
     /// The main thread's vCPU cannot be created.
     #[error("cannot create the first vCPU")]
     Vcpu,
+    /// The guest's scratch `/tmp` cannot be made on the host.
+    #[error("cannot make the guest's /tmp: {0}")]
+    Scratch(#[source] std::io::Error),
     /// A saved VM state cannot be restored here.
     #[error("the VM's state cannot be restored here: {0}")]
     BadState(pop_wire::WireError),

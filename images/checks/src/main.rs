@@ -23,6 +23,7 @@ commands:
   enosys            call a std API the libos does not implement
   read FILE         print FILE
   write FILE TEXT   write TEXT to FILE
+  tmp               write, read, list and remove files in std::env::temp_dir()
   spin N [ITERS]    N threads each run a summing loop
   threads N         spawn and join N empty threads, one at a time
   pingpong N        two threads hand a token back and forth N times
@@ -51,6 +52,7 @@ fn main() {
         ("enosys", []) => faults::enosys(),
         ("read", [file]) => files::read(file),
         ("write", [file, text]) => files::write(file, text),
+        ("tmp", []) => files::scratch(),
         ("spin", [threads]) => bench::spin(parse(threads), bench::DEFAULT_SPIN_ITERS),
         ("spin", [threads, iters]) => bench::spin(parse(threads), parse(iters)),
         ("threads", [n]) => bench::spawn_join(parse(n)),

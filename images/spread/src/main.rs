@@ -26,6 +26,8 @@
 //!   reports its node, then joins it;
 //! * `wait MS`: a second thread (tid 2) waits on a `Condvar` until the main thread, after
 //!   `MS` milliseconds, notifies it; it then reports its node (a test moves it meanwhile);
+//! * `tmp`: a thread on the other node writes a file in `std::env::temp_dir()`, the main
+//!   thread on node 0 reads it back and removes it (the VM's own `/tmp`, kept at its home).
 //! * `files DIR`: a thread on the other node opens `DIR/in.txt` and hands the file to the
 //!   main thread, which reads it, then creates `DIR/out.txt` and hands it over to be written
 //!   and closed there (one descriptor table for the whole VM);
@@ -312,6 +314,30 @@ fn files(dir: &str) {
     let written = std::fs::read_to_string(format!("{dir}/out.txt"))
         .unwrap_or_else(|e| fail(&format!("read back: {e}")));
     println!("files: out.txt holds {:?}", written.trim_end());
+}
+
+fn tmp() {
+    let nodes = nodes();
+    if nodes.len() < 2 {
+        fail("tmp needs two nodes");
+    }
+    let file = std::env::temp_dir().join("made.txt");
+    let (there, f) = (nodes[1], file.clone());
+    thread::spawn(move || {
+        place(1, &[nodes[0], there]);
+        std::fs::write(&f, format!("written on node {}\n", pop::current_nid()))
+            .unwrap_or_else(|e| fail(&format!("write on node {there}: {e}")));
+    })
+    .join()
+    .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| fail(&format!("read: {e}")));
+    println!(
+        "tmp: node {} read {:?} from {}",
+        pop::current_nid(),
+        text.trim_end(),
+        file.display()
+    );
+    std::fs::remove_file(&file).unwrap_or_else(|e| fail(&format!("remove: {e}")));
 }
 
 fn dead(node: u32) {
@@ -622,6 +648,7 @@ fn main() {
         "falseshare" => falseshare(arg(2, 1000)),
         "fp" => fp(arg(2, 200)),
         "scan" => scan(arg(2, 256)),
+        "tmp" => tmp(),
         "files" => files(&std::env::args().nth(2).unwrap_or_else(|| "/data".into())),
         "vmmshare" => vmmshare(
             arg(2, 200),

@@ -19,6 +19,7 @@ use super::Mount;
 use super::dirent::{self, Entry};
 use super::op::{Done, FileOp, MAX_DATA, Reply, STDERR, STDIN, STDOUT};
 use super::path::{Intent, Resolver, errno};
+use super::scratch::Scratch;
 use super::stat;
 
 /// Most host files one VM may hold open at its home.
@@ -47,6 +48,8 @@ pub struct HomeFiles {
     resolver: Resolver,
     open: Mutex<HashMap<u64, Arc<Open>>>,
     next: AtomicU64,
+    /// The guest's `/tmp`, if it has one of its own: kept (and removed) with these files.
+    scratch: Option<Scratch>,
 }
 
 /// What a handle is, with stdio resolved.
@@ -59,11 +62,23 @@ enum Target {
 impl HomeFiles {
     /// The files of a VM that sees `mounts`.
     pub fn new(mounts: Vec<Mount>) -> HomeFiles {
+        HomeFiles::with_scratch(mounts, None)
+    }
+
+    /// The files of a VM that sees `mounts` and, at `/tmp`, `scratch` (removed with them).
+    pub fn with_scratch(mut mounts: Vec<Mount>, scratch: Option<Scratch>) -> HomeFiles {
+        mounts.extend(scratch.as_ref().map(Scratch::mount));
         HomeFiles {
             resolver: Resolver::new(mounts),
             open: Mutex::new(HashMap::new()),
             next: AtomicU64::new(STDERR + 1),
+            scratch,
         }
+    }
+
+    /// Where the guest's own `/tmp` is on this host, if it has one.
+    pub fn scratch_dir(&self) -> Option<&std::path::Path> {
+        self.scratch.as_ref().map(Scratch::host_dir)
     }
 
     /// Whether the guest sees any host directory.

@@ -11,6 +11,7 @@ mod fd_table;
 pub mod home;
 pub mod op;
 pub mod path;
+pub mod scratch;
 mod stat;
 
 use crate::persist::Persist;
@@ -25,6 +26,7 @@ pub use descriptors::{Descriptors, LocalDescriptors};
 pub use dirent::{Entry, encode as encode_dirents};
 pub use fd_table::{Fd, FdTable, MAX_FDS};
 pub use home::HomeFiles;
+pub use scratch::Scratch;
 
 use op::{FileOp, Reply};
 
@@ -146,10 +148,15 @@ impl Persist for FileSystem {
 }
 
 impl FileSystem {
-    /// A file system at home showing `mounts`, with the guest's fd 1 and 2 going to
-    /// `stdout`/`stderr`.
-    pub fn new(mounts: Vec<Mount>, stdout: Output, stderr: Output) -> FileSystem {
-        let home = Arc::new(HomeFiles::new(mounts));
+    /// A file system at home showing `mounts` and, at `/tmp`, `scratch`, with the guest's
+    /// fd 1 and 2 going to `stdout`/`stderr`.
+    pub fn new(
+        mounts: Vec<Mount>,
+        scratch: Option<Scratch>,
+        stdout: Output,
+        stderr: Output,
+    ) -> FileSystem {
+        let home = Arc::new(HomeFiles::with_scratch(mounts, scratch));
         FileSystem {
             service: home.clone(),
             home: Some(home),
@@ -380,7 +387,7 @@ mod tests {
         let (stderr, _) = Output::capture();
         let mem = GuestMem::new(4 << 20, 2 << 20).unwrap();
         Fixture {
-            fs: FileSystem::new(mounts, stdout, stderr),
+            fs: FileSystem::new(mounts, None, stdout, stderr),
             mem,
             dir,
         }

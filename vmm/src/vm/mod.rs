@@ -230,8 +230,17 @@ impl Vm {
             boot::write_boot_info(&mem, &info);
             Ok(())
         })?;
+        let scratch = (config.scratch_tmp
+            && !config
+                .mounts
+                .iter()
+                .any(|m| m.guest_dir == crate::fs::scratch::GUEST_DIR))
+        .then(crate::fs::Scratch::create)
+        .transpose()
+        .map_err(LaunchError::Scratch)?;
         let fs = FileSystem::new(
             config.mounts.clone(),
+            scratch,
             config.stdout.clone(),
             config.stderr.clone(),
         );
