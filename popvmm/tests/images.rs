@@ -3,7 +3,7 @@
 //! against the same programs built natively for Linux).
 
 mod common;
-use common::repo;
+use common::{repo, scratch_dirs_of};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -278,18 +278,6 @@ fn files_work_inside_mounts_and_nowhere_else() {
         "error: No such file or directory (os error 2)\n"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The host directories of the scratch `/tmp`s process `pid` made that are still there.
-fn scratch_dirs_of(pid: u32) -> Vec<String> {
-    let prefix = format!("popvmm-tmp-{pid}-");
-    ["/dev/shm".into(), std::env::temp_dir()]
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .collect()
 }
 
 #[test]

@@ -375,14 +375,7 @@ fn a_thread_on_another_node_uses_the_vm_s_own_tmp() {
         ),
         "{err}"
     );
-    let prefix = format!("popvmm-tmp-{pid}-");
-    let left: Vec<_> = std::fs::read_dir("/dev/shm")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(&prefix))
-        .collect();
-    assert_eq!(left, Vec::<String>::new());
+    assert_eq!(common::scratch_dirs_of(pid), Vec::<String>::new());
 }
 
 #[test]

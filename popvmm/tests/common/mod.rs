@@ -24,3 +24,15 @@ pub fn repo() -> PathBuf {
         .unwrap()
         .to_path_buf()
 }
+
+/// The host directories of the scratch `/tmp`s process `pid` made that are still there.
+pub fn scratch_dirs_of(pid: u32) -> Vec<String> {
+    let prefix = format!("popvmm-tmp-{pid}-");
+    ["/dev/shm".into(), std::env::temp_dir()]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
