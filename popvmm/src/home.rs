@@ -83,9 +83,7 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
         .ok_or("a new VM has its files at home")?;
     // The process exits without dropping the VM (its threads may be anywhere): its /tmp
     // goes when this returns, whatever the end.
-    let _tmp = files
-        .scratch_dir()
-        .map(|d| RemovedOnReturn(d.to_path_buf()));
+    let _tmp = ScratchRemovedOnReturn(files.clone());
     let ended = host.homes().add(vm_id, files);
     host.run_vm(vm_id, name, id, vm);
     // Wait for the end, wherever the VM runs; if the node running it is lost, say so.
@@ -117,11 +115,11 @@ fn run(args: &LaunchArgs, process_start: Instant) -> Result<i32, String> {
     Ok(ended.status)
 }
 
-/// A directory removed, with all it holds, when this goes out of scope.
-struct RemovedOnReturn(std::path::PathBuf);
+/// A VM's home files whose scratch `/tmp` is removed when this goes out of scope.
+struct ScratchRemovedOnReturn(std::sync::Arc<vmm::fs::HomeFiles>);
 
-impl Drop for RemovedOnReturn {
+impl Drop for ScratchRemovedOnReturn {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.remove_scratch();
     }
 }

@@ -76,9 +76,12 @@ impl HomeFiles {
         }
     }
 
-    /// Where the guest's own `/tmp` is on this host, if it has one.
-    pub fn scratch_dir(&self) -> Option<&std::path::Path> {
-        self.scratch.as_ref().map(Scratch::host_dir)
+    /// Removes the guest's own `/tmp`, if it has one, with all it holds: for a home that
+    /// exits without dropping these files.
+    pub fn remove_scratch(&self) {
+        if let Some(s) = &self.scratch {
+            s.remove();
+        }
     }
 
     /// Whether the guest sees any host directory.

@@ -62,15 +62,20 @@ impl Scratch {
             writable: true,
         }
     }
-}
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
+    /// Removes the directory and all it holds now (done again when dropped: nothing then).
+    pub fn remove(&self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != io::ErrorKind::NotFound
         {
             tracing::warn!("cannot remove the guest's /tmp {}: {e}", self.dir.display());
         }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
