@@ -40,6 +40,70 @@ fn popvmm_aarch64() -> PathBuf {
     target_dir.join("aarch64-unknown-linux-musl/release/popvmm")
 }
 
+/// Builds the `vmm` crate's own unit tests for the board; returns the test binary.
+fn vmm_unit_tests_aarch64() -> PathBuf {
+    let root = repo();
+    let recipe = edge_sim::musl::Recipe::for_dir(&root, None, true).expect("aarch64 musl recipe");
+    let out = recipe
+        .cargo_build(&root.join("Cargo.toml"), &root.join("target"))
+        .args([
+            "--quiet",
+            "-p",
+            "vmm",
+            "--lib",
+            "--tests",
+            "--message-format=json",
+        ])
+        .output()
+        .expect("cargo build of vmm's tests for aarch64");
+    assert!(
+        out.status.success(),
+        "building vmm's tests for aarch64 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["target"]["name"] == "vmm" && m["target"]["kind"][0] == "lib")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("the test binary of vmm's library")
+}
+
+#[test]
+fn vcpu_states_and_the_counter_round_trip_on_aarch64_kvm() {
+    let tests = vmm_unit_tests_aarch64();
+    let board = EdgeSim::start(&Options {
+        payload: vec![(tests, "vmm-tests".to_string())],
+        ..Options::default()
+    })
+    .expect("start the simulated aarch64 board");
+    // The backend's own tests, on real aarch64 KVM: a saved state restored into a fresh vCPU
+    // reads back the same, and the VM's counter never goes back (vCPUs made, states
+    // restored), which Linux before 6.4 would do at every vCPU creation.
+    let run = board
+        .run(&[
+            "/payload/vmm-tests",
+            "--test-threads",
+            "1",
+            "arch::aarch64::",
+        ])
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        run.status,
+        0,
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for test in [
+        "a_saved_state_restored_into_a_fresh_vcpu_reads_back_the_same ... ok",
+        "the_counter_never_goes_back_when_vcpus_are_made_or_states_restored ... ok",
+        "a_state_survives_the_wire_and_bad_ones_are_refused ... ok",
+    ] {
+        assert!(stdout.contains(test), "{stdout}");
+    }
+}
+
 /// What one run gave: stdout, stderr, exit status.
 struct Run {
     stdout: String,

@@ -197,6 +197,7 @@ pub fn run_on_cpus(cpus: &[usize]) -> std::io::Result<()> {
 
 /// How much freed memory the allocator keeps at the top of its heaps before giving it back
 /// to the kernel (see [`keep_freed_memory`]).
+#[cfg(target_env = "gnu")]
 const KEEP_FREED: libc::c_int = 64 << 20;
 
 /// Tells the C allocator to keep freed memory for reuse instead of giving it back at once,

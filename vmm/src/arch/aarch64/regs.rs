@@ -1,12 +1,25 @@
 //! AArch64 register identifiers for KVM's one-reg interface, and the system register values
 //! the libos runs with.
 
-use kvm_bindings::{KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U64};
+use std::mem::offset_of;
+
+use kvm_bindings::{
+    KVM_REG_ARM_CORE, KVM_REG_ARM64, KVM_REG_ARM64_SYSREG, KVM_REG_SIZE_U32, KVM_REG_SIZE_U64,
+    KVM_REG_SIZE_U128, kvm_regs, user_fpsimd_state,
+};
+
+/// The id of the core register of `size` at byte `offset` in KVM's `struct kvm_regs`.
+const fn core_sized(size: u64, offset: usize) -> u64 {
+    KVM_REG_ARM64 | size | KVM_REG_ARM_CORE as u64 | (offset as u64 / 4)
+}
 
 /// The id of the 64-bit core register at byte `offset` in KVM's `struct kvm_regs`.
 const fn core(offset: u64) -> u64 {
-    KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE as u64 | (offset / 4)
+    core_sized(KVM_REG_SIZE_U64, offset as usize)
 }
+
+/// Byte offset of the FP/SIMD state in `struct kvm_regs`.
+const FP: usize = offset_of!(kvm_regs, fp_regs);
 
 /// The id of system register `(op0, op1, CRn, CRm, op2)`.
 const fn sys(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
@@ -33,6 +46,21 @@ pub const PSTATE: u64 = core(8 * 33);
 /// `SP_EL1`: the exception stack.
 pub const SP_EL1: u64 = core(8 * 34);
 
+/// `ELR_EL1`: where an exception returns to.
+pub const ELR_EL1: u64 = core(offset_of!(kvm_regs, elr_el1) as u64);
+/// The banked saved program status registers (`SPSR_EL1` first).
+pub const fn spsr(n: u64) -> u64 {
+    core(offset_of!(kvm_regs, spsr) as u64 + 8 * n)
+}
+/// FP/SIMD register `v<n>` (128 bits, n < 32).
+pub const fn v(n: usize) -> u64 {
+    core_sized(KVM_REG_SIZE_U128, FP + 16 * n)
+}
+/// Floating-point status (32 bits).
+pub const FPSR: u64 = core_sized(KVM_REG_SIZE_U32, FP + offset_of!(user_fpsimd_state, fpsr));
+/// Floating-point control (32 bits).
+pub const FPCR: u64 = core_sized(KVM_REG_SIZE_U32, FP + offset_of!(user_fpsimd_state, fpcr));
+
 /// System control: MMU, caches.
 pub const SCTLR_EL1: u64 = sys(3, 0, 1, 0, 0);
 /// Architectural feature access control: FP/SIMD.
@@ -47,6 +75,35 @@ pub const MAIR_EL1: u64 = sys(3, 0, 10, 2, 0);
 pub const TPIDR_EL0: u64 = sys(3, 3, 13, 0, 2);
 /// The guest's virtual counter (`KVM_REG_ARM_TIMER_CNT`).
 pub const TIMER_CNT: u64 = sys(3, 3, 14, 3, 2);
+
+/// The system registers a saved vCPU carries besides the counter: every EL1/EL0 register the
+/// libos or KVM sets, or an exception writes, that the guest can observe (those the host's
+/// KVM does not know are skipped when saving).
+pub const SAVED_SYSREGS: &[(&str, u64)] = &[
+    ("SCTLR_EL1", SCTLR_EL1),
+    ("CPACR_EL1", CPACR_EL1),
+    ("TTBR0_EL1", TTBR0_EL1),
+    ("TTBR1_EL1", sys(3, 0, 2, 0, 1)),
+    ("TCR_EL1", TCR_EL1),
+    ("ESR_EL1", sys(3, 0, 5, 2, 0)),
+    ("AFSR0_EL1", sys(3, 0, 5, 1, 0)),
+    ("AFSR1_EL1", sys(3, 0, 5, 1, 1)),
+    ("FAR_EL1", sys(3, 0, 6, 0, 0)),
+    ("PAR_EL1", sys(3, 0, 7, 4, 0)),
+    ("MAIR_EL1", MAIR_EL1),
+    ("AMAIR_EL1", sys(3, 0, 10, 3, 0)),
+    ("VBAR_EL1", sys(3, 0, 12, 0, 0)),
+    ("CONTEXTIDR_EL1", sys(3, 0, 13, 0, 1)),
+    ("TPIDR_EL1", sys(3, 0, 13, 0, 4)),
+    ("CNTKCTL_EL1", sys(3, 0, 14, 1, 0)),
+    ("CSSELR_EL1", sys(3, 2, 0, 0, 0)),
+    ("TPIDR_EL0", TPIDR_EL0),
+    ("TPIDRRO_EL0", sys(3, 3, 13, 0, 3)),
+    ("MDSCR_EL1", sys(2, 0, 0, 2, 2)),
+    // The virtual timer's control and compare value (`KVM_REG_ARM_TIMER_CTL`/`_CVAL`).
+    ("CNTV_CTL_EL0", sys(3, 3, 14, 3, 1)),
+    ("CNTV_CVAL_EL0", sys(3, 3, 14, 0, 2)),
+];
 
 /// `PSTATE` of a new thread: EL1 on `SP_EL0` ("EL1t"), debug, SError, IRQ and FIQ masked.
 pub const PSTATE_EL1T_MASKED: u64 = 0x3c4;
@@ -74,5 +131,11 @@ mod tests {
         assert_eq!(SP_EL1, 0x6030_0000_0010_0044);
         assert_eq!(TIMER_CNT, 0x6030_0000_0013_df1a);
         assert_eq!(SCTLR_EL1, 0x6030_0000_0013_c080);
+        assert_eq!(ELR_EL1, 0x6030_0000_0010_0046);
+        assert_eq!(spsr(0), 0x6030_0000_0010_0048);
+        assert_eq!(v(0), 0x6040_0000_0010_0054);
+        assert_eq!(v(31), 0x6040_0000_0010_00d0);
+        assert_eq!(FPSR, 0x6020_0000_0010_00d4);
+        assert_eq!(FPCR, 0x6020_0000_0010_00d5);
     }
 }

@@ -2,6 +2,8 @@
 //! `KVM_RUN`, and exit decoding. A hypercall's store carries the address of its argument
 //! block, so serving it costs no register ioctl; the result goes back into the block.
 
+use std::sync::Arc;
+
 use crate::arch::VcpuArgs;
 use crate::persist::Persist;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -11,6 +13,7 @@ use pop_abi::layout::{
 };
 
 use super::VmArch;
+use super::counter::{self, VmCounter};
 use super::fault::{self, Registers};
 use super::regs;
 use crate::arch::{Crash, Exit, HypercallRequest, ThreadStart};
@@ -22,12 +25,14 @@ const RESULT_OFFSET: u64 = std::mem::offset_of!(HypercallBlock, result) as u64;
 /// An AArch64 vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
-    fd: VcpuFd,
+    pub(super) fd: VcpuFd,
     index: u32,
     /// The argument block of the hypercall being served, where its result goes.
     pending_block: Option<u64>,
     /// The last exit was an MMIO access that KVM completes (PC + 4) on the next `KVM_RUN`.
     mmio_pending: bool,
+    /// The VM's counter, which this vCPU shares.
+    counter: Arc<VmCounter>,
 }
 
 impl Vcpu {
@@ -40,23 +45,29 @@ impl Vcpu {
     ) -> Result<Vcpu, kvm_ioctls::Error> {
         let fd = vm.create_vcpu(u64::from(index))?;
         fd.vcpu_init(&arch.vcpu_init)?;
+        // Creating a vCPU may have reset the VM's counter (Linux before 6.4): it goes on.
+        arch.counter.created(&fd)?;
         Ok(Vcpu {
             fd,
             index,
             pending_block: None,
             mmio_pending: false,
+            counter: Arc::clone(&arch.counter),
         })
     }
 
-    /// Completes what the last exit left pending before the state is saved (nothing to do
-    /// until saving is implemented on aarch64).
+    /// Completes what the last exit left pending before the state is saved: KVM steps the PC
+    /// past the MMIO store of a hypercall on the next `KVM_RUN`, which this makes without
+    /// running the guest.
     pub fn complete_pending(&mut self) -> Result<(), kvm_ioctls::Error> {
-        Ok(())
+        self.complete_pending_mmio()
     }
 
     /// The state of the thread on this vCPU, stopped at a call boundary of its own: as
-    /// [`Persist::save`] (the aarch64 libos does not ask from a call boundary yet).
+    /// [`Persist::save`] (every register is read: the aarch64 libos keeps no caller-saved
+    /// shortcut).
     pub fn save_at_call(&mut self, _counter: u64) -> Result<super::VcpuState, kvm_ioctls::Error> {
+        self.complete_pending_mmio()?;
         self.save()
     }
 
@@ -199,10 +210,7 @@ impl Vcpu {
 
     /// Frequency of the guest's counter in kHz: the host's, which KVM does not change.
     pub fn counter_khz(&self) -> Result<u64, kvm_ioctls::Error> {
-        let hz: u64;
-        // SAFETY: reading CNTFRQ_EL0 is allowed at EL0 on Linux and has no side effects.
-        unsafe { std::arch::asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack)) };
-        Ok(hz / 1000)
+        Ok(counter::counter_hz() / 1000)
     }
 
     /// The crash the libos reported with the fault frame at `frame_addr`.
@@ -243,13 +251,19 @@ impl Persist for Vcpu {
     type Args<'a> = VcpuArgs;
     type Error = kvm_ioctls::Error;
 
-    /// Saving the state is not implemented on aarch64 yet.
+    /// The whole state. Call [`Vcpu::complete_pending`] first (KVM asks for it).
     fn save(&self) -> Result<super::VcpuState, kvm_ioctls::Error> {
-        Err(kvm_ioctls::Error::new(libc::ENOSYS))
+        super::VcpuState::save(&self.fd, self.pending_block)
     }
 
-    /// Restoring a state is not implemented on aarch64 yet.
-    fn restore(_args: VcpuArgs, _state: &super::VcpuState) -> Result<Vcpu, kvm_ioctls::Error> {
-        Err(kvm_ioctls::Error::new(libc::ENOSYS))
+    /// Puts the state on `args.vcpu`; the VM's counter goes on from `args.counter` if it is
+    /// behind the state's (it is one per VM here, so `counter_slack` does not apply).
+    fn restore(args: VcpuArgs, state: &super::VcpuState) -> Result<Vcpu, kvm_ioctls::Error> {
+        let mut vcpu = args.vcpu;
+        // A store the vCPU's last thread left pending would step the restored PC.
+        vcpu.complete_pending_mmio()?;
+        state.restore(&vcpu.fd, &vcpu.counter, args.counter)?;
+        vcpu.pending_block = state.block;
+        Ok(vcpu)
     }
 }
