@@ -1,6 +1,8 @@
 //! Guest memory: two anonymous mappings (node-private and application-writable), and checked
 //! access to them. Every guest pointer the VMM is handed goes through here.
 
+mod mapping;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -18,7 +20,7 @@ use pop_abi::errno::{EFAULT, EINVAL, ENAMETOOLONG};
 pub struct MapError {
     size: u64,
     #[source]
-    source: vm_memory::mmap::MmapRegionError,
+    source: std::io::Error,
 }
 
 /// One contiguous range of guest memory, as KVM needs to know it.
@@ -45,8 +47,10 @@ pub struct GuestMem {
     private_size: u64,
     shared_size: u64,
     host_dirty: Arc<HostDirty>,
-    /// One per handle: counts the clones (see [`GuestMem::is_only_handle`]).
-    handles: Arc<()>,
+    /// The host mappings `inner` points into (private, shared), unmapped when the last
+    /// handle goes (declared after `inner`, so dropped after it); its count is the number
+    /// of handles (see [`GuestMem::is_only_handle`]).
+    mappings: Arc<[mapping::Mapping; 2]>,
 }
 
 /// A set of guest pages (one bit per 4 KiB page of each region).
@@ -119,10 +123,31 @@ impl HostDirty {
 impl GuestMem {
     /// Maps both regions (anonymous, `MAP_NORESERVE`; nothing is touched up front).
     pub fn new(private_size: u64, shared_size: u64) -> Result<GuestMem, MapError> {
-        let map =
-            |size: u64| MmapRegion::new(size as usize).map_err(|source| MapError { size, source });
-        let private = GuestRegionMmap::new(map(private_size)?, GuestAddress(0));
-        let shared = GuestRegionMmap::new(map(shared_size)?, GuestAddress(SHARED_BASE));
+        let map = |size: u64| {
+            mapping::Mapping::new(size as usize).map_err(|source| MapError { size, source })
+        };
+        let mappings = Arc::new([map(private_size)?, map(shared_size)?]);
+        let region = |m: &mapping::Mapping, size: u64, at: u64| {
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+            // SAFETY: `m` maps `size` bytes read-write at `m.addr()`, and it outlives the
+            // region: both are dropped with the last `GuestMem` handle, the region first
+            // (field order), and the region never leaves `GuestMem`.
+            unsafe {
+                MmapRegion::build_raw(
+                    m.addr(),
+                    size as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                )
+            }
+            .map_err(|e| MapError {
+                size,
+                source: std::io::Error::other(e),
+            })
+            .map(|r| GuestRegionMmap::new(r, GuestAddress(at)))
+        };
+        let private = region(&mappings[0], private_size, 0)?;
+        let shared = region(&mappings[1], shared_size, SHARED_BASE)?;
         let regions = private.into_iter().chain(shared).collect::<Vec<_>>();
         let inner = GuestMemoryMmap::from_regions(regions).expect("disjoint, non-empty regions");
         Ok(GuestMem {
@@ -130,13 +155,13 @@ impl GuestMem {
             private_size,
             shared_size,
             host_dirty: Arc::new(HostDirty::new(private_size, shared_size)),
-            handles: Arc::new(()),
+            mappings,
         })
     }
 
     /// Whether this is the only handle on this memory (no VM, thread or other clone uses it).
     pub fn is_only_handle(&self) -> bool {
-        Arc::strong_count(&self.handles) == 1
+        Arc::strong_count(&self.mappings) == 1
     }
 
     /// Zeroes every page not in `keep`: memory that held another VM, made to read as fresh
@@ -433,11 +458,6 @@ impl GuestMem {
             .get_host_address(GuestAddress(addr))
             .map_err(|_| EFAULT)?;
         Ok(host)
-    }
-
-    /// The underlying vm-memory object.
-    pub fn inner(&self) -> &GuestMemoryMmap {
-        &self.inner
     }
 }
 
