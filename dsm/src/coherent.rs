@@ -130,6 +130,10 @@ pub struct RegionConfig {
     pub host_base: u64,
     /// Its size (a multiple of [`PAGE_SIZE`]).
     pub len: u64,
+    /// Use userfaultfd write-protect where the kernel has it (read copies, recalls that
+    /// protect before they copy); `false`: never, as on a kernel without it (arm64 before
+    /// Linux 6.10), where every fault takes the page itself and a recall takes the page out.
+    pub write_protect: bool,
 }
 
 /// What the region has done (counts since it started).
@@ -429,8 +433,11 @@ impl Coherent {
             unsafe { crate::uffd::replace_with_fresh(cfg.host_base, cfg.len) }
                 .map_err(os("emptying the shared region"))?;
         }
-        let uffd = Uffd::register_coherent(cfg.host_base, cfg.len)
-            .map_err(os("registering the shared region"))?;
+        let register = match cfg.write_protect {
+            true => Uffd::register_coherent,
+            false => Uffd::register,
+        };
+        let uffd = register(cfg.host_base, cfg.len).map_err(os("registering the shared region"))?;
         let (caches, present, home) = if at_home {
             let present = resident_pages(cfg.host_base, cfg.len)
                 .map_err(os("reading which shared pages are here"))?;
@@ -620,7 +627,7 @@ impl Coherent {
                 });
             }
             s.within(&mut inner, |s, inner, b| {
-                s.ask(inner, b, pages.clone(), Want::of(write))
+                s.ask(inner, b, pages.clone(), s.want(write))
             })?;
             // What the asking left in the outbox goes out before the wait.
             drop(inner);
@@ -639,7 +646,7 @@ impl Coherent {
         s.check_failed(&inner)?;
         s.within(&mut inner, |s, inner, b| {
             for pages in ranges.iter().filter_map(|&r| s.pages_of(r)) {
-                s.ask(inner, b, pages, Want::of(write))?;
+                s.ask(inner, b, pages, s.want(write))?;
             }
             Ok(())
         })
@@ -674,7 +681,11 @@ impl Coherent {
                     inner.present[p as usize] && inner.caches[p as usize].state == State::Modified
                 })
                 .collect();
-            for run in held.chunk_by(|x, y| *y == x + 1) {
+            // (Without write-protect each page is taken out instead, below.)
+            for run in held
+                .chunk_by(|x, y| *y == x + 1)
+                .filter(|_| s.uffd.can_protect())
+            {
                 s.uffd
                     .write_protect(s.addr(run[0]), run.len() as u64 * PAGE_SIZE, true)
                     .map_err(Shared::os("write-protecting pages given back"))?;
@@ -686,7 +697,14 @@ impl Coherent {
                 };
                 let mut bytes = vec![0u8; PAGE];
                 let present = inner.present[p];
-                if present {
+                let taken = present && !s.uffd.can_protect();
+                if taken {
+                    // Taken away with its contents at once: nothing written after is lost.
+                    s.uffd
+                        .take_out(s.addr(page), &mut bytes)
+                        .map_err(Shared::os("taking out pages given back"))?;
+                    inner.present[p] = false;
+                } else if present {
                     let addr = s.addr(page);
                     // SAFETY: the page holds data (`present`), so reading it does not fault;
                     // it is write-protected (above), so nothing writes it meanwhile; `bytes`
@@ -700,7 +718,7 @@ impl Coherent {
                 s.route(b, put, Some(Cow::Owned(bytes)))?;
                 // Dropped with the run it joined, before that goes out: after the route,
                 // which may end the run before it (consecutive pages: one `madvise`).
-                if present {
+                if present && !taken {
                     b.drops.push(page);
                 }
             }
@@ -938,6 +956,11 @@ impl Shared {
             return Ok(());
         }
         let page = ((f.addr - base) / PAGE_SIZE) as u32;
+        // Without write-protect every fault asks for the page itself (see `want`).
+        let f = Fault {
+            write: f.write || !self.uffd.can_protect(),
+            ..f
+        };
         let cache = &mut inner.caches[page as usize];
         if cache.allows(f.write) {
             // Served already (the event was read after its answer), or a page this node
@@ -1058,6 +1081,26 @@ impl Shared {
         move |source| CoherenceError::Memory(crate::Error::Os { what, source })
     }
 
+    /// What a fault (or a request ahead) for reading (`write` false) or writing asks for.
+    /// Where pages cannot be write-protected a node holds no read copies: it always asks
+    /// for the page itself (`GetM`), so the protocol runs with Modified and Invalid only.
+    fn want(&self, write: bool) -> Want {
+        Want::of(write || !self.uffd.can_protect())
+    }
+
+    /// `Ok` if pages can be write-protected here; else the error a request for a read copy
+    /// meets (no node of a cluster whose nodes lack write-protect asks for one).
+    fn can_protect(&self) -> Result<(), CoherenceError> {
+        match self.uffd.can_protect() {
+            true => Ok(()),
+            false => Err(CoherenceError::Failed(
+                "a read copy of a page was asked of a node whose kernel cannot write-protect \
+                 guest memory (userfaultfd write-protect: arm64 needs Linux 6.10)"
+                    .into(),
+            )),
+        }
+    }
+
     /// Gives a page this node may touch but that holds no data zeros (write-protected if it
     /// is a read copy).
     fn fill_if_empty(&self, inner: &mut Inner, page: u32) -> Result<(), CoherenceError> {
@@ -1069,6 +1112,7 @@ impl Shared {
         }
         let addr = self.addr(page);
         if inner.caches[page as usize].state == State::Shared {
+            self.can_protect()?;
             self.uffd.copy_protected(addr, &ZEROS)
         } else {
             self.uffd.copy(addr, &ZEROS)
@@ -1361,6 +1405,7 @@ impl Shared {
                 }
             };
             if protect {
+                self.can_protect()?;
                 self.uffd.copy_protected(self.addr(first), bytes)
             } else {
                 self.uffd.copy_run(self.addr(first), bytes)
@@ -1532,7 +1577,7 @@ impl Shared {
                 bump(&self.counters.recalled);
                 let mut page = vec![0u8; PAGE];
                 let at_home = self.cfg.node == self.cfg.home;
-                if present && at_home {
+                if present && at_home && self.uffd.can_protect() {
                     // The home's copy is the page's contents (no copy; `Flush` without bytes
                     // says so): kept as its read copy, or staged in place for the writer it
                     // goes to (`Backing::Staged`: it stays mapped, write-protected, until
@@ -1543,7 +1588,17 @@ impl Shared {
                     }
                     return Ok(());
                 }
-                if present {
+                if present && !self.uffd.can_protect() {
+                    // No write-protect: taken away with its contents at once, so that no
+                    // write lands after the copy (a read copy cannot be kept).
+                    if keep {
+                        self.can_protect()?;
+                    }
+                    self.uffd
+                        .take_out(addr, &mut page)
+                        .map_err(Self::os("taking out a recalled page"))?;
+                    inner.present[p] = false;
+                } else if present {
                     // Protected first: no write can land after the copy is taken.
                     self.protect_for_recall(inner, b, w.page, keep)?;
                     // SAFETY: the page holds data (`present`), so reading it does not
@@ -1593,6 +1648,7 @@ impl Shared {
             Msg::Grant => {
                 bump(&self.counters.upgrades);
                 if present {
+                    self.can_protect()?;
                     self.uffd
                         .write_protect(addr, PAGE_SIZE, false)
                         .map_err(Self::os("making a read copy writable"))?;

@@ -4,7 +4,10 @@
 //! write-protect mode too ([`Uffd::register_coherent`], for the DSM) a read copy is placed
 //! write-protected ([`Uffd::copy_protected`]), a write to it faults until
 //! [`Uffd::write_protect`] lifts the protection, and [`Uffd::drop_pages`] invalidates pages
-//! (the next touch faults as missing); [`Uffd::next_event`] says which kind a fault is. The
+//! (the next touch faults as missing); [`Uffd::next_event`] says which kind a fault is. A
+//! kernel without write-protect for this memory (arm64 before Linux 6.10) registers missing
+//! mode only ([`Uffd::can_protect`]); then [`Uffd::take_out`] takes pages away atomically
+//! (`mremap` with `MREMAP_DONTUNMAP`, Linux 5.7), which is what a recall needs. The
 //! `userfaultfd` crate's `-sys` part is not in this machine's crate cache, so the few ioctls
 //! are declared here.
 
@@ -29,6 +32,9 @@ const UFFD_PAGEFAULT_FLAG_WP: u64 = 2;
 /// `UFFDIO_MOVE` (Linux 6.8): move pages between two mappings of this process, no copy.
 const UFFD_FEATURE_MOVE: u64 = 1 << 16;
 const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
+/// `mremap` flag (Linux 5.7): move the pages, keep the old mapping (its range reads as
+/// missing afterwards).
+const MREMAP_DONTUNMAP: libc::c_int = 4;
 /// Huge page size (x86-64 and aarch64 with 4 KiB pages).
 pub const HUGE_PAGE: u64 = 2 << 20;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
@@ -96,6 +102,10 @@ pub struct Uffd {
     len: u64,
     /// The kernel offers `UFFDIO_MOVE`.
     can_move: bool,
+    /// The range is registered for write-protect faults too.
+    can_protect: bool,
+    /// Where [`Uffd::take_out`] moves pages to, made at its first use.
+    scratch: std::sync::Mutex<Option<Staging>>,
 }
 
 fn check(r: libc::c_int) -> std::io::Result<()> {
@@ -115,13 +125,19 @@ impl Uffd {
 
     /// Registers `[start, start + len)` (private anonymous, page-aligned) for missing-page
     /// faults and for writes to write-protected pages: what the DSM needs to hold pages
-    /// Shared (read-only) or Modified.
+    /// Shared (read-only) or Modified. A kernel that cannot write-protect this memory (it
+    /// refuses the mode) gets missing mode only: see [`Uffd::can_protect`].
     pub fn register_coherent(start: u64, len: u64) -> std::io::Result<Uffd> {
-        Self::register_modes(
+        match Self::register_modes(
             start,
             len,
             UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP,
-        )
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Self::register_modes(start, len, UFFDIO_REGISTER_MODE_MISSING)
+            }
+            other => other,
+        }
     }
 
     fn register_modes(start: u64, len: u64, mode: u64) -> std::io::Result<Uffd> {
@@ -143,7 +159,49 @@ impl Uffd {
             start,
             len,
             can_move,
+            can_protect: mode & UFFDIO_REGISTER_MODE_WP != 0,
+            scratch: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether pages can be write-protected ([`Uffd::copy_protected`],
+    /// [`Uffd::write_protect`]): the range was registered for write-protect faults.
+    pub fn can_protect(&self) -> bool {
+        self.can_protect
+    }
+
+    /// Takes the pages of `[start, start + into.len())` (page-aligned, in the range) away
+    /// atomically, their contents into `into` (a page that held nothing gives zeros): no
+    /// write by anyone can land after its page was taken, and each page reads as missing
+    /// afterwards (the next touch faults). What a recall needs where pages cannot be
+    /// write-protected first.
+    pub fn take_out(&self, start: u64, into: &mut [u8]) -> std::io::Result<()> {
+        let len = into.len() as u64;
+        self.check_range(start, len)?;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if scratch.as_ref().is_none_or(|s| s.len < len) {
+            *scratch = Some(Staging::new(len.next_multiple_of(HUGE_PAGE))?);
+        }
+        let area = scratch.as_mut().expect("made above");
+        // SAFETY: the source is `len` bytes of the registered range (checked), private
+        // anonymous memory; the target is the start of the scratch area, this value's own
+        // mapping (MREMAP_FIXED replaces that part of it). With MREMAP_DONTUNMAP the source
+        // mapping stays, registered, and its pages move: it reads as missing afterwards.
+        let moved = unsafe {
+            libc::mremap(
+                start as *mut libc::c_void,
+                len as usize,
+                len as usize,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | MREMAP_DONTUNMAP,
+                area.addr as *mut libc::c_void,
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        into.copy_from_slice(&area.bytes()[..len as usize]);
+        // The scratch pages go (the area stays mapped for the next time).
+        area.clear()
     }
 
     /// A new userfaultfd with `features` enabled.
@@ -716,6 +774,41 @@ mod tests {
         assert!(uffd.write_protect(base + HUGE_PAGE, 4096, true).is_err());
         assert!(uffd.drop_pages(base + 1, 4096).is_err());
         uffd.unregister().unwrap();
+        let _ = target.bytes()[0];
+    }
+
+    /// Where pages cannot be write-protected, a recall takes them out atomically: the
+    /// contents come out, and the next touch of each faults as missing (the range stays
+    /// registered).
+    #[test]
+    fn pages_taken_out_come_with_their_contents_and_fault_as_missing_afterwards() {
+        let (mut target, uffd) = registered(HUGE_PAGE);
+        let base = target.addr;
+        uffd.copy_run(base + 4096, &[7u8; 2 * 4096]).unwrap();
+        let mut out = vec![1u8; 3 * 4096];
+        uffd.take_out(base, &mut out).unwrap();
+        assert!(
+            out[..4096].iter().all(|&b| b == 0),
+            "a page that held nothing"
+        );
+        assert!(out[4096..].iter().all(|&b| b == 7));
+        let toucher = std::thread::spawn(move || {
+            // SAFETY: `target` lives until the thread is joined; the read faults into the
+            // handler below.
+            unsafe { (base as *const u8).add(4096).read_volatile() }
+        });
+        let mut fault = None;
+        for _ in 0..10 {
+            fault = uffd.next_event(1000).unwrap();
+            if fault.is_some() {
+                break;
+            }
+        }
+        let f = fault.expect("the page taken out faults again");
+        assert_eq!((f.addr & !4095, f.protected), (base + 4096, false));
+        uffd.copy(base + 4096, &[9u8; 4096]).unwrap();
+        assert_eq!(toucher.join().unwrap(), 9);
+        assert!(uffd.take_out(base + HUGE_PAGE, &mut out).is_err());
         let _ = target.bytes()[0];
     }
 }

@@ -102,6 +102,20 @@ impl TestNode {
     }
 }
 
+thread_local! {
+    /// Whether the clusters this test thread makes use write-protect (see
+    /// [`without_write_protect`]).
+    static PROTECT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `test` with clusters whose nodes never write-protect pages, as on a kernel without
+/// userfaultfd write-protect: every fault takes the page, recalls take pages out.
+fn without_write_protect(test: impl FnOnce()) {
+    PROTECT.with(|p| p.set(false));
+    test();
+    PROTECT.with(|p| p.set(true));
+}
+
 /// `n` nodes sharing one 2 MiB region whose home (and first holder) is node 0; node 0's
 /// mapping starts with `init` applied to it.
 fn cluster(n: usize, init: impl FnOnce(&mut [u8])) -> Vec<TestNode> {
@@ -155,6 +169,7 @@ fn cluster_with(n: usize, len: u64, streams: bool, init: impl FnOnce(&mut [u8]))
             vm: 42,
             host_base: base,
             len,
+            write_protect: PROTECT.with(|p| p.get()),
         };
         let region = Arc::new(Coherent::start(cfg, link).unwrap());
         let serving = Arc::downgrade(&region);
@@ -182,6 +197,15 @@ fn cluster_with(n: usize, len: u64, streams: bool, init: impl FnOnce(&mut [u8]))
 
 #[test]
 fn atomic_counters_on_three_nodes_end_exact() {
+    atomic_counters_on_three_nodes_end_exact_body();
+}
+
+#[test]
+fn atomic_counters_on_three_nodes_end_exact_without_write_protect() {
+    without_write_protect(atomic_counters_on_three_nodes_end_exact_body);
+}
+
+fn atomic_counters_on_three_nodes_end_exact_body() {
     const THREADS: u64 = 6;
     const EACH: u64 = 5_000;
     let nodes = Arc::new(cluster(3, |_| {}));
@@ -237,6 +261,15 @@ fn atomic_counters_on_three_nodes_end_exact() {
 
 #[test]
 fn a_reader_sees_every_write_before_the_flag_it_read() {
+    a_reader_sees_every_write_before_the_flag_it_read_body();
+}
+
+#[test]
+fn a_reader_sees_every_write_before_the_flag_it_read_without_write_protect() {
+    without_write_protect(a_reader_sees_every_write_before_the_flag_it_read_body);
+}
+
+fn a_reader_sees_every_write_before_the_flag_it_read_body() {
     // Message passing across pages: node 1 fills page 4 with n, then sets page 5's flag to
     // n; node 2 reads the flag, then the page: no word may be older than the flag.
     const ROUNDS: u64 = 300;
@@ -273,6 +306,44 @@ fn a_reader_sees_every_write_before_the_flag_it_read() {
 
 #[test]
 fn pages_the_home_had_go_to_the_others_and_come_back() {
+    pages_the_home_had_go_to_the_others_and_come_back_body();
+}
+
+#[test]
+fn without_write_protect_pages_move_whole_between_the_home_and_a_node() {
+    without_write_protect(|| {
+        let nodes = cluster(2, |bytes| {
+            for (i, b) in bytes[..8 * PAGE_SIZE as usize].iter_mut().enumerate() {
+                *b = (i % 251) as u8;
+            }
+        });
+        let expect = |i: usize| (i % 251) as u8;
+        // Node 1 reads the home's data: each page comes whole, none is left at the home.
+        // SAFETY: 8 pages of node 1's mapping, read through the DSM (they fault in).
+        let seen = unsafe { std::slice::from_raw_parts(nodes[1].base as *const u8, 8 * 4096) };
+        for (i, &b) in seen.iter().enumerate() {
+            assert_eq!(b, expect(i), "byte {i}");
+        }
+        for page in 0..8 {
+            assert_eq!(nodes[1].region.state(page), Some(State::Modified));
+            assert_eq!(nodes[0].region.state(page), Some(State::Invalid));
+        }
+        // The home reads one back, node 1 writes it again: the data goes with the page.
+        let word = nodes[0].word(3, 7).load(Ordering::SeqCst);
+        assert_eq!(word.to_ne_bytes()[0], expect(3 * 4096 + 7 * 8));
+        assert_eq!(nodes[1].region.state(3), Some(State::Invalid));
+        nodes[1].word(3, 7).store(0xfeed, Ordering::SeqCst);
+        assert_eq!(nodes[0].word(3, 7).load(Ordering::SeqCst), 0xfeed);
+        assert_eq!(nodes[1].word(200, 0).load(Ordering::SeqCst), 0);
+        for n in &nodes {
+            let stats = n.region.stats();
+            assert_eq!(stats.read_faults, 0, "no read copies: {stats:?}");
+            assert_eq!(stats.upgrades, 0, "{stats:?}");
+        }
+    });
+}
+
+fn pages_the_home_had_go_to_the_others_and_come_back_body() {
     let nodes = cluster(2, |bytes| {
         for (i, b) in bytes[..8 * PAGE_SIZE as usize].iter_mut().enumerate() {
             *b = (i % 251) as u8;
@@ -449,6 +520,15 @@ fn racing_increments(
 
 #[test]
 fn give_backs_racing_recalls_lose_no_increment() {
+    give_backs_racing_recalls_lose_no_increment_body();
+}
+
+#[test]
+fn give_backs_racing_recalls_lose_no_increment_without_write_protect() {
+    without_write_protect(give_backs_racing_recalls_lose_no_increment_body);
+}
+
+fn give_backs_racing_recalls_lose_no_increment_body() {
     // A node that keeps writing a page and giving it back while the home and another node
     // write it too: give-backs cross recalls; every increment counts.
     let nodes = racing_increments([(7, 0), (8, 0)], |nodes, n, _| {
@@ -522,6 +602,15 @@ fn pages_pushed_to_a_node_are_there_before_it_touches_them() {
 
 #[test]
 fn pushes_racing_faults_and_recalls_lose_no_increment() {
+    pushes_racing_faults_and_recalls_lose_no_increment_body();
+}
+
+#[test]
+fn pushes_racing_faults_and_recalls_lose_no_increment_without_write_protect() {
+    without_write_protect(pushes_racing_faults_and_recalls_lose_no_increment_body);
+}
+
+fn pushes_racing_faults_and_recalls_lose_no_increment_body() {
     // The home keeps pushing two pages to nodes 1 and 2 in turn while all three nodes
     // increment words of them: pushes cross the nodes' own requests and recalls.
     let nodes = racing_increments([(7, 0), (8, 1)], |nodes, n, i| {

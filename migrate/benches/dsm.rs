@@ -83,6 +83,7 @@ fn start_regions(m: &mesh::Mesh, vm: u64, maps: &mut [Staging], len: u64) -> Vec
                 vm,
                 host_base: map.bytes().as_mut_ptr() as u64,
                 len,
+                write_protect: true,
             };
             m.regions[id].start(&m.nodes[id], cfg).unwrap()
         })

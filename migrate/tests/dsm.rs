@@ -54,6 +54,7 @@ fn copies_of(m: &mesh::Mesh, vm: u64, len: u64, init: impl Fn(&mut [u8])) -> Vec
                 vm,
                 host_base: base,
                 len,
+                write_protect: true,
             };
             let region = m.regions[id].start(&m.nodes[id], cfg).unwrap();
             Copy {

@@ -152,6 +152,7 @@ impl Spans {
             vm: vm_id,
             host_base: shared.host_addr,
             len: shared.size,
+            write_protect: true,
         };
         let region = self.regions.start(node, cfg).map_err(|e| e.to_string())?;
         let o = Origin::start(node, vm_id, &vm, region);

@@ -162,6 +162,7 @@ pub fn make(
         vm: vm_id,
         host_base: shared.host_addr,
         len: shared.size,
+        write_protect: true,
     };
     let region = regions.start(node, cfg).map_err(|e| e.to_string())?;
     let vm = match Vm::restore(image, &config, fs, mem, &state, None) {
