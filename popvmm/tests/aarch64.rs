@@ -4,41 +4,11 @@
 //! stdout and exit status as on x86-64, and faults must be reported the same way.
 
 mod common;
+use common::board::{images, on_board, on_x86, popvmm_aarch64};
 use common::repo;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use edge_sim::{EdgeSim, Options};
-use pop_toolchain::{ArchSelection, BuildOptions};
-
-/// Image paths by name for `arch`.
-fn images(arch: &str) -> HashMap<String, PathBuf> {
-    let options = BuildOptions {
-        arch: arch.parse::<ArchSelection>().unwrap(),
-        manifest_path: Some(repo().join("images/Cargo.toml")),
-        ..Default::default()
-    };
-    pop_toolchain::build(&options)
-        .expect("cargo pop build")
-        .into_iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into(), p))
-        .collect()
-}
-
-/// Builds popvmm for the board (static, aarch64-unknown-linux-musl).
-fn popvmm_aarch64() -> PathBuf {
-    let root = repo();
-    let target_dir = root.join("target");
-    let recipe = edge_sim::musl::Recipe::for_dir(&root, None, true).expect("aarch64 musl recipe");
-    let status = recipe
-        .cargo_build(&root.join("Cargo.toml"), &target_dir)
-        .args(["--quiet", "-p", "popvmm", "--bin", "popvmm"])
-        .status()
-        .expect("cargo build of popvmm for aarch64");
-    assert!(status.success(), "building popvmm for aarch64 failed");
-    target_dir.join("aarch64-unknown-linux-musl/release/popvmm")
-}
 
 /// Builds the `vmm` crate's own unit tests for the board; returns the test binary.
 fn vmm_unit_tests_aarch64() -> PathBuf {
@@ -101,46 +71,6 @@ fn vcpu_states_and_the_counter_round_trip_on_aarch64_kvm() {
         "a_state_survives_the_wire_and_bad_ones_are_refused ... ok",
     ] {
         assert!(stdout.contains(test), "{stdout}");
-    }
-}
-
-/// What one run gave: stdout, stderr, exit status.
-struct Run {
-    stdout: String,
-    stderr: String,
-    status: i32,
-}
-
-/// Runs `popvmm launch OPTIONS IMAGE -- ARGS` on this x86-64 host.
-fn on_x86(image: &Path, options: &[&str], args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_popvmm"))
-        .arg("launch")
-        .args(options)
-        .arg(image)
-        .arg("--")
-        .args(args)
-        .output()
-        .unwrap();
-    Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-        status: out.status.code().unwrap_or(-1),
-    }
-}
-
-/// Runs `popvmm launch OPTIONS /payload/NAME -- ARGS` on the board.
-fn on_board(board: &EdgeSim, name: &str, options: &[&str], args: &[&str]) -> Run {
-    let image = format!("/payload/{name}");
-    let mut argv = vec!["/payload/popvmm", "launch"];
-    argv.extend_from_slice(options);
-    argv.push(&image);
-    argv.push("--");
-    argv.extend_from_slice(args);
-    let out = board.run(&argv).expect("run on the board");
-    Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-        status: out.status,
     }
 }
 

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod board;
 pub mod cluster;
 
 use std::path::{Path, PathBuf};
