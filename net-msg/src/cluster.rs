@@ -22,10 +22,21 @@
 //! id = 1
 //! address = "unix:/run/popcorn/node1.sock"   # a Unix-domain socket (nodes on one host)
 //! isa = "aarch64"
+//!
+//! [[node]]            # behind NAT: an edge board under QEMU's user network
+//! id = 2
+//! address = "127.0.0.1:7102"      # where the others dial it (a port forwarded to it)
+//! listen = "0.0.0.0:7000"         # where it listens, inside the board
+//! loopback_at = "10.0.2.2"        # where it reaches the host's 127.0.0.1
+//! isa = "aarch64"
 //! ```
+//!
+//! A node dials a peer at the peer's `address`, except that a node with `loopback_at`
+//! dials addresses on 127.0.0.1 at that IP instead (the same port): so one file serves the
+//! host and its boards, whose loopback is their own.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,8 +100,12 @@ impl fmt::Display for Address {
 pub struct NodeSpec {
     /// Its id (its index in the node list).
     pub id: NodeId,
-    /// Where it listens.
+    /// Where the others dial it.
     pub address: Address,
+    /// Where it listens (its `address` unless the file says).
+    pub listen: Address,
+    /// Where it reaches the host's 127.0.0.1, if not there (a board behind NAT).
+    pub loopback_at: Option<IpAddr>,
     /// Its ISA.
     pub isa: Isa,
 }
@@ -169,6 +184,8 @@ struct RawCluster {
 struct RawNode {
     id: NodeId,
     address: String,
+    listen: Option<String>,
+    loopback_at: Option<String>,
     isa: String,
 }
 
@@ -211,9 +228,21 @@ impl ClusterConfig {
             if nodes.iter().any(|m: &NodeSpec| m.address == address) {
                 return Err(Error::Config(format!("address {address} used twice")));
             }
+            let listen = match &n.listen {
+                Some(l) => Address::parse(l)?,
+                None => address.clone(),
+            };
+            let loopback_at = match &n.loopback_at {
+                Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| {
+                    Error::Config(format!("node {i}: loopback_at {ip:?} is not an IP address"))
+                })?),
+                None => None,
+            };
             nodes.push(NodeSpec {
                 id: n.id,
                 address,
+                listen,
+                loopback_at,
                 isa,
             });
         }
@@ -252,6 +281,19 @@ impl ClusterConfig {
     /// The node with id `id`.
     pub fn node(&self, id: NodeId) -> Option<&NodeSpec> {
         self.nodes.get(id as usize)
+    }
+
+    /// Where node `from` dials node `to` (see the module documentation): `to`'s address, on
+    /// `from`'s `loopback_at` if it is on 127.0.0.1 and `from` has one.
+    pub fn dial_address(&self, from: NodeId, to: NodeId) -> Option<Address> {
+        let address = self.node(to)?.address.clone();
+        let via = self.node(from)?.loopback_at;
+        Some(match (address, via) {
+            (Address::Tcp(a), Some(ip)) if a.ip().is_loopback() => {
+                Address::Tcp(SocketAddr::new(ip, a.port()))
+            }
+            (a, _) => a,
+        })
     }
 }
 
@@ -297,6 +339,46 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_millis(100));
         assert!(c.frame_mac);
         assert_eq!(c.poll, Duration::from_micros(DEFAULT_POLL_US));
+    }
+
+    #[test]
+    fn a_node_behind_nat_listens_apart_and_reaches_the_host_loopback_elsewhere() {
+        let c = ClusterConfig::parse(
+            r#"
+            [[node]]
+            id = 0
+            address = "127.0.0.1:7100"
+            isa = "x86_64"
+            [[node]]
+            id = 1
+            address = "127.0.0.1:7101"
+            listen = "0.0.0.0:7000"
+            loopback_at = "10.0.2.2"
+            isa = "aarch64"
+            [[node]]
+            id = 2
+            address = "unix:/tmp/n2.sock"
+            isa = "aarch64"
+            "#,
+            Path::new("."),
+        )
+        .unwrap();
+        let tcp = |s: &str| Address::Tcp(s.parse().unwrap());
+        assert_eq!(c.nodes[0].listen, c.nodes[0].address);
+        assert_eq!(c.nodes[1].listen, tcp("0.0.0.0:7000"));
+        // The host dials the board at its forwarded port; the board dials the host (and any
+        // other port forwarded on the host) through its gateway.
+        assert_eq!(c.dial_address(0, 1), Some(tcp("127.0.0.1:7101")));
+        assert_eq!(c.dial_address(1, 0), Some(tcp("10.0.2.2:7100")));
+        assert_eq!(
+            c.dial_address(1, 2),
+            Some(Address::Unix("/tmp/n2.sock".into()))
+        );
+        assert_eq!(c.dial_address(0, 3), None);
+        let bad = "[[node]]\nid = 0\naddress = \"127.0.0.1:1\"\nloopback_at = \"gateway\"\n\
+                   isa = \"x86_64\"\n";
+        let e = ClusterConfig::parse(bad, Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("not an IP address"), "{e}");
     }
 
     #[test]

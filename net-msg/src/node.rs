@@ -331,10 +331,10 @@ impl Node {
             .node(opts.id)
             .expect("checked by NodeOptions")
             .clone();
-        let listener = Listener::bind(&spec.address).map_err(|e| {
+        let listener = Listener::bind(&spec.listen).map_err(|e| {
             Error::Config(format!(
                 "node {}: cannot listen on {}: {e}",
-                opts.id, spec.address
+                opts.id, spec.listen
             ))
         })?;
         Self::start_on(opts, listener, handler)
@@ -386,7 +386,7 @@ impl Node {
         tracing::info!(
             node = inner.opts.id,
             "listening on {} ({} nodes)",
-            inner.opts.cluster.nodes[inner.opts.id as usize].address,
+            inner.opts.cluster.nodes[inner.opts.id as usize].listen,
             n
         );
         Ok(Node {
@@ -845,8 +845,12 @@ fn dial(
     peer: NodeId,
     kind: u16,
 ) -> std::result::Result<(handshake::Session, Stream), handshake::HandshakeError> {
-    let addr = &inner.opts.cluster.nodes[peer as usize].address;
-    let mut s = Stream::connect(addr, inner.opts.connect_timeout)?;
+    let addr = inner
+        .opts
+        .cluster
+        .dial_address(inner.opts.id, peer)
+        .expect("peers are nodes of the cluster");
+    let mut s = Stream::connect(&addr, inner.opts.connect_timeout)?;
     s.set_timeouts(Some(inner.opts.handshake_timeout))?;
     let session = handshake::initiate_stream(&mut s, &inner.params(), peer, kind)?;
     Ok((session, s))
@@ -869,7 +873,11 @@ fn wake_higher(inner: &Arc<Inner>) {
 
 fn dial_loop(inner: &Arc<Inner>, peer: NodeId) {
     let me = inner.opts.id;
-    let addr: Address = inner.opts.cluster.nodes[peer as usize].address.clone();
+    let addr: Address = inner
+        .opts
+        .cluster
+        .dial_address(me, peer)
+        .expect("peers are nodes of the cluster");
     let retry =
         (inner.opts.cluster.heartbeat / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
     let slot = &inner.slots[peer as usize];

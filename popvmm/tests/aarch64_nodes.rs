@@ -139,3 +139,138 @@ fn arrivals(c: &BoardCluster, id: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The id (as `popvmm ps` prints it) of the VM whose home is node `home`, among `vms`.
+fn vm_of_home(vms: &[serde_json::Value], home: u64) -> String {
+    let vm = vms
+        .iter()
+        .find(|v| v["home"] == home)
+        .unwrap_or_else(|| panic!("no VM of home {home}: {vms:?}"));
+    match &vm["id"] {
+        serde_json::Value::Number(n) => format!("{:#x}", n.as_u64().unwrap()),
+        other => other.as_str().unwrap().to_string(),
+    }
+}
+
+#[test]
+fn a_mixed_cluster_of_this_host_and_two_boards_sees_both_isas_and_moves_within_each() {
+    // Node 0 on this host (x86-64); nodes 1 and 2 on two boards, behind QEMU's NAT: each
+    // listens on port 7000 inside its board, reached from here through the port edge-sim
+    // forwards, and reaches this host's loopback (and so the other board) at 10.0.2.2.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| common::board::board_with(&["migrateme"], vec![7000]));
+        let b = s.spawn(|| common::board::board_with(&[], vec![7000]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let board_node = |id: u32, board: &edge_sim::EdgeSim| {
+        format!(
+            "[[node]]\nid = {id}\naddress = \"127.0.0.1:{}\"\nlisten = \"0.0.0.0:7000\"\n\
+             loopback_at = \"10.0.2.2\"\nisa = \"aarch64\"\n",
+            board.host_port(7000).unwrap()
+        )
+    };
+    let nodes = format!(
+        "[[node]]\nid = 0\naddress = \"127.0.0.1:{host_port}\"\nisa = \"x86_64\"\n{}{}",
+        board_node(1, &a),
+        board_node(2, &b)
+    );
+    let (a, b) = (BoardCluster::on(a, &nodes), BoardCluster::on(b, &nodes));
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(
+        host.path().join("secret"),
+        format!("{}\n", common::board::SECRET),
+    )
+    .unwrap();
+    let file = host.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!("secret_file = \"secret\"\nheartbeat_ms = 500\n{nodes}"),
+    )
+    .unwrap();
+    let popvmm = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_popvmm"))
+            .env("XDG_RUNTIME_DIR", host.path().join("run"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    b.start_node(2, None);
+    // An x86-64 VM at home here, an aarch64 VM at home on board A.
+    let x86 = common::Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_popvmm"))
+            .env("XDG_RUNTIME_DIR", host.path().join("run"))
+            .args(["launch", "--cluster", file.to_str().unwrap(), "--id", "0"])
+            .arg(common::cluster::image("migrateme"))
+            .args(["--", "400", "50", "4", "3", "4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    a.launch_bg_as(
+        1,
+        &["--memory", "64M"],
+        "migrateme",
+        &["400", "50", "4", "7", "4"],
+    );
+
+    // Either side lists all three nodes, both ISAs, every one up.
+    let all_up = |table: &str| {
+        let lines: Vec<&str> = table.lines().skip(1).collect();
+        lines.len() == 3
+            && lines
+                .iter()
+                .all(|l| l.contains(" up ") || l.contains(" local "))
+            && lines[0].contains("x86_64")
+            && lines[1].contains("aarch64")
+            && lines[2].contains("aarch64")
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        let here = String::from_utf8_lossy(&popvmm(&["peers", "--id", "0"]).stdout).to_string();
+        let there = a.sh("popvmm peers --id 1").stdout;
+        if all_up(&here) && all_up(&there) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "peers here:\n{here}\npeers on board A:\n{there}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // Whole-VM migration across ISAs is refused in one line, either way, and both VMs run on.
+    let vms = a.vms_asking(1);
+    assert_eq!(vms.len(), 2, "ps lists the VMs of both ISAs: {vms:?}");
+    let (x86_vm, arm_vm) = (vm_of_home(&vms, 0), vm_of_home(&vms, 1));
+    let refused = popvmm(&["migrate", "--id", "0", &x86_vm, "--to", "1"]);
+    let err = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("node 1 is aarch64"), "{err}");
+    let refused = a.migrate_asking(1, &arm_vm, 0, &[]);
+    assert_ne!(refused.status, 0, "{refused:?}");
+    assert_eq!(refused.stderr.lines().count(), 1, "{refused:?}");
+    assert!(refused.stderr.contains("node 0 is x86_64"), "{refused:?}");
+
+    // Between the boards, through this host: there and back, pre-copy and post-copy.
+    for (to, mode) in [(2, "precopy"), (1, "postcopy")] {
+        let out = a.migrate_asking(1, &arm_vm, to, &["--mode", mode]);
+        assert!(
+            out.status == 0 && out.stdout.contains("migrated VM"),
+            "to node {to} ({mode}): {out:?}"
+        );
+    }
+    let arm = a.wait_vm();
+    assert_eq!(arm.status, 7, "{arm:?}");
+    assert!(arm.stdout.ends_with("done\n"), "{arm:?}");
+    let (status, out, err) = common::cluster::finish(x86);
+    assert_eq!(status, 3, "{err}");
+    assert!(out.ends_with("done\n"), "{out}");
+}

@@ -65,6 +65,27 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The shared secret of the board clusters.
+pub const SECRET: &str = "the board cluster tests secret";
+
+/// A board with popvmm and the aarch64 `images` in /payload, the host ports edge-sim picks
+/// forwarded to `forwards` (guest ports).
+pub fn board_with(images: &[&str], forwards: Vec<u16>) -> EdgeSim {
+    static BUILT: std::sync::OnceLock<(PathBuf, HashMap<String, PathBuf>)> =
+        std::sync::OnceLock::new();
+    let (popvmm, built) = BUILT.get_or_init(|| (popvmm_aarch64(), self::images("aarch64")));
+    let mut payload = vec![(popvmm.clone(), "popvmm".to_string())];
+    for name in images {
+        payload.push((built[*name].clone(), name.to_string()));
+    }
+    EdgeSim::start(&Options {
+        payload,
+        forwards,
+        ..Options::default()
+    })
+    .expect("start the simulated aarch64 board")
+}
+
 /// Where a board cluster keeps its files (cluster file, secret, logs, control sockets).
 const DIR: &str = "/tmp/c";
 
@@ -78,27 +99,25 @@ impl BoardCluster {
     /// A board with popvmm and the aarch64 `images` in /payload, and the cluster file of
     /// nodes 0..n.
     pub fn new(n: u32, images: &[&str]) -> BoardCluster {
-        let built = self::images("aarch64");
-        let mut payload = vec![(popvmm_aarch64(), "popvmm".to_string())];
-        for name in images {
-            payload.push((built[*name].clone(), name.to_string()));
-        }
-        let board = EdgeSim::start(&Options {
-            payload,
-            ..Options::default()
-        })
-        .expect("start the simulated aarch64 board");
-        let mut file = String::from("secret_file = \"secret\"\nheartbeat_ms = 500\n");
+        let mut file = String::new();
         for id in 0..n {
             file += &format!(
                 "[[node]]\nid = {id}\naddress = \"unix:{DIR}/n{id}.sock\"\nisa = \"aarch64\"\n"
             );
         }
+        BoardCluster::on(board_with(images, Vec::new()), &file)
+    }
+
+    /// The cluster whose nodes `file` lists (its `[[node]]` entries; the secret is the
+    /// tests' [`SECRET`]), on `board`.
+    pub fn on(board: EdgeSim, nodes: &str) -> BoardCluster {
+        let file = format!("secret_file = \"secret\"\nheartbeat_ms = 500\n{nodes}");
         let setup = Run::of(
             board
                 .sh(&format!(
-                    "mkdir -p {DIR}/run && echo 'the board cluster tests secret' > {DIR}/secret \
+                    "mkdir -p {DIR}/run && printf '%s\\n' {} > {DIR}/secret \
                      && printf %s {} > {DIR}/cluster.toml",
+                    quote(SECRET),
                     quote(&file)
                 ))
                 .expect("run on the board"),
@@ -133,9 +152,10 @@ impl BoardCluster {
         assert_eq!(run.status, 0, "node {id} did not start: {run:?}");
     }
 
-    /// The `popvmm launch --cluster` command line of a VM of `name` (an image in /payload).
-    fn launch_line(options: &[&str], name: &str, args: &[&str]) -> String {
-        let mut line = String::from("popvmm launch --cluster cluster.toml --id 0");
+    /// The `popvmm launch --cluster` command line of a VM of `name` (an image in /payload)
+    /// launched as node `id`.
+    fn launch_line(id: u32, options: &[&str], name: &str, args: &[&str]) -> String {
+        let mut line = format!("popvmm launch --cluster cluster.toml --id {id}");
         for o in options {
             line += &format!(" {}", quote(o));
         }
@@ -148,13 +168,18 @@ impl BoardCluster {
 
     /// Launches a VM and waits for it to end.
     pub fn launch(&self, options: &[&str], name: &str, args: &[&str]) -> Run {
-        self.sh(&Self::launch_line(options, name, args))
+        self.sh(&Self::launch_line(0, options, name, args))
     }
 
     /// Launches a VM in the background (its output into `vm.out`, `vm.err`, its status into
     /// `vm.status`) and waits until it printed its first line.
     pub fn launch_bg(&self, options: &[&str], name: &str, args: &[&str]) {
-        let line = Self::launch_line(options, name, args);
+        self.launch_bg_as(0, options, name, args);
+    }
+
+    /// [`BoardCluster::launch_bg`] as node `id`.
+    pub fn launch_bg_as(&self, id: u32, options: &[&str], name: &str, args: &[&str]) {
+        let line = Self::launch_line(id, options, name, args);
         let run = self.sh(&format!(
             "rm -f vm.out vm.err vm.status; \
              (setsid sh -c {} < /dev/null > /dev/null 2>&1 &); \
@@ -184,15 +209,25 @@ impl BoardCluster {
 
     /// `popvmm migrate VM --to N EXTRA`, asked of node 0.
     pub fn migrate(&self, vm: &str, to: u32, extra: &[&str]) -> Run {
+        self.migrate_asking(0, vm, to, extra)
+    }
+
+    /// `popvmm migrate VM --to N EXTRA`, asked of node `asked`.
+    pub fn migrate_asking(&self, asked: u32, vm: &str, to: u32, extra: &[&str]) -> Run {
         self.sh(&format!(
-            "popvmm migrate --id 0 {vm} --to {to} {}",
+            "popvmm migrate --id {asked} {vm} --to {to} {}",
             extra.join(" ")
         ))
     }
 
     /// The VMs `popvmm ps --json` lists (asked of node 0).
     pub fn vms(&self) -> Vec<Value> {
-        let run = self.sh("popvmm ps --id 0 --json");
+        self.vms_asking(0)
+    }
+
+    /// The VMs `popvmm ps --json` lists, asked of node `asked`.
+    pub fn vms_asking(&self, asked: u32) -> Vec<Value> {
+        let run = self.sh(&format!("popvmm ps --id {asked} --json"));
         serde_json::from_str::<Value>(&run.stdout)
             .ok()
             .and_then(|v| v.as_array().cloned())
