@@ -5,6 +5,11 @@
 //! Prints a Markdown table for BENCHMARKS.md: hello end to end, the VMM's setup before the
 //! guest's first instruction (KVM setup and image load, from `popvmm launch --timings`), and
 //! thread spawn + join (medians of several runs).
+//!
+//! With `-- --nodes`: what moving takes, three nodes on the board beside three on this host
+//! (Unix sockets both): a thread there and back, whole-VM pre-copy and post-copy of a 64 MiB
+//! `migrateme` (medians of four migrations each), a thread scanning 16 MiB written on the
+//! other node, and the net-msg round trip between the nodes as the baseline.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -172,8 +177,184 @@ fn aarch64(board: &EdgeSim) -> Figures {
     }
 }
 
+/// A number in `text` right after `key`.
+fn number_after(text: &str, key: &str) -> f64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
+        + key.len();
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches(',')
+        .parse()
+        .unwrap()
+}
+
+/// Migrations per mode (there and back, twice).
+const MIGRATIONS: usize = 4;
+
+/// What moving takes on one ISA: a thread there and back (p50, p99, in µs), whole-VM
+/// pre-copy and post-copy (total and downtime, in ms, medians), a thread's scan of memory
+/// written on the other node (s), and a net-msg round trip of 2 KiB between the nodes (µs).
+struct Moves {
+    thread: (f64, f64),
+    precopy: (f64, f64),
+    postcopy: (f64, f64),
+    scan: f64,
+    rtt: f64,
+}
+
+/// The migrate figures from `popvmm migrate`'s last line: total ms, downtime ms.
+fn migrated(out: &str) -> (f64, f64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("migrated VM"))
+        .unwrap_or_else(|| panic!("not migrated: {out}"));
+    (number_after(line, "): "), number_after(line, "downtime "))
+}
+
+/// Medians of the (total, downtime) pairs.
+fn medians(pairs: Vec<(f64, f64)>) -> (f64, f64) {
+    let (a, b): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    (median(a), median(b))
+}
+
+const MIGRATEME: [&str; 5] = ["600", "50", "8", "0", "12"];
+
+fn x86_moves() -> Moves {
+    use common::cluster::{Cluster, finish};
+    let mut c = Cluster::new();
+    c.start(1, false);
+    c.start(2, false);
+    let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let (status, out, _) = finish(c.launch(&[], "spread", &["timing", "200"]));
+    assert_eq!(status, 0);
+    let thread = (number_after(&out, "p50"), number_after(&out, "p99"));
+    let mut modes = Vec::new();
+    for mode in ["precopy", "postcopy"] {
+        let vm = c.launch(&["--memory", "64M"], "migrateme", &MIGRATEME);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let pairs = (0..MIGRATIONS)
+            .map(|i| {
+                migrated(&text(&c.migrate(
+                    "migrateme",
+                    1 + (i % 2) as u32,
+                    &["--mode", mode],
+                )))
+            })
+            .collect();
+        modes.push(medians(pairs));
+        drop(vm);
+    }
+    let (status, out, _) = finish(c.launch(&[], "spread", &["scan", "16"]));
+    assert_eq!(status, 0);
+    let ping = c.popvmm(&[
+        "ping", "--id", "1", "--to", "2", "--count", "200", "--size", "2048",
+    ]);
+    Moves {
+        thread,
+        precopy: modes[0],
+        postcopy: modes[1],
+        scan: number_after(&out, " in "),
+        rtt: number_after(&text(&ping), "median"),
+    }
+}
+
+fn arm_moves() -> Moves {
+    use common::board::BoardCluster;
+    let c = BoardCluster::new(3, &["spread", "migrateme"]);
+    c.start_node(1, None);
+    c.start_node(2, None);
+    let out = c.launch(&[], "spread", &["timing", "200"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    let thread = (
+        number_after(&out.stdout, "p50"),
+        number_after(&out.stdout, "p99"),
+    );
+    let mut modes = Vec::new();
+    for mode in ["precopy", "postcopy"] {
+        c.launch_bg(&["--memory", "64M"], "migrateme", &MIGRATEME);
+        let pairs = (0..MIGRATIONS)
+            .map(|i| {
+                migrated(
+                    &c.migrate("migrateme", 1 + (i % 2) as u32, &["--mode", mode])
+                        .stdout,
+                )
+            })
+            .collect();
+        modes.push(medians(pairs));
+        c.kill_vm();
+    }
+    let scan = c.launch(&[], "spread", &["scan", "16"]);
+    assert_eq!(scan.status, 0, "{scan:?}");
+    let ping = c.sh("popvmm ping --id 1 --to 2 --count 200 --size 2048");
+    Moves {
+        thread,
+        precopy: modes[0],
+        postcopy: modes[1],
+        scan: number_after(&scan.stdout, " in "),
+        rtt: number_after(&ping.stdout, "median"),
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::args().any(|a| a == "--nodes") {
+        let (arm, x86) = (arm_moves(), x86_moves());
+        println!(
+            "| what (debug images; medians) | aarch64 nodes in the simulated board (emulated, TCG) | x86-64 nodes on this host | ratio |"
+        );
+        println!("|---|---|---|---|");
+        let ms = |v: f64| v * 1e6;
+        let us = |v: f64| v * 1e3;
+        for (what, a, b) in [
+            (
+                "thread move there and back (200), p50",
+                us(arm.thread.0),
+                us(x86.thread.0),
+            ),
+            (
+                "thread move there and back (200), p99",
+                us(arm.thread.1),
+                us(x86.thread.1),
+            ),
+            (
+                "baseline: net-msg 2 KiB round trip between the nodes",
+                us(arm.rtt),
+                us(x86.rtt),
+            ),
+            (
+                "whole VM, 64 MiB (12 filled, 8 rewritten), pre-copy: total",
+                ms(arm.precopy.0),
+                ms(x86.precopy.0),
+            ),
+            (
+                "... pre-copy: downtime",
+                ms(arm.precopy.1),
+                ms(x86.precopy.1),
+            ),
+            (
+                "... post-copy: total",
+                ms(arm.postcopy.0),
+                ms(x86.postcopy.0),
+            ),
+            (
+                "... post-copy: downtime",
+                ms(arm.postcopy.1),
+                ms(x86.postcopy.1),
+            ),
+            (
+                "a thread scanning 16 MiB written on the other node",
+                arm.scan * 1e9,
+                x86.scan * 1e9,
+            ),
+        ] {
+            println!("| {what} | {} | {} | {:.0}x |", fmt(a), fmt(b), a / b);
+        }
         return;
     }
     let x86_images = build_images("x86_64");

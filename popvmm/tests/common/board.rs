@@ -181,13 +181,25 @@ impl BoardCluster {
     pub fn launch_bg_as(&self, id: u32, options: &[&str], name: &str, args: &[&str]) {
         let line = Self::launch_line(id, options, name, args);
         let run = self.sh(&format!(
-            "rm -f vm.out vm.err vm.status; \
+            "rm -f vm.out vm.err vm.status vm.pid; \
              (setsid sh -c {} < /dev/null > /dev/null 2>&1 &); \
              for i in $(seq 600); do [ -s vm.out ] && exit 0; [ -f vm.status ] && break; \
              sleep 0.1; done; cat vm.err; exit 1",
-            quote(&format!("{line} > vm.out 2> vm.err; echo $? > vm.status"))
+            quote(&format!(
+                "{line} > vm.out 2> vm.err & echo $! > vm.pid; wait $!; echo $? > vm.status"
+            ))
         ));
         assert_eq!(run.status, 0, "the VM printed nothing: {run:?}");
+    }
+
+    /// Kills the launch of [`BoardCluster::launch_bg`] (its VM goes with it) and waits for
+    /// it to be gone.
+    pub fn kill_vm(&self) {
+        let run = self.sh(
+            "kill -9 $(cat vm.pid); for i in $(seq 300); do [ -f vm.status ] && exit 0; \
+             sleep 0.1; done; exit 1",
+        );
+        assert_eq!(run.status, 0, "the launch did not end: {run:?}");
     }
 
     /// Waits (at most two minutes) for the VM of [`BoardCluster::launch_bg`] to end: its
