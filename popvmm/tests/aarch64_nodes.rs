@@ -82,7 +82,7 @@ fn whole_vms_move_between_aarch64_nodes_and_a_node_lost_mid_copy_loses_nothing()
 
 #[test]
 fn threads_spread_over_aarch64_nodes_print_what_they_print_on_x86_64() {
-    let c = BoardCluster::new(3, &["hello2", "helloN", "primesum", "pthreads"]);
+    let c = BoardCluster::new(3, &["hello2", "helloN", "primesum", "pthreads", "spread"]);
     c.start_node(1, None);
     // The seed tutorial's programs, which move their threads themselves (the same outputs
     // as the x86-64 cluster tests expect).
@@ -106,6 +106,34 @@ fn threads_spread_over_aarch64_nodes_print_what_they_print_on_x86_64() {
             "{name}: {run:?}"
         );
     }
+    // A thread that moves keeps its floating-point registers, its rounding mode and its
+    // clock; a move to a node that is down (node 2) fails and the thread goes on.
+    for (args, expected) in [
+        (
+            ["fp", "50"],
+            "fp: 50 moves, rounding kept, the clock never went back\nok\n",
+        ),
+        (
+            ["dead", "2"],
+            "dead: the node is down or cannot take the thread; still on node 0\nok\n",
+        ),
+    ] {
+        let run = c.launch(&[], "spread", &args);
+        assert_eq!((run.status, run.stdout.as_str()), (0, expected), "{run:?}");
+    }
+    // A thread blocked in a futex wait (a Condvar) moved from outside is woken where it went
+    // (its hypercall's answer goes to its argument block there).
+    c.launch_bg(&[], "spread", &["wait", "8000"]);
+    c.wait_thread(2, 0, Some("blocked"));
+    let moved = c.sh("popvmm migrate --id 0 spread --thread 2 --to 1");
+    assert_eq!(moved.status, 0, "{moved:?}");
+    c.wait_thread(2, 1, Some("blocked"));
+    let woken = c.wait_vm();
+    assert_eq!(
+        (woken.status, woken.stdout.as_str()),
+        (0, "wait: woken on node 1\nok\n"),
+        "{woken:?}"
+    );
     // primesum, its threads placed by the program and by the launch; each time threads
     // arrive at node 1.
     let sums = "thread 0 sum is 9594\nthread 1 sum is 8392\nthread 2 sum is 8013\n\

@@ -172,7 +172,7 @@ impl BoardCluster {
     }
 
     /// Launches a VM in the background (its output into `vm.out`, `vm.err`, its status into
-    /// `vm.status`) and waits until it printed its first line.
+    /// `vm.status`) and waits until it runs (`ps` lists it, or it printed).
     pub fn launch_bg(&self, options: &[&str], name: &str, args: &[&str]) {
         self.launch_bg_as(0, options, name, args);
     }
@@ -184,6 +184,7 @@ impl BoardCluster {
             "rm -f vm.out vm.err vm.status vm.pid; \
              (setsid sh -c {} < /dev/null > /dev/null 2>&1 &); \
              for i in $(seq 600); do [ -s vm.out ] && exit 0; [ -f vm.status ] && break; \
+             popvmm ps --id 0 --json 2>/dev/null | grep -q '\"name\"' && exit 0; \
              sleep 0.1; done; cat vm.err; exit 1",
             quote(&format!(
                 "{line} > vm.out 2> vm.err & echo $! > vm.pid; wait $!; echo $? > vm.status"
@@ -244,6 +245,29 @@ impl BoardCluster {
             .ok()
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_else(|| panic!("ps: {run:?}"))
+    }
+
+    /// Waits (at most a minute) until `ps --threads` shows thread `tid` on `node` in `state`
+    /// (any state if `None`).
+    pub fn wait_thread(&self, tid: u64, node: u64, state: Option<&str>) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let run = self.sh("popvmm ps --threads --id 0 --json");
+            let list = serde_json::from_str::<Value>(&run.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default();
+            if list.iter().any(|t| {
+                t["tid"] == tid && t["node"] == node && state.is_none_or(|s| t["state"] == s)
+            }) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "thread {tid} never showed on node {node}: {list:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A node's log (its stderr), for failure messages.

@@ -133,6 +133,8 @@ impl Vcpu {
     /// Runs the vCPU until the guest needs the VMM; a hypercall's arguments are read from its
     /// argument block in `mem`.
     pub fn run(&mut self, mem: &GuestMem) -> Result<Exit, kvm_ioctls::Error> {
+        // The last hypercall was answered: running on, its block is the guest's again.
+        self.pending_block = None;
         let result = self.fd.run();
         self.mmio_pending = matches!(
             result,
@@ -190,9 +192,10 @@ impl Vcpu {
         }
     }
 
-    /// Answers the hypercall the vCPU stopped on (in its argument block).
+    /// Answers the hypercall the vCPU stopped on (in its argument block); a later answer
+    /// before the vCPU runs again replaces it (a move that failed after the guest was told 0).
     pub fn set_hypercall_result(&mut self, mem: &GuestMem, value: i64) {
-        if let Some(block) = self.pending_block.take() {
+        if let Some(block) = self.pending_block {
             // The block was readable when the hypercall came in; it still is.
             let _ = mem.write_u64(block + RESULT_OFFSET, value as u64);
         }
