@@ -312,18 +312,8 @@ fn pages_the_home_had_go_to_the_others_and_come_back() {
 #[test]
 fn without_write_protect_pages_move_whole_between_the_home_and_a_node() {
     without_write_protect(|| {
-        let nodes = cluster(2, |bytes| {
-            for (i, b) in bytes[..8 * PAGE_SIZE as usize].iter_mut().enumerate() {
-                *b = (i % 251) as u8;
-            }
-        });
-        let expect = |i: usize| (i % 251) as u8;
         // Node 1 reads the home's data: each page comes whole, none is left at the home.
-        // SAFETY: 8 pages of node 1's mapping, read through the DSM (they fault in).
-        let seen = unsafe { std::slice::from_raw_parts(nodes[1].base as *const u8, 8 * 4096) };
-        for (i, &b) in seen.iter().enumerate() {
-            assert_eq!(b, expect(i), "byte {i}");
-        }
+        let (nodes, expect) = two_nodes_reading_the_home_s_pattern();
         for page in 0..8 {
             assert_eq!(nodes[1].region.state(page), Some(State::Modified));
             assert_eq!(nodes[0].region.state(page), Some(State::Invalid));
@@ -343,20 +333,29 @@ fn without_write_protect_pages_move_whole_between_the_home_and_a_node() {
     });
 }
 
-fn pages_the_home_had_go_to_the_others_and_come_back_body() {
+/// Two nodes whose home's first 8 pages hold a pattern, which node 1 has read in order
+/// (checking every byte); the pattern's byte at an offset.
+fn two_nodes_reading_the_home_s_pattern() -> (Vec<TestNode>, fn(usize) -> u8) {
+    fn expect(i: usize) -> u8 {
+        (i % 251) as u8
+    }
     let nodes = cluster(2, |bytes| {
         for (i, b) in bytes[..8 * PAGE_SIZE as usize].iter_mut().enumerate() {
-            *b = (i % 251) as u8;
+            *b = expect(i);
         }
     });
-    let expect = |i: usize| (i % 251) as u8;
-    // Node 1 reads the home's data in order: the first page as a read copy (node 0 keeps
-    // one too), the next ones as a scan, which takes the pages no one else shares...
     // SAFETY: 8 pages of node 1's mapping, read through the DSM (they fault in).
     let seen = unsafe { std::slice::from_raw_parts(nodes[1].base as *const u8, 8 * 4096) };
     for (i, &b) in seen.iter().enumerate() {
         assert_eq!(b, expect(i), "byte {i}");
     }
+    (nodes, expect)
+}
+
+fn pages_the_home_had_go_to_the_others_and_come_back_body() {
+    // Node 1 reads the home's data in order: the first page as a read copy (node 0 keeps
+    // one too), the next ones as a scan, which takes the pages no one else shares...
+    let (nodes, expect) = two_nodes_reading_the_home_s_pattern();
     assert_eq!(nodes[1].region.state(0), Some(State::Shared));
     assert_eq!(nodes[0].region.state(0), Some(State::Shared));
     assert_eq!(nodes[1].region.state(3), Some(State::Modified));

@@ -13,7 +13,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 use common::repo;
+use shared::{median, number_after};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -45,11 +47,6 @@ fn popvmm_aarch64() -> PathBuf {
         .expect("cargo build");
     assert!(status.success());
     root.join("target/aarch64-unknown-linux-musl/release/popvmm")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn field(text: &str, key: &str) -> f64 {
@@ -175,21 +172,6 @@ fn aarch64(board: &EdgeSim) -> Figures {
         to_main,
         spawn_join,
     }
-}
-
-/// A number in `text` right after `key`.
-fn number_after(text: &str, key: &str) -> f64 {
-    let at = text
-        .find(key)
-        .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
-        + key.len();
-    text[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_end_matches(',')
-        .parse()
-        .unwrap()
 }
 
 /// Migrations per mode (there and back, twice).

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 mod common;
 mod shared;
 use common::{Proc, repo};
-use shared::{bulk_stream, free_port, median, raw_tcp, warm_up};
+use shared::{bulk_stream, free_port, median, number_after, raw_tcp, warm_up};
 
 struct Bench {
     cluster: PathBuf,
@@ -94,20 +94,6 @@ impl Bench {
         );
         (String::from_utf8(out.stdout).unwrap(), secs)
     }
-}
-
-/// The number after `key` in `text`.
-fn number_after(text: &str, key: &str) -> f64 {
-    let at = text
-        .find(key)
-        .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
-        + key.len();
-    text[at..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 fn main() {

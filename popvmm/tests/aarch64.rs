@@ -48,7 +48,7 @@ fn vcpu_states_and_the_counter_round_trip_on_aarch64_kvm() {
     })
     .expect("start the simulated aarch64 board");
     // The backend's own tests, on real aarch64 KVM: a saved state restored into a fresh vCPU
-    // reads back the same, and the VM's counter never goes back (vCPUs made, states
+    // reads back the same and runs on as the original does, and the VM's counter never goes back (vCPUs made, states
     // restored), which Linux before 6.4 would do at every vCPU creation.
     let run = board
         .run(&[
@@ -67,6 +67,7 @@ fn vcpu_states_and_the_counter_round_trip_on_aarch64_kvm() {
     );
     for test in [
         "a_saved_state_restored_into_a_fresh_vcpu_reads_back_the_same ... ok",
+        "a_thread_saved_mid_loop_continues_on_a_fresh_vcpu_as_it_would_have ... ok",
         "the_counter_never_goes_back_when_vcpus_are_made_or_states_restored ... ok",
         "a_state_survives_the_wire_and_bad_ones_are_refused ... ok",
     ] {

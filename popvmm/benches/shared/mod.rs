@@ -1,5 +1,6 @@
-//! What the benchmarks that run clusters share: free loopback ports, medians, and the raw
-//! TCP copy that node-to-node transfers are measured against.
+//! What the benchmarks that run clusters share: free loopback ports, medians, numbers read
+//! from programs' output, and the raw TCP copy that node-to-node transfers are measured
+//! against.
 
 #![allow(dead_code)]
 
@@ -60,6 +61,21 @@ pub fn raw_tcp(bytes: u64, pin: bool) -> f64 {
     });
     reader.join().unwrap();
     writer.join().unwrap()
+}
+
+/// The number in `text` right after `key` (a trailing comma dropped).
+pub fn number_after(text: &str, key: &str) -> f64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {text:?}"))
+        + key.len();
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches(',')
+        .parse()
+        .unwrap()
 }
 
 /// The median (of an even count: the mean of the middle two).

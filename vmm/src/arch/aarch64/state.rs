@@ -366,6 +366,89 @@ mod tests {
         assert!(again.tsc >= state.tsc);
     }
 
+    /// A guest loop (at `CODE`, MMU off): `x0 += 1; d1 += d2; str x0, [x3]; b loop`, whose
+    /// store to unbacked memory (`x3`) exits to the VMM once a round.
+    const LOOP: [u32; 4] = [0x9100_0400, 0x1e62_2821, 0xf900_0060, 0x17ff_fffd];
+    const CODE: u64 = 0x10_0000;
+
+    /// Runs `vcpu` to its next exit (the loop's store).
+    fn round(vcpu: &mut Vcpu, mem: &crate::memory::GuestMem) {
+        let exit = vcpu.run(mem).unwrap();
+        assert!(
+            matches!(&exit, crate::arch::Exit::Crash(c) if c.what.contains("unbacked")),
+            "{exit:?}"
+        );
+    }
+
+    #[test]
+    fn a_thread_saved_mid_loop_continues_on_a_fresh_vcpu_as_it_would_have() {
+        let Some((vm, arch, mut vcpus)) = vm_with(1) else {
+            return; // no KVM here (the board runs this test)
+        };
+        let mem = crate::memory::GuestMem::new(4 << 20, 2 << 20).unwrap();
+        crate::vm::register_memory(&vm, &mem, 0).unwrap();
+        let code: Vec<u8> = LOOP.iter().flat_map(|w| w.to_le_bytes()).collect();
+        mem.write(CODE, &code).unwrap();
+        let mut a = vcpus.remove(0);
+        for (id, value) in [
+            (regs::CPACR_EL1, regs::CPACR_VALUE),
+            (regs::x(0), 0),
+            (regs::x(3), 0x3800_0000),
+            (regs::PSTATE, 0x3c5),
+            (regs::PC, CODE),
+        ] {
+            set(&a.fd, id, value).unwrap();
+        }
+        for (n, v) in [(1, 1.5f64), (2, 0.25)] {
+            a.fd.set_one_reg(regs::v(n), &u128::from(v.to_bits()).to_le_bytes())
+                .unwrap();
+        }
+        for _ in 0..3 {
+            round(&mut a, &mem);
+        }
+        // Saved after three rounds (the pending store completed first) ...
+        a.complete_pending().unwrap();
+        let state = a.save().unwrap();
+        assert_eq!(state.x[0], 3);
+        let wire = wire(&state);
+        // ... the original goes on three more rounds ...
+        for _ in 0..3 {
+            round(&mut a, &mem);
+        }
+        a.complete_pending().unwrap();
+        let went_on = a.save().unwrap();
+        // ... and so does the saved state, decoded, on a fresh vCPU.
+        let back = VcpuState::decode(&mut Decoder::new(&wire)).unwrap();
+        let mut b = Vcpu::restore(
+            VcpuArgs {
+                vcpu: Vcpu::new(&vm, &arch, 1, 4).unwrap(),
+                counter: state.tsc,
+                counter_slack: 0,
+            },
+            &back,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            round(&mut b, &mem);
+        }
+        b.complete_pending().unwrap();
+        let restored = b.save().unwrap();
+        assert_eq!(restored.x[0], 6);
+        assert_eq!(f64::from_bits(restored.fp.v[1] as u64), 1.5 + 6.0 * 0.25);
+        assert_eq!(
+            VcpuState {
+                tsc: 0,
+                block: None,
+                ..restored
+            },
+            VcpuState {
+                tsc: 0,
+                block: None,
+                ..went_on
+            }
+        );
+    }
+
     #[test]
     fn the_counter_never_goes_back_when_vcpus_are_made_or_states_restored() {
         let Some((vm, arch, vcpus)) = vm_with(1) else {
