@@ -841,6 +841,12 @@ impl Coherent {
         lock(&self.shared.state).failed.clone()
     }
 
+    /// Whether nodes hold read copies of this region's pages here: the region was asked to
+    /// use write-protect and the kernel has it (else every page moves whole).
+    pub fn read_copies(&self) -> bool {
+        self.shared.uffd.can_protect()
+    }
+
     /// The counts so far.
     pub fn stats(&self) -> CoherenceStats {
         let c = &self.shared.counters;

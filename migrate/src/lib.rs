@@ -70,6 +70,17 @@ pub(crate) fn test_hook(point: &str) {
 #[inline(always)]
 pub(crate) fn test_hook(_point: &str) {}
 
+/// Whether this node's DSM regions use userfaultfd write-protect where the kernel has it.
+/// For the tests (the `testing` feature only), `POPVMM_TEST_NO_WRITE_PROTECT=1` makes a node
+/// behave as on a kernel without it (arm64 before Linux 6.10).
+pub(crate) fn write_protect_wanted() -> bool {
+    #[cfg(feature = "testing")]
+    if std::env::var_os("POPVMM_TEST_NO_WRITE_PROTECT").is_some_and(|v| v == "1") {
+        return false;
+    }
+    true
+}
+
 /// How a VM moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

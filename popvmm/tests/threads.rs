@@ -463,3 +463,54 @@ fn a_vm_moved_whole_spans_nodes_from_where_it_went() {
         "{err}"
     );
 }
+
+#[test]
+fn a_vm_whose_origin_lacks_write_protect_spreads_with_pages_moving_whole() {
+    // The origin runs as on an arm64 kernel before 6.10: the VM's nodes hold no read copies,
+    // node 1 (which could) included.
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let no_wp = [("POPVMM_TEST_NO_WRITE_PROTECT", "1")];
+    let run = |name: &str, options: &[&str], args: &[&str]| {
+        finish(c.launch_env(&no_wp, options, name, args))
+    };
+    let (status, out, err) = run("hello2", &[], &[]);
+    assert_eq!(
+        (status, out.as_str()),
+        (0, "hello, world (node 0)\nhello, world (node 1)\n"),
+        "{err}"
+    );
+    let sums = "thread 0 sum is 9594\nthread 1 sum is 8392\nthread 2 sum is 8013\n\
+                thread 3 sum is 7863\nsum is 33862\n";
+    let (status, out, err) = run("primesum", &["--spread"], &[]);
+    assert_eq!((status, out.as_str()), (0, sums), "{err}");
+    let (status, out, err) = run("spread", &[], &["scan", "16"]);
+    assert_eq!(status, 0, "{out}{err}");
+    assert!(out.contains("scan: 16 MiB read on node 1"), "{out}");
+    let (status, out, err) = run("spread", &[], &["falseshare", "300"]);
+    assert_eq!(status, 0, "{out}{err}");
+}
+
+#[test]
+fn a_node_without_write_protect_cannot_join_a_vm_whose_nodes_hold_read_copies() {
+    // A thread's move there fails (hello2 says so and exits 1), it goes on where it was, and
+    // the reason is one line.
+    let mut c = Cluster::new();
+    c.start_without_write_protect(1);
+    let (status, out, err) = finish(c.launch_env(&[("RUST_LOG", "warn")], &[], "hello2", &[]));
+    assert_eq!(
+        (status, out.as_str()),
+        (1, "hello, world (node 0)\n"),
+        "{err}"
+    );
+    assert!(err.contains("cannot migrate to node 1"), "{err}");
+    let why: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("could not move to node 1"))
+        .collect();
+    assert_eq!(why.len(), 1, "{err}");
+    assert!(
+        why[0].contains("node 1 cannot write-protect guest memory"),
+        "{err}"
+    );
+}

@@ -152,7 +152,7 @@ impl Spans {
             vm: vm_id,
             host_base: shared.host_addr,
             len: shared.size,
-            write_protect: true,
+            write_protect: crate::write_protect_wanted(),
         };
         let region = self.regions.start(node, cfg).map_err(|e| e.to_string())?;
         let o = Origin::start(node, vm_id, &vm, region);
@@ -1131,6 +1131,12 @@ fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
         image_len: vm.image.bytes.len() as u64,
         image_sha256: crate::vm::images::digest_of(&vm.image.bytes),
         clock: thread.clock,
+        // As the sender's region does: one mode for all of the VM's nodes.
+        read_copies: ctx
+            .spans
+            .upgrade()
+            .and_then(|s| s.regions.get(ctx.vm_id))
+            .is_none_or(|r| r.read_copies()),
     }
 }
 

@@ -162,9 +162,20 @@ pub fn make(
         vm: vm_id,
         host_base: shared.host_addr,
         len: shared.size,
-        write_protect: true,
+        write_protect: setup.read_copies && crate::write_protect_wanted(),
     };
     let region = regions.start(node, cfg).map_err(|e| e.to_string())?;
+    if setup.read_copies && !region.read_copies() {
+        // The VM's other nodes make read copies, which this kernel could not keep read-only.
+        if let Some(region) = regions.remove(vm_id) {
+            region.fail("the shell could not be made");
+        }
+        return Err(format!(
+            "node {} cannot write-protect guest memory (userfaultfd write-protect; arm64 \
+             needs Linux 6.10), and this VM's other nodes hold read copies",
+            node.id()
+        ));
+    }
     let vm = match Vm::restore(image, &config, fs, mem, &state, None) {
         Ok(vm) => vm,
         Err(e) => {

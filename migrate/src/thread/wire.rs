@@ -86,6 +86,9 @@ pub struct ShellSetup {
     pub image_sha256: [u8; 32],
     /// The guest clock.
     pub clock: ClockState,
+    /// Whether the VM's nodes hold read copies (every node of a VM does, or none: see
+    /// `pop_dsm::RegionConfig::write_protect`).
+    pub read_copies: bool,
 }
 
 impl Encode for ShellSetup {
@@ -99,6 +102,7 @@ impl Encode for ShellSetup {
             .u64(self.image_len)
             .bytes(&self.image_sha256);
         self.clock.encode(e);
+        self.read_copies.encode(e);
     }
 }
 
@@ -114,6 +118,7 @@ impl Decode for ShellSetup {
             image_len: d.u64()?,
             image_sha256: d.bytes(32)?.try_into().expect("32 bytes"),
             clock: ClockState::decode(d)?,
+            read_copies: bool::decode(d)?,
         })
     }
 }

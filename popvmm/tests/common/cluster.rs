@@ -13,6 +13,10 @@ use super::{Proc, repo};
 
 pub const SOON: Duration = Duration::from_secs(60);
 
+/// The `die_on` of [`Cluster::start_limited`] that starts a node as one whose kernel had no
+/// userfaultfd write-protect (it does not die).
+const NO_WRITE_PROTECT: &str = "no write-protect";
+
 /// The unikernel image of app `name` (built once with `cargo pop build`).
 pub fn image(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
@@ -85,6 +89,11 @@ impl Cluster {
         self.start_limited(id, wrong_secret, die_on, None);
     }
 
+    /// [`Cluster::start`] as a node whose kernel had no userfaultfd write-protect.
+    pub fn start_without_write_protect(&mut self, id: usize) {
+        self.start_limited(id, false, Some(NO_WRITE_PROTECT), None);
+    }
+
     /// [`Cluster::start_with`], the node's address space limited to `limit` bytes.
     pub fn start_limited(
         &mut self,
@@ -110,8 +119,14 @@ impl Cluster {
                 });
             }
         }
-        if let Some(m) = die_on {
-            c.env("POPVMM_TEST_DIE_ON", m);
+        match die_on {
+            Some(NO_WRITE_PROTECT) => {
+                c.env("POPVMM_TEST_NO_WRITE_PROTECT", "1");
+            }
+            Some(m) => {
+                c.env("POPVMM_TEST_DIE_ON", m);
+            }
+            None => {}
         }
         c.args(["node", "--cluster", self.file.to_str().unwrap(), "--id"])
             .arg(id.to_string());
@@ -140,8 +155,20 @@ impl Cluster {
 
     /// `popvmm launch --cluster ... --id 0 IMAGE -- ARGS` with piped output.
     pub fn launch(&self, options: &[&str], name: &str, args: &[&str]) -> Proc {
+        self.launch_env(&[], options, name, args)
+    }
+
+    /// [`Cluster::launch`] with `env` in the launch's environment.
+    pub fn launch_env(
+        &self,
+        env: &[(&str, &str)],
+        options: &[&str],
+        name: &str,
+        args: &[&str],
+    ) -> Proc {
         let child = self
             .command()
+            .envs(env.iter().copied())
             .args([
                 "launch",
                 "--cluster",
