@@ -377,3 +377,89 @@ fn a_vm_in_a_cluster_sees_its_nodes() {
         "node 0 x86_64 up (here)\nnode 1 x86_64 up\nnode 2 x86_64 up\nnode 3 aarch64 down\n"
     );
 }
+
+/// The JSON objects `popvmm migrate --json` printed, one a line (each must parse).
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect()
+}
+
+#[test]
+fn migrate_json_reports_progress_and_the_result_in_query_migrate_s_words() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    let vm = c.launch(
+        &["--memory", "64M"],
+        "migrateme",
+        &["120", "50", "8", "0", "12"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Pre-copy: rounds while it runs ("active"), then the result.
+    let out = c.migrate("migrateme", 1, &["--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = json_lines(&out);
+    let (last, progress) = events.split_last().unwrap();
+    assert!(!progress.is_empty(), "no progress: {events:?}");
+    for (i, e) in progress.iter().enumerate() {
+        assert_eq!(e["status"], "active", "{e}");
+        assert_eq!(e["round"], i as u64 + 1, "{e}");
+        assert!(e["ram"]["transferred"].as_u64().unwrap() > 0, "{e}");
+        assert!(e["expected-downtime"].as_f64().is_some(), "{e}");
+    }
+    assert_eq!(last["status"], "completed", "{last}");
+    assert_eq!(
+        (last["from"].clone(), last["to"].clone()),
+        (0.into(), 1.into())
+    );
+    assert_eq!(last["mode"], "precopy");
+    let (total, downtime) = (
+        last["total-time"].as_f64().unwrap(),
+        last["downtime"].as_f64().unwrap(),
+    );
+    assert!(total > 0.0 && downtime > 0.0 && downtime <= total, "{last}");
+    // Every round's bytes and the last copy's are in the total.
+    let rounds = progress.last().unwrap()["ram"]["transferred"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        last["ram"]["transferred"].as_u64().unwrap() >= rounds,
+        "{last}"
+    );
+    assert!(last["ram"]["dirty-sync-count"].as_u64().unwrap() >= progress.len() as u64);
+    assert!(
+        last["phases"].is_object() || last["phases"].is_array(),
+        "{last}"
+    );
+    // Post-copy: the switch-over, the pushes ("postcopy-active"), then the result.
+    let out = c.migrate("migrateme", 0, &["--json", "--mode", "postcopy"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = json_lines(&out);
+    let (last, progress) = events.split_last().unwrap();
+    assert_eq!(progress[0]["status"], "postcopy-active", "{events:?}");
+    assert_eq!(progress[0]["to"], 0, "{events:?}");
+    assert!(progress.iter().all(|e| e["status"] == "postcopy-active"));
+    assert_eq!(
+        (last["status"].as_str(), last["mode"].as_str()),
+        (Some("completed"), Some("postcopy"))
+    );
+    // A refused migration: one JSON object saying why, one line on stderr, status non-zero;
+    // the VM runs on.
+    let out = c.migrate("migrateme", 3, &["--json"]);
+    assert!(!out.status.success());
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["status"], "failed");
+    let why = events[0]["error-desc"].as_str().unwrap();
+    assert!(why.contains("node 3 is aarch64"), "{why}");
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    let (status, out, err) = finish(vm);
+    assert_eq!(status, 0, "{err}");
+    assert!(out.ends_with("done\n"), "{out}");
+}

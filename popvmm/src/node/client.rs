@@ -296,6 +296,8 @@ pub fn migrate(a: &crate::cli::MigrateArgs) -> Result<String, String> {
     s.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s.take(control::MAX_LINE));
     let mut stdout = std::io::stdout();
+    // Bytes of the rounds so far (the node reports each round's).
+    let mut sent = 0u64;
     loop {
         let mut answer = String::new();
         match r.read_line(&mut answer) {
@@ -311,6 +313,21 @@ pub fn migrate(a: &crate::cli::MigrateArgs) -> Result<String, String> {
         }
         let v: Value =
             serde_json::from_str(&answer).map_err(|e| format!("bad answer from the node: {e}"))?;
+        if a.target.json {
+            let event = query_migrate::event(&v, &a.vm, &mut sent);
+            if event["status"] == "failed" || event["status"] == "completed" {
+                let line = format!("{event}\n");
+                return match event["status"] == "completed" {
+                    true => Ok(line),
+                    false => {
+                        let _ = stdout.write_all(line.as_bytes());
+                        Err(event["error-desc"].as_str().unwrap_or("failed").to_string())
+                    }
+                };
+            }
+            let _ = writeln!(stdout, "{event}");
+            continue;
+        }
         if let Some(p) = v.get("progress")
             && p["phase"] == "push"
         {
@@ -373,5 +390,84 @@ pub fn migrate(a: &crate::cli::MigrateArgs) -> Result<String, String> {
                 (false, false) => "",
             },
         ));
+    }
+}
+
+/// `popvmm migrate --json`: the node's progress and answers in the words of QEMU's
+/// `query-migrate` (`status`, `total-time` and `downtime` in ms, `ram.transferred` in bytes,
+/// `ram.mbps` in megabits per second, `ram.dirty-sync-count`: rounds, ...), plus this
+/// system's own (`round`, `from`, `to`, `mode`, `phases`).
+mod query_migrate {
+    use serde_json::{Value, json};
+
+    const PAGE: u64 = 4096;
+
+    /// The object for one line from the node; `sent` keeps the bytes of the rounds so far.
+    pub fn event(v: &Value, vm: &str, sent: &mut u64) -> Value {
+        let num = |x: &Value| x.as_f64().unwrap_or(0.0);
+        let int = |x: &Value| x.as_u64().unwrap_or(0);
+        if let Some(p) = v.get("progress") {
+            return match p["phase"].as_str() {
+                Some("push") => json!({
+                    "status": "postcopy-active",
+                    "ram": {
+                        "transferred": int(&p["bytes"]),
+                        "remaining": int(&p["total_pages"]).saturating_sub(int(&p["pushed_pages"])) * PAGE,
+                        "mbps": num(&p["mb_per_sec"]) * 8.0,
+                        "page-size": PAGE,
+                    },
+                    "pushed-pages": p["pushed_pages"],
+                    "total-pages": p["total_pages"],
+                }),
+                Some(_) => json!({
+                    "status": "postcopy-active",
+                    "downtime": p["downtime_ms"],
+                    "ram": { "transferred": int(&p["bytes"]), "page-size": PAGE },
+                    "to": p["to"],
+                }),
+                None => {
+                    *sent += int(&p["bytes"]);
+                    json!({
+                        "status": "active",
+                        "round": p["round"],
+                        "expected-downtime": p["estimated_downtime_ms"],
+                        "ram": {
+                            "transferred": *sent,
+                            "remaining": int(&p["remaining_pages"]) * PAGE,
+                            "normal": p["pages"],
+                            "normal-bytes": p["bytes"],
+                            "mbps": num(&p["mb_per_sec"]) * 8.0,
+                            "dirty-sync-count": p["round"],
+                            "page-size": PAGE,
+                        },
+                    })
+                }
+            };
+        }
+        if v["ok"] != Value::Bool(true) {
+            return json!({
+                "status": "failed",
+                "error-desc": v["error"].as_str().unwrap_or("the migration failed"),
+                "vm": vm,
+            });
+        }
+        let s = &v["summary"];
+        json!({
+            "status": "completed",
+            "vm": vm,
+            "from": s["from"],
+            "to": s["to"],
+            "mode": s["mode"],
+            "total-time": s["total_ms"],
+            "downtime": s["downtime_ms"],
+            "ram": {
+                "transferred": s["bytes"],
+                "dirty-sync-count": s["rounds"],
+                "page-size": PAGE,
+            },
+            "reused-memory": s["reused_memory"],
+            "had-image": s["had_image"],
+            "phases": s["phases"],
+        })
     }
 }

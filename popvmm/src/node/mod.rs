@@ -58,7 +58,9 @@ pub struct Target {
     #[arg(long, value_name = "N")]
     pub id: Option<u32>,
 
-    /// Print JSON instead of a table.
+    /// Print JSON instead of a table (`migrate`: one object a line, per progress event and a
+    /// last one, `"status": "completed"` or `"failed"`, in the words of QEMU's
+    /// `query-migrate`: `total-time`, `downtime`, `expected-downtime`, `ram.transferred`, ...).
     #[arg(long)]
     pub json: bool,
 }
