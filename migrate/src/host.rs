@@ -221,4 +221,10 @@ impl Host {
         self.relays
             .migrate_anywhere(self.node(), key, to, how, progress)
     }
+
+    /// Stops the whole-VM migration of VM `key` before its switch-over, wherever in the
+    /// cluster it runs: that migration fails, and the VM runs on where it was.
+    pub fn cancel_anywhere(&self, key: &str) -> Result<()> {
+        self.relays.cancel_anywhere(self.node(), key)
+    }
 }

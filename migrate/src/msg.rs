@@ -58,6 +58,10 @@ pub enum MsgType {
     Migrate = 50,
     /// One-way ([`Progress`]): progress of a relayed migration, to the node that relayed it.
     Progress = 51,
+    /// Request ([`CancelRequest`]): stop the whole-VM migration of a VM running on the
+    /// receiving node before its switch-over (a relayed `popvmm migrate --cancel`). Answer:
+    /// empty, or an error.
+    Cancel = 52,
     /// One-way, page class ([`pop_dsm::message::PageMsg`], with a page for those that carry
     /// one): the coherence protocol of a VM whose threads span nodes.
     Page = 60,
@@ -113,7 +117,7 @@ pub enum Service {
 
 impl MsgType {
     /// Every message type.
-    pub const ALL: [MsgType; 29] = [
+    pub const ALL: [MsgType; 30] = [
         MsgType::Ping,
         MsgType::Begin,
         MsgType::Commit,
@@ -128,6 +132,7 @@ impl MsgType {
         MsgType::List,
         MsgType::Migrate,
         MsgType::Progress,
+        MsgType::Cancel,
         MsgType::Page,
         MsgType::Shell,
         MsgType::Arrive,
@@ -162,6 +167,7 @@ impl MsgType {
             MsgType::List => "LIST",
             MsgType::Migrate => "MIGRATE",
             MsgType::Progress => "PROGRESS",
+            MsgType::Cancel => "CANCEL",
             MsgType::Page => "PAGE",
             MsgType::Shell => "SHELL",
             MsgType::Arrive => "ARRIVE",
@@ -632,6 +638,27 @@ impl Decode for MigrateRequest {
     }
 }
 
+/// `CANCEL`: the VM whose migration is to stop, as the user named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancelRequest {
+    /// The VM (id or name).
+    pub vm: String,
+}
+
+impl Encode for CancelRequest {
+    fn encode(&self, e: &mut Encoder) {
+        e.string(&self.vm);
+    }
+}
+
+impl Decode for CancelRequest {
+    fn decode(d: &mut Decoder<'_>) -> Result<Self, WireError> {
+        Ok(CancelRequest {
+            vm: d.string(MAX_NAME)?,
+        })
+    }
+}
+
 /// The answer to `MIGRATE`: the summary, or why it failed (by kind).
 #[derive(Clone, Debug, PartialEq)]
 pub enum MigrateAnswer {
@@ -709,6 +736,7 @@ pub fn check_payload(t: MsgType, payload: &[u8]) -> Result<(), WireError> {
         MsgType::File => from_bytes::<FileRequest>(payload).map(drop),
         MsgType::Migrate => from_bytes::<MigrateRequest>(payload).map(drop),
         MsgType::Progress => from_bytes::<Progress>(payload).map(drop),
+        MsgType::Cancel => from_bytes::<CancelRequest>(payload).map(drop),
         MsgType::Page => pop_dsm::message::PageMsg::decode_frame(payload).map(drop),
         MsgType::Shell => from_bytes::<ShellPiece>(payload).map(drop),
         MsgType::Arrive => from_bytes::<Arrive>(payload).map(drop),
@@ -799,6 +827,10 @@ mod tests {
             (MsgType::Begin, pop_wire::to_bytes(&begin)),
             (MsgType::Exit, pop_wire::to_bytes(&exit)),
             (MsgType::Migrate, pop_wire::to_bytes(&request)),
+            (
+                MsgType::Cancel,
+                pop_wire::to_bytes(&CancelRequest { vm: "hello".into() }),
+            ),
             (
                 MsgType::Fetch,
                 pop_wire::to_bytes(&Fetch { vm: 1, addr: 2 }),

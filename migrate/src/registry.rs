@@ -55,6 +55,8 @@ struct Claims {
     spanned: bool,
     /// A whole-VM move of it is under way.
     moving: bool,
+    /// That move was asked to stop before its switch-over (`popvmm migrate --cancel`).
+    cancelled: bool,
 }
 
 impl HostedVm {
@@ -92,7 +94,33 @@ impl HostedVm {
             return Err(cannot_move_whole(self.id));
         }
         c.moving = true;
+        c.cancelled = false;
         Ok(MovingWhole(self))
+    }
+
+    /// Asks the whole-VM move under way to stop before its switch-over: it ends as a
+    /// failed migration, and the VM runs on here. `Err` if none is under way.
+    pub fn cancel_move(&self) -> std::result::Result<(), String> {
+        if self.status() == VmStatus::PostcopySource {
+            return Err(format!(
+                "VM {:x} is past its post-copy switch-over: it runs on its destination",
+                self.id
+            ));
+        }
+        let mut c = lock(&self.claims);
+        if !c.moving {
+            return Err(format!("VM {:x} is not migrating", self.id));
+        }
+        c.cancelled = true;
+        Ok(())
+    }
+
+    /// `Err` with the reason if the move under way was asked to stop.
+    pub fn check_cancelled(&self) -> std::result::Result<(), String> {
+        match lock(&self.claims).cancelled {
+            true => Err("cancelled (popvmm migrate --cancel): the VM runs on here".into()),
+            false => Ok(()),
+        }
     }
 
     /// Sets what `ps` shows as its state.

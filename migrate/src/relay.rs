@@ -14,7 +14,7 @@ use net_msg::{Incoming, Node, Priority};
 
 use crate::error::{Error, Result};
 use crate::local::Local;
-use crate::msg::{MigrateAnswer, MigrateRequest, MsgType, Progress};
+use crate::msg::{CancelRequest, MigrateAnswer, MigrateRequest, MsgType, Progress};
 use crate::registry::{VmStatus, matches_key};
 use crate::report::{Step, Summary};
 use crate::vm::Migrations;
@@ -125,6 +125,47 @@ impl Relays {
         result
     }
 
+    /// Stops the whole-VM migration of VM `key` before its switch-over, wherever in the
+    /// cluster it runs (`popvmm migrate --cancel`): its migration then fails, and the VM
+    /// runs on where it was.
+    pub fn cancel_anywhere(&self, node: &Arc<Node>, key: &str) -> Result<()> {
+        let here = |hvm: Arc<crate::registry::HostedVm>| hvm.cancel_move().map_err(Error::Aborted);
+        if let Some(hvm) = self.local.registry.find(key) {
+            return here(hvm);
+        }
+        let at = self.locate(node, key)?;
+        if at == node.id() {
+            let hvm = self.local.registry.find(key).ok_or_else(|| {
+                Error::NoSuchVm(format!("no VM {key} runs on node {}", node.id()))
+            })?;
+            return here(hvm);
+        }
+        let request = pop_wire::to_bytes(&CancelRequest {
+            vm: key.to_string(),
+        });
+        node.request(
+            at,
+            MsgType::Cancel.number(),
+            Priority::Control,
+            &request,
+            LOCATE_TIMEOUT,
+        )
+        .map(drop)
+        .map_err(|e| Error::Aborted(format!("node {at}: {e}")))
+    }
+
+    /// `CANCEL` (from the node a user asked): stops the migration of a VM running here.
+    fn relayed_cancel(&self, node: &Arc<Node>, m: &mut Incoming) -> Result<()> {
+        let request: CancelRequest =
+            pop_wire::from_bytes(&m.payload).map_err(|e| Error::malformed("CANCEL", e))?;
+        let hvm = self.local.registry.find(&request.vm).ok_or_else(|| {
+            Error::NoSuchVm(format!("no VM {} runs on node {}", request.vm, node.id()))
+        })?;
+        hvm.cancel_move().map_err(Error::Aborted)?;
+        let _ = m.take_responder().map(|r| r.respond(&[]));
+        Ok(())
+    }
+
     /// The node running VM `key`. A node that just started may not reach every other node
     /// yet, so the search is repeated for a few seconds before giving up.
     fn locate(&self, node: &Node, key: &str) -> Result<u32> {
@@ -208,6 +249,7 @@ impl crate::Service for Arc<Relays> {
         match t {
             MsgType::Migrate => self.relayed_migrate(node, m),
             MsgType::Progress => self.relayed_progress(&m.payload),
+            MsgType::Cancel => self.relayed_cancel(node, m),
             _ => Err(Error::BadMessage(format!(
                 "{} is not a relay message",
                 t.name()

@@ -132,8 +132,14 @@ pub struct MigrateArgs {
     pub vm: String,
 
     /// The node to move it to.
-    #[arg(long, value_name = "NODE")]
-    pub to: u32,
+    #[arg(long, value_name = "NODE", required_unless_present = "cancel")]
+    pub to: Option<u32>,
+
+    /// Stop the VM's migration under way (asked with another `popvmm migrate`) before its
+    /// switch-over: that migration fails, and the VM runs on where it was. A post-copy past
+    /// its switch-over cannot be stopped.
+    #[arg(long, conflicts_with_all = ["to", "thread"])]
+    pub cancel: bool,
 
     /// Move only this thread of the VM (its tid, as `popvmm ps --threads` shows it), at
     /// whatever instruction it is; the rest of the VM stays where it runs.

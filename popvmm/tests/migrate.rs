@@ -463,3 +463,67 @@ fn migrate_json_reports_progress_and_the_result_in_query_migrate_s_words() {
     assert_eq!(status, 0, "{err}");
     assert!(out.ends_with("done\n"), "{out}");
 }
+
+#[test]
+fn a_cancelled_migration_fails_in_one_line_and_the_vm_runs_on_where_it_was() {
+    let mut c = Cluster::new();
+    c.start(1, false);
+    // 768 MiB filled: the first round takes long enough to be stopped during it.
+    let mut vm = c.launch(
+        &["--memory", "1G"],
+        "migrateme",
+        &["100", "50", "0", "0", "768"],
+    );
+    let stdout = vm.0.stdout.take().unwrap();
+    let (began, begun) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines() {
+            all += &line.unwrap();
+            all.push('\n');
+            let _ = began.send(());
+        }
+        all
+    });
+    begun.recv_timeout(SOON).expect("the VM printed nothing");
+    let cancel = || c.popvmm(&["migrate", "--cancel", "migrateme", "--id", "1"]);
+    std::thread::scope(|s| {
+        let moving = s.spawn(|| c.migrate("migrateme", 1, &[]));
+        let t0 = Instant::now();
+        while !c.vms().iter().any(|v| v["state"] == "migrating") {
+            assert!(t0.elapsed() < SOON, "the migration did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Asked of another node than the one the migration was asked of.
+        let out = cancel();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("stops before its switch-over"));
+        let out = moving.join().unwrap();
+        assert!(!out.status.success(), "{}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("cancelled"), "{err}");
+    });
+    let vms = c.vms();
+    assert_eq!(
+        (vms[0]["node"].as_u64(), vms[0]["state"].as_str()),
+        (Some(0), Some("running"))
+    );
+    // Nothing to stop now; and the next migration goes through.
+    let out = cancel();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not migrating"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_migrated(&c.migrate("migrateme", 1, &[]));
+    let (status, _, err) = finish(vm);
+    assert_eq!(status, 0, "{err}");
+    let out = reader.join().unwrap();
+    let expected: String = (0..100).map(|i| format!("iteration {i}\n")).collect();
+    assert!(
+        out.starts_with(&expected) && out.ends_with("done\n"),
+        "{out}"
+    );
+}

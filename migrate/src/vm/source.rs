@@ -212,6 +212,10 @@ pub fn postcopy_switch(
         return Err(e);
     }
     phases.mark("begin");
+    if let Err(e) = hvm.check_cancelled() {
+        abort_at(node, to, hvm.id);
+        return Err(e);
+    }
     let vm = &hvm.vm;
     let stop = Instant::now();
     let paused = match vm.pause(Duration::from_secs(5)) {
@@ -394,6 +398,7 @@ fn copy_and_switch(
             stalled = 0;
         }
         previous = pages.len();
+        hvm.check_cancelled()?;
         if estimate_ms <= downtime_ms as f64 || round >= MAX_ROUNDS || stalled >= STALLED_ROUNDS {
             break;
         }

@@ -230,17 +230,25 @@ fn ps_threads(t: &Target) -> Result<String, String> {
 }
 
 /// `popvmm migrate VM --thread TID --to NODE`.
-fn migrate_thread(a: &crate::cli::MigrateArgs, tid: u32) -> Result<String, String> {
+fn migrate_thread(a: &crate::cli::MigrateArgs, tid: u32, to: u32) -> Result<String, String> {
     let req = Request::MigrateThread {
         vm: a.vm.clone(),
         tid,
-        to: a.to,
+        to,
     };
     let path = resolve(&a.target)?;
     control::call(&path, &req, std::time::Duration::from_secs(60))?;
+    Ok(format!("moved thread {tid} of VM {} to node {to}\n", a.vm))
+}
+
+/// `popvmm migrate --cancel VM`: stops the VM's migration under way.
+fn cancel(a: &crate::cli::MigrateArgs) -> Result<String, String> {
+    let path = resolve(&a.target)?;
+    let req = Request::Cancel { vm: a.vm.clone() };
+    control::call(&path, &req, std::time::Duration::from_secs(10))?;
     Ok(format!(
-        "moved thread {tid} of VM {} to node {}\n",
-        a.vm, a.to
+        "the migration of VM {} stops before its switch-over; the VM runs on where it was\n",
+        a.vm
     ))
 }
 
@@ -279,13 +287,17 @@ pub fn ps(a: &crate::cli::PsArgs) -> Result<String, String> {
 /// move the VM, and prints its progress and a summary.
 pub fn migrate(a: &crate::cli::MigrateArgs) -> Result<String, String> {
     use std::io::{BufRead, BufReader, Read, Write};
+    if a.cancel {
+        return cancel(a);
+    }
+    let to = a.to.ok_or("--to NODE is needed")?;
     if let Some(tid) = a.thread {
-        return migrate_thread(a, tid);
+        return migrate_thread(a, tid, to);
     }
     let path = resolve(&a.target)?;
     let req = Request::Migrate {
         vm: a.vm.clone(),
-        to: a.to,
+        to,
         mode: a.mode,
         downtime_ms: a.downtime_ms,
     };

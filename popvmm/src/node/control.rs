@@ -60,6 +60,12 @@ pub enum Request {
         /// Destination node.
         to: u32,
     },
+    /// Stop the whole-VM migration of a VM before its switch-over, wherever it runs
+    /// (`popvmm migrate --cancel`).
+    Cancel {
+        /// VM id or name.
+        vm: String,
+    },
     /// Move a VM running on this node (`popvmm migrate`); progress lines
     /// (`{"progress":{...}}`) come before the answer.
     Migrate {

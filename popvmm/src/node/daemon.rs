@@ -149,6 +149,10 @@ fn serve(host: &Arc<Host>, conn: UnixStream, stop: &AtomicBool) {
             Ok(Request::Threads) => {
                 json!({"ok": true, "node": node.id(), "threads": host.cluster_threads()})
             }
+            Ok(Request::Cancel { vm }) => match host.cancel_anywhere(&vm) {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            },
             Ok(Request::MigrateThread { vm, tid, to }) => {
                 match host.move_thread_anywhere(&vm, tid, to) {
                     Ok(()) => json!({"ok": true}),
@@ -229,6 +233,7 @@ fn answer(node: &Node, req: Request, stop: &AtomicBool) -> Value {
         Request::Ps
         | Request::Threads
         | Request::Migrate { .. }
+        | Request::Cancel { .. }
         | Request::MigrateThread { .. } => {
             json!({"ok": false, "error": "served above"})
         }
