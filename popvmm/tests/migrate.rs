@@ -23,6 +23,24 @@ fn assert_migrated(out: &Output) {
     );
 }
 
+/// Waits until the VM printed its first line; the rest of its stdout comes with the thread
+/// returned.
+fn once_it_printed(vm: &mut common::Proc) -> std::thread::JoinHandle<String> {
+    let stdout = vm.0.stdout.take().unwrap();
+    let (began, begun) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines() {
+            all += &line.unwrap();
+            all.push('\n');
+            let _ = began.send(());
+        }
+        all
+    });
+    begun.recv_timeout(SOON).expect("the VM printed nothing");
+    reader
+}
+
 #[test]
 fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     let mut c = Cluster::new();
@@ -38,18 +56,7 @@ fn a_vm_migrated_a_b_a_b_keeps_running_with_output_and_status_at_home() {
     );
     // The first move once the guest's loop has begun on node 0 (filling its memory first
     // may take longer than all four moves).
-    let stdout = vm.0.stdout.take().unwrap();
-    let (began, begun) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines() {
-            all += &line.unwrap();
-            all.push('\n');
-            let _ = began.send(());
-        }
-        all
-    });
-    begun.recv_timeout(SOON).expect("the VM printed nothing");
+    let reader = once_it_printed(&mut vm);
     // Any node can be asked: here, in turn, one that is neither source nor destination, the
     // destination, the source, and the launching node. The third and fourth arrivals find
     // the memory the VM left behind there (and must leave nothing of it but the VM's pages).
@@ -474,18 +481,7 @@ fn a_cancelled_migration_fails_in_one_line_and_the_vm_runs_on_where_it_was() {
         "migrateme",
         &["100", "50", "0", "0", "768"],
     );
-    let stdout = vm.0.stdout.take().unwrap();
-    let (began, begun) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines() {
-            all += &line.unwrap();
-            all.push('\n');
-            let _ = began.send(());
-        }
-        all
-    });
-    begun.recv_timeout(SOON).expect("the VM printed nothing");
+    let reader = once_it_printed(&mut vm);
     let cancel = || c.popvmm(&["migrate", "--cancel", "migrateme", "--id", "1"]);
     std::thread::scope(|s| {
         let moving = s.spawn(|| c.migrate("migrateme", 1, &[]));
