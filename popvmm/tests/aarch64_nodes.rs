@@ -16,6 +16,7 @@ fn hello(nodes: &[u32]) -> String {
 
 #[test]
 fn whole_vms_move_between_aarch64_nodes_and_a_node_lost_mid_copy_loses_nothing() {
+    let _one = common::board::one_at_a_time();
     let c = BoardCluster::new(4, &["migrateme"]);
     c.start_node(1, None);
     c.start_node(2, None);
@@ -82,6 +83,7 @@ fn whole_vms_move_between_aarch64_nodes_and_a_node_lost_mid_copy_loses_nothing()
 
 #[test]
 fn threads_spread_over_aarch64_nodes_print_what_they_print_on_x86_64() {
+    let _one = common::board::one_at_a_time();
     let c = BoardCluster::new(3, &["hello2", "helloN", "primesum", "pthreads", "spread"]);
     c.start_node(1, None);
     // The seed tutorial's programs, which move their threads themselves (the same outputs
@@ -123,10 +125,17 @@ fn threads_spread_over_aarch64_nodes_print_what_they_print_on_x86_64() {
     }
     // A thread blocked in a futex wait (a Condvar) moved from outside is woken where it went
     // (its hypercall's answer goes to its argument block there).
-    c.launch_bg(&[], "spread", &["wait", "8000"]);
+    c.launch_bg(&[], "spread", &["wait", "15000"]);
     c.wait_thread(2, 0, Some("blocked"));
     let moved = c.sh("popvmm migrate --id 0 spread --thread 2 --to 1");
-    assert_eq!(moved.status, 0, "{moved:?}");
+    assert_eq!(
+        moved.status,
+        0,
+        "{moved:?}\npeers: {}\nnode 1: {}\nlaunch: {}",
+        c.sh("popvmm peers --id 0").stdout,
+        c.log(1),
+        c.sh("cat vm.err").stdout
+    );
     c.wait_thread(2, 1, Some("blocked"));
     let woken = c.wait_vm();
     assert_eq!(
@@ -182,6 +191,7 @@ fn vm_of_home(vms: &[serde_json::Value], home: u64) -> String {
 
 #[test]
 fn a_mixed_cluster_of_this_host_and_two_boards_sees_both_isas_and_moves_within_each() {
+    let _one = common::board::one_at_a_time();
     // Node 0 on this host (x86-64); nodes 1 and 2 on two boards, behind QEMU's NAT: each
     // listens on port 7000 inside its board, reached from here through the port edge-sim
     // forwards, and reaches this host's loopback (and so the other board) at 10.0.2.2.
@@ -215,11 +225,7 @@ fn a_mixed_cluster_of_this_host_and_two_boards_sees_both_isas_and_moves_within_e
     )
     .unwrap();
     let file = host.path().join("cluster.toml");
-    std::fs::write(
-        &file,
-        format!("secret_file = \"secret\"\nheartbeat_ms = 500\n{nodes}"),
-    )
-    .unwrap();
+    std::fs::write(&file, format!("{}{nodes}", common::board::HEADER)).unwrap();
     let popvmm = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_popvmm"))
             .env("XDG_RUNTIME_DIR", host.path().join("run"))

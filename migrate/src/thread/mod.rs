@@ -45,6 +45,9 @@ use origin::{FutexJob, Origin};
 use shell::{NEED_IMAGE, NO_SHELL, Pieces, Shell};
 use wire::PieceKind;
 
+/// How long a move asked from outside (`popvmm migrate --thread`) waits for its destination
+/// to be connected.
+const PEER_UP_WAIT: Duration = Duration::from_secs(3);
 /// How long a thread's arrival may take before the move is given up.
 const ARRIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long other requests to the origin may take.
@@ -274,7 +277,13 @@ impl Spans {
             return arrive(None);
         }
         self.send_pages(node, vm, ctx.vm_id, to)?;
-        let setup = setup_of(vm, ctx, thread);
+        // The VM's mode goes with it: the sender's region has it (every node of the VM has one).
+        let read_copies = self
+            .regions
+            .get(ctx.vm_id)
+            .map(|r| r.read_copies())
+            .ok_or_else(|| format!("VM {:x} has no shared region here", ctx.vm_id))?;
+        let setup = setup_of(vm, ctx, thread, read_copies);
         let made = match arrive(Some(setup.clone())) {
             Err(e) if e.contains(NEED_IMAGE) => {
                 self.send_image(node, vm, ctx.vm_id, to)?;
@@ -1086,6 +1095,12 @@ impl Spans {
             },
         };
         if at == me {
+            // A node that just started (or was just dialled) may not be connected yet: a
+            // user's move waits a little for it, as a whole-VM move does.
+            let deadline = Instant::now() + PEER_UP_WAIT;
+            while mv.to != me && !node.is_up(mv.to) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             return self.move_from_outside(mv.vm, mv.tid, mv.to);
         }
         request(node, at, MsgType::MoveThread, &pop_wire::to_bytes(&mv))
@@ -1120,7 +1135,7 @@ fn hot_ranges(thread: &ThreadState) -> Vec<(u64, u64)> {
 }
 
 /// The shell setup of VM `vm` for a node that has none.
-fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
+fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState, read_copies: bool) -> ShellSetup {
     ShellSetup {
         origin: ctx.origin,
         home: ctx.home,
@@ -1131,12 +1146,7 @@ fn setup_of(vm: &VmShared, ctx: &SpanCtx, thread: &ThreadState) -> ShellSetup {
         image_len: vm.image.bytes.len() as u64,
         image_sha256: crate::vm::images::digest_of(&vm.image.bytes),
         clock: thread.clock,
-        // As the sender's region does: one mode for all of the VM's nodes.
-        read_copies: ctx
-            .spans
-            .upgrade()
-            .and_then(|s| s.regions.get(ctx.vm_id))
-            .is_none_or(|r| r.read_copies()),
+        read_copies,
     }
 }
 

@@ -68,6 +68,17 @@ pub fn quote(s: &str) -> String {
 /// The shared secret of the board clusters.
 pub const SECRET: &str = "the board cluster tests secret";
 
+/// The board clusters' cluster file before its nodes: the secret, and heartbeats patient
+/// enough for emulated boards on a loaded machine (a node is lost after 10 s of silence).
+pub const HEADER: &str = "secret_file = \"secret\"\nheartbeat_ms = 1000\nheartbeat_misses = 10\n";
+
+/// Held by each test that boots boards: one at a time, so that the emulated boards (two
+/// cores here) do not starve each other into missed deadlines.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static BOARDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BOARDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A board with popvmm and the aarch64 `images` in /payload, the host ports edge-sim picks
 /// forwarded to `forwards` (guest ports).
 pub fn board_with(images: &[&str], forwards: Vec<u16>) -> EdgeSim {
@@ -111,7 +122,7 @@ impl BoardCluster {
     /// The cluster whose nodes `file` lists (its `[[node]]` entries; the secret is the
     /// tests' [`SECRET`]), on `board`.
     pub fn on(board: EdgeSim, nodes: &str) -> BoardCluster {
-        let file = format!("secret_file = \"secret\"\nheartbeat_ms = 500\n{nodes}");
+        let file = format!("{HEADER}{nodes}");
         let setup = Run::of(
             board
                 .sh(&format!(
@@ -155,7 +166,7 @@ impl BoardCluster {
     /// The `popvmm launch --cluster` command line of a VM of `name` (an image in /payload)
     /// launched as node `id`.
     fn launch_line(id: u32, options: &[&str], name: &str, args: &[&str]) -> String {
-        let mut line = format!("popvmm launch --cluster cluster.toml --id {id}");
+        let mut line = format!("RUST_LOG=warn popvmm launch --cluster cluster.toml --id {id}");
         for o in options {
             line += &format!(" {}", quote(o));
         }
