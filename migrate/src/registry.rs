@@ -44,7 +44,9 @@ pub struct MovingWhole<'a>(&'a HostedVm);
 
 impl Drop for MovingWhole<'_> {
     fn drop(&mut self) {
-        lock(&self.0.claims).moving = false;
+        let mut c = lock(&self.0.claims);
+        c.moving = false;
+        c.past_switch = false;
     }
 }
 
@@ -57,7 +59,12 @@ struct Claims {
     moving: bool,
     /// That move was asked to stop before its switch-over (`popvmm migrate --cancel`).
     cancelled: bool,
+    /// That move has begun its switch-over (the VM is about to stop): too late to cancel.
+    past_switch: bool,
 }
+
+/// Why a cancelled move failed.
+const CANCELLED: &str = "cancelled (popvmm migrate --cancel): the VM runs on here";
 
 impl HostedVm {
     /// A VM that starts running here.
@@ -95,6 +102,7 @@ impl HostedVm {
         }
         c.moving = true;
         c.cancelled = false;
+        c.past_switch = false;
         Ok(MovingWhole(self))
     }
 
@@ -111,14 +119,32 @@ impl HostedVm {
         if !c.moving {
             return Err(format!("VM {:x} is not migrating", self.id));
         }
+        if c.past_switch {
+            return Err(format!(
+                "VM {:x} is in its switch-over: too late to cancel (it fails back here or runs on its destination)",
+                self.id
+            ));
+        }
         c.cancelled = true;
+        Ok(())
+    }
+
+    /// Claims the switch-over for the move under way, right before the VM stops: `Err` if
+    /// it was cancelled; once this returns `Ok`, [`HostedVm::cancel_move`] refuses, so a
+    /// cancel either stops the move or is told it came too late, never both.
+    pub fn begin_switch(&self) -> std::result::Result<(), String> {
+        let mut c = lock(&self.claims);
+        if c.cancelled {
+            return Err(CANCELLED.into());
+        }
+        c.past_switch = true;
         Ok(())
     }
 
     /// `Err` with the reason if the move under way was asked to stop.
     pub fn check_cancelled(&self) -> std::result::Result<(), String> {
         match lock(&self.claims).cancelled {
-            true => Err("cancelled (popvmm migrate --cancel): the VM runs on here".into()),
+            true => Err(CANCELLED.into()),
             false => Ok(()),
         }
     }

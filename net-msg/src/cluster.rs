@@ -58,7 +58,8 @@ const DEFAULT_POLL_US: u64 = 500;
 /// Longest poll a cluster file may ask for (microseconds).
 const MAX_POLL_US: u64 = 10_000;
 
-/// Where a node listens.
+/// A socket address of a node: a TCP `host:port` or a Unix socket path (where peers dial
+/// it, or where it listens).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {
     /// TCP.

@@ -138,7 +138,7 @@ pub struct MigrateArgs {
     /// Stop the VM's migration under way (asked with another `popvmm migrate`) before its
     /// switch-over: that migration fails, and the VM runs on where it was. A post-copy past
     /// its switch-over cannot be stopped.
-    #[arg(long, conflicts_with_all = ["to", "thread"])]
+    #[arg(long, conflicts_with_all = ["to", "thread", "mode", "downtime_ms"])]
     pub cancel: bool,
 
     /// Move only this thread of the VM (its tid, as `popvmm ps --threads` shows it), at

@@ -212,7 +212,7 @@ pub fn postcopy_switch(
         return Err(e);
     }
     phases.mark("begin");
-    if let Err(e) = hvm.check_cancelled() {
+    if let Err(e) = hvm.begin_switch() {
         abort_at(node, to, hvm.id);
         return Err(e);
     }
@@ -404,6 +404,7 @@ fn copy_and_switch(
         }
     }
     // Stop and copy the rest.
+    hvm.begin_switch()?;
     let stop = Instant::now();
     let paused = vm
         .pause(Duration::from_secs(5))

@@ -238,6 +238,12 @@ fn migrate_thread(a: &crate::cli::MigrateArgs, tid: u32, to: u32) -> Result<Stri
     };
     let path = resolve(&a.target)?;
     control::call(&path, &req, std::time::Duration::from_secs(60))?;
+    if a.target.json {
+        return Ok(format!(
+            "{}\n",
+            serde_json::json!({"status": "completed", "vm": a.vm, "thread": tid, "to": to})
+        ));
+    }
     Ok(format!("moved thread {tid} of VM {} to node {to}\n", a.vm))
 }
 
@@ -246,6 +252,12 @@ fn cancel(a: &crate::cli::MigrateArgs) -> Result<String, String> {
     let path = resolve(&a.target)?;
     let req = Request::Cancel { vm: a.vm.clone() };
     control::call(&path, &req, std::time::Duration::from_secs(10))?;
+    if a.target.json {
+        return Ok(format!(
+            "{}\n",
+            serde_json::json!({"status": "cancelling", "vm": a.vm})
+        ));
+    }
     Ok(format!(
         "the migration of VM {} stops before its switch-over; the VM runs on where it was\n",
         a.vm

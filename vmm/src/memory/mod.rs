@@ -252,13 +252,13 @@ impl GuestMem {
         SHARED_BASE + self.shared_size
     }
 
-    /// The regions, for registering them with KVM.
     /// The shared region (application-writable memory, the only memory nodes ever share).
     pub fn shared_region(&self) -> RegionInfo {
         self.regions()[SHARED_SLOT as usize]
     }
 
-    /// Both regions: the private one (slot 0), then the shared one ([`SHARED_SLOT`]).
+    /// Both regions, for registering them with KVM: the private one (slot 0), then the
+    /// shared one ([`SHARED_SLOT`]).
     pub fn regions(&self) -> Vec<RegionInfo> {
         self.inner
             .iter()

@@ -98,18 +98,31 @@ impl Known {
 }
 
 impl VmCounter {
-    /// After `fd`, a new vCPU of this VM, was created: the first learns where KVM started
-    /// the counter; a later one (whose creation reset the counter on older kernels) sets it
-    /// back to at least where it was.
-    pub fn created(&self, fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    /// Creates a vCPU of this VM with `create` (which also initialises it), under the
+    /// counter's lock so no restore interleaves: the first vCPU learns where KVM started
+    /// the counter; after a later one the counter is read, and only if the creation reset
+    /// it (Linux before 6.4) is it set back to at least where it was. On such kernels the
+    /// VM's running vCPUs can see the counter behind between the reset and the set (a few
+    /// ioctls); newer kernels leave it alone, and then so does this.
+    pub fn create(
+        &self,
+        create: impl FnOnce() -> Result<VcpuFd, kvm_ioctls::Error>,
+    ) -> Result<VcpuFd, kvm_ioctls::Error> {
         let mut known = crate::sync::lock(&self.known);
+        let fd = create()?;
+        // What this vCPU reads now (guest minus host).
+        let now = observe(&fd)?;
         match known.offset {
-            None => {
-                known.offset = Some(observe(fd)?);
-                Ok(())
+            // Behind every offset it can have had: reset (a reset goes back by the whole
+            // time since the first vCPU, far more than the bounds' width).
+            Some((low, high)) if now.1 < low => known.set_at_least(&fd, high, 0)?,
+            // Unchanged: both bounds hold.
+            Some((low, high)) if now.0 <= high => {
+                known.offset = Some((low.max(now.0), high.min(now.1)))
             }
-            Some((_, high)) => known.set_at_least(fd, high, 0),
+            _ => known.offset = Some(now),
         }
+        Ok(fd)
     }
 
     /// A state saved at counter `saved` resumes on `fd`: the counter is left alone when it

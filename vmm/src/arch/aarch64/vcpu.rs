@@ -43,10 +43,12 @@ impl Vcpu {
         index: u32,
         _max_vcpus: u32,
     ) -> Result<Vcpu, kvm_ioctls::Error> {
-        let fd = vm.create_vcpu(u64::from(index))?;
-        fd.vcpu_init(&arch.vcpu_init)?;
-        // Creating a vCPU may have reset the VM's counter (Linux before 6.4): it goes on.
-        arch.counter.created(&fd)?;
+        // Creating a vCPU may reset the VM's counter (Linux before 6.4): it goes on.
+        let fd = arch.counter.create(|| {
+            let fd = vm.create_vcpu(u64::from(index))?;
+            fd.vcpu_init(&arch.vcpu_init)?;
+            Ok(fd)
+        })?;
         Ok(Vcpu {
             fd,
             index,
