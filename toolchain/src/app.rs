@@ -24,16 +24,26 @@ pub struct LinkInputs {
     pub libos: PathBuf,
     /// The linker script.
     pub script: PathBuf,
+    /// The linker wrapper ([`crate::link::wrapper`]).
+    pub linker: PathBuf,
+    /// Where the wrapper records links.
+    pub links: PathBuf,
 }
 
 impl LinkInputs {
     /// The rustc flags that link an application for `popvmm`: fixed addresses (static
     /// relocation model, so the image is an `ET_EXEC`), frame pointers (for backtraces of
-    /// faults), the linker script and the libos object.
+    /// faults), what keeps the two architectures' builds pairable (the same flags on both:
+    /// symbol names that carry their full path, no merged functions, no merged globals on
+    /// aarch64; see [`crate::align`]), the linker wrapper, the linker script and the libos.
     pub fn rustflags(&self) -> Result<Vec<String>> {
         Ok(vec![
             "-Crelocation-model=static".to_owned(),
             "-Cforce-frame-pointers=yes".to_owned(),
+            "-Csymbol-mangling-version=v0".to_owned(),
+            "-Zmerge-functions=disabled".to_owned(),
+            "-Cllvm-args=-aarch64-enable-global-merge=false".to_owned(),
+            format!("-Clinker={}", utf8(&self.linker)?),
             format!("-Clink-arg=-T{}", utf8(&self.script)?),
             format!("-Clink-arg={}", utf8(&self.libos)?),
         ])
@@ -52,8 +62,8 @@ pub fn build(
     inputs: &LinkInputs,
 ) -> Result<Vec<PathBuf>> {
     let flags = inputs.rustflags()?;
-    let images = run_cargo(toolchain, options, arch, &flags)?;
-    let newest_input = [&inputs.libos, &inputs.script]
+    let images = run_cargo(toolchain, options, arch, &flags, &inputs.links)?;
+    let newest_input = [&inputs.libos, &inputs.script, &inputs.linker]
         .into_iter()
         .filter_map(|p| fsutil::mtime(p))
         .max();
@@ -67,7 +77,7 @@ pub fn build(
     for image in stale {
         remove_image(image)?;
     }
-    run_cargo(toolchain, options, arch, &flags)
+    run_cargo(toolchain, options, arch, &flags, &inputs.links)
 }
 
 /// Runs `cargo build` for the application and collects the executables it reports.
@@ -76,9 +86,11 @@ fn run_cargo(
     options: &BuildOptions,
     arch: Arch,
     flags: &[String],
+    links: &Path,
 ) -> Result<Vec<PathBuf>> {
     let mut cargo = toolchain.cargo_command();
     cargo.args(cargo_args(options, arch, flags));
+    cargo.env(crate::link::wrapper::LINK_DIR_ENV, links);
     apply_env_rustflags(&mut cargo, flags);
     if let Some(dir) = &options.current_dir {
         cargo.current_dir(dir);
@@ -213,6 +225,8 @@ mod tests {
         LinkInputs {
             libos: PathBuf::from("/r/target/pop/x86_64-unknown-hermit/libos.o"),
             script: PathBuf::from("/r/target/pop/x86_64-unknown-hermit/link.ld"),
+            linker: PathBuf::from("/r/target/pop/x86_64-unknown-hermit/pop-ld"),
+            links: PathBuf::from("/r/target/pop/x86_64-unknown-hermit/links"),
         }
     }
 
@@ -223,6 +237,10 @@ mod tests {
             rustflags_config(Arch::X86_64, &flags),
             "target.x86_64-unknown-hermit.rustflags=[\"-Crelocation-model=static\",\
              \"-Cforce-frame-pointers=yes\",\
+             \"-Csymbol-mangling-version=v0\",\
+             \"-Zmerge-functions=disabled\",\
+             \"-Cllvm-args=-aarch64-enable-global-merge=false\",\
+             \"-Clinker=/r/target/pop/x86_64-unknown-hermit/pop-ld\",\
              \"-Clink-arg=-T/r/target/pop/x86_64-unknown-hermit/link.ld\",\
              \"-Clink-arg=/r/target/pop/x86_64-unknown-hermit/libos.o\"]"
         );

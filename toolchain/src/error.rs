@@ -42,6 +42,9 @@ pub enum Error {
     /// A path that must be passed to rustc inside a flag is not UTF-8.
     #[error("path is not UTF-8: {0}")]
     NonUtf8Path(PathBuf),
+    /// An image pair does not line up (or is not a pair).
+    #[error("the image pair is not aligned: {0}")]
+    Misaligned(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

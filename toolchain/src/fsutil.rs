@@ -23,7 +23,9 @@ pub(crate) fn is_up_to_date(output: &Path, input: &Path) -> bool {
 /// renaming it into place.
 pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    name.push(format!(".tmp{}.{n}", std::process::id()));
     path.with_file_name(name)
 }
 

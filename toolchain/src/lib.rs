@@ -7,12 +7,16 @@
 //! 1. builds the libos (`libos/` of the popcorn-rs repository, see [`repo`]) and prelinks it
 //!    into one object whose only global symbols are its ABI ([`libos`]);
 //! 2. writes the architecture's linker script next to it ([`link`]);
-//! 3. runs `cargo build` for the application with both linked in ([`app`]) and returns the
-//!    paths of the images it produced.
+//! 3. runs `cargo build` for the application with both linked in ([`app`]), through a
+//!    linker wrapper that records each link ([`link::wrapper`]);
+//! 4. with `--arch all`, links each program's two images again aligned, so that what
+//!    application state can point at has one address on both ISAs, and verifies the pair
+//!    ([`align`]); and returns the paths of the images.
 //!
 //! Every `rustc` and `cargo` runs with the toolchain pinned by the repository
 //! ([`toolchain`]).
 
+pub mod align;
 pub mod app;
 pub mod arch;
 pub mod error;
@@ -41,12 +45,31 @@ pub fn build(options: &BuildOptions) -> Result<Vec<PathBuf>> {
         return Err(Error::NoLibos(repo.libos_manifest()));
     }
     let toolchain = Toolchain::pinned(repo.root())?;
-    let mut images = Vec::new();
+    let mut by_arch = Vec::new();
     for arch in arches {
         let libos = libos::build(&toolchain, &repo, arch)?;
-        let script = link::write(&repo.link_dir(arch), arch)?;
-        let inputs = app::LinkInputs { libos, script };
-        images.extend(app::build(&toolchain, options, arch, &inputs)?);
+        let dir = repo.link_dir(arch);
+        let script = link::write(&dir, arch)?;
+        let linker = link::wrapper::write(&dir, &toolchain.rust_lld())?;
+        let inputs = app::LinkInputs {
+            libos,
+            script,
+            linker,
+            links: dir.join("links"),
+        };
+        by_arch.push((arch, app::build(&toolchain, options, arch, &inputs)?));
     }
-    Ok(images)
+    if let [(Arch::X86_64, x86_64), (Arch::Aarch64, aarch64)] = &by_arch[..] {
+        let links =
+            [repo.link_dir(Arch::X86_64), repo.link_dir(Arch::Aarch64)].map(|d| d.join("links"));
+        // One alignment at a time (builds of one checkout share the recorded links).
+        let lock_path = repo.link_dir(Arch::X86_64).join("align.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+        for [a, b] in align::pairs(x86_64, aarch64) {
+            let done = align::align_pair(&toolchain, [&a, &b], [&links[0], &links[1]])?;
+            eprintln!("{}", align::summary(&a, &done));
+        }
+    }
+    Ok(by_arch.into_iter().flat_map(|(_, images)| images).collect())
 }

@@ -12,16 +12,23 @@ use serde_json::Value;
 
 use super::repo;
 
-/// Image paths by name for `arch`.
+/// Image paths by name for `arch`. The aarch64 images are built as aligned pairs with
+/// their x86-64 twins (`--arch all`), as a cross-ISA app ships them: the boards run those.
 pub fn images(arch: &str) -> HashMap<String, PathBuf> {
+    let selection = match arch {
+        "aarch64" => ArchSelection::All,
+        _ => arch.parse::<ArchSelection>().unwrap(),
+    };
     let options = BuildOptions {
-        arch: arch.parse::<ArchSelection>().unwrap(),
+        arch: selection,
         manifest_path: Some(repo().join("images/Cargo.toml")),
         ..Default::default()
     };
+    let triple = format!("{arch}-unknown-hermit");
     pop_toolchain::build(&options)
         .expect("cargo pop build")
         .into_iter()
+        .filter(|p| p.to_string_lossy().contains(&triple))
         .map(|p| (p.file_name().unwrap().to_string_lossy().into(), p))
         .collect()
 }

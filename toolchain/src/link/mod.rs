@@ -5,6 +5,8 @@
 //! `pop_abi::layout::IMAGE_BASE`; the application-writable `.data` and `.bss` start at
 //! `pop_abi::layout::SHARED_BASE`, the only range the DSM shares between nodes.
 
+pub mod wrapper;
+
 use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;

@@ -23,6 +23,21 @@ enum Command {
     /// image linker script linked in, and prints the path of each image, one per line, on
     /// stdout. Cargo's progress goes to stderr.
     Build(BuildArgs),
+    /// Check an aligned image pair (built with `--arch all`)
+    ///
+    /// Checks that everything application state can point at is at the same address in
+    /// the x86-64 and the aarch64 image of one program, with the same size and bytes, and
+    /// that their TLS templates and shared data have one layout. Reads each image's link
+    /// map from `IMAGE.map` beside it. Prints one line and exits 0 if the pair lines up;
+    /// else names what does not and exits 1.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The two images, in either order
+    #[arg(value_name = "IMAGE", num_args = 2, required = true)]
+    images: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -53,8 +68,18 @@ impl Cli {
     pub fn run(self) -> Result<()> {
         match self.command {
             Command::Build(args) => build(args),
+            Command::Verify(args) => verify(args),
         }
     }
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    let [a, b] = &args.images[..] else {
+        unreachable!("clap asks for two images")
+    };
+    let report = pop_toolchain::align::verify::verify_either(a, b)?;
+    println!("aligned: {report}");
+    Ok(())
 }
 
 fn build(args: BuildArgs) -> Result<()> {
@@ -119,7 +144,9 @@ mod tests {
             "--bin",
             "x",
         ]);
-        let Command::Build(args) = cli.command;
+        let Command::Build(args) = cli.command else {
+            panic!("not a build")
+        };
         assert!(args.release);
         assert_eq!(args.arch, "all");
         assert_eq!(args.package, ["a", "b"]);
