@@ -45,6 +45,9 @@ pub enum Error {
     /// An image pair does not line up (or is not a pair).
     #[error("the image pair is not aligned: {0}")]
     Misaligned(String),
+    /// An aligned pair holds types that cannot cross ISAs.
+    #[error("the image pair cannot cross ISAs: {0}")]
+    CannotCross(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

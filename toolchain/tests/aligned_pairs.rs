@@ -154,7 +154,7 @@ fn pairs_that_do_not_line_up_are_refused_with_what_differs_named() {
     let why = misaligned(verify(&natural, &pairs["hello"][1]));
     assert!(why.contains("the x86_64 image is not aligned"), "{why}");
 
-    // From the command line: one line, exit status 1; a good pair prints and exits 0.
+    // From the command line: one line, exit status 1.
     let out = Command::new(env!("CARGO_BIN_EXE_cargo-pop"))
         .args(["pop", "verify"])
         .arg(&pairs["hello"][0])
@@ -168,9 +168,78 @@ fn pairs_that_do_not_line_up_are_refused_with_what_differs_named() {
         err.starts_with("cargo-pop: error: the image pair is not aligned: "),
         "{err}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn each_hazard_class_is_refused_with_the_type_named() {
+    let options = BuildOptions {
+        arch: ArchSelection::All,
+        manifest_path: Some(repo::default_root().join("images/Cargo.toml")),
+        packages: vec!["hazards".into(), "hello".into()],
+        ..BuildOptions::default()
+    };
+    let images = pop_toolchain::build(&options).expect("cargo pop build --arch all (dev)");
+    let find = |name: &str, arch: &str| {
+        images
+            .iter()
+            .find(|p| p.ends_with(format!("{arch}-unknown-hermit/debug/{name}")))
+            .unwrap_or_else(|| panic!("{name} for {arch} not built: {images:?}"))
+            .clone()
+    };
+    // The pair lines up: it is only its types that cannot cross.
+    let report = verify(&find("hazards", "x86_64"), &find("hazards", "aarch64")).unwrap();
+    assert!(
+        report.types_described && report.types_compared > 1000,
+        "{report}"
+    );
+    let why = match report.crossable() {
+        Err(Error::CannotCross(why)) => why,
+        other => panic!("expected hazards, got {other:?}"),
+    };
+    for named in [
+        // cfg(target_arch): another layout.
+        "type `hazards::PerIsa` differs: 32 bytes on x86_64, 16 on aarch64",
+        // std's HashMap in a static, and a HashSet kept across an await.
+        "`hazards::TABLE` holds `Mutex<core::option::Option<std::collections::hash::map::HashMap<u32, u32",
+        "`hazards::keeps::{async_fn_env#0}.set` holds `HashSet<u8",
+        "hashbrown) probes in 16-byte groups on x86_64 and 8-byte groups on aarch64",
+        // A 128-bit atomic where aarch64 has one, a lock on x86-64.
+        "`hazards::Wide.count` holds `Atomic<u128>`: 128-bit atomics are native on aarch64 only",
+        "type `hazards::Wide` differs",
+    ] {
+        assert!(why.contains(named), "{named} missing from: {why}");
+    }
+    // The build wrote the same beside the x86-64 image, for a crossing to refuse.
+    let written =
+        std::fs::read_to_string(pop_toolchain::align::hazards_of(&find("hazards", "x86_64")))
+            .unwrap();
+    assert_eq!(
+        written.lines().count(),
+        report.refusals().len(),
+        "{written}"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_cargo-pop"))
         .args(["verify"])
-        .args(&pairs["stdtour"])
+        .arg(find("hazards", "aarch64"))
+        .arg(find("hazards", "x86_64"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("cargo-pop: error: the image pair cannot cross ISAs: "),
+        "{err}"
+    );
+
+    // hello holds none of these: with types described, it can cross, and the command line
+    // says so in one line.
+    let hello = verify(&find("hello", "x86_64"), &find("hello", "aarch64")).unwrap();
+    hello.crossable().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cargo-pop"))
+        .args(["verify"])
+        .arg(find("hello", "x86_64"))
+        .arg(find("hello", "aarch64"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -180,8 +249,17 @@ fn pairs_that_do_not_line_up_are_refused_with_what_differs_named() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.starts_with("aligned: ") && text.contains("symbols at the same address"),
+        text.starts_with("aligned: ") && text.contains("types compared"),
         "{text}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        std::fs::read_to_string(pop_toolchain::align::hazards_of(&find("hello", "x86_64")))
+            .unwrap()
+            .is_empty()
+    );
+    // Release images without type information cannot be checked, so they cannot cross.
+    let pairs = pairs();
+    let release = verify(&pairs["hello"][0], &pairs["hello"][1]).unwrap();
+    let why = format!("{:?}", release.crossable());
+    assert!(why.contains("no type information"), "{why}");
 }

@@ -10,6 +10,7 @@
 
 pub mod map;
 pub mod plan;
+pub mod types;
 pub mod units;
 pub mod verify;
 
@@ -70,10 +71,22 @@ fn loaded_bytes(data: &[u8]) -> u64 {
     })
 }
 
+/// The version of the alignment: a pair aligned by another is aligned again.
+const FORMAT: &str = "pop-align 2\n";
+
+/// File of a link record saying which [`FORMAT`] aligned it.
+const STAMP: &str = "aligned.stamp";
+
 /// Whether both images are aligned links of their current natural links already.
 fn up_to_date(images: [&Path; 2], naturals: [&Path; 2]) -> bool {
     let newest = naturals.iter().filter_map(|n| fsutil::mtime(n)).max();
-    newest.is_some()
+    let stamped = naturals.iter().all(|n| {
+        n.parent()
+            .and_then(|d| std::fs::read_to_string(d.join(STAMP)).ok())
+            .is_some_and(|s| s == FORMAT)
+    });
+    stamped
+        && newest.is_some()
         && images.iter().all(|image| {
             fsutil::mtime(image) >= newest && fsutil::mtime(&verify::map_of(image)) >= newest
         })
@@ -99,6 +112,17 @@ pub fn align_pair(toolchain: &Toolchain, images: [&Path; 2], links: [&Path; 2]) 
             Error::Misaligned(why) => Error::Misaligned(format!("{name}: {why}")),
             e => e,
         })
+    };
+    // What cannot cross is written beside the x86-64 image, one line each (empty: all can).
+    let verified = || -> Result<verify::Report> {
+        let report = verified()?;
+        let path = hazards_of(images[0]);
+        let mut text = report.refusals().join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        fsutil::write_if_changed(&path, text.as_bytes())?;
+        Ok(report)
     };
     let natural_paths = [records[0].natural_image(), records[1].natural_image()];
     if up_to_date(images, [&natural_paths[0], &natural_paths[1]]) {
@@ -150,6 +174,7 @@ pub fn align_pair(toolchain: &Toolchain, images: [&Path; 2], links: [&Path; 2]) 
             std::fs::remove_file(&deps).map_err(|e| Error::io(&deps, e))?;
             std::fs::hard_link(images[side], &deps).map_err(|e| Error::io(&deps, e))?;
         }
+        fsutil::write_if_changed(&record.dir.join(STAMP), FORMAT.as_bytes())?;
         let natural = if side == 0 { &data_a } else { &data_b };
         let aligned = std::fs::read(images[side]).map_err(|e| Error::io(images[side], e))?;
         sizes[side] = (loaded_bytes(natural), loaded_bytes(&aligned));
@@ -161,6 +186,13 @@ pub fn align_pair(toolchain: &Toolchain, images: [&Path; 2], links: [&Path; 2]) 
         sizes,
         fresh: false,
     })
+}
+
+/// Where the build writes what of a pair cannot cross ISAs (beside its x86-64 image).
+pub fn hazards_of(image: &Path) -> PathBuf {
+    let mut name = image.file_name().unwrap_or_default().to_owned();
+    name.push(".hazards");
+    image.with_file_name(name)
 }
 
 /// The images of `built` (in build order, x86-64's first) paired by file name.
@@ -177,8 +209,20 @@ pub fn pairs(x86_64: &[PathBuf], aarch64: &[PathBuf]) -> Vec<[PathBuf; 2]> {
 /// One line about an aligned pair, for the build's output.
 pub fn summary(image: &Path, done: &Aligned) -> String {
     let name = image.file_name().unwrap_or_default().to_string_lossy();
+    // Without type information the line says so; hazards get a warning of their own.
+    let hazards = match done.report.hazards.len() {
+        0 => String::new(),
+        n => format!(
+            "\nwarning: {name} cannot cross ISAs ({n} hazard(s), see {}): {}",
+            hazards_of(image).display(),
+            done.report.hazards[0]
+        ),
+    };
     if done.fresh {
-        return format!("aligned {name} (up to date): verified: {}", done.report);
+        return format!(
+            "aligned {name} (up to date): verified: {}{hazards}",
+            done.report
+        );
     }
     let growth = |(before, after): (u64, u64)| {
         if before == 0 {
@@ -207,5 +251,5 @@ pub fn summary(image: &Path, done: &Aligned) -> String {
         done.report,
         growth(done.sizes[0]),
         growth(done.sizes[1]),
-    )
+    ) + &hazards
 }

@@ -14,6 +14,11 @@ use std::fmt::Write;
 use super::units::{Image, KINDS, Key, Kind, Unit};
 use pop_abi::layout::{IMAGE_BASE, PAGE_SIZE, PRIVATE_LIMIT, SHARED_BASE};
 
+/// Statics whose contents mean something only on their own ISA (what CPU features were
+/// detected): never paired, so each image keeps its own in its own range, where a crossing
+/// takes them from the destination's image.
+pub const ISA_STATE: [&str; 1] = ["std_detect::"];
+
 /// Alignment of the ranges of the TLS template.
 const TLS_RANGE_ALIGN: u64 = 64;
 
@@ -103,6 +108,12 @@ pub fn plan(images: [&Image; 2]) -> Plan {
         .collect();
     for (i, u) in images[0].units.iter().enumerate() {
         if u.kind == Kind::Rodata && functions.contains(&u.key) {
+            continue;
+        }
+        if let Key::Named(name) = &u.key
+            && u.kind.is_data()
+            && ISA_STATE.iter().any(|p| name.starts_with(p))
+        {
             continue;
         }
         let Some(candidates) = theirs.get(&(u.kind, &u.key)) else {

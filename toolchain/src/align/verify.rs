@@ -16,8 +16,14 @@ use goblin::elf::program_header::PT_TLS;
 use goblin::elf::section_header::{SHF_ALLOC, SHT_NOBITS};
 
 use super::map;
+use super::types;
 use super::units::{Image, KINDS, Key, Kind};
 use crate::error::{Error, Result};
+
+/// Why a pair without type information cannot cross.
+const NO_TYPES: &str = "the images carry no type information, so the layouts of what would \
+                        cross cannot be checked (build with `debug = \"full\"` in the profile, \
+                        as the dev profile has)";
 
 /// Most mismatches a report lists one by one.
 const MAX_LISTED: usize = 12;
@@ -29,8 +35,16 @@ pub struct Report {
     pub same_address: usize,
     /// Paired bytes compared.
     pub bytes_compared: u64,
+    /// Types both images describe, compared.
+    pub types_compared: usize,
+    /// Whether both images carry type information (full debuginfo).
+    pub types_described: bool,
     /// Everything that does not line up, one line each.
     pub mismatches: Vec<String>,
+    /// What lines up but cannot cross ISAs (types whose layout or meaning differs), one
+    /// line each naming the type. The pair is still a pair: a program holding these runs
+    /// on either ISA, but a crossing would carry them wrongly, so it is refused.
+    pub hazards: Vec<String>,
 }
 
 impl Report {
@@ -39,18 +53,34 @@ impl Report {
         if self.mismatches.is_empty() {
             return Ok(self);
         }
-        let mut text = format!("{} mismatch(es): ", self.mismatches.len());
-        let listed: Vec<&str> = self
-            .mismatches
-            .iter()
-            .take(MAX_LISTED)
-            .map(String::as_str)
-            .collect();
-        text.push_str(&listed.join("; "));
-        if self.mismatches.len() > MAX_LISTED {
-            text.push_str("; ...");
+        Err(Error::Misaligned(format!(
+            "{} mismatch(es): {}",
+            self.mismatches.len(),
+            listed(&self.mismatches)
+        )))
+    }
+
+    /// Why the pair cannot cross ISAs, one line each (empty: it can): its hazards, or that
+    /// its types could not be checked.
+    pub fn refusals(&self) -> Vec<String> {
+        let mut out = self.hazards.clone();
+        if !self.types_described {
+            out.push(NO_TYPES.to_owned());
         }
-        Err(Error::Misaligned(text))
+        out
+    }
+
+    /// `Ok` if the pair can also cross, else an error naming why not.
+    pub fn crossable(&self) -> Result<()> {
+        let refusals = self.refusals();
+        if refusals.is_empty() {
+            return Ok(());
+        }
+        Err(Error::CannotCross(format!(
+            "{} reason(s): {}",
+            refusals.len(),
+            listed(&refusals)
+        )))
     }
 }
 
@@ -58,10 +88,31 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} symbols at the same address, {} paired bytes identical",
+            "{} symbols at the same address, {} paired bytes identical, ",
             self.same_address, self.bytes_compared
-        )
+        )?;
+        match self.types_described {
+            true => write!(f, "{} types compared", self.types_compared),
+            false => write!(
+                f,
+                "types not checked (no type debuginfo: cannot cross ISAs)"
+            ),
+        }
     }
+}
+
+/// The first [`MAX_LISTED`] of `lines`, joined.
+fn listed(lines: &[String]) -> String {
+    let mut text = lines
+        .iter()
+        .take(MAX_LISTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if lines.len() > MAX_LISTED {
+        text.push_str("; ...");
+    }
+    text
 }
 
 /// One image of a pair, as read for verifying.
@@ -318,6 +369,23 @@ fn check(a: &Side<'_>, b: &Side<'_>) -> Result<Report> {
         if a.symbol(symbol) != b.symbol(symbol) {
             report.mismatches.push(format!("`{symbol}` differs"));
         }
+    }
+    // Types: one layout on both ISAs, and none that means something else on the other.
+    let (ta, tb) = (types::read(&a.elf, a.data)?, types::read(&b.elf, b.data)?);
+    report.types_described = ta.described && tb.described;
+    report.hazards.extend(types::differences(&ta, &tb));
+    report.types_compared = ta
+        .layouts
+        .keys()
+        .filter(|k| tb.layouts.contains_key(*k))
+        .count();
+    let mut hazards: Vec<_> = ta.hazards.iter().chain(&tb.hazards).collect();
+    hazards.sort();
+    hazards.dedup_by(|x, y| x.0 == y.0);
+    for (holder, ty, why) in hazards {
+        report
+            .hazards
+            .push(format!("`{holder}` holds `{ty}`: {why}"));
     }
     report.mismatches.extend(range_mismatches);
     report.into_result()

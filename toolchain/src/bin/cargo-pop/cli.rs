@@ -27,9 +27,11 @@ enum Command {
     ///
     /// Checks that everything application state can point at is at the same address in
     /// the x86-64 and the aarch64 image of one program, with the same size and bytes, and
-    /// that their TLS templates and shared data have one layout. Reads each image's link
-    /// map from `IMAGE.map` beside it. Prints one line and exits 0 if the pair lines up;
-    /// else names what does not and exits 1.
+    /// that their TLS templates and shared data have one layout; and that no type the
+    /// application holds has another layout or meaning on the other ISA (from DWARF: std's
+    /// HashMap/HashSet, 128-bit atomics, types under `cfg(target_arch)`). Reads each
+    /// image's link map from `IMAGE.map` beside it. Prints one line and exits 0 if the
+    /// pair lines up and can cross; else names what does not and exits 1.
     Verify(VerifyArgs),
 }
 
@@ -78,6 +80,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
         unreachable!("clap asks for two images")
     };
     let report = pop_toolchain::align::verify::verify_either(a, b)?;
+    report.crossable()?;
     println!("aligned: {report}");
     Ok(())
 }
