@@ -62,11 +62,32 @@ impl Relays {
         how: (Mode, u64),
         progress: &mut dyn FnMut(Step),
     ) -> Result<Summary> {
-        let hvm =
-            self.local.registry.find(key).ok_or_else(|| {
-                Error::NoSuchVm(format!("no VM {key} runs on node {}", node.id()))
-            })?;
+        let hvm = self.here(node, key)?;
         self.vms.migrate(node, hvm, to, how, progress)
+    }
+
+    /// VM `key` if it runs on `node` (this one).
+    fn here(&self, node: &Node, key: &str) -> Result<Arc<crate::registry::HostedVm>> {
+        self.local
+            .registry
+            .find(key)
+            .ok_or_else(|| Error::NoSuchVm(format!("no VM {key} runs on node {}", node.id())))
+    }
+
+    /// Where VM `key` runs: here (`Ok`), or on another node (`Err` with its id).
+    fn find_anywhere(
+        &self,
+        node: &Arc<Node>,
+        key: &str,
+    ) -> Result<std::result::Result<Arc<crate::registry::HostedVm>, u32>> {
+        if let Some(hvm) = self.local.registry.find(key) {
+            return Ok(Ok(hvm));
+        }
+        match self.locate(node, key)? {
+            // It arrived here meanwhile.
+            at if at == node.id() => self.here(node, key).map(Ok),
+            at => Ok(Err(at)),
+        }
     }
 
     /// Moves VM `key` to node `to`, wherever in the cluster it runs; `progress` gets each
@@ -79,14 +100,10 @@ impl Relays {
         how: (Mode, u64),
         progress: &mut dyn FnMut(Step),
     ) -> Result<Summary> {
-        if self.local.registry.find(key).is_some() {
-            return self.migrate_here(node, key, to, how, progress);
-        }
-        let at = self.locate(node, key)?;
-        if at == node.id() {
-            // It arrived here meanwhile.
-            return self.migrate_here(node, key, to, how, progress);
-        }
+        let at = match self.find_anywhere(node, key)? {
+            Ok(hvm) => return self.vms.migrate(node, hvm, to, how, progress),
+            Err(at) => at,
+        };
         let token = self.next.fetch_add(1, Ordering::Relaxed);
         let request = MigrateRequest {
             token,
@@ -129,17 +146,10 @@ impl Relays {
     /// cluster it runs (`popvmm migrate --cancel`): its migration then fails, and the VM
     /// runs on where it was.
     pub fn cancel_anywhere(&self, node: &Arc<Node>, key: &str) -> Result<()> {
-        let here = |hvm: Arc<crate::registry::HostedVm>| hvm.cancel_move().map_err(Error::Aborted);
-        if let Some(hvm) = self.local.registry.find(key) {
-            return here(hvm);
-        }
-        let at = self.locate(node, key)?;
-        if at == node.id() {
-            let hvm = self.local.registry.find(key).ok_or_else(|| {
-                Error::NoSuchVm(format!("no VM {key} runs on node {}", node.id()))
-            })?;
-            return here(hvm);
-        }
+        let at = match self.find_anywhere(node, key)? {
+            Ok(hvm) => return hvm.cancel_move().map_err(Error::Aborted),
+            Err(at) => at,
+        };
         let request = pop_wire::to_bytes(&CancelRequest {
             vm: key.to_string(),
         });

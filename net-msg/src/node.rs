@@ -555,6 +555,19 @@ impl Node {
         self.connection(peer).is_ok()
     }
 
+    /// Waits until `peer` is connected (a node that just started may not have been dialled
+    /// back yet); false on time-out. True at once for this node itself.
+    pub fn wait_up(&self, peer: NodeId, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while peer != self.id() && !self.is_up(peer) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
     /// Waits until every peer is connected; false on time-out.
     pub fn wait_all_up(&self, timeout: Duration) -> bool {
         self.wait_for_peers(timeout, |s| s.conn.is_some())

@@ -393,6 +393,35 @@ fn differential_std_programs_behave_as_native_linux_processes() {
     let _ = std::fs::remove_dir_all(&vm_dir);
 }
 
+#[test]
+fn async_tasks_on_pop_s_executor_print_what_they_print_natively() {
+    let native_out = Command::new(native("asyncdemo"))
+        .args(["5", "3000"])
+        .output()
+        .expect("run the native build");
+    assert!(native_out.status.success());
+    let expected = stdout(&native_out);
+    assert!(
+        expected.contains("task 4: sum ") && expected.ends_with('\n'),
+        "{expected}"
+    );
+    // One worker or several (the calling thread is one), the same lines; without the
+    // migration points too.
+    for workers in ["1", "2", "4"] {
+        let env = format!("POP_WORKERS={workers}");
+        let out = launch(&["--env", &env], "asyncdemo", &["5", "3000"]);
+        assert_eq!(
+            stdout(&out),
+            expected,
+            "{workers} workers: {}",
+            stderr(&out)
+        );
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let out = launch(&[], "asyncdemo", &["5", "3000", "nopoints"]);
+    assert_eq!(stdout(&out), expected, "{}", stderr(&out));
+}
+
 /// Runs `popvmm launch` like [`launch`], killing it after `limit` (a lost futex wake-up
 /// would otherwise hang the test).
 fn launch_with_limit(name: &str, args: &[&str], limit: std::time::Duration) -> Output {

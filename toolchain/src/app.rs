@@ -17,6 +17,15 @@ use crate::messages::Message;
 use crate::options::BuildOptions;
 use crate::toolchain::Toolchain;
 
+/// The rustc flags that keep the code of both ISAs pairable (see [`crate::align`]), for the
+/// application, its std and the libos alike: symbol names that carry their full path, no
+/// functions merged into one another, no globals merged into one (aarch64's GlobalMerge).
+pub const PAIRING_FLAGS: [&str; 3] = [
+    "-Csymbol-mangling-version=v0",
+    "-Zmerge-functions=disabled",
+    "-Cllvm-args=-aarch64-enable-global-merge=false",
+];
+
 /// What the application is linked with.
 #[derive(Clone, Debug)]
 pub struct LinkInputs {
@@ -40,9 +49,9 @@ impl LinkInputs {
         Ok(vec![
             "-Crelocation-model=static".to_owned(),
             "-Cforce-frame-pointers=yes".to_owned(),
-            "-Csymbol-mangling-version=v0".to_owned(),
-            "-Zmerge-functions=disabled".to_owned(),
-            "-Cllvm-args=-aarch64-enable-global-merge=false".to_owned(),
+            PAIRING_FLAGS[0].to_owned(),
+            PAIRING_FLAGS[1].to_owned(),
+            PAIRING_FLAGS[2].to_owned(),
             format!("-Clinker={}", utf8(&self.linker)?),
             format!("-Clink-arg=-T{}", utf8(&self.script)?),
             format!("-Clink-arg={}", utf8(&self.libos)?),

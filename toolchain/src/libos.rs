@@ -52,7 +52,10 @@ fn compile(toolchain: &Toolchain, repo: &RepoPaths, arch: Arch) -> Result<()> {
     cargo
         .current_dir(manifest.parent().unwrap_or(repo.root()))
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            crate::app::PAIRING_FLAGS.join("\x1f"),
+        )
         .arg("build")
         .arg("--release")
         .arg("--manifest-path")

@@ -76,6 +76,11 @@ fn every_program_gets_an_aligned_pair_that_verifies() {
             assert!(a.is_some(), "{name}: {path} missing");
             assert_eq!(a, b, "{name}: {path}");
         }
+        // The libos's state that a crossing carries: its heap allocator and futex waiters.
+        for path in ["pop_libos::heap::HEAP", "pop_libos::sync::WAITERS"] {
+            let (a, b) = (address_of(x86, path), address_of(arm, path));
+            assert!(a.is_some() && a == b, "{name}: {path}: {a:x?} / {b:x?}");
+        }
         // The shared data starts at one place and both maps sit beside the images.
         assert!(map_of(x86).is_file() && map_of(arm).is_file());
     }
@@ -84,6 +89,12 @@ fn every_program_gets_an_aligned_pair_that_verifies() {
         address_of(x86, "primesum::is_prime"),
         address_of(arm, "primesum::is_prime")
     );
+    // The executor of migratable apps: its state, and the flag a crossing sets.
+    let [x86, arm] = &pairs["asyncdemo"];
+    for path in ["pop::executor::RUNTIME", "POP_CROSSING_PENDING"] {
+        let (a, b) = (address_of(x86, path), address_of(arm, path));
+        assert!(a.is_some() && a == b, "asyncdemo: {path}: {a:x?} / {b:x?}");
+    }
 }
 
 #[test]

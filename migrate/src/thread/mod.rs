@@ -1097,10 +1097,7 @@ impl Spans {
         if at == me {
             // A node that just started (or was just dialled) may not be connected yet: a
             // user's move waits a little for it, as a whole-VM move does.
-            let deadline = Instant::now() + PEER_UP_WAIT;
-            while mv.to != me && !node.is_up(mv.to) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            node.wait_up(mv.to, PEER_UP_WAIT);
             return self.move_from_outside(mv.vm, mv.tid, mv.to);
         }
         request(node, at, MsgType::MoveThread, &pop_wire::to_bytes(&mv))

@@ -320,18 +320,10 @@ pub(crate) fn check_destination(node: &Node, to: u32) -> Result<(), String> {
         ));
     }
     // A node that just started may not have been dialled back yet.
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    while node
-        .peers()
-        .get(to as usize)
-        .is_none_or(|p| p.state != net_msg::PeerState::Up)
-    {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "node {to} is not connected (is it running, with the cluster's secret?)"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !node.wait_up(to, CONNECT_TIMEOUT) {
+        return Err(format!(
+            "node {to} is not connected (is it running, with the cluster's secret?)"
+        ));
     }
     Ok(())
 }

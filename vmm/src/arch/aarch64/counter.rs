@@ -50,14 +50,11 @@ pub fn counter_hz() -> u64 {
 }
 
 fn get(fd: &VcpuFd) -> Result<u64, kvm_ioctls::Error> {
-    let mut bytes = [0u8; 8];
-    fd.get_one_reg(regs::TIMER_CNT, &mut bytes)?;
-    Ok(u64::from_le_bytes(bytes))
+    regs::get(fd, regs::TIMER_CNT)
 }
 
 fn set(fd: &VcpuFd, value: u64) -> Result<(), kvm_ioctls::Error> {
-    fd.set_one_reg(regs::TIMER_CNT, &value.to_le_bytes())
-        .map(|_| ())
+    regs::set(fd, regs::TIMER_CNT, value)
 }
 
 /// Bounds of the offset, from one read of the counter between two reads of the host's.

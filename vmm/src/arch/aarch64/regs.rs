@@ -139,3 +139,27 @@ mod tests {
         assert_eq!(FPCR, 0x6020_0000_0010_00d5);
     }
 }
+
+/// Reads the 64-bit register `id` of `fd`.
+pub fn get(fd: &kvm_ioctls::VcpuFd, id: u64) -> Result<u64, kvm_ioctls::Error> {
+    let mut bytes = [0u8; 8];
+    fd.get_one_reg(id, &mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Writes the 64-bit register `id` of `fd`.
+pub fn set(fd: &kvm_ioctls::VcpuFd, id: u64, value: u64) -> Result<(), kvm_ioctls::Error> {
+    fd.set_one_reg(id, &value.to_le_bytes()).map(|_| ())
+}
+
+/// Reads the 32-bit register `id` of `fd`.
+pub fn get_u32(fd: &kvm_ioctls::VcpuFd, id: u64) -> Result<u32, kvm_ioctls::Error> {
+    let mut bytes = [0u8; 4];
+    fd.get_one_reg(id, &mut bytes)?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
+/// Writes the 32-bit register `id` of `fd`.
+pub fn set_u32(fd: &kvm_ioctls::VcpuFd, id: u64, value: u32) -> Result<(), kvm_ioctls::Error> {
+    fd.set_one_reg(id, &value.to_le_bytes()).map(|_| ())
+}

@@ -13,7 +13,7 @@ use kvm_ioctls::VcpuFd;
 use pop_wire::{Decode, Decoder, Encode, Encoder, WireError};
 
 use super::counter::VmCounter;
-use super::regs;
+use super::regs::{self, get, get_u32, set, set_u32};
 
 /// The FP/SIMD registers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,26 +52,6 @@ pub struct VcpuState {
     pub tsc: u64,
     /// The argument block of the hypercall the thread is in, whose result is still to come.
     pub block: Option<u64>,
-}
-
-fn get(fd: &VcpuFd, id: u64) -> Result<u64, kvm_ioctls::Error> {
-    let mut bytes = [0u8; 8];
-    fd.get_one_reg(id, &mut bytes)?;
-    Ok(u64::from_le_bytes(bytes))
-}
-
-fn set(fd: &VcpuFd, id: u64, value: u64) -> Result<(), kvm_ioctls::Error> {
-    fd.set_one_reg(id, &value.to_le_bytes()).map(|_| ())
-}
-
-fn get_u32(fd: &VcpuFd, id: u64) -> Result<u32, kvm_ioctls::Error> {
-    let mut bytes = [0u8; 4];
-    fd.get_one_reg(id, &mut bytes)?;
-    Ok(u32::from_le_bytes(bytes))
-}
-
-fn set_u32(fd: &VcpuFd, id: u64, value: u32) -> Result<(), kvm_ioctls::Error> {
-    fd.set_one_reg(id, &value.to_le_bytes()).map(|_| ())
 }
 
 impl VcpuState {

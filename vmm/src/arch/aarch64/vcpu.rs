@@ -79,13 +79,11 @@ impl Vcpu {
     }
 
     fn set(&self, id: u64, value: u64) -> Result<(), kvm_ioctls::Error> {
-        self.fd.set_one_reg(id, &value.to_le_bytes()).map(|_| ())
+        regs::set(&self.fd, id, value)
     }
 
     fn get(&self, id: u64) -> Result<u64, kvm_ioctls::Error> {
-        let mut bytes = [0u8; 8];
-        self.fd.get_one_reg(id, &mut bytes)?;
-        Ok(u64::from_le_bytes(bytes))
+        regs::get(&self.fd, id)
     }
 
     /// Sets the registers for a new thread: the MMU and FP/SIMD on, EL1 on `SP_EL0` at the
