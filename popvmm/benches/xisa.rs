@@ -45,14 +45,7 @@ fn loaded_bytes(path: &Path) -> u64 {
 
 /// The natural (unaligned) link of `image`, as the link wrapper recorded it.
 fn natural_of(image: &Path, triple: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata(image).ok()?.ino();
-    let deps = image.parent()?.join("deps");
-    let name = std::fs::read_dir(deps)
-        .ok()?
-        .flatten()
-        .find(|e| e.metadata().is_ok_and(|m| m.ino() == ino))?
-        .file_name();
+    let name = pop_toolchain::align::link_name(image).ok()?;
     let natural = repo()
         .join("target/pop")
         .join(triple)

@@ -6,7 +6,6 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -187,19 +186,8 @@ fn apply_env_rustflags(cargo: &mut Command, flags: &[String]) {
 /// Deletes `image` and the file it was uplifted from in `deps/` (the same inode), so that
 /// cargo relinks it.
 fn remove_image(image: &Path) -> Result<()> {
-    let meta = std::fs::metadata(image).map_err(|e| Error::io(image, e))?;
-    if let Some(deps) = image.parent().map(|dir| dir.join("deps"))
-        && let Ok(entries) = std::fs::read_dir(&deps)
-    {
-        for entry in entries.flatten() {
-            let same_file = entry
-                .metadata()
-                .is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
-            if same_file {
-                let path = entry.path();
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            }
-        }
+    if let Some(path) = fsutil::uplifted_from(image) {
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
     }
     std::fs::remove_file(image).map_err(|e| Error::io(image, e))
 }

@@ -50,3 +50,14 @@ pub(crate) fn write_if_changed(path: &Path, contents: &[u8]) -> Result<bool> {
 pub(crate) fn create_dir_all(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
+
+/// The file in `deps/` beside `image` that cargo uplifted it from (the same inode), if any.
+pub(crate) fn uplifted_from(image: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(image).ok()?;
+    let deps = image.parent()?.join("deps");
+    fs::read_dir(deps).ok()?.flatten().find_map(|entry| {
+        let m = entry.metadata().ok()?;
+        (m.ino() == meta.ino() && m.dev() == meta.dev()).then(|| entry.path())
+    })
+}

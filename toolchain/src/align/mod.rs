@@ -41,20 +41,12 @@ pub struct Aligned {
 
 /// The file name rustc linked `image` as: cargo copies (hard-links) `deps/<name>-<hash>`
 /// to the image's path.
-fn link_name(image: &Path) -> Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(image).map_err(|e| Error::io(image, e))?;
-    if let Some(deps) = image.parent().map(|d| d.join("deps"))
-        && let Ok(entries) = std::fs::read_dir(&deps)
-    {
-        for entry in entries.flatten() {
-            let m = entry.metadata();
-            if m.is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev()) {
-                return Ok(entry.file_name().to_string_lossy().into_owned());
-            }
-        }
+pub fn link_name(image: &Path) -> Result<String> {
+    if !image.exists() {
+        return Err(Error::io(image, std::io::ErrorKind::NotFound.into()));
     }
-    Ok(image
+    let path = fsutil::uplifted_from(image).unwrap_or_else(|| image.to_path_buf());
+    Ok(path
         .file_name()
         .unwrap_or_default()
         .to_string_lossy()
