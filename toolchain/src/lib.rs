@@ -45,6 +45,13 @@ pub fn build(options: &BuildOptions) -> Result<Vec<PathBuf>> {
         return Err(Error::NoLibos(repo.libos_manifest()));
     }
     let toolchain = Toolchain::pinned(repo.root())?;
+    // One build at a time per checkout: builds share the libos, the recorded links and the
+    // alignment of their images.
+    let lock_dir = repo.root().join("target/pop");
+    fsutil::create_dir_all(&lock_dir)?;
+    let lock_path = lock_dir.join("build.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     let mut by_arch = Vec::new();
     for arch in arches {
         let libos = libos::build(&toolchain, &repo, arch)?;
@@ -62,10 +69,6 @@ pub fn build(options: &BuildOptions) -> Result<Vec<PathBuf>> {
     if let [(Arch::X86_64, x86_64), (Arch::Aarch64, aarch64)] = &by_arch[..] {
         let links =
             [repo.link_dir(Arch::X86_64), repo.link_dir(Arch::Aarch64)].map(|d| d.join("links"));
-        // One alignment at a time (builds of one checkout share the recorded links).
-        let lock_path = repo.link_dir(Arch::X86_64).join("align.lock");
-        let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
         for [a, b] in align::pairs(x86_64, aarch64) {
             let done = align::align_pair(&toolchain, [&a, &b], [&links[0], &links[1]])?;
             eprintln!("{}", align::summary(&a, &done));

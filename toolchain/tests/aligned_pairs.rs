@@ -221,6 +221,13 @@ fn each_hazard_class_is_refused_with_the_type_named() {
     ] {
         assert!(why.contains(named), "{named} missing from: {why}");
     }
+    // A static whose initial value differs by ISA is not paired: each image keeps its own,
+    // in its own range (so the pair still verifies).
+    let (a, b) = (
+        address_of(&find("hazards", "x86_64"), "hazards::ISA_ID"),
+        address_of(&find("hazards", "aarch64"), "hazards::ISA_ID"),
+    );
+    assert!(a.is_some() && b.is_some() && a != b, "{a:x?} / {b:x?}");
     // The build wrote the same beside the x86-64 image, for a crossing to refuse.
     let written =
         std::fs::read_to_string(pop_toolchain::align::hazards_of(&find("hazards", "x86_64")))

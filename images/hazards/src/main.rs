@@ -14,6 +14,9 @@ use std::task::{Context, Poll, Waker};
 /// A table in a static: std's HashMap.
 static TABLE: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
 
+/// A static of one type whose value depends on the ISA: each image keeps its own.
+static ISA_ID: u32 = if cfg!(target_arch = "x86_64") { 86 } else { 64 };
+
 /// A type whose layout depends on the ISA.
 pub struct PerIsa {
     /// On both.
@@ -102,6 +105,8 @@ fn main() {
         count: Mutex::new(0),
     };
     let n = block_on(keeps((0..5).collect()));
+    let isa = std::hint::black_box(&ISA_ID);
+    assert!(*isa == 86 || *isa == 64);
     let table = TABLE.lock().unwrap().as_ref().map_or(0, HashMap::len);
     println!(
         "hazards: {} {} {} {}",

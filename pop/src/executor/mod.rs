@@ -12,11 +12,13 @@
 //!
 //! A task is a future in a box on the heap; between two polls no native frame of it exists,
 //! so a moment at which every worker is between polls (a *migration point*) is one at which
-//! the application is nothing but memory: what a move between ISAs carries (DESIGN decision
-//! 4). [`migration_point`] lets a long computation offer such a moment; it returns at once
-//! when no move is pending (one atomic load). The executor keeps all its state in statics
-//! and on the heap, so the images of an aligned pair (`cargo pop build --arch all`) read it
-//! the same way on both ISAs.
+//! the application is nothing but memory: what a move between ISAs will carry (DESIGN
+//! decision 4). [`migration_point`] lets a long computation offer such a moment: it returns
+//! at once when no move is pending (one atomic load), and otherwise makes the task yield, so
+//! that its worker gets back between polls. (Stopping every worker there while the move
+//! happens is the crossing's part, still to come.) The executor keeps all its state in
+//! statics and on the heap, so the images of an aligned pair (`cargo pop build --arch all`)
+//! read it the same way on both ISAs.
 
 mod point;
 mod task;
@@ -30,7 +32,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::vec::Vec;
 
 pub use point::{MigrationPoint, migration_point};
 use task::Task;
@@ -135,18 +136,15 @@ where
         RUNTIME.finish();
     })
     .detach();
-    let helpers: Vec<_> = (1..workers())
-        .map(|i| {
-            std::thread::Builder::new()
-                .name(format!("pop-worker-{i}"))
-                .spawn(|| RUNTIME.work())
-                .expect("pop::run: starting a worker thread")
-        })
-        .collect();
-    RUNTIME.work();
-    for h in helpers {
-        let _ = h.join();
+    for i in 1..workers() {
+        std::thread::Builder::new()
+            .name(format!("pop-worker-{i}"))
+            .spawn(|| RUNTIME.work())
+            .expect("pop::run: starting a worker thread");
     }
+    RUNTIME.work();
+    // Not joining the other workers: one may be inside a long poll of a task nobody waits
+    // for, and the process ends with the root future's status all the same.
     let code = lock(&status).unwrap_or(101);
     let _ = std::io::stdout().flush();
     std::process::exit(code)

@@ -5,9 +5,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
-/// Non-zero while a move of the application is pending: the VMM sets it (the symbol is
-/// exported, at the same address in both images of an aligned pair) and the executor's
-/// workers stop between polls to let it happen.
+/// Non-zero while a move of the application is pending: for the VMM to set (the symbol is
+/// exported, at the same address in both images of an aligned pair); a task at a
+/// [`migration_point`] then yields to its worker.
 #[unsafe(no_mangle)]
 pub static POP_CROSSING_PENDING: AtomicU32 = AtomicU32::new(0);
 

@@ -20,8 +20,22 @@ pub struct InputSection {
     pub align: u64,
 }
 
-/// Width of the four number columns (VMA, LMA, size, alignment) of a map line.
-const COLUMNS: usize = 16 + 1 + 16 + 1 + 8 + 1 + 5 + 1;
+/// The four number columns (VMA, LMA, size, alignment) of a map line and the text after
+/// them (its indentation kept), or `None` for a line without them.
+fn columns(line: &str) -> Option<([&str; 4], &str)> {
+    let mut fields = [""; 4];
+    let mut rest = line;
+    for field in &mut fields {
+        let start = rest.len() - rest.trim_start_matches(' ').len();
+        let token = rest[start..].split(' ').next()?;
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *field = token;
+        rest = &rest[start + token.len()..];
+    }
+    Some((fields, rest.strip_prefix(' ')?))
+}
 
 /// The input sections of the map, in address order within each output section.
 pub fn parse(text: &str) -> Result<Vec<InputSection>> {
@@ -29,14 +43,12 @@ pub fn parse(text: &str) -> Result<Vec<InputSection>> {
     let mut out = String::new();
     for (n, line) in text.lines().enumerate().skip(1) {
         let bad = || Error::UnexpectedOutput(format!("link map line {}: {line:?}", n + 1));
-        if line.len() < COLUMNS || !line.is_char_boundary(COLUMNS) {
+        // Four number columns (lld widens one whose value does not fit), one space, then
+        // the indented text: none for an output section, 8 for an input, 16 for a symbol.
+        let Some((fields, rest)) = columns(line) else {
             continue;
-        }
-        let (numbers, rest) = line.split_at(COLUMNS);
-        let fields: Vec<&str> = numbers.split_whitespace().collect();
-        let [vma, _lma, size, align] = fields[..] else {
-            return Err(bad());
         };
+        let [vma, _lma, size, align] = fields;
         let hex = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
         if let Some(input) = rest.strip_prefix("        ") {
             if input.starts_with(' ') {
@@ -44,7 +56,7 @@ pub fn parse(text: &str) -> Result<Vec<InputSection>> {
             }
             // `file:(section)`; the file may itself hold `:` or parentheses.
             let Some(split) = input.rfind(":(") else {
-                continue; // e.g. `<internal>` synthetic contents
+                continue; // e.g. a linker-script assignment
             };
             let file = &input[..split];
             let name = input[split + 2..].strip_suffix(')').ok_or_else(bad)?;

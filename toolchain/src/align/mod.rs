@@ -64,7 +64,7 @@ fn loaded_bytes(data: &[u8]) -> u64 {
 }
 
 /// The version of the alignment: a pair aligned by another is aligned again.
-const FORMAT: &str = "pop-align 2\n";
+const FORMAT: &str = "pop-align 3\n";
 
 /// File of a link record saying which [`FORMAT`] aligned it.
 const STAMP: &str = "aligned.stamp";
@@ -187,7 +187,7 @@ pub fn hazards_of(image: &Path) -> PathBuf {
     image.with_file_name(name)
 }
 
-/// The images of `built` (in build order, x86-64's first) paired by file name.
+/// The images of both architectures (as each build listed them) paired by file name.
 pub fn pairs(x86_64: &[PathBuf], aarch64: &[PathBuf]) -> Vec<[PathBuf; 2]> {
     x86_64
         .iter()

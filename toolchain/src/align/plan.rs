@@ -55,7 +55,7 @@ pub struct Plan {
     pub ranges: HashMap<Kind, Ranges>,
     /// Alignment of each TLS section, the larger of the two images'.
     pub tls_align: HashMap<Kind, u64>,
-    /// Symbols both images have whose data differs in size: ISA-dependent statics.
+    /// Symbols both images have whose data differs in size or bytes: ISA-dependent statics.
     pub unpaired: Vec<Unpaired>,
     /// Counts of units paired and left alone per image, for the report.
     pub counts: Counts,
@@ -116,6 +116,10 @@ pub fn plan(images: [&Image; 2]) -> Plan {
         {
             continue;
         }
+        // Anonymous code (hand-written assembly) is each ISA's own: equal sizes mean nothing.
+        if u.kind == Kind::Text && matches!(u.key, Key::Anon(_)) {
+            continue;
+        }
         let Some(candidates) = theirs.get(&(u.kind, &u.key)) else {
             continue;
         };
@@ -125,7 +129,9 @@ pub fn plan(images: [&Image; 2]) -> Plan {
         };
         let v = &images[1].units[j];
         if let Key::Named(name) = &u.key {
-            if u.kind.is_data() && u.size != v.size {
+            // Data whose size or bytes differ by ISA (a type or an initialiser under
+            // `cfg(target_arch)`): each image keeps its own.
+            if u.kind.is_data() && (u.size != v.size || u.bytes_hash != v.bytes_hash) {
                 unpaired.push(Unpaired {
                     kind: u.kind,
                     name: name.clone(),
@@ -164,7 +170,9 @@ pub fn plan(images: [&Image; 2]) -> Plan {
                         .iter()
                         .zip(&v.pointers)
                         .all(|(p, q)| match (p.1, q.1) {
-                            (None, None) => p.0 == q.0,
+                            // Outside every unit (the GOT, unwind tables, a linker
+                            // symbol): nothing says both land at one address.
+                            (None, None) => false,
                             (Some((ti, oi)), Some((tj, oj))) => {
                                 p.0 == q.0 && oi == oj && twin[0][ti] == Some(tj)
                             }
@@ -402,6 +410,7 @@ mod tests {
             align: 8,
             key,
             pointers,
+            bytes_hash: 0,
         }
     }
 
@@ -496,6 +505,7 @@ mod tests {
                 vec![(0, Some((2, 0)))],
             ),
             unit(Kind::Rodata, Key::Anon(11), 0x401010, 8, vec![(0, None)]),
+            unit(Kind::Rodata, Key::Anon(13), 0x401018, 8, vec![]),
         ]);
         let b = image(vec![
             unit(Kind::Text, named("f"), 0x400000, 0x10, vec![]),
@@ -503,12 +513,17 @@ mod tests {
             unit(Kind::Rodata, anon, 0x401000, 8, vec![(0, Some((1, 0)))]),
             unit(Kind::Rodata, outer, 0x401008, 8, vec![(0, Some((2, 0)))]),
             unit(Kind::Rodata, Key::Anon(11), 0x401010, 8, vec![(0, None)]),
+            unit(Kind::Rodata, Key::Anon(13), 0x401018, 8, vec![]),
         ]);
         let p = plan([&a, &b]);
         let paired: Vec<usize> = p.pairs.iter().map(|(_, pair, _)| pair[0]).collect();
         assert!(
-            paired.contains(&0) && paired.contains(&1) && paired.contains(&4),
+            paired.contains(&0) && paired.contains(&1) && paired.contains(&5),
             "{paired:?}"
+        );
+        assert!(
+            !paired.contains(&4),
+            "a pointer outside every unit: nothing says both land at one address"
         );
         assert!(
             !paired.contains(&2),

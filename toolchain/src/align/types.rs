@@ -370,7 +370,12 @@ pub fn differences(a: &Types, b: &Types) -> Vec<String> {
         let Some(lb) = b.layouts.get(name) else {
             continue;
         };
-        let Some(why) = difference(la, lb) else {
+        // Same layout, but a field of another type (`u64` / `f64`): not the same meaning.
+        let retyped = la.member_types.iter().find_map(|(m, ta)| {
+            let tb = lb.member_types.iter().find(|(n, _)| n == m)?.1.as_str();
+            (ta != tb).then(|| format!("`{m}` is `{ta}` on x86_64, `{tb}` on aarch64"))
+        });
+        let Some(why) = difference(la, lb).or(if la.app { retyped } else { None }) else {
             continue;
         };
         if la.app {

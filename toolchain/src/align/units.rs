@@ -1,14 +1,16 @@
 //! The units an alignment places, and what makes a unit of one image the twin of one of
 //! the other's.
 //!
-//! A unit is the input sections one linker-script line places. A section named after a
-//! symbol (`.text._RNv...`, `.rodata._ZN...`) forms a unit with every section of the same
-//! name, and its key is the symbol's demangled path without hashes (`std::io::stdio::
-//! _print`): the hashes in a mangled name differ between the architectures' builds. An
-//! anonymous constant (`.rodata..Lanon.<hash>.<n>`, a section of merged strings or
-//! constants) is a unit of its own, and its key is its contents with every pointer in it
-//! replaced by the key of what it points to, computed again until no key splits (so a
-//! vtable is known by its functions, a panic location by its file name's string).
+//! A unit is the input sections one linker-script line places (a file and a section name).
+//! A section named after a symbol (`.text._RNv...`, `.rodata._ZN...`) is a unit of its own,
+//! and its key is the symbol's demangled path without hashes (`std::io::stdio::_print`): the
+//! hashes in a mangled name differ between the architectures' builds (a name several objects
+//! have, a local copy of an inline function, gives several units of one key, paired in
+//! order). An anonymous constant (`.rodata..Lanon.<hash>.<n>`) is a unit too; the sections
+//! of merged strings or constants of one object share a name, so they form one unit. An
+//! anonymous unit's key is its contents with every pointer in it replaced by the key of what
+//! it points to, computed again until no key splits (so a vtable is known by its functions,
+//! a panic location by its file name's string).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -130,6 +132,9 @@ pub struct Unit {
     /// The pointers in it (data only), from [`classify`]: offset, and the unit pointed
     /// into with the offset there (`None` outside every unit).
     pub pointers: Vec<(u64, Option<(usize, u64)>)>,
+    /// A hash of its bytes with the pointers zeroed (data only), from [`classify`]: twins
+    /// by name must hold the same bytes too.
+    pub bytes_hash: u64,
 }
 
 /// One linked image: its input sections and units.
@@ -231,6 +236,7 @@ impl Image {
                 align: 1,
                 key,
                 pointers: Vec::new(),
+                bytes_hash: 0,
             });
         }
         for u in &mut units {
@@ -443,6 +449,7 @@ pub fn classify(images: [&mut Image; 2], elves: [(&Elf, &[u8]); 2]) -> Result<()
             if let Key::Anon(k) = &mut u.key {
                 *k = classes[side][i];
             }
+            u.bytes_hash = hash_of(|h| contents[side][i].bytes.hash(h));
             u.pointers = contents[side][i]
                 .pointers
                 .iter()

@@ -32,14 +32,25 @@ lld='@LLD@'
 case "$1" in -flavor) ;; *) set -- -flavor gnu "$@" ;; esac
 out=; prev=
 for a in "$@"; do [ "$prev" = "-o" ] && out=$a; prev=$a; done
-if [ -z "$POP_LINK_DIR" ] || [ -z "$out" ]; then exec "$lld" "$@" -O0; fi
+if [ -z "$POP_LINK_DIR" ]; then exec "$lld" "$@" -O0; fi
+if [ -z "$out" ]; then
+    echo "pop-ld: cannot record a link without -o (arguments in a response file?)" >&2
+    exit 1
+fi
 dir="$POP_LINK_DIR/$(basename "$out")"
 rm -rf "$dir" && mkdir -p "$dir" || exit 1
 : > "$dir/args"
 n=$#
 for a in "$@"; do
     case "$a" in
-        *.o) if [ -f "$a" ]; then cp "$a" "$dir/" || exit 1; a="$dir/$(basename "$a")"; fi ;;
+        *"
+"*) echo "pop-ld: an argument holds a newline" >&2; exit 1 ;;
+        # The crate's own objects and what rustc made for this link in its temporary
+        # directory go when rustc is done: keep copies.
+        *.o | */rustc*/*.rlib | */rustc*/*.a)
+            if [ ! -f "$a" ]; then echo "pop-ld: no such input: $a" >&2; exit 1; fi
+            cp "$a" "$dir/" || exit 1
+            a="$dir/$(basename "$a")" ;;
     esac
     printf '%s
 ' "$a" >> "$dir/args"

@@ -120,26 +120,6 @@ pub const TCR_VALUE: u64 = 16 | (1 << 8) | (1 << 10) | (3 << 12) | (1 << 23) | (
 /// (the indices the translation tables use).
 pub const MAIR_VALUE: u64 = 0xff | (0x04 << 8);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn register_ids_match_the_kernel_encoding() {
-        // Values from the Linux UAPI (ARM64_SYS_REG and KVM_REG_ARM_CORE_REG).
-        assert_eq!(PC, 0x6030_0000_0010_0040);
-        assert_eq!(SP_EL1, 0x6030_0000_0010_0044);
-        assert_eq!(TIMER_CNT, 0x6030_0000_0013_df1a);
-        assert_eq!(SCTLR_EL1, 0x6030_0000_0013_c080);
-        assert_eq!(ELR_EL1, 0x6030_0000_0010_0046);
-        assert_eq!(spsr(0), 0x6030_0000_0010_0048);
-        assert_eq!(v(0), 0x6040_0000_0010_0054);
-        assert_eq!(v(31), 0x6040_0000_0010_00d0);
-        assert_eq!(FPSR, 0x6020_0000_0010_00d4);
-        assert_eq!(FPCR, 0x6020_0000_0010_00d5);
-    }
-}
-
 /// Reads the 64-bit register `id` of `fd`.
 pub fn get(fd: &kvm_ioctls::VcpuFd, id: u64) -> Result<u64, kvm_ioctls::Error> {
     let mut bytes = [0u8; 8];
@@ -162,4 +142,24 @@ pub fn get_u32(fd: &kvm_ioctls::VcpuFd, id: u64) -> Result<u32, kvm_ioctls::Erro
 /// Writes the 32-bit register `id` of `fd`.
 pub fn set_u32(fd: &kvm_ioctls::VcpuFd, id: u64, value: u32) -> Result<(), kvm_ioctls::Error> {
     fd.set_one_reg(id, &value.to_le_bytes()).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_ids_match_the_kernel_encoding() {
+        // Values from the Linux UAPI (ARM64_SYS_REG and KVM_REG_ARM_CORE_REG).
+        assert_eq!(PC, 0x6030_0000_0010_0040);
+        assert_eq!(SP_EL1, 0x6030_0000_0010_0044);
+        assert_eq!(TIMER_CNT, 0x6030_0000_0013_df1a);
+        assert_eq!(SCTLR_EL1, 0x6030_0000_0013_c080);
+        assert_eq!(ELR_EL1, 0x6030_0000_0010_0046);
+        assert_eq!(spsr(0), 0x6030_0000_0010_0048);
+        assert_eq!(v(0), 0x6040_0000_0010_0054);
+        assert_eq!(v(31), 0x6040_0000_0010_00d0);
+        assert_eq!(FPSR, 0x6020_0000_0010_00d4);
+        assert_eq!(FPCR, 0x6020_0000_0010_00d5);
+    }
 }
