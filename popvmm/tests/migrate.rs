@@ -475,11 +475,12 @@ fn migrate_json_reports_progress_and_the_result_in_query_migrate_s_words() {
 fn a_cancelled_migration_fails_in_one_line_and_the_vm_runs_on_where_it_was() {
     let mut c = Cluster::new();
     c.start(1, false);
-    // 768 MiB filled: the first round takes long enough to be stopped during it.
+    // 768 MiB filled: the first round takes long enough to be stopped during it; 15 s of
+    // iterations outlast the cancelled move and a whole one after it (in a debug build too).
     let mut vm = c.launch(
         &["--memory", "1G"],
         "migrateme",
-        &["100", "50", "0", "0", "768"],
+        &["100", "150", "0", "0", "768"],
     );
     let reader = once_it_printed(&mut vm);
     let cancel = || c.popvmm(&["migrate", "--cancel", "migrateme", "--id", "1"]);

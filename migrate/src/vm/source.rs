@@ -20,6 +20,8 @@ use vmm::persist::Persist;
 use vmm::vm::state::{StateHeader, VmState};
 use vmm::vm::{Paused, VmShared};
 
+/// Pages a pre-copy round sends between two looks at whether it was cancelled (16 MiB).
+const CANCEL_CHECK_PAGES: usize = 4096;
 /// Most copy rounds before the VM is stopped whatever is left.
 pub const MAX_ROUNDS: u32 = 30;
 /// Rounds in a row without progress after which the VM is stopped.
@@ -347,7 +349,14 @@ fn copy_and_switch(
     loop {
         round += 1;
         let t = Instant::now();
-        let sent = stream.pages(&vm.mem, &pages, round == 1);
+        // In pieces, so that a cancel stops a long round early.
+        let sent = pages
+            .chunks(CANCEL_CHECK_PAGES)
+            .try_fold((0, 0), |(n, b), piece| {
+                hvm.check_cancelled()?;
+                let (pn, pb) = stream.pages(&vm.mem, piece, round == 1)?;
+                Ok::<_, String>((n + pn, b + pb))
+            });
         // (A refused `BEGIN` says more than the page stream it closed.)
         if let Some(answer) = answer.take() {
             begun(stream, answer, hvm, to, phases)?;
