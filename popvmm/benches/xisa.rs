@@ -34,13 +34,7 @@ fn compute_ns(cmd: &mut Command) -> f64 {
 }
 
 fn loaded_bytes(path: &Path) -> u64 {
-    let data = std::fs::read(path).unwrap();
-    let elf = goblin::elf::Elf::parse(&data).unwrap();
-    elf.program_headers
-        .iter()
-        .filter(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
-        .map(|p| p.p_filesz)
-        .sum()
+    pop_toolchain::align::loaded_bytes(&std::fs::read(path).unwrap())
 }
 
 /// The natural (unaligned) link of `image`, as the link wrapper recorded it.

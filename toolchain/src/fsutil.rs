@@ -22,10 +22,15 @@ pub(crate) fn is_up_to_date(output: &Path, input: &Path) -> bool {
 /// A path next to `path` that no other process uses, for building a file before
 /// renaming it into place.
 pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    name.push(format!(".tmp{}.{n}", std::process::id()));
+    with_suffix(path, &format!(".tmp{}.{n}", std::process::id()))
+}
+
+/// The file beside `path` whose name is `path`'s with `suffix` appended (`hello.map`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
     path.with_file_name(name)
 }
 

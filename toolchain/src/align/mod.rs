@@ -53,7 +53,8 @@ pub fn link_name(image: &Path) -> Result<String> {
         .into_owned())
 }
 
-fn loaded_bytes(data: &[u8]) -> u64 {
+/// The loaded bytes of an ELF image (its `PT_LOAD` file sizes), 0 if it does not parse.
+pub fn loaded_bytes(data: &[u8]) -> u64 {
     Elf::parse(data).map_or(0, |elf| {
         elf.program_headers
             .iter()
@@ -99,7 +100,7 @@ pub fn align_pair(toolchain: &Toolchain, images: [&Path; 2], links: [&Path; 2]) 
         records.push(record);
     }
     let name = images[0].file_name().unwrap_or_default().to_string_lossy();
-    let verified = || {
+    let checked = || {
         verify::verify(images[0], images[1]).map_err(|e| match e {
             Error::Misaligned(why) => Error::Misaligned(format!("{name}: {why}")),
             e => e,
@@ -107,7 +108,7 @@ pub fn align_pair(toolchain: &Toolchain, images: [&Path; 2], links: [&Path; 2]) 
     };
     // What cannot cross is written beside the x86-64 image, one line each (empty: all can).
     let verified = || -> Result<verify::Report> {
-        let report = verified()?;
+        let report = checked()?;
         let path = hazards_of(images[0]);
         let mut text = report.refusals().join("\n");
         if !text.is_empty() {
@@ -182,9 +183,7 @@ pub fn align_pair(toolchain: &Toolchain, images: [&Path; 2], links: [&Path; 2]) 
 
 /// Where the build writes what of a pair cannot cross ISAs (beside its x86-64 image).
 pub fn hazards_of(image: &Path) -> PathBuf {
-    let mut name = image.file_name().unwrap_or_default().to_owned();
-    name.push(".hazards");
-    image.with_file_name(name)
+    fsutil::with_suffix(image, ".hazards")
 }
 
 /// The images of both architectures (as each build listed them) paired by file name.

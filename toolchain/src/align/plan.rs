@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use super::units::{Image, KINDS, Key, Kind, Unit};
+use super::units::{Image, KINDS, Key, Kind, Unit, align_up};
 use pop_abi::layout::{IMAGE_BASE, PAGE_SIZE, PRIVATE_LIMIT, SHARED_BASE};
 
 /// Statics whose contents mean something only on their own ISA (what CPU features were
@@ -70,10 +70,6 @@ pub struct Counts {
     pub anonymous: usize,
     /// Units only one image has (x86-64, aarch64).
     pub own: [usize; 2],
-}
-
-fn align_up(x: u64, a: u64) -> u64 {
-    x.div_ceil(a.max(1)) * a.max(1)
 }
 
 /// The range alignment of `kind`.

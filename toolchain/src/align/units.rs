@@ -195,7 +195,8 @@ fn file_pattern(file: &str) -> String {
     }
 }
 
-fn align_up(x: u64, a: u64) -> u64 {
+/// `x` rounded up to a multiple of `a` (1 if `a` is 0).
+pub(crate) fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a.max(1)) * a.max(1)
 }
 

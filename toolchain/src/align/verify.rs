@@ -185,17 +185,19 @@ fn read(image: &Path) -> Result<(Vec<u8>, String)> {
 
 /// Where the link map of `image` is kept.
 pub fn map_of(image: &Path) -> std::path::PathBuf {
-    let mut name = image.file_name().unwrap_or_default().to_owned();
-    name.push(".map");
-    image.with_file_name(name)
+    crate::fsutil::with_suffix(image, ".map")
 }
 
 /// Verifies the pair `a`, `b` in either order (the ELF headers say which is which).
 pub fn verify_either(a: &Path, b: &Path) -> Result<Report> {
     use goblin::elf::header::EM_X86_64;
     let machine = |p: &Path| -> Result<u16> {
-        let data = std::fs::read(p).map_err(|e| Error::io(p, e))?;
-        Elf::parse_header(&data)
+        use std::io::Read;
+        let mut header = [0u8; 64];
+        std::fs::File::open(p)
+            .and_then(|mut f| f.read_exact(&mut header))
+            .map_err(|e| Error::io(p, e))?;
+        Elf::parse_header(&header)
             .map(|h| h.e_machine)
             .map_err(|e| Error::Misaligned(format!("{}: not an ELF image: {e}", p.display())))
     };
